@@ -1,0 +1,25 @@
+#![doc = include_str!("../README.md")]
+
+pub mod digest;
+pub mod engine;
+pub mod error;
+pub mod health;
+pub mod repo;
+pub mod retention;
+pub mod secret;
+pub mod target;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use engine::{
+    DatabaseEngine, DumpOptions, DumpReport, DumpSink, RestoreOptions, RestoreReport, ServerInfo,
+    StreamRole, StreamSource, StreamSpec, StreamSummary, StreamWriter, TableInfo, TableRef,
+};
+pub use error::{Error, ErrorKind, ErrorStatus, Result};
+pub use health::{HealthCheck, HealthReport, HealthStatus};
+pub use retention::{BackupSummary, RetentionDecision, RetentionPolicy};
+pub use secret::{Secret, redact_url};
+pub use target::{BackupTarget, ByteStream, ObjectMeta, ObjectStream, PutOutcome};
+
+/// The dbops version, recorded in every manifest.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

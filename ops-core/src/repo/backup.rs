@@ -1,0 +1,610 @@
+//! Taking a backup: the repository as a [`DumpSink`].
+//!
+//! Each stream the engine opens gets a worker on the blocking pool, fed through a small
+//! bounded channel: the engine's task only copies bytes into a buffer. The worker cuts
+//! chunks, names them, skips those the repository has, compresses and seals the rest
+//! into a pack, and hands full packs to one uploader task that keeps a few puts in
+//! flight. Every queue is bounded, so memory is about (jobs + uploads in flight + 1) ×
+//! pack size whatever the database size. Index and manifest are written only after
+//! every pack is stored; a failed backup leaves unreferenced packs for prune, and no
+//! manifest.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::engine::{
+    DatabaseEngine, DumpOptions, DumpSink, StreamSpec, StreamSummary, StreamWriter,
+};
+use crate::{Error, ErrorKind, Result};
+
+use super::Repository;
+use super::chunker::Chunker;
+use super::crypto::Keys;
+use super::format::{self, ChunkId, FORMAT_VERSION, RepoConfig};
+use super::lock::{LockGuard, LockKind};
+use super::manifest::{BackupStats, Manifest, StreamRecord};
+use super::pack::{BlobKind, Index, IndexFile, IndexPack, PackBuilder, SealedPack, encode_list};
+
+/// Chunk references per list blob (36 bytes each: ~144 KiB).
+const LIST_REFS: usize = 4096;
+/// Bytes gathered from the engine before they are handed to the stream's worker.
+const HANDOFF_BYTES: usize = 512 * 1024;
+/// Packs uploaded at once.
+const UPLOADS_IN_FLIGHT: usize = 3;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Live counters of a running backup, for progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Plain bytes received from the engine.
+    pub bytes: AtomicU64,
+    /// Plain bytes of chunks that were new.
+    pub new_bytes: AtomicU64,
+    /// Bytes of packs stored.
+    pub stored_bytes: AtomicU64,
+    /// Streams finished.
+    pub streams_done: AtomicU64,
+}
+
+/// Options of [`Repository::backup`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct BackupOptions {
+    /// What and how to dump.
+    pub dump: DumpOptions,
+    /// Tags recorded in the manifest.
+    pub tags: BTreeSet<String>,
+    /// Counters to update while running.
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl BackupOptions {
+    /// Sets the dump options.
+    #[must_use]
+    pub fn with_dump(mut self, dump: DumpOptions) -> Self {
+        self.dump = dump;
+        self
+    }
+
+    /// Adds tags.
+    #[must_use]
+    pub fn with_tags(mut self, tags: impl IntoIterator<Item = String>) -> Self {
+        self.tags.extend(tags);
+        self
+    }
+
+    /// Sets progress counters.
+    #[must_use]
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+}
+
+struct State {
+    keys: Keys,
+    config: RepoConfig,
+    seed: u64,
+    index: Index,
+    claimed: Mutex<HashSet<ChunkId>>,
+    packs: Mutex<Vec<PackBuilder>>,
+    upload: Mutex<Option<mpsc::Sender<SealedPack>>>,
+    active_workers: AtomicU64,
+    failure: Mutex<Option<Error>>,
+    records: Mutex<Vec<(u64, StreamRecord)>>,
+    next_seq: AtomicU64,
+    warnings: Mutex<Vec<String>>,
+    progress: Arc<Progress>,
+    chunks: AtomicU64,
+    new_chunks: AtomicU64,
+}
+
+impl State {
+    /// True when `id` is new to the repository and this call claimed it for storing.
+    fn claim(&self, id: ChunkId) -> bool {
+        !self.index.contains(&id) && lock(&self.claimed).insert(id)
+    }
+
+    fn take_pack(&self) -> PackBuilder {
+        lock(&self.packs).pop().unwrap_or_else(|| {
+            PackBuilder::with_capacity(self.config.pack_size as usize + 256 * 1024)
+        })
+    }
+
+    fn return_pack(&self, pack: PackBuilder) {
+        if !pack.is_empty() {
+            lock(&self.packs).push(pack);
+        }
+    }
+
+    fn fail(&self, err: Error) {
+        let mut f = lock(&self.failure);
+        if f.is_none() {
+            *f = Some(err);
+        }
+    }
+
+    fn failure(&self) -> Error {
+        lock(&self.failure)
+            .as_ref()
+            .map(|e| Error::new(e.kind(), e.to_string()))
+            .unwrap_or_else(|| Error::new(ErrorKind::Interrupted, "the backup's upload stopped"))
+    }
+
+    /// Seals a full pack and queues it (blocking: called from a worker).
+    fn ship(&self, pack: PackBuilder) -> Result<()> {
+        let sealed = pack.seal(&self.keys)?;
+        let sender = lock(&self.upload).clone();
+        match sender {
+            Some(tx) => tx.blocking_send(sealed).map_err(|_| self.failure()),
+            None => Err(self.failure()),
+        }
+    }
+
+    /// Closes the upload queue: the uploader ends once the queued packs are stored.
+    fn close_queue(&self) {
+        lock(&self.upload).take();
+    }
+}
+
+struct Sink {
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl DumpSink for Sink {
+    async fn open_stream(&self, spec: StreamSpec) -> Result<Box<dyn StreamWriter>> {
+        let seq = self.state.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let state = Arc::clone(&self.state);
+        let worker_spec = spec.clone();
+        state.active_workers.fetch_add(1, Ordering::SeqCst);
+        let worker = tokio::task::spawn_blocking(move || {
+            let r = stream_worker(&state, worker_spec, rx);
+            state.active_workers.fetch_sub(1, Ordering::SeqCst);
+            r
+        });
+        Ok(Box::new(Writer {
+            seq,
+            spec,
+            buf: BytesMut::with_capacity(HANDOFF_BYTES * 2),
+            tx: Some(tx),
+            worker: Some(worker),
+            state: Arc::clone(&self.state),
+        }))
+    }
+
+    fn warn(&self, message: String) {
+        tracing::warn!("{message}");
+        lock(&self.state.warnings).push(message);
+    }
+}
+
+struct Writer {
+    seq: u64,
+    spec: StreamSpec,
+    buf: BytesMut,
+    tx: Option<mpsc::Sender<Bytes>>,
+    worker: Option<JoinHandle<Result<StreamRecord>>>,
+    state: Arc<State>,
+}
+
+impl Writer {
+    async fn worker_error(&mut self) -> Error {
+        match self.worker.take() {
+            Some(handle) => match handle.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => Error::internal("stream worker ended early"),
+                Err(e) => Error::internal(format!("stream worker failed: {e}")),
+            },
+            None => Error::internal("stream writer used after an error"),
+        }
+    }
+
+    async fn hand_off(&mut self) -> Result<()> {
+        let data = self.buf.split().freeze();
+        let sent = match &self.tx {
+            Some(tx) => tx.send(data).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            self.tx = None;
+            Err(self.worker_error().await)
+        }
+    }
+}
+
+#[async_trait]
+impl StreamWriter for Writer {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        self.state
+            .progress
+            .bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.buf.is_empty() && data.len() >= HANDOFF_BYTES {
+            self.buf = BytesMut::from(data.as_ref());
+        } else {
+            self.buf.extend_from_slice(&data);
+        }
+        if self.buf.len() >= HANDOFF_BYTES {
+            self.hand_off().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<StreamSummary> {
+        if !self.buf.is_empty() {
+            self.hand_off().await?;
+        }
+        self.tx = None;
+        let record = match self.worker.take() {
+            Some(h) => h
+                .await
+                .map_err(|e| Error::internal(format!("stream worker failed: {e}")))??,
+            None => return Err(Error::internal("stream finished twice")),
+        };
+        let summary = StreamSummary {
+            bytes: record.bytes,
+            rows: record.rows,
+        };
+        self.state
+            .progress
+            .streams_done
+            .fetch_add(1, Ordering::Relaxed);
+        lock(&self.state.records).push((self.seq, record));
+        tracing::debug!(stream = %self.spec.name, bytes = summary.bytes, rows = summary.rows, "stream stored");
+        Ok(summary)
+    }
+}
+
+/// Cuts, names, de-duplicates, compresses, seals and packs one stream.
+fn stream_worker(
+    state: &State,
+    spec: StreamSpec,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> Result<StreamRecord> {
+    let mut compressor = zstd::bulk::Compressor::new(state.config.compression.level)
+        .map_err(|e| Error::internal(format!("zstd: {e}")))?;
+    let mut chunker = Chunker::new(state.config.chunker, state.seed);
+    let mut pending: Vec<Bytes> = Vec::new();
+    let mut w = StreamState {
+        pack: None,
+        refs: Vec::with_capacity(LIST_REFS),
+        lists: Vec::new(),
+        digest: state.keys.digest_hasher(),
+        bytes: 0,
+        rows: 0,
+        chunks: 0,
+    };
+    let result = (|| -> Result<()> {
+        while let Some(data) = rx.blocking_recv() {
+            chunker.push(&data, &mut pending);
+            for chunk in pending.drain(..) {
+                w.add_chunk(state, &mut compressor, &chunk)?;
+            }
+        }
+        chunker.finish(&mut pending);
+        for chunk in pending.drain(..) {
+            w.add_chunk(state, &mut compressor, &chunk)?;
+        }
+        w.flush_list(state, &mut compressor)?;
+        Ok(())
+    })();
+    if let Some(pack) = w.pack.take() {
+        state.return_pack(pack);
+    }
+    result?;
+    Ok(StreamRecord {
+        spec,
+        bytes: w.bytes,
+        rows: w.rows,
+        chunks: w.chunks,
+        digest: w.digest.finalize().to_hex().to_string(),
+        lists: w.lists,
+    })
+}
+
+struct StreamState {
+    pack: Option<PackBuilder>,
+    refs: Vec<(ChunkId, u32)>,
+    lists: Vec<ChunkId>,
+    digest: blake3::Hasher,
+    bytes: u64,
+    rows: u64,
+    chunks: u64,
+}
+
+impl StreamState {
+    fn add_chunk(
+        &mut self,
+        state: &State,
+        compressor: &mut zstd::bulk::Compressor<'static>,
+        chunk: &[u8],
+    ) -> Result<()> {
+        let id = state.keys.chunk_id(chunk);
+        let len = chunk.len() as u32;
+        self.digest.update(&id.0);
+        self.bytes += u64::from(len);
+        self.rows += memchr::memchr_iter(b'\n', chunk).count() as u64;
+        self.chunks += 1;
+        state.chunks.fetch_add(1, Ordering::Relaxed);
+        self.refs.push((id, len));
+        if state.claim(id) {
+            state.new_chunks.fetch_add(1, Ordering::Relaxed);
+            state
+                .progress
+                .new_bytes
+                .fetch_add(u64::from(len), Ordering::Relaxed);
+            let sealed = format::encode_blob(&state.keys, compressor, &id, chunk)?;
+            self.store(state, id, BlobKind::Data, len, &sealed)?;
+        }
+        if self.refs.len() >= LIST_REFS {
+            self.flush_list(state, compressor)?;
+        }
+        Ok(())
+    }
+
+    fn flush_list(
+        &mut self,
+        state: &State,
+        compressor: &mut zstd::bulk::Compressor<'static>,
+    ) -> Result<()> {
+        if self.refs.is_empty() {
+            return Ok(());
+        }
+        let plain = encode_list(&self.refs);
+        self.refs.clear();
+        let id = state.keys.chunk_id(&plain);
+        self.lists.push(id);
+        if state.claim(id) {
+            let sealed = format::encode_blob(&state.keys, compressor, &id, &plain)?;
+            self.store(state, id, BlobKind::List, plain.len() as u32, &sealed)?;
+        }
+        Ok(())
+    }
+
+    fn store(
+        &mut self,
+        state: &State,
+        id: ChunkId,
+        kind: BlobKind,
+        raw: u32,
+        sealed: &[u8],
+    ) -> Result<()> {
+        let pack = self.pack.get_or_insert_with(|| state.take_pack());
+        pack.add(id, kind, raw, sealed);
+        if pack.len() >= state.config.pack_size as usize {
+            if let Some(full) = self.pack.take() {
+                state.ship(full)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Uploads packs as they come, a few at a time; returns what was stored.
+async fn uploader(
+    repo: Repository,
+    state: Arc<State>,
+    mut rx: mpsc::Receiver<SealedPack>,
+) -> Result<Vec<IndexPack>> {
+    let limit = Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT));
+    let mut running: JoinSet<Result<IndexPack>> = JoinSet::new();
+    let mut done = Vec::new();
+    let mut failed: Option<Error> = None;
+    while let Some(pack) = rx.recv().await {
+        while let Some(r) = running.try_join_next() {
+            collect(r, &mut done, &mut failed);
+        }
+        if failed.is_some() {
+            break;
+        }
+        let permit = Arc::clone(&limit)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("upload limiter closed"))?;
+        let target = Arc::clone(repo.target());
+        let progress = Arc::clone(&state.progress);
+        running.spawn(async move {
+            let _permit = permit;
+            let key = format::pack_key(&pack.id);
+            let size = pack.bytes.len() as u64;
+            target
+                .put(&key, pack.bytes)
+                .await
+                .map_err(|e| e.during(format!("storing pack {}", pack.id)))?;
+            progress.stored_bytes.fetch_add(size, Ordering::Relaxed);
+            Ok(IndexPack {
+                id: pack.id,
+                size,
+                blobs: pack.blobs,
+            })
+        });
+    }
+    while let Some(r) = running.join_next().await {
+        collect(r, &mut done, &mut failed);
+    }
+    match failed {
+        Some(e) => {
+            state.fail(Error::new(e.kind(), e.to_string()));
+            drop(rx);
+            Err(e)
+        }
+        None => Ok(done),
+    }
+}
+
+fn collect(
+    r: std::result::Result<Result<IndexPack>, tokio::task::JoinError>,
+    done: &mut Vec<IndexPack>,
+    failed: &mut Option<Error>,
+) {
+    match r {
+        Ok(Ok(p)) => done.push(p),
+        Ok(Err(e)) => {
+            if failed.is_none() {
+                *failed = Some(e);
+            }
+        }
+        Err(e) => {
+            if failed.is_none() {
+                *failed = Some(Error::internal(format!("upload task failed: {e}")));
+            }
+        }
+    }
+}
+
+impl Repository {
+    /// Takes a backup of `engine`'s database and returns its manifest.
+    ///
+    /// # Errors
+    /// Engine errors (unreachable, authentication, privileges, missing tools), storage
+    /// errors, [`ErrorKind::Locked`] when a prune holds the repository. On any error no
+    /// manifest is written: the backup does not exist.
+    pub async fn backup(
+        &self,
+        engine: &dyn DatabaseEngine,
+        options: &BackupOptions,
+    ) -> Result<Manifest> {
+        let started = chrono::Utc::now();
+        let lock =
+            LockGuard::acquire(Arc::clone(self.target()), LockKind::Shared, "backup").await?;
+        let result = self.backup_locked(engine, options, started).await;
+        let released = lock.release().await;
+        let manifest = result?;
+        released?;
+        Ok(manifest)
+    }
+
+    async fn backup_locked(
+        &self,
+        engine: &dyn DatabaseEngine,
+        options: &BackupOptions,
+        started: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Manifest> {
+        let index = self.load_index().await?;
+        let (tx, rx) = mpsc::channel::<SealedPack>(1);
+        let seed_hash = blake3::keyed_hash(&self.keys.chunk_id(b"dbops chunker seed").0, b"seed");
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&seed_hash.as_bytes()[..8]);
+        let state = Arc::new(State {
+            keys: self.keys.clone(),
+            config: self.config.clone(),
+            seed: u64::from_le_bytes(seed),
+            index,
+            claimed: Mutex::new(HashSet::new()),
+            packs: Mutex::new(Vec::new()),
+            upload: Mutex::new(Some(tx)),
+            active_workers: AtomicU64::new(0),
+            failure: Mutex::new(None),
+            records: Mutex::new(Vec::new()),
+            next_seq: AtomicU64::new(0),
+            warnings: Mutex::new(Vec::new()),
+            progress: options.progress.clone().unwrap_or_default(),
+            chunks: AtomicU64::new(0),
+            new_chunks: AtomicU64::new(0),
+        });
+        let upload = tokio::spawn(uploader(self.clone(), Arc::clone(&state), rx));
+
+        let sink: Arc<dyn DumpSink> = Arc::new(Sink {
+            state: Arc::clone(&state),
+        });
+        let dumped = engine.dump(&options.dump, Arc::clone(&sink)).await;
+        drop(sink);
+        let report = match dumped {
+            Ok(r) => r,
+            Err(e) => {
+                state.close_queue();
+                let _ = upload.await;
+                return Err(e.during(format!("backup of {}", engine.location())));
+            }
+        };
+        // An engine that dropped a writer without finishing it leaves a worker ending
+        // on its own; wait for it, since it returns its pack (with chunks other streams
+        // may reference) to the pool.
+        while state.active_workers.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let partial: Vec<PackBuilder> = std::mem::take(&mut *lock(&state.packs));
+        let flushing = Arc::clone(&state);
+        let flushed = tokio::task::spawn_blocking(move || -> Result<()> {
+            for p in partial {
+                flushing.ship(p)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("flushing packs failed: {e}")));
+        state.close_queue();
+        let packs = upload
+            .await
+            .map_err(|e| Error::internal(format!("uploader failed: {e}")))?;
+        let packs = packs?;
+        flushed??;
+
+        let stored_bytes = packs.iter().map(|p| p.size).sum();
+        let pack_count = packs.len() as u64;
+        if !packs.is_empty() {
+            self.write_index(&IndexFile {
+                version: FORMAT_VERSION,
+                packs,
+            })
+            .await
+            .map_err(|e| e.during("writing the backup's index"))?;
+        }
+
+        let mut records = std::mem::take(&mut *lock(&state.records));
+        records.sort_by_key(|(seq, _)| *seq);
+        let streams: Vec<StreamRecord> = records.into_iter().map(|(_, r)| r).collect();
+        let mut warnings = std::mem::take(&mut *lock(&state.warnings));
+        for w in &report.warnings {
+            if !warnings.contains(w) {
+                warnings.push(w.clone());
+            }
+        }
+        let stats = BackupStats {
+            bytes: streams.iter().map(|s| s.bytes).sum(),
+            chunks: state.chunks.load(Ordering::Relaxed),
+            new_chunks: state.new_chunks.load(Ordering::Relaxed),
+            new_bytes: state.progress.new_bytes.load(Ordering::Relaxed),
+            stored_bytes,
+            packs: pack_count,
+        };
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            id: format::new_backup_id(started),
+            engine: engine.name().to_owned(),
+            server_version: report.server_version.clone(),
+            database: if report.database.is_empty() {
+                engine.database()
+            } else {
+                report.database.clone()
+            },
+            source: engine.location(),
+            host: super::host_name(),
+            tool_version: crate::VERSION.to_owned(),
+            started,
+            finished: chrono::Utc::now(),
+            tags: options.tags.clone(),
+            snapshot: report.snapshot.clone(),
+            warnings,
+            stats,
+            streams,
+        };
+        self.write_manifest(&manifest)
+            .await
+            .map_err(|e| e.during("writing the backup's manifest"))?;
+        Ok(manifest)
+    }
+}

@@ -1,0 +1,489 @@
+//! The backup repository: joins an engine's streams to a target's objects.
+//!
+//! Everything about how bytes are kept lives here, once, for every engine and every
+//! target: content-defined chunking, keyed chunk ids, de-duplication, zstd,
+//! XChaCha20-Poly1305, packs and indexes, manifests, locks and verification. Engines
+//! and targets know nothing of it. The format is described in `docs/FORMAT.md`.
+
+mod backup;
+mod chunker;
+mod crypto;
+mod format;
+mod lock;
+mod manifest;
+mod pack;
+mod source;
+mod verify;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::TryStreamExt;
+
+pub use backup::{BackupOptions, Progress};
+pub use crypto::KdfParams;
+pub use format::{
+    ChunkId, ChunkerParams, CompressionAlgorithm, CompressionParams, EncryptionScheme,
+    FORMAT_VERSION, RepoConfig,
+};
+pub use lock::{LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks};
+pub use manifest::{BackupStats, Manifest, StreamRecord};
+pub use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
+pub use source::RepoSource;
+pub use verify::{Problem, RestoreCheck, VerifyOptions, VerifyReport};
+
+use crate::secret::Secret;
+use crate::target::BackupTarget;
+use crate::{Error, ErrorKind, Result};
+
+use crypto::{KeyFile, Keys};
+use format::{BACKUPS_DIR, CONFIG_KEY, INDEX_DIR, KEYS_DIR};
+use pack::Index;
+
+/// How a new repository protects its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Encryption {
+    /// Encrypt with a key unwrapped by this password.
+    Password(Secret),
+    /// Store data unencrypted (chunk ids are still keyed). Remote targets need
+    /// [`InitOptions::allow_unencrypted_remote`] too.
+    None,
+}
+
+/// Options of [`Repository::init`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct InitOptions {
+    /// Encryption.
+    pub encryption: Encryption,
+    /// Chunking.
+    pub chunker: ChunkerParams,
+    /// Target pack size, bytes.
+    pub pack_size: u32,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Argon2id cost.
+    pub kdf: KdfParams,
+    /// The operator explicitly accepts unencrypted data on a remote target.
+    pub allow_unencrypted_remote: bool,
+}
+
+impl InitOptions {
+    /// Defaults with the given encryption.
+    pub fn new(encryption: Encryption) -> Self {
+        Self {
+            encryption,
+            chunker: ChunkerParams::default(),
+            pack_size: 8 * 1024 * 1024,
+            compression_level: 3,
+            kdf: KdfParams::default(),
+            allow_unencrypted_remote: false,
+        }
+    }
+
+    /// Sets chunking parameters.
+    #[must_use]
+    pub fn with_chunker(mut self, chunker: ChunkerParams) -> Self {
+        self.chunker = chunker;
+        self
+    }
+
+    /// Sets the pack size.
+    #[must_use]
+    pub fn with_pack_size(mut self, bytes: u32) -> Self {
+        self.pack_size = bytes;
+        self
+    }
+
+    /// Sets the zstd level.
+    #[must_use]
+    pub fn with_compression_level(mut self, level: i32) -> Self {
+        self.compression_level = level;
+        self
+    }
+
+    /// Sets the KDF cost (lower it only for tests).
+    #[must_use]
+    pub fn with_kdf(mut self, kdf: KdfParams) -> Self {
+        self.kdf = kdf;
+        self
+    }
+
+    /// Accepts unencrypted data on a remote target.
+    #[must_use]
+    pub fn with_allow_unencrypted_remote(mut self, allow: bool) -> Self {
+        self.allow_unencrypted_remote = allow;
+        self
+    }
+}
+
+/// An open repository.
+#[derive(Clone, Debug)]
+pub struct Repository {
+    target: Arc<dyn BackupTarget>,
+    config: RepoConfig,
+    keys: Keys,
+}
+
+pub(crate) fn host_name() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore as _;
+    let mut b = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl Repository {
+    /// Creates a repository on `target`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::AlreadyExists`] when one is there; [`ErrorKind::InvalidInput`] for
+    /// unencrypted data on a remote target without the explicit opt-in or bad
+    /// parameters; storage errors (a read-only location gives
+    /// [`ErrorKind::PermissionDenied`]).
+    pub async fn init(target: Arc<dyn BackupTarget>, options: InitOptions) -> Result<Self> {
+        options.chunker.validate()?;
+        if !(1..=22).contains(&options.compression_level) {
+            return Err(Error::invalid("zstd level must be between 1 and 22"));
+        }
+        if options.pack_size < 64 * 1024 || options.pack_size > 512 * 1024 * 1024 {
+            return Err(Error::invalid(
+                "pack size must be between 64 KiB and 512 MiB",
+            ));
+        }
+        let encrypted = matches!(options.encryption, Encryption::Password(_));
+        if !encrypted && target.is_remote() && !options.allow_unencrypted_remote {
+            return Err(Error::invalid(format!(
+                "refusing to create an unencrypted repository on the remote target {}: data would leave this machine in the clear; set a password (DBOPS_PASSWORD or --password-file), or pass --no-encryption to accept it",
+                target.location()
+            )));
+        }
+        if target.head(CONFIG_KEY).await?.is_some() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("a dbops repository already exists at {}", target.location()),
+            ));
+        }
+        let (keys, material) = Keys::generate(encrypted);
+        let mut config = RepoConfig {
+            format: "dbops-repository".into(),
+            version: FORMAT_VERSION,
+            id: random_hex(16),
+            created: chrono::Utc::now(),
+            chunker: options.chunker,
+            pack_size: options.pack_size,
+            compression: CompressionParams {
+                algorithm: CompressionAlgorithm::Zstd,
+                level: options.compression_level,
+            },
+            encryption: EncryptionScheme::None,
+            id_key: None,
+        };
+        match &options.encryption {
+            Encryption::Password(password) => {
+                if password.is_empty() {
+                    return Err(Error::invalid("the repository password is empty"));
+                }
+                config.encryption = EncryptionScheme::Xchacha20poly1305;
+                let kdf = options.kdf;
+                let password = password.clone();
+                let key =
+                    tokio::task::spawn_blocking(move || KeyFile::wrap(&material, &password, kdf))
+                        .await
+                        .map_err(|e| {
+                            Error::internal(format!("key derivation task failed: {e}"))
+                        })??;
+                let body = serde_json::to_vec_pretty(&key)
+                    .map_err(|e| Error::internal(format!("serialize key: {e}")))?;
+                target
+                    .put(&format!("{KEYS_DIR}{}", random_hex(16)), Bytes::from(body))
+                    .await
+                    .map_err(|e| e.during(format!("writing the key to {}", target.location())))?;
+            }
+            Encryption::None => {
+                config.id_key = Some(hex::encode(&material[32..]));
+            }
+        }
+        let body = serde_json::to_vec_pretty(&config)
+            .map_err(|e| Error::internal(format!("serialize config: {e}")))?;
+        match target.put_if_absent(CONFIG_KEY, Bytes::from(body)).await? {
+            crate::PutOutcome::Created => {}
+            crate::PutOutcome::AlreadyExists => {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("a dbops repository already exists at {}", target.location()),
+                ));
+            }
+        }
+        Ok(Self {
+            target,
+            config,
+            keys,
+        })
+    }
+
+    /// Opens the repository on `target`. The password is checked here, before any
+    /// data moves.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotInitialized`] when there is no repository;
+    /// [`ErrorKind::WrongPassword`] when the password is missing or opens no key;
+    /// [`ErrorKind::UnsupportedFormat`] for an unknown format version; storage errors.
+    pub async fn open(target: Arc<dyn BackupTarget>, password: Option<&Secret>) -> Result<Self> {
+        let config_bytes = match read_object(target.as_ref(), CONFIG_KEY).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::new(
+                    ErrorKind::NotInitialized,
+                    format!(
+                        "there is no dbops repository at {}; create one with `dbops --repo {} init`",
+                        target.location(),
+                        target.location()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(e.during(format!(
+                    "reading the repository config at {}",
+                    target.location()
+                )));
+            }
+        };
+        let config = RepoConfig::parse(&config_bytes)?;
+        let keys = match config.encryption {
+            EncryptionScheme::None => {
+                let mut id_key = [0u8; 32];
+                hex::decode_to_slice(config.id_key.as_deref().unwrap_or_default(), &mut id_key)
+                    .map_err(|_| {
+                        Error::corrupt("the unencrypted repository's id key is malformed")
+                    })?;
+                Keys::plain(id_key)
+            }
+            EncryptionScheme::Xchacha20poly1305 => {
+                let password = password.filter(|p| !p.is_empty()).ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::WrongPassword,
+                        format!(
+                            "the repository at {} is encrypted and no password was given: set DBOPS_PASSWORD or pass --password-file FILE",
+                            target.location()
+                        ),
+                    )
+                })?;
+                unlock(target.as_ref(), password).await?
+            }
+        };
+        Ok(Self {
+            target,
+            config,
+            keys,
+        })
+    }
+
+    /// The target.
+    pub fn target(&self) -> &Arc<dyn BackupTarget> {
+        &self.target
+    }
+
+    /// The config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// True when data is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.keys.is_encrypted()
+    }
+
+    /// Every backup's manifest, oldest first.
+    ///
+    /// # Errors
+    /// Storage errors; a manifest that fails authentication or parsing.
+    pub async fn list_backups(&self) -> Result<Vec<Manifest>> {
+        let mut ids: Vec<String> = self
+            .target
+            .list(BACKUPS_DIR)
+            .await?
+            .map_ok(|m| m.key.trim_start_matches(BACKUPS_DIR).to_owned())
+            .try_collect()
+            .await?;
+        ids.sort();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.load_manifest(&id).await {
+                Ok(m) => out.push(m),
+                // Deleted between list and get by a concurrent forget.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads one manifest by its full id.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`]; [`ErrorKind::Corrupt`] when it fails authentication.
+    pub async fn load_manifest(&self, id: &str) -> Result<Manifest> {
+        let key = format!("{BACKUPS_DIR}{id}");
+        let bytes = read_object(self.target.as_ref(), &key).await?;
+        let manifest: Manifest = format::open_document(
+            &self.keys,
+            manifest_aad(id).as_bytes(),
+            &bytes,
+            &format!("manifest {id}"),
+        )?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(Error::new(
+                ErrorKind::UnsupportedFormat,
+                format!(
+                    "backup {id} has format version {}, which this dbops does not read",
+                    manifest.format_version
+                ),
+            ));
+        }
+        Ok(manifest)
+    }
+
+    /// Finds a backup by `latest`, its full id, or a unique prefix of it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when none or several match.
+    pub async fn find_backup(&self, spec: &str) -> Result<Manifest> {
+        let mut ids: Vec<String> = self
+            .target
+            .list(BACKUPS_DIR)
+            .await?
+            .map_ok(|m| m.key.trim_start_matches(BACKUPS_DIR).to_owned())
+            .try_collect()
+            .await?;
+        ids.sort();
+        let not_found = |why: String| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "{why} in the repository at {}; `dbops list` shows the backups",
+                    self.target.location()
+                ),
+            )
+        };
+        let id = if spec == "latest" {
+            ids.pop()
+                .ok_or_else(|| not_found("there is no backup".into()))?
+        } else {
+            let matching: Vec<&String> = ids.iter().filter(|i| i.starts_with(spec)).collect();
+            match matching.as_slice() {
+                [one] => (*one).clone(),
+                [] => return Err(not_found(format!("there is no backup '{spec}'"))),
+                many => {
+                    return Err(not_found(format!(
+                        "'{spec}' matches {} backups; give more of the id",
+                        many.len()
+                    )));
+                }
+            }
+        };
+        self.load_manifest(&id).await
+    }
+
+    /// Loads every index file into memory.
+    pub(crate) async fn load_index(&self) -> Result<Index> {
+        let keys: Vec<String> = self
+            .target
+            .list(INDEX_DIR)
+            .await?
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
+        let mut index = Index::default();
+        for key in keys {
+            let bytes = read_object(self.target.as_ref(), &key).await?;
+            let file: IndexFile = format::open_document(
+                &self.keys,
+                b"dbops index",
+                &bytes,
+                &format!("index file {key}"),
+            )?;
+            index.add_file(&file);
+        }
+        Ok(index)
+    }
+
+    /// Writes an index file (named by its content) and returns its key.
+    pub(crate) async fn write_index(&self, file: &IndexFile) -> Result<String> {
+        let body = format::seal_document(&self.keys, b"dbops index", file)?;
+        let key = format!("{INDEX_DIR}{}", blake3::hash(&body).to_hex());
+        self.target.put(&key, Bytes::from(body)).await?;
+        Ok(key)
+    }
+
+    /// Writes a manifest: the act that makes a backup exist.
+    pub(crate) async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let body =
+            format::seal_document(&self.keys, manifest_aad(&manifest.id).as_bytes(), manifest)?;
+        self.target
+            .put(&format!("{BACKUPS_DIR}{}", manifest.id), Bytes::from(body))
+            .await
+    }
+
+    /// Removes a manifest (the backup stops existing; its chunks stay until prune).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn delete_manifest(&self, id: &str) -> Result<()> {
+        self.target.delete(&format!("{BACKUPS_DIR}{id}")).await
+    }
+}
+
+fn manifest_aad(id: &str) -> String {
+    format!("dbops manifest {id}")
+}
+
+async fn unlock(target: &dyn BackupTarget, password: &Secret) -> Result<Keys> {
+    let keys: Vec<String> = target
+        .list(KEYS_DIR)
+        .await?
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await?;
+    if keys.is_empty() {
+        return Err(Error::corrupt(format!(
+            "the encrypted repository at {} has no key files",
+            target.location()
+        )));
+    }
+    for key in keys {
+        let bytes = read_object(target, &key).await?;
+        let file: KeyFile = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("key file {key} is malformed: {e}")))?;
+        let password = password.clone();
+        let material = tokio::task::spawn_blocking(move || file.unwrap_with(&password))
+            .await
+            .map_err(|e| Error::internal(format!("key derivation task failed: {e}")))??;
+        if let Some(m) = material {
+            return Ok(Keys::from_material(&m, true));
+        }
+    }
+    Err(Error::new(
+        ErrorKind::WrongPassword,
+        format!(
+            "the password does not open the repository at {}: check DBOPS_PASSWORD or --password-file",
+            target.location()
+        ),
+    ))
+}
+
+/// Reads a whole (small) object.
+pub(crate) async fn read_object(target: &dyn BackupTarget, key: &str) -> Result<Bytes> {
+    let mut stream = target.get(key).await?;
+    let mut buf = BytesMut::new();
+    while let Some(piece) = stream.try_next().await? {
+        buf.extend_from_slice(&piece);
+    }
+    Ok(buf.freeze())
+}

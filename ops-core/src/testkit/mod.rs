@@ -1,0 +1,7 @@
+//! Conformance suites that every adapter runs against the real thing.
+//!
+//! A new target or engine is done when it passes its suite. The suites use only the
+//! public traits, so they prove behaviour, not implementation.
+
+pub mod engine;
+pub mod target;
