@@ -96,9 +96,9 @@ impl LockGuard {
         );
         let body =
             Bytes::from(serde_json::to_vec(&info).map_err(|e| Error::internal(e.to_string()))?);
-        if target.put_if_absent(&key, body).await? == PutOutcome::AlreadyExists {
-            return Err(Error::internal("lock name collision"));
-        }
+        // The key is random: AlreadyExists can only mean a retried call whose first
+        // reply was lost, i.e. the lock is ours.
+        let _: PutOutcome = target.put_if_absent(&key, body).await?;
         let guard = Self {
             target: Arc::clone(&target),
             key: key.clone(),

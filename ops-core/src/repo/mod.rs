@@ -215,6 +215,15 @@ impl Repository {
         match target.put_if_absent(CONFIG_KEY, Bytes::from(body)).await? {
             crate::PutOutcome::Created => {}
             crate::PutOutcome::AlreadyExists => {
+                // A retried call whose first reply was lost finds its own config.
+                let existing = read_object(target.as_ref(), CONFIG_KEY).await?;
+                if RepoConfig::parse(&existing).is_ok_and(|c| c.id == config.id) {
+                    return Ok(Self {
+                        target,
+                        config,
+                        keys,
+                    });
+                }
                 return Err(Error::new(
                     ErrorKind::AlreadyExists,
                     format!("a dbops repository already exists at {}", target.location()),
