@@ -1,0 +1,209 @@
+//! S3-specific behaviour against moto on loopback: the growing part size end to end,
+//! retries over injected faults, error kinds, and redaction.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use ops_core::testkit::target::{pattern, pieces, read_all, unique_prefix};
+use ops_core::{BackupTarget, ErrorKind, ErrorStatus, PutOutcome};
+use ops_storage::s3_test_server::S3TestServer;
+use ops_storage::{
+    FaultConfig, FaultyTarget, MultipartOptions, RetryConfig, RetryTarget, TargetOptions,
+    open_object_store_target, open_target,
+};
+
+const KIB: u64 = 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_parts_beat_a_small_part_limit() {
+    let server = S3TestServer::start_with_min_part_size(KIB).expect("start the S3 test server");
+    // Ten parts of 64 KiB hold 640 KiB; the doubling rule (every part, with a budget
+    // of ten) holds 64 KiB × 1023 ≈ 64 MiB.
+    let multipart = MultipartOptions::default()
+        .with_part_size(64 * KIB)
+        .with_max_parts(10);
+    let options = server.options().with_multipart(multipart.clone());
+    let target = open_object_store_target(&server.url("dbops-test"), &options).expect("open");
+    let key = format!("{}big", unique_prefix());
+    let len = 3 * 1024 * 1024 + 12_345;
+    let data = Bytes::from(pattern(len, 9));
+    let written = target
+        .put_stream(&key, pieces(data.clone()))
+        .await
+        .expect("put_stream beyond max_parts × part_size");
+    assert_eq!(written, len as u64);
+    assert!(read_all(&target, &key).await.expect("get") == data.as_ref());
+
+    // The ETag of a multipart object ends in "-<parts>": 64+128+256+512+1024+2048 KiB
+    // covers 3 MiB + 12 KiB in six parts.
+    let path = object_store::path::Path::parse(&key).expect("path");
+    let meta = target.store().head(&path).await.expect("head");
+    let etag = meta.e_tag.unwrap_or_default();
+    assert!(etag.trim_matches('"').ends_with("-6"), "ETag {etag}");
+
+    // With uniform parts the same object does not fit, and nothing is left behind.
+    let options = server
+        .options()
+        .with_multipart(multipart.with_uniform_parts(true));
+    let uniform = open_object_store_target(&server.url("dbops-test"), &options).expect("open");
+    let key = format!("{}too-big", unique_prefix());
+    let err = uniform
+        .put_stream(&key, pieces(data))
+        .await
+        .expect_err("640 KiB limit");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("too large"), "{err}");
+    assert!(uniform.head(&key).await.expect("head").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_ride_out_five_percent_faults() {
+    let server = S3TestServer::start().expect("start the S3 test server");
+    let options = server.options().with_retry(None);
+    let s3 = open_target(&server.url("dbops-test"), &options).expect("open");
+    let faulty = Arc::new(FaultyTarget::new(
+        s3,
+        FaultConfig::default()
+            .with_failure_rate(0.05)
+            .with_lost_reply_rate(0.05)
+            .with_delay(0.05, Duration::from_millis(5))
+            .with_seed(42),
+    ));
+    let target = RetryTarget::new(faulty.clone()).with_config(
+        RetryConfig::default()
+            .with_max_attempts(10)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(20)),
+    );
+    let base = unique_prefix();
+    let n = 200;
+    let started = Instant::now();
+    let puts = futures::stream::iter(0..n)
+        .map(|i| {
+            let target = &target;
+            let key = format!("{base}obj/{i:04}");
+            async move {
+                let data = Bytes::from(pattern(1000 + i, i as u8));
+                target.put(&key, data).await
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await;
+    puts.expect("every put succeeds through retries");
+    for i in 0..n {
+        let key = format!("{base}obj/{i:04}");
+        let want = pattern(1000 + i, i as u8);
+        let got = read_all(&target, &key).await.expect("get");
+        assert!(got == want, "object {i} differs");
+        let range = target.get_range(&key, 10..20).await.expect("get_range");
+        assert_eq!(range.as_ref(), &want[10..20]);
+        let meta = target.head(&key).await.expect("head").expect("exists");
+        assert_eq!(meta.size, want.len() as u64);
+    }
+    let listed: Vec<_> = target
+        .list(&format!("{base}obj/"))
+        .await
+        .expect("list")
+        .try_collect()
+        .await
+        .expect("listing");
+    assert_eq!(listed.len(), n);
+
+    // Locks through lost replies: our own earlier write is recognised as ours.
+    for i in 0..50 {
+        let key = format!("{base}locks/{i}");
+        let outcome = target
+            .put_if_absent(&key, Bytes::from(format!("owner-{i}")))
+            .await
+            .expect("put_if_absent");
+        assert_eq!(outcome, PutOutcome::Created, "lock {i}");
+        let again = target
+            .put_if_absent(&key, Bytes::from_static(b"someone else"))
+            .await
+            .expect("put_if_absent");
+        assert_eq!(again, PutOutcome::AlreadyExists, "lock {i} taken twice");
+    }
+    for i in 0..n {
+        target
+            .delete(&format!("{base}obj/{i:04}"))
+            .await
+            .expect("delete");
+    }
+    let injected = faulty.injected_faults();
+    assert!(injected > 20, "only {injected} faults in {} calls", faulty.calls());
+    eprintln!(
+        "{} calls, {injected} injected faults, all recovered in {:?}",
+        faulty.calls(),
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_are_persistent() {
+    let memory = open_target("memory://", &TargetOptions::default().with_retry(None)).expect("open");
+    let always = Arc::new(FaultyTarget::new(
+        memory,
+        FaultConfig::default().with_failure_rate(1.0),
+    ));
+    let target = RetryTarget::new(always.clone()).with_config(
+        RetryConfig::default()
+            .with_max_attempts(3)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(2)),
+    );
+    let err = target.put("k", Bytes::from_static(b"x")).await.expect_err("fails");
+    assert_eq!(err.status(), ErrorStatus::Persistent, "{err:?}");
+    assert_eq!(always.calls(), 3);
+    // put_stream is never retried: its stream is gone after one attempt.
+    let stream = futures::stream::once(async { Ok(Bytes::from_static(b"x")) }).boxed();
+    target.put_stream("k", stream).await.expect_err("fails");
+    assert_eq!(always.calls(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoint_is_temporary_and_names_the_object() {
+    // A port nothing listens on: bind, note, release.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let options = TargetOptions::default()
+        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_credentials("AKIDEXAMPLE", "very-secret-value")
+        .with_http_max_retries(0)
+        .with_retry(None);
+    let target = open_target("s3://bucket/prefix", &options).expect("open");
+    let err = target
+        .put("packs/ab/cd", Bytes::from_static(b"x"))
+        .await
+        .expect_err("nothing listens");
+    assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
+    assert!(err.is_temporary(), "{err:?}");
+    assert_eq!(err.context_value("object"), Some("packs/ab/cd"));
+    assert_eq!(err.context_value("target"), Some("s3://bucket/prefix"));
+    let text = format!("{err} {err:?} {target:?}");
+    assert!(!text.contains("very-secret-value"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_bucket_and_debug_redaction() {
+    let server = S3TestServer::start().expect("start the S3 test server");
+    let options = server.options().with_session_token("session-secret");
+    let target = open_target(&server.url("no-such-bucket"), &options).expect("open");
+    let err = target.head("x").await.map(|_| ()).and(
+        target
+            .put("x", Bytes::from_static(b"x"))
+            .await,
+    );
+    let err = err.expect_err("no bucket");
+    assert!(!err.is_temporary(), "{err:?}");
+    let faulty = FaultyTarget::new(target.clone(), FaultConfig::default());
+    let text = format!("{err} {err:?} {target:?} {faulty:?} {options:?}");
+    for secret in [ops_storage::s3_test_server::SECRET_ACCESS_KEY, "session-secret"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+}
