@@ -1,0 +1,538 @@
+//! The dump: one snapshot, `jobs` COPY workers, and pg_dump for the schema.
+//!
+//! The leader connection opens a `REPEATABLE READ READ ONLY` transaction, exports its
+//! snapshot, lists tables and takes `ACCESS SHARE` locks (as pg_dump does, so that no
+//! table is dropped or rewritten under the dump). It then works as worker 0; the other
+//! workers join the snapshot with `SET TRANSACTION SNAPSHOT`. pg_dump runs at the same
+//! time with `--snapshot`, writing a custom-format archive of everything except table
+//! rows (it keeps sequence values, large objects and materialized view refreshes) to
+//! the `schema` stream. Table rows move as COPY text, one stream per table or per ctid
+//! range of a large table, biggest first. Nothing is buffered beyond one chunk.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use ops_core::{
+    DumpOptions, DumpReport, DumpSink, Error, ErrorKind, Result, StreamRole, StreamSpec, TableRef,
+};
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+
+use crate::catalog::{self, CatalogTable, OBJECT_MAP_META};
+use crate::config::{ConnConfig, TOOL_ENV_CLEARED};
+use crate::errors::query_error;
+use crate::session::{connect_pinned, qualified, quote_ident, quote_literal};
+use crate::tools;
+
+/// Bytes gathered from COPY before one write into the sink.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// Meta keys of table data streams.
+pub(crate) const META_COLUMNS: &str = "columns";
+pub(crate) const META_FORMAT: &str = "format";
+pub(crate) const META_BYTES: &str = "estimated_bytes";
+pub(crate) const META_RANGE: &str = "ctid_range";
+/// The name of the schema stream.
+pub(crate) const SCHEMA_STREAM: &str = "schema";
+
+/// One COPY to run.
+#[derive(Debug, Clone)]
+struct WorkItem {
+    table: TableRef,
+    columns: Vec<String>,
+    stream: String,
+    /// Block range `[start, end)`; `None` end is open; `None` range is the whole table.
+    range: Option<(u64, Option<u64>)>,
+    estimated_bytes: u64,
+}
+
+impl WorkItem {
+    fn copy_sql(&self) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        match self.range {
+            None if cols.is_empty() => format!("COPY {} TO STDOUT", qualified(&self.table)),
+            None => format!(
+                "COPY {} ({}) TO STDOUT",
+                qualified(&self.table),
+                cols.join(", ")
+            ),
+            Some((start, end)) => {
+                let mut cond = format!("ctid >= '({start},0)'::tid");
+                if let Some(end) = end {
+                    cond.push_str(&format!(" AND ctid < '({end},0)'::tid"));
+                }
+                format!(
+                    "COPY (SELECT {} FROM ONLY {} WHERE {cond}) TO STDOUT",
+                    cols.join(", "),
+                    qualified(&self.table)
+                )
+            }
+        }
+    }
+
+    fn spec(&self) -> Result<StreamSpec> {
+        let columns = serde_json::to_string(&self.columns)
+            .map_err(|e| Error::internal(format!("column list not serializable: {e}")))?;
+        let mut spec = StreamSpec::table_data(self.stream.clone(), self.table.clone())
+            .with_meta(META_COLUMNS, columns)
+            .with_meta(META_FORMAT, "text")
+            .with_meta(META_BYTES, self.estimated_bytes.to_string());
+        if let Some((start, end)) = self.range {
+            let end = end.map_or_else(|| "end".to_owned(), |e| e.to_string());
+            spec = spec.with_meta(META_RANGE, format!("{start}..{end}"));
+        }
+        Ok(spec)
+    }
+}
+
+/// Splits the data tables into work items, biggest first.
+fn plan(
+    tables: &[&CatalogTable],
+    split_bytes: u64,
+    block_size: u64,
+    can_split: bool,
+) -> Vec<WorkItem> {
+    let mut names = HashSet::new();
+    let mut items = Vec::new();
+    for t in tables {
+        let mut base = format!("data/{}.{}", t.table.schema, t.table.name);
+        if !names.insert(base.clone()) {
+            // `a.b`.`c` and `a`.`b.c` print alike; the oid keeps names unique.
+            base = format!("{base}#{}", t.oid);
+            names.insert(base.clone());
+        }
+        let blocks = t.bytes / block_size.max(1);
+        if can_split && t.bytes > split_bytes && blocks > 1 {
+            let parts = t
+                .bytes
+                .div_ceil(split_bytes.max(1))
+                .clamp(2, 1024)
+                .min(blocks);
+            let per = blocks.div_ceil(parts);
+            let mut start = 0;
+            let mut part = 0;
+            while start < blocks {
+                let end = start + per;
+                let last = end >= blocks;
+                items.push(WorkItem {
+                    table: t.table.clone(),
+                    columns: t.columns.clone(),
+                    stream: format!("{base}/{part}"),
+                    range: Some((start, (!last).then_some(end))),
+                    estimated_bytes: (end.min(blocks) - start) * block_size,
+                });
+                start = end;
+                part += 1;
+            }
+        } else {
+            items.push(WorkItem {
+                table: t.table.clone(),
+                columns: t.columns.clone(),
+                stream: format!("{base}/0"),
+                range: None,
+                estimated_bytes: t.bytes,
+            });
+        }
+    }
+    items.sort_by(|a, b| b.estimated_bytes.cmp(&a.estimated_bytes));
+    items
+}
+
+/// Runs a whole dump.
+pub(crate) async fn dump(
+    config: &ConnConfig,
+    bin_dir: Option<PathBuf>,
+    options: &DumpOptions,
+    sink: Arc<dyn DumpSink>,
+) -> Result<DumpReport> {
+    let leader = Arc::new(connect_pinned(config).await?);
+    leader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| query_error(e, "starting the snapshot transaction"))?;
+    let row = leader
+        .query_one(
+            "SELECT pg_export_snapshot(), current_setting('server_version'),
+                    current_setting('server_version_num')::int4, pg_is_in_recovery(),
+                    current_database()::text, current_setting('block_size')::int8,
+                    CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text
+                         ELSE pg_current_wal_lsn()::text END",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(e, "exporting the snapshot"))?;
+    let snapshot: String = row.get(0);
+    let server_version: String = row.get(1);
+    let version_num: i32 = row.get(2);
+    let standby: bool = row.get(3);
+    let database: String = row.get(4);
+    let block_size = u64::try_from(row.get::<_, i64>(5)).unwrap_or(8192);
+    let lsn: Option<String> = row.get(6);
+
+    let mut report = DumpReport::default();
+    report.server_version = server_version;
+    report.database = database;
+    report.snapshot.insert("snapshot".into(), snapshot.clone());
+    report
+        .snapshot
+        .insert("isolation".into(), "repeatable read, read only".into());
+    if let Some(lsn) = lsn {
+        let key = if standby { "replay_lsn" } else { "wal_lsn" };
+        report.snapshot.insert(key.into(), lsn);
+    }
+    if standby {
+        report.snapshot.insert("standby".into(), "true".into());
+    }
+
+    let with_schema = !options.data_only && options.tables.is_empty();
+    let pg_dump = if with_schema {
+        let path = tools::find_program("pg_dump", bin_dir.as_deref())?;
+        let major = tools::tool_major(&path).await?;
+        tools::check_client_version("pg_dump", major, tools::server_major(version_num))?;
+        Some((path, major))
+    } else {
+        None
+    };
+
+    let all = catalog::list_tables(&leader, version_num).await?;
+    let data_tables: Vec<&CatalogTable> = all
+        .iter()
+        .filter(|t| !t.partitioned && !t.extension_member)
+        .collect();
+    let selected: Vec<&CatalogTable> = if options.tables.is_empty() {
+        data_tables.clone()
+    } else {
+        select_tables(&leader, &all, &options.tables).await?
+    };
+
+    lock_tables(&leader, &selected).await?;
+
+    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+    if let Some((path, major)) = pg_dump {
+        let map = catalog::object_map(&leader, &all).await?;
+        let map_json = serde_json::to_string(&map)
+            .map_err(|e| Error::internal(format!("object map not serializable: {e}")))?;
+        let excluded: Vec<TableRef> = data_tables.iter().map(|t| t.table.clone()).collect();
+        let spec = StreamSpec::new(SCHEMA_STREAM, StreamRole::Schema)
+            .with_meta(META_FORMAT, "pg_dump-custom")
+            .with_meta("pg_dump_major", major.to_string())
+            .with_meta("server_version_num", version_num.to_string())
+            .with_meta(OBJECT_MAP_META, map_json);
+        let config = config.clone();
+        let sink = Arc::clone(&sink);
+        let snapshot = snapshot.clone();
+        tasks.spawn(async move {
+            dump_schema(&path, &config, &snapshot, &excluded, spec, sink.as_ref()).await
+        });
+    }
+
+    let can_split = version_num >= 140000;
+    if !can_split && selected.iter().any(|t| t.bytes > options.split_bytes) {
+        sink.warn(format!(
+            "server {} has no TID range scans (PostgreSQL 14+): large tables are dumped as one stream each",
+            report.server_version
+        ));
+    }
+    let items = plan(&selected, options.split_bytes, block_size, can_split);
+    let jobs = options.jobs.clamp(1, items.len().max(1));
+    let queue = Arc::new(Mutex::new(VecDeque::from(items)));
+
+    tasks.spawn(copy_worker(
+        Arc::clone(&leader),
+        true,
+        Arc::clone(&queue),
+        Arc::clone(&sink),
+    ));
+    for _ in 1..jobs {
+        let config = config.clone();
+        let queue = Arc::clone(&queue);
+        let sink = Arc::clone(&sink);
+        let snapshot = snapshot.clone();
+        tasks.spawn(async move {
+            let client = connect_pinned(&config).await?;
+            client
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+                     SET TRANSACTION SNAPSHOT {}",
+                    quote_literal(&snapshot)
+                ))
+                .await
+                .map_err(|e| query_error(e, "joining the dump snapshot"))?;
+            copy_worker(Arc::new(client), false, queue, sink).await
+        });
+    }
+
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined.map_err(|e| Error::internal(format!("dump task failed: {e}")))?;
+        // Dropping the JoinSet on return aborts the other workers.
+        outcome?;
+    }
+
+    leader
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| query_error(e, "ending the snapshot transaction"))?;
+    Ok(report)
+}
+
+/// The requested tables (a partitioned table stands for its leaf partitions).
+async fn select_tables<'a>(
+    client: &Client,
+    all: &'a [CatalogTable],
+    wanted: &[TableRef],
+) -> Result<Vec<&'a CatalogTable>> {
+    let by_name: BTreeMap<&TableRef, &CatalogTable> = all.iter().map(|t| (&t.table, t)).collect();
+    let by_oid: BTreeMap<u32, &CatalogTable> = all.iter().map(|t| (t.oid, t)).collect();
+    let mut out: Vec<&CatalogTable> = Vec::new();
+    let mut seen = HashSet::new();
+    for w in wanted {
+        let t = by_name.get(w).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("table {w} does not exist"))
+                .with_context("table", w)
+        })?;
+        if t.partitioned {
+            let leaves = client
+                .query(
+                    "SELECT relid FROM pg_partition_tree($1::oid) WHERE isleaf",
+                    &[&t.oid],
+                )
+                .await
+                .map_err(|e| query_error(e, format!("listing the partitions of {w}")))?;
+            for row in leaves {
+                let oid: u32 = row.get(0);
+                if let Some(leaf) = by_oid.get(&oid)
+                    && seen.insert(oid)
+                {
+                    out.push(leaf);
+                }
+            }
+        } else if !t.extension_member && seen.insert(t.oid) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Takes ACCESS SHARE locks on the tables to dump, in the snapshot transaction.
+async fn lock_tables(client: &Client, tables: &[&CatalogTable]) -> Result<()> {
+    for batch in tables.chunks(500) {
+        let names: Vec<String> = batch.iter().map(|t| qualified(&t.table)).collect();
+        client
+            .batch_execute(&format!(
+                "LOCK TABLE ONLY {} IN ACCESS SHARE MODE",
+                names.join(", ")
+            ))
+            .await
+            .map_err(|e| query_error(e, "locking the tables to dump"))?;
+    }
+    Ok(())
+}
+
+/// Takes work items off the queue until it is empty.
+async fn copy_worker(
+    client: Arc<Client>,
+    leader: bool,
+    queue: Arc<Mutex<VecDeque<WorkItem>>>,
+    sink: Arc<dyn DumpSink>,
+) -> Result<()> {
+    let mut locked = HashSet::new();
+    loop {
+        let next = queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        let Some(item) = next else { break };
+        if !leader && locked.insert(item.table.clone()) {
+            // The leader holds ACCESS SHARE; if someone queued an exclusive lock behind
+            // it, waiting here would deadlock with the leader, so fail fast as pg_dump does.
+            client
+                .batch_execute(&format!(
+                    "LOCK TABLE ONLY {} IN ACCESS SHARE MODE NOWAIT",
+                    qualified(&item.table)
+                ))
+                .await
+                .map_err(|e| {
+                    query_error(
+                        e,
+                        format!(
+                            "table {} is locked by another session (a concurrent ALTER or DROP?)",
+                            item.table
+                        ),
+                    )
+                    .with_context("table", &item.table)
+                })?;
+        }
+        copy_one(&client, &item, sink.as_ref()).await?;
+    }
+    Ok(())
+}
+
+async fn copy_one(client: &Client, item: &WorkItem, sink: &dyn DumpSink) -> Result<()> {
+    let doing = || format!("dumping table {} (stream {})", item.table, item.stream);
+    let mut writer = sink.open_stream(item.spec()?).await?;
+    let stream = client
+        .copy_out(&item.copy_sql())
+        .await
+        .map_err(|e| query_error(e, doing()).with_context("table", &item.table))?;
+    futures::pin_mut!(stream);
+    let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+    // The stream ends only on the server's CopyDone; a connection lost before that is
+    // an error item, so a truncated table can never be finished as if complete.
+    while let Some(piece) = stream.next().await {
+        let piece =
+            piece.map_err(|e| query_error(e, doing()).with_context("table", &item.table))?;
+        buf.extend_from_slice(&piece);
+        if buf.len() >= WRITE_CHUNK {
+            writer.write(buf.split().freeze()).await?;
+        }
+    }
+    if !buf.is_empty() {
+        writer.write(buf.freeze()).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// pg_dump's archive of everything but table rows, streamed into the `schema` stream.
+async fn dump_schema(
+    pg_dump: &std::path::Path,
+    config: &ConnConfig,
+    snapshot: &str,
+    excluded: &[TableRef],
+    spec: StreamSpec,
+    sink: &dyn DumpSink,
+) -> Result<()> {
+    let mut cmd = tokio::process::Command::new(pg_dump);
+    cmd.arg(format!("--snapshot={snapshot}")).args([
+        "--format=custom",
+        "--compress=0",
+        "--no-password",
+    ]);
+    for t in excluded {
+        // Quoted patterns match literally: no wildcard or dot inside is special.
+        cmd.arg(format!(
+            "--exclude-table-data={}.{}",
+            quote_ident(&t.schema),
+            quote_ident(&t.name)
+        ));
+    }
+    for var in TOOL_ENV_CLEARED {
+        cmd.env_remove(var);
+    }
+    cmd.envs(config.tool_env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("starting {}", pg_dump.display()), e))?;
+    let (Some(mut stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(Error::internal("pg_dump started without pipes"));
+    };
+    let stderr_task = tokio::spawn(tools::read_tail(stderr));
+    let mut writer = sink.open_stream(spec).await?;
+    let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+    loop {
+        buf.reserve(WRITE_CHUNK);
+        let n = stdout
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Error::io("reading pg_dump's output", e))?;
+        if n == 0 {
+            break;
+        }
+        if buf.len() >= WRITE_CHUNK {
+            writer.write(buf.split().freeze()).await?;
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Error::io("waiting for pg_dump", e))?;
+    let stderr = stderr_task.await.unwrap_or_default();
+    if !status.success() {
+        return Err(tool_failure("pg_dump", &status, &stderr));
+    }
+    if !buf.is_empty() {
+        writer.write(Bytes::from(buf)).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// An error for a failed pg_dump/pg_restore, classified from its message.
+pub(crate) fn tool_failure(tool: &str, status: &std::process::ExitStatus, stderr: &str) -> Error {
+    let kind = if stderr.contains("password authentication failed")
+        || stderr.contains("no password supplied")
+    {
+        ErrorKind::Authentication
+    } else if stderr.contains("permission denied") {
+        ErrorKind::PermissionDenied
+    } else if stderr.contains("could not connect") || stderr.contains("connection to server") {
+        ErrorKind::Unreachable
+    } else if stderr.contains("server closed the connection") {
+        ErrorKind::Interrupted
+    } else {
+        ErrorKind::Database
+    };
+    let mut message = format!("{tool} failed ({status})");
+    if !stderr.is_empty() {
+        message.push_str(": ");
+        message.push_str(stderr);
+    }
+    if stderr.contains("role") && stderr.contains("does not exist") {
+        message.push_str("\nhint: the target lacks the source's roles; restore with --no-owner");
+    }
+    Error::new(kind, message).with_context("tool", tool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str, bytes: u64) -> CatalogTable {
+        CatalogTable {
+            oid: 1,
+            table: TableRef::new("s", name),
+            partitioned: false,
+            bytes,
+            columns: vec!["a".into(), "we\"ird".into()],
+            extension_member: false,
+        }
+    }
+
+    #[test]
+    fn plans_ranges_biggest_first() {
+        let small = table("small", 8192);
+        let big = table("big", 10 * 8192);
+        let items = plan(&[&small, &big], 3 * 8192, 8192, true);
+        assert_eq!(items.len(), 5);
+        assert!(items[0].table.name == "big");
+        let big_items: Vec<_> = items.iter().filter(|i| i.table.name == "big").collect();
+        assert_eq!(big_items.len(), 4);
+        let ranges: Vec<_> = big_items.iter().map(|i| i.range).collect();
+        assert!(ranges.contains(&Some((0, Some(3)))));
+        assert!(ranges.contains(&Some((9, None))), "{ranges:?}");
+        let sql = big_items
+            .iter()
+            .find(|i| i.range == Some((9, None)))
+            .map(|i| i.copy_sql())
+            .unwrap_or_default();
+        assert_eq!(
+            sql,
+            "COPY (SELECT \"a\", \"we\"\"ird\" FROM ONLY \"s\".\"big\" WHERE ctid >= '(9,0)'::tid) TO STDOUT"
+        );
+        let whole = plan(&[&small], 3 * 8192, 8192, false);
+        assert_eq!(
+            whole[0].copy_sql(),
+            "COPY \"s\".\"small\" (\"a\", \"we\"\"ird\") TO STDOUT"
+        );
+        assert_eq!(whole[0].stream, "data/s.small/0");
+    }
+}
