@@ -1,0 +1,370 @@
+//! A throwaway MariaDB server for tests, examples and `verify --restore`.
+//!
+//! [`EphemeralMariaDb::start`] runs `mariadb-install-db` into a temporary directory and
+//! starts `mariadbd --no-defaults` on a free loopback port with a private socket, as
+//! user `nobody` when running as root. Root may connect over TCP from 127.0.0.1 with
+//! an empty password. The server is killed and its directory removed on drop. Missing
+//! binaries are an [`ErrorKind::MissingTool`] error that names the package.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Pid, User};
+use ops_core::{Error, ErrorKind, Result};
+
+/// The Debian package that holds the server binaries.
+const PACKAGE_HINT: &str = "install it with `apt-get install mariadb-server`";
+/// How long a server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Options for an ephemeral server. `Default` is what tests want.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EphemeralOptions {
+    /// Allow `LOAD DATA LOCAL INFILE` (`--local-infile`).
+    pub local_infile: bool,
+    /// InnoDB buffer pool size in MiB.
+    pub buffer_pool_mb: u32,
+    /// Extra `--option=value` arguments for `mariadbd`.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for EphemeralOptions {
+    fn default() -> Self {
+        Self {
+            local_infile: true,
+            buffer_pool_mb: 64,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl EphemeralOptions {
+    /// Sets `--local-infile`.
+    #[must_use]
+    pub fn with_local_infile(mut self, on: bool) -> Self {
+        self.local_infile = on;
+        self
+    }
+
+    /// Sets the InnoDB buffer pool size in MiB.
+    #[must_use]
+    pub fn with_buffer_pool_mb(mut self, mb: u32) -> Self {
+        self.buffer_pool_mb = mb.max(8);
+        self
+    }
+
+    /// Adds a `mariadbd` argument such as `--max-connections=20`.
+    #[must_use]
+    pub fn with_arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Starts a server with these options.
+    ///
+    /// # Errors
+    /// See [`EphemeralMariaDb::start`].
+    pub async fn start(self) -> Result<EphemeralMariaDb> {
+        EphemeralMariaDb::start_with(self).await
+    }
+}
+
+/// A running throwaway server. Dropping it kills the server and removes its files.
+#[derive(Debug)]
+pub struct EphemeralMariaDb {
+    child: Option<Child>,
+    port: u16,
+    socket: PathBuf,
+    error_log: PathBuf,
+    // Last: removed after the server is gone.
+    dir: tempfile::TempDir,
+}
+
+impl EphemeralMariaDb {
+    /// Starts a server with default options (`local_infile` on, binlog on).
+    ///
+    /// # Errors
+    /// [`ErrorKind::MissingTool`] when `mariadbd` or `mariadb-install-db` is not
+    /// installed; [`ErrorKind::Io`] when the data directory cannot be made;
+    /// [`ErrorKind::Internal`] when the server does not come up (the message carries
+    /// the end of its error log).
+    pub async fn start() -> Result<Self> {
+        Self::start_with(EphemeralOptions::default()).await
+    }
+
+    /// Options to start a server with (for example without `local_infile`).
+    pub fn builder() -> EphemeralOptions {
+        EphemeralOptions::default()
+    }
+
+    async fn start_with(options: EphemeralOptions) -> Result<Self> {
+        let mariadbd = find_tool(&["mariadbd", "mysqld"])?;
+        let install_db = find_tool(&["mariadb-install-db", "mysql_install_db"])?;
+        let dir = tempfile::Builder::new()
+            .prefix("dbops-mariadb-")
+            .tempdir()
+            .map_err(|e| Error::io("creating a temporary directory", e))?;
+        let owner = if nix::unistd::geteuid().is_root() {
+            let user = User::from_name("nobody")
+                .map_err(|e| Error::internal(format!("looking up user nobody: {e}")))?
+                .ok_or_else(|| Error::internal("running as root but there is no user 'nobody'"))?;
+            Some((user.uid, user.gid))
+        } else {
+            None
+        };
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).map_err(|e| Error::io("creating the data directory", e))?;
+        if let Some((uid, gid)) = owner {
+            for p in [dir.path(), &data] {
+                nix::unistd::chown(p, Some(uid), Some(gid))
+                    .map_err(|e| Error::internal(format!("chown {}: {e}", p.display())))?;
+            }
+        }
+        let install_log = dir.path().join("install.log");
+        let mut install = Command::new(&install_db);
+        install
+            .arg("--no-defaults")
+            .arg("--auth-root-authentication-method=normal")
+            .arg(format!("--datadir={}", data.display()))
+            .arg("--skip-test-db")
+            .arg("--skip-name-resolve")
+            .stdin(Stdio::null())
+            .stdout(log_file(&install_log)?)
+            .stderr(log_file(&install_log)?);
+        if let Some((uid, gid)) = owner {
+            install.uid(uid.as_raw()).gid(gid.as_raw());
+        }
+        let status = tokio::task::spawn_blocking(move || install.status())
+            .await
+            .map_err(|e| Error::internal(format!("running mariadb-install-db: {e}")))?
+            .map_err(|e| Error::io(format!("running {}", install_db.display()), e))?;
+        if !status.success() {
+            return Err(Error::internal(format!(
+                "mariadb-install-db failed ({status}): {}",
+                tail(&install_log)
+            )));
+        }
+
+        let socket = dir.path().join("mysqld.sock");
+        let error_log = dir.path().join("error.log");
+        let mut last_error = None;
+        for _ in 0..3 {
+            let port = free_port()?;
+            let mut cmd = Command::new(&mariadbd);
+            cmd.arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--port={port}"))
+                .arg("--bind-address=127.0.0.1")
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
+                .arg(format!("--log-error={}", error_log.display()))
+                .arg(format!("--log-bin={}", dir.path().join("binlog").display()))
+                .arg("--server-id=1")
+                .arg(format!("--local-infile={}", u8::from(options.local_infile)))
+                .arg(format!("--innodb-buffer-pool-size={}M", options.buffer_pool_mb))
+                .arg("--innodb-log-file-size=64M")
+                .arg("--innodb-flush-log-at-trx-commit=2")
+                .arg("--innodb-doublewrite=0")
+                .arg("--sync-binlog=0")
+                .arg("--skip-name-resolve")
+                .arg("--performance-schema=OFF")
+                .arg("--max-connections=200")
+                .arg("--character-set-server=utf8mb4")
+                .arg("--collation-server=utf8mb4_general_ci")
+                .args(&options.extra_args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file(&dir.path().join("stderr.log"))?);
+            if let Some((uid, gid)) = owner {
+                cmd.uid(uid.as_raw()).gid(gid.as_raw());
+            }
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| Error::io(format!("starting {}", mariadbd.display()), e))?;
+            match wait_ready(&mut child, port).await {
+                Ok(()) => {
+                    let server = Self {
+                        child: Some(child),
+                        port,
+                        socket,
+                        error_log,
+                        dir,
+                    };
+                    server.prepare_accounts().await?;
+                    return Ok(server);
+                }
+                Err(e) => {
+                    stop(&mut child);
+                    let log = tail(&error_log);
+                    // Someone took the port between probing and binding: try another.
+                    let retry = log.contains("Address already in use");
+                    last_error = Some(e.with_message(format!("mariadbd did not start: {log}")));
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::internal("mariadbd did not start")))
+    }
+
+    /// Makes root usable from any loopback address, as the docs promise.
+    async fn prepare_accounts(&self) -> Result<()> {
+        self.execute(
+            "CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY ''; \
+             GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION",
+        )
+        .await
+    }
+
+    /// Runs SQL (several statements allowed) as root, with no default database.
+    ///
+    /// # Errors
+    /// Connection and database errors.
+    pub async fn execute(&self, sql: &str) -> Result<()> {
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(self.port)
+            .user(Some("root"))
+            .prefer_socket(false);
+        let mut conn = mysql_async::Conn::new(opts)
+            .await
+            .map_err(crate::error::db_error)?;
+        conn.query_drop(sql).await.map_err(crate::error::db_error)?;
+        let _ = conn.disconnect().await;
+        Ok(())
+    }
+
+    /// The server URL without a database: `mariadb://root@127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("mariadb://root@127.0.0.1:{}/", self.port)
+    }
+
+    /// The URL of database `db` on this server.
+    pub fn url_for(&self, db: &str) -> String {
+        let mut url = self.url();
+        url.push_str(&url::form_urlencoded::byte_serialize(db.as_bytes()).collect::<String>().replace('+', "%20"));
+        url
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The temporary directory holding the data directory, logs and socket.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The Unix socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The server's error log (to show when a test fails).
+    pub fn error_log(&self) -> String {
+        tail(&self.error_log)
+    }
+
+    /// Kills the server with SIGKILL (for "server died mid-backup" tests). The files
+    /// stay until drop.
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child);
+        }
+    }
+}
+
+fn stop(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
+async fn wait_ready(child: &mut Child, port: u16) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::internal(format!("mariadbd exited with {status}")));
+        }
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(port)
+            .user(Some("root"))
+            .prefer_socket(false);
+        if let Ok(conn) = mysql_async::Conn::new(opts).await {
+            let _ = conn.disconnect().await;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::internal("mariadbd did not accept connections in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Drop for EphemeralMariaDb {
+    fn drop(&mut self) {
+        // The data is thrown away, so there is nothing to shut down cleanly.
+        self.stop();
+    }
+}
+
+fn find_tool(names: &[&str]) -> Result<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for extra in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/usr/local/mysql/bin"] {
+        dirs.push(PathBuf::from(extra));
+    }
+    for name in names {
+        for d in &dirs {
+            let p = d.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(Error::new(
+        ErrorKind::MissingTool,
+        format!("{} is not installed: {PACKAGE_HINT}", names[0]),
+    ))
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::io("finding a free port", e))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::io("finding a free port", e))?
+        .port();
+    Ok(port)
+}
+
+fn log_file(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))
+}
+
+/// The last lines of a log file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}

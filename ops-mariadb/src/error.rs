@@ -1,0 +1,112 @@
+//! Conversion of driver errors into the dbops [`Error`], with the server's error code
+//! and SQLSTATE as context and a kind the operator can act on.
+//!
+//! Driver errors never contain the password (the driver is handed it, never a URL), so
+//! their text may be shown.
+
+use mysql_async::{DriverError, Error as DbError, IoError};
+use ops_core::{Error, ErrorKind};
+
+/// Server error codes dbops reacts to.
+pub(crate) mod code {
+    /// Access denied for a user (wrong password, unknown user, host not allowed).
+    pub const ACCESS_DENIED: u16 = 1045;
+    /// Access denied to a database.
+    pub const DB_ACCESS_DENIED: u16 = 1044;
+    /// `RELOAD`, `SUPER` or similar privilege missing.
+    pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
+    /// Table-level privilege missing.
+    pub const TABLE_ACCESS_DENIED: u16 = 1142;
+    /// Column-level privilege missing.
+    pub const COLUMN_ACCESS_DENIED: u16 = 1143;
+    /// Routine-level privilege missing.
+    pub const PROC_ACCESS_DENIED: u16 = 1370;
+    /// Unknown database.
+    pub const BAD_DB: u16 = 1049;
+    /// Database exists.
+    pub const DB_CREATE_EXISTS: u16 = 1007;
+    /// Table does not exist.
+    pub const NO_SUCH_TABLE: u16 = 1146;
+    /// View references invalid objects.
+    pub const VIEW_INVALID: u16 = 1356;
+    /// `LOAD DATA LOCAL` not allowed (older servers).
+    pub const NOT_ALLOWED_COMMAND: u16 = 1148;
+    /// `LOAD DATA LOCAL` disabled on the server or client (10.6+).
+    pub const LOAD_INFILE_CAPABILITY_DISABLED: u16 = 4166;
+    /// Unknown system variable.
+    pub const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
+    /// Definer account does not exist / needs SUPER or SET USER.
+    pub const NO_SUCH_USER: u16 = 1449;
+}
+
+/// True for the error a `prefer` connection gets from a server without TLS.
+pub(crate) fn is_no_tls(err: &DbError) -> bool {
+    matches!(err, DbError::Driver(DriverError::NoClientSslFlagFromServer))
+}
+
+/// The server error code, if the error came from the server.
+pub(crate) fn server_code(err: &DbError) -> Option<u16> {
+    match err {
+        DbError::Server(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+/// Converts a driver error.
+pub(crate) fn db_error(err: DbError) -> Error {
+    match &err {
+        DbError::Server(e) => {
+            let kind = match e.code {
+                code::ACCESS_DENIED => ErrorKind::Authentication,
+                code::DB_ACCESS_DENIED
+                | code::SPECIFIC_ACCESS_DENIED
+                | code::TABLE_ACCESS_DENIED
+                | code::COLUMN_ACCESS_DENIED
+                | code::PROC_ACCESS_DENIED
+                | code::NO_SUCH_USER => ErrorKind::PermissionDenied,
+                code::BAD_DB | code::NO_SUCH_TABLE => ErrorKind::NotFound,
+                code::DB_CREATE_EXISTS => ErrorKind::AlreadyExists,
+                code::NOT_ALLOWED_COMMAND | code::LOAD_INFILE_CAPABILITY_DISABLED => {
+                    ErrorKind::PermissionDenied
+                }
+                _ => ErrorKind::Database,
+            };
+            let mut out = Error::new(kind, e.message.clone())
+                .with_context("code", e.code)
+                .with_context("sqlstate", &e.state);
+            // Lock wait timeouts and deadlocks pass.
+            if matches!(e.code, 1205 | 1213) {
+                out = out.temporary();
+            }
+            out
+        }
+        DbError::Io(IoError::Io(io)) => {
+            let kind = match io.kind() {
+                std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::AddrNotAvailable
+                | std::io::ErrorKind::HostUnreachable
+                | std::io::ErrorKind::NetworkUnreachable
+                | std::io::ErrorKind::TimedOut => ErrorKind::Unreachable,
+                _ => ErrorKind::Interrupted,
+            };
+            Error::new(kind, format!("connection failed: {io}")).temporary()
+        }
+        DbError::Io(IoError::Tls(tls)) => {
+            Error::new(ErrorKind::Unreachable, format!("TLS failed: {tls}"))
+        }
+        DbError::Driver(DriverError::ConnectionClosed)
+        | DbError::Driver(DriverError::PacketOutOfOrder) => Error::new(
+            ErrorKind::Interrupted,
+            "the server closed the connection (restarted, killed, or the connection was cut)",
+        )
+        .temporary(),
+        DbError::Driver(DriverError::NoClientSslFlagFromServer) => Error::new(
+            ErrorKind::Unreachable,
+            "the server does not offer TLS but the URL requires it (ssl-mode)",
+        ),
+        DbError::Driver(d) => Error::new(ErrorKind::Database, format!("MariaDB driver: {d}")),
+        DbError::Other(o) => Error::new(ErrorKind::Database, format!("MariaDB driver: {o}")),
+        DbError::Url(u) => Error::invalid(format!("MariaDB URL: {u}")),
+    }
+}

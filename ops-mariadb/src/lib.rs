@@ -1,0 +1,223 @@
+#![doc = include_str!("../README.md")]
+
+mod catalog;
+mod conn;
+mod dump;
+pub mod ephemeral;
+mod error;
+mod format;
+mod restore;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ops_core::{
+    DatabaseEngine, DumpOptions, DumpReport, DumpSink, RestoreOptions, RestoreReport, Result,
+    ServerInfo, StreamSource, TableInfo, TableRef,
+};
+
+pub use conn::TlsMode;
+
+/// What a restore does with the `DEFINER=` clause of views, routines, triggers and
+/// events.
+///
+/// The definer is an account of the source server; on another server it may not
+/// exist, and creating an object with an unknown definer needs `SET USER` (or `SUPER`)
+/// and leaves an object that fails when used.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DefinerPolicy {
+    /// Restore the definer as dumped (the default, like `mariadb-dump`).
+    #[default]
+    Keep,
+    /// Leave the clause out: the restoring account becomes the definer.
+    Drop,
+    /// Replace the definer with this account: `user@host`, or already quoted
+    /// (`` `user`@`host` ``).
+    Rewrite(String),
+}
+
+/// The MariaDB (and MySQL, where it costs nothing) [`DatabaseEngine`].
+///
+/// Bound to one database of one server. Construction only parses the URL; nothing
+/// connects until a method that needs the server is called.
+#[derive(Clone)]
+pub struct MariaDbEngine {
+    config: Arc<conn::ConnConfig>,
+    definer: DefinerPolicy,
+}
+
+impl fmt::Debug for MariaDbEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MariaDbEngine")
+            .field("location", &self.config.redacted_url())
+            .field("tls", &self.config.tls)
+            .field("definer", &self.definer)
+            .finish()
+    }
+}
+
+impl MariaDbEngine {
+    /// Parses a `mariadb://` or `mysql://` URL:
+    /// `mariadb://user:password@host:port/database?ssl-mode=verify-full&ssl-ca=/path/ca.pem`.
+    ///
+    /// `ssl-mode` (or `sslmode`) is one of `disable`, `prefer` (the default: TLS when
+    /// the server offers it, certificate not checked), `require` (TLS, certificate not
+    /// checked), `verify-ca` (TLS, certificate checked against `ssl-ca` or the system
+    /// roots, host name not checked), `verify-full` (both checked). `socket=/path`
+    /// connects over a Unix socket instead of TCP. The password is kept as a
+    /// [`ops_core::Secret`].
+    ///
+    /// # Errors
+    /// [`ops_core::ErrorKind::InvalidInput`] for anything that is not such a URL; the
+    /// message never contains the password.
+    pub fn new(url: &str) -> Result<Self> {
+        Ok(Self {
+            config: Arc::new(conn::ConnConfig::parse(url)?),
+            definer: DefinerPolicy::Keep,
+        })
+    }
+
+    /// The same server bound to another database (for example a restore target).
+    #[must_use]
+    pub fn with_database(&self, name: &str) -> Self {
+        Self {
+            config: Arc::new(self.config.with_database(name)),
+            definer: self.definer.clone(),
+        }
+    }
+
+    /// Sets what restores do with `DEFINER=` clauses.
+    #[must_use]
+    pub fn with_definer(mut self, policy: DefinerPolicy) -> Self {
+        self.definer = policy;
+        self
+    }
+
+    /// The definer policy in force.
+    pub fn definer(&self) -> &DefinerPolicy {
+        &self.definer
+    }
+
+    /// The TLS mode parsed from the URL.
+    pub fn tls_mode(&self) -> TlsMode {
+        self.config.tls
+    }
+
+    fn require_database(&self) -> Result<&str> {
+        if self.config.database.is_empty() {
+            return Err(ops_core::Error::invalid(format!(
+                "the URL {} names no database; add it as the path (mariadb://host/dbname)",
+                self.config.redacted_url()
+            )));
+        }
+        Ok(&self.config.database)
+    }
+}
+
+#[async_trait]
+impl DatabaseEngine for MariaDbEngine {
+    fn name(&self) -> &'static str {
+        "mariadb"
+    }
+
+    fn location(&self) -> String {
+        self.config.redacted_url()
+    }
+
+    fn database(&self) -> String {
+        self.config.database.clone()
+    }
+
+    async fn describe(&self) -> Result<ServerInfo> {
+        let mut c = conn::connect(&self.config, None, conn::Session::Catalog).await?;
+        let version = conn::query_string(&mut c, "SELECT VERSION()").await?;
+        let databases = conn::query_strings(
+            &mut c,
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY SCHEMA_NAME",
+        )
+        .await?;
+        let db = self.config.database.clone();
+        let mut tables = Vec::new();
+        if !db.is_empty() {
+            let sql = format!(
+                "SELECT TABLE_NAME, COALESCE(DATA_LENGTH, 0), COALESCE(TABLE_ROWS, 0) \
+                 FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} \
+                 AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') ORDER BY TABLE_NAME",
+                format::quote_str(&db)
+            );
+            for row in conn::query_rows(&mut c, &sql).await? {
+                tables.push(TableInfo {
+                    table: TableRef::new(db.clone(), conn::text(&row, 0)?),
+                    bytes: conn::number(&row, 1)?,
+                    estimated_rows: conn::number(&row, 2)?,
+                });
+            }
+        }
+        conn::disconnect(c).await;
+        let mut info = ServerInfo::default();
+        info.engine = "mariadb".into();
+        info.version = version;
+        info.databases = databases;
+        info.database = db;
+        info.tables = tables;
+        Ok(info)
+    }
+
+    async fn dump(&self, options: &DumpOptions, sink: Arc<dyn DumpSink>) -> Result<DumpReport> {
+        let db = self.require_database()?.to_owned();
+        dump::dump(Arc::clone(&self.config), db, options.clone(), sink).await
+    }
+
+    async fn restore(
+        &self,
+        source: Arc<dyn StreamSource>,
+        options: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let db = self.require_database()?.to_owned();
+        restore::restore(
+            Arc::clone(&self.config),
+            db,
+            self.definer.clone(),
+            source,
+            options.clone(),
+        )
+        .await
+    }
+
+    async fn drop_database(&self) -> Result<()> {
+        let db = self.require_database()?;
+        let mut c = conn::connect(&self.config, None, conn::Session::Catalog).await?;
+        conn::exec(
+            &mut c,
+            &format!("DROP DATABASE IF EXISTS {}", format::quote_ident(db)),
+        )
+        .await
+        .map_err(|e| e.during(format!("dropping database {db}")))?;
+        conn::disconnect(c).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_is_object_safe_and_debug_hides_password() {
+        let e = MariaDbEngine::new("mariadb://app:hunter2@db.example:3307/shop?ssl-mode=require")
+            .expect("valid URL");
+        let shared: Arc<dyn DatabaseEngine> = Arc::new(e.clone());
+        assert_eq!(shared.name(), "mariadb");
+        assert_eq!(shared.database(), "shop");
+        let debug = format!("{e:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!shared.location().contains("hunter2"));
+        assert!(shared.location().contains("db.example:3307/shop"));
+        let other = e.with_database("shop_copy");
+        assert_eq!(other.database(), "shop_copy");
+        assert!(!other.location().contains("hunter2"));
+        assert!(other.location().contains("/shop_copy"));
+    }
+}

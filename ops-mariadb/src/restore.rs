@@ -1,0 +1,573 @@
+//! The restore: target checks (create, clean, not empty), the pre-data schema, the
+//! data through `LOAD DATA LOCAL INFILE` fed straight from the stream source by
+//! `jobs` connections, then the post-data schema (triggers, events).
+//!
+//! Every load runs in its own transaction: when the source stream fails half-way the
+//! driver still ends the transfer cleanly, and the rows already sent are rolled back
+//! instead of committed. Loads are checked: the server's warnings and its row count
+//! against the records sent; any difference fails the restore.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::{StreamExt, TryStreamExt};
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use ops_core::{
+    Error, ErrorKind, RestoreOptions, RestoreReport, Result, StreamRole, StreamSource, StreamSpec,
+};
+use tokio::task::JoinSet;
+
+use crate::catalog::{self, ObjectKind, SchemaHeader, SchemaObject};
+use crate::conn::{self, ConnConfig, Session};
+use crate::error::{code, db_error, server_code};
+use crate::format::{self, apply_definer, load_clause, quote_ident, quote_str, StreamColumn};
+use crate::DefinerPolicy;
+
+/// What to restore, decided from the options and the dump.
+struct Selection {
+    /// Only these tables (source names); `None` is everything.
+    tables: Option<BTreeSet<String>>,
+}
+
+impl Selection {
+    fn table(&self, name: &str) -> bool {
+        self.tables.as_ref().is_none_or(|t| t.contains(name))
+    }
+
+    fn full(&self) -> bool {
+        self.tables.is_none()
+    }
+
+    fn object(&self, o: &SchemaObject) -> bool {
+        match o.kind {
+            ObjectKind::Table => self.table(&o.name),
+            ObjectKind::Trigger => o.table.as_deref().is_some_and(|t| self.table(t)),
+            _ => self.full(),
+        }
+    }
+}
+
+pub(crate) async fn restore(
+    config: Arc<ConnConfig>,
+    db: String,
+    definer: DefinerPolicy,
+    source: Arc<dyn StreamSource>,
+    options: RestoreOptions,
+) -> Result<RestoreReport> {
+    let specs = source.streams().to_vec();
+    let find = |name: &str| specs.iter().any(|s| s.role == StreamRole::Schema && s.name == name);
+    if !find(catalog::PRE_DATA) {
+        return Err(Error::invalid(
+            "the backup holds no MariaDB schema stream (it is a data-only dump or not a \
+             MariaDB backup); it cannot be restored",
+        ));
+    }
+    let (header, pre) = read_schema(&*source, catalog::PRE_DATA).await?;
+    let post = if find(catalog::POST_DATA) {
+        read_schema(&*source, catalog::POST_DATA).await?.1
+    } else {
+        Vec::new()
+    };
+
+    if !options.schemas.is_empty()
+        && !options.schemas.iter().any(|s| *s == header.database || *s == db)
+    {
+        return Err(Error::invalid(format!(
+            "the backup holds database '{}'; the schema filter {:?} names none of it",
+            header.database, options.schemas
+        )));
+    }
+    let selection = if options.tables.is_empty() {
+        Selection { tables: None }
+    } else {
+        let mut names = BTreeSet::new();
+        for t in &options.tables {
+            if t.schema != header.database && t.schema != db {
+                return Err(Error::invalid(format!(
+                    "table {t} is not in the backup's database '{}'",
+                    header.database
+                )));
+            }
+            if !pre.iter().any(|o| o.kind == ObjectKind::Table && o.name == t.name) {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("table {t} is not in the backup"),
+                ));
+            }
+            names.insert(t.name.clone());
+        }
+        Selection { tables: Some(names) }
+    };
+
+    let mut admin = conn::connect(&config, None, Session::Restore).await?;
+    let exists = !conn::query_rows(
+        &mut admin,
+        &format!(
+            "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {}",
+            quote_str(&db)
+        ),
+    )
+    .await?
+    .is_empty();
+    let create_sql = format!(
+        "CREATE DATABASE {} CHARACTER SET {} COLLATE {}",
+        quote_ident(&db),
+        header.charset,
+        header.collation
+    );
+    let mut created = false;
+    if options.create {
+        if exists {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("database '{db}' already exists; restore without create, or drop it"),
+            ));
+        }
+        conn::exec(&mut admin, &create_sql).await?;
+        created = true;
+    } else if !exists {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("database '{db}' does not exist; pass create to make it"),
+        ));
+    } else {
+        let held = existing_objects(&mut admin, &db, &selection).await?;
+        if !held.is_empty() {
+            if !options.clean {
+                return Err(Error::new(
+                    ErrorKind::TargetNotEmpty,
+                    format!(
+                        "database '{db}' is not empty (it holds {}); restore with clean to \
+                         replace its content",
+                        held.join(", ")
+                    ),
+                ));
+            }
+            if selection.full() {
+                conn::exec(&mut admin, &format!("DROP DATABASE {}", quote_ident(&db))).await?;
+                conn::exec(&mut admin, &create_sql).await?;
+            } else {
+                for name in selection.tables.iter().flatten() {
+                    conn::exec(
+                        &mut admin,
+                        &format!("DROP TABLE IF EXISTS {}.{}", quote_ident(&db), quote_ident(name)),
+                    )
+                    .await?;
+                }
+            }
+        } else if selection.full() {
+            conn::exec(
+                &mut admin,
+                &format!(
+                    "ALTER DATABASE {} CHARACTER SET {} COLLATE {}",
+                    quote_ident(&db),
+                    header.charset,
+                    header.collation
+                ),
+            )
+            .await?;
+        }
+    }
+
+    let result = restore_into(
+        &config, &db, &definer, &source, &specs, &selection, &pre, &post, &options,
+    )
+    .await;
+    match result {
+        Ok(tables) => {
+            conn::disconnect(admin).await;
+            let mut report = RestoreReport::default();
+            report.database = db;
+            report.tables = tables;
+            Ok(report)
+        }
+        Err(e) => {
+            if created && !options.keep_failed {
+                if let Err(drop_err) =
+                    conn::exec(&mut admin, &format!("DROP DATABASE {}", quote_ident(&db))).await
+                {
+                    tracing::warn!("could not drop the failed restore's database {db}: {drop_err}");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn read_schema(source: &dyn StreamSource, name: &str) -> Result<(SchemaHeader, Vec<SchemaObject>)> {
+    let mut stream = source.open(name).await?;
+    let mut bytes = Vec::new();
+    while let Some(piece) = stream.try_next().await? {
+        bytes.extend_from_slice(&piece);
+    }
+    catalog::from_jsonl(&bytes, name)
+}
+
+/// What the target already holds that a restore of `selection` would collide with.
+async fn existing_objects(admin: &mut Conn, db: &str, selection: &Selection) -> Result<Vec<String>> {
+    let qdb = quote_str(db);
+    let mut held = Vec::new();
+    let tables = conn::query_strings(
+        admin,
+        &format!("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {qdb}"),
+    )
+    .await?;
+    let tables: Vec<String> = tables.into_iter().filter(|t| selection.table(t)).collect();
+    if !tables.is_empty() {
+        held.push(format!("{} tables or views", tables.len()));
+    }
+    if selection.full() {
+        for (what, sql) in [
+            ("routines", format!("SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {qdb}")),
+            ("events", format!("SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {qdb}")),
+        ] {
+            let n: u64 = conn::query_string(admin, &sql).await?.parse().unwrap_or(0);
+            if n > 0 {
+                held.push(format!("{n} {what}"));
+            }
+        }
+    }
+    Ok(held)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_into(
+    config: &Arc<ConnConfig>,
+    db: &str,
+    definer: &DefinerPolicy,
+    source: &Arc<dyn StreamSource>,
+    specs: &[StreamSpec],
+    selection: &Selection,
+    pre: &[SchemaObject],
+    post: &[SchemaObject],
+    options: &RestoreOptions,
+) -> Result<BTreeMap<String, u64>> {
+    let mut ddl = conn::connect(config, Some(db), Session::Restore).await?;
+    let pre: Vec<&SchemaObject> = pre.iter().filter(|o| selection.object(o)).collect();
+    let (views, others): (Vec<_>, Vec<_>) = pre.into_iter().partition(|o| o.kind == ObjectKind::View);
+    for o in others {
+        create_object(&mut ddl, o, definer).await?;
+    }
+    create_views(&mut ddl, &views, definer).await?;
+
+    let tasks: VecDeque<StreamSpec> = specs
+        .iter()
+        .filter(|s| s.role == StreamRole::TableData)
+        .filter(|s| s.table.as_ref().is_some_and(|t| selection.table(&t.name)))
+        .cloned()
+        .collect();
+    let versioned = tasks.iter().any(|s| s.meta.contains_key("system_versioned"));
+    let loaded = load_all(config, db, source, tasks, options.jobs.max(1), versioned).await?;
+
+    for o in post.iter().filter(|o| selection.object(o)) {
+        create_object(&mut ddl, o, definer).await?;
+    }
+    conn::disconnect(ddl).await;
+    Ok(loaded)
+}
+
+/// Creates one object under the session settings it was created with.
+async fn create_object(ddl: &mut Conn, o: &SchemaObject, definer: &DefinerPolicy) -> Result<()> {
+    let sql = match o.kind {
+        ObjectKind::Table | ObjectKind::Sequence | ObjectKind::SequenceValue => o.sql.clone(),
+        _ => apply_definer(&o.sql, definer),
+    };
+    let mut settings = Vec::new();
+    if let Some(mode) = &o.sql_mode {
+        settings.push(format!("sql_mode = {}", quote_str(mode)));
+    }
+    // The SQL text is UTF-8; the recorded client character set is kept when the text
+    // means the same in it (ASCII, or a UTF-8 set), so routines keep their metadata.
+    if let Some(cs) = &o.character_set_client {
+        let utf8 = cs.starts_with("utf8");
+        if (utf8 || sql.is_ascii()) && is_name(cs) {
+            settings.push(format!("character_set_client = {cs}"));
+        }
+    }
+    if let Some(coll) = &o.collation_connection {
+        if is_name(coll) {
+            settings.push(format!("collation_connection = {coll}"));
+        }
+    }
+    if let Some(tz) = &o.time_zone {
+        settings.push(format!("time_zone = {}", quote_str(tz)));
+    }
+    if !settings.is_empty() {
+        conn::exec(ddl, &format!("SET SESSION {}", settings.join(", "))).await?;
+    }
+    let created = conn::exec(ddl, &sql).await;
+    if !settings.is_empty() {
+        conn::exec(ddl, conn::RESTORE_DEFAULTS).await?;
+        conn::exec(ddl, "SET SESSION time_zone = '+00:00'").await?;
+    }
+    created.map_err(|e| explain_ddl_error(e, o))
+}
+
+fn explain_ddl_error(e: Error, o: &SchemaObject) -> Error {
+    let what = format!("{:?} {}", o.kind, o.name).to_lowercase();
+    let hint = if e.kind() == ErrorKind::PermissionDenied && o.sql.contains("DEFINER=") {
+        "; the definer account may not exist here: restore with a definer policy that drops \
+         or rewrites DEFINER clauses"
+    } else {
+        ""
+    };
+    let msg = format!("{}{hint}", e.message());
+    e.with_message(msg).during(format!("creating {what}"))
+}
+
+/// A character set or collation name (safe to put into SQL unquoted).
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Views may depend on views: create what can be created, then retry the rest, until
+/// nothing is left or nothing more succeeds.
+async fn create_views(ddl: &mut Conn, views: &[&SchemaObject], definer: &DefinerPolicy) -> Result<()> {
+    let mut pending: Vec<&SchemaObject> = views.to_vec();
+    while !pending.is_empty() {
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for v in &pending {
+            match create_object(ddl, v, definer).await {
+                Ok(()) => {}
+                Err(e) if matches!(e.context_value("code"), Some(c) if c == code::NO_SUCH_TABLE.to_string() || c == code::VIEW_INVALID.to_string()) => {
+                    failed.push(*v);
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if failed.len() == pending.len() {
+            return Err(last_error.unwrap_or_else(|| Error::internal("view creation made no progress")));
+        }
+        pending = failed;
+    }
+    Ok(())
+}
+
+/// Loads every data stream, `jobs` at a time; returns rows per table.
+async fn load_all(
+    config: &Arc<ConnConfig>,
+    db: &str,
+    source: &Arc<dyn StreamSource>,
+    tasks: VecDeque<StreamSpec>,
+    jobs: usize,
+    versioned: bool,
+) -> Result<BTreeMap<String, u64>> {
+    let workers_needed = jobs.min(tasks.len());
+    let queue = Arc::new(Mutex::new(tasks));
+    let totals = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let mut connections = Vec::new();
+    for _ in 0..workers_needed {
+        let mut c = conn::connect(config, Some(db), Session::Restore).await?;
+        if versioned {
+            conn::exec(&mut c, "SET SESSION system_versioning_insert_history = 1")
+                .await
+                .map_err(|e| {
+                    if e.context_value("code") == Some(&code::UNKNOWN_SYSTEM_VARIABLE.to_string()) {
+                        e.with_message(
+                            "restoring the history of system-versioned tables needs MariaDB \
+                             10.11 or newer (system_versioning_insert_history)",
+                        )
+                    } else {
+                        e
+                    }
+                })?;
+        }
+        connections.push(c);
+    }
+    // Spawned, so that reading the source (decryption, decompression) of two streams
+    // runs on two cores.
+    let mut workers = JoinSet::new();
+    for mut c in connections {
+        let queue = Arc::clone(&queue);
+        let totals = Arc::clone(&totals);
+        let source = Arc::clone(source);
+        let db = db.to_owned();
+        workers.spawn(async move {
+            loop {
+                let next = queue.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+                let Some(spec) = next else { break };
+                let rows = load_stream(&mut c, &db, &*source, &spec).await?;
+                let table = spec
+                    .table
+                    .as_ref()
+                    .map(|t| format!("{db}.{}", t.name))
+                    .unwrap_or_default();
+                *totals
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(table)
+                    .or_default() += rows;
+            }
+            conn::disconnect(c).await;
+            Ok::<(), Error>(())
+        });
+    }
+    while let Some(joined) = workers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            // Returning drops the JoinSet, which aborts the other loads; their open
+            // transactions roll back when their connections close.
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(Error::internal(format!("a restore worker failed: {e}"))),
+        }
+    }
+    let totals = totals.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    Ok(totals)
+}
+
+/// Loads one data stream with `LOAD DATA LOCAL INFILE`, fed from the source.
+async fn load_stream(conn: &mut Conn, db: &str, source: &dyn StreamSource, spec: &StreamSpec) -> Result<u64> {
+    let table = spec
+        .table
+        .as_ref()
+        .ok_or_else(|| Error::corrupt(format!("data stream '{}' names no table", spec.name)))?;
+    let target = format!("{db}.{}", table.name);
+    let doing = || format!("restoring table {target} from stream '{}'", spec.name);
+    match spec.meta.get("format").map(String::as_str) {
+        Some(catalog::DATA_FORMAT) => {}
+        other => {
+            return Err(Error::new(
+                ErrorKind::UnsupportedFormat,
+                format!(
+                    "data stream '{}' is in format {other:?}; this dbops reads {}: use a newer dbops",
+                    spec.name,
+                    catalog::DATA_FORMAT
+                ),
+            ))
+        }
+    }
+    let columns: Vec<StreamColumn> = spec
+        .meta
+        .get("columns")
+        .ok_or_else(|| Error::corrupt(format!("data stream '{}' has no column list", spec.name)))
+        .and_then(|c| {
+            serde_json::from_str(c).map_err(|e| {
+                Error::corrupt(format!("column list of data stream '{}': {e}", spec.name))
+            })
+        })?;
+
+    let stream = source.open(&spec.name).await.map_err(|e| e.during(doing()))?;
+    let source_error: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+    let records = Arc::new(AtomicU64::new(0));
+    let (err_slot, counter) = (Arc::clone(&source_error), Arc::clone(&records));
+    let infile = stream
+        .map(move |item| match item {
+            Ok(bytes) => {
+                counter.fetch_add(memchr_count(&bytes), Ordering::Relaxed);
+                Ok(bytes)
+            }
+            Err(e) => {
+                let text = e.to_string();
+                *err_slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                Err(std::io::Error::other(text))
+            }
+        })
+        .boxed();
+    // The driver wants a Sync future; the stream is only Send, so it sits in a Mutex.
+    let cell = Mutex::new(Some(infile));
+    conn.set_infile_handler(async move {
+        cell.into_inner()
+            .ok()
+            .flatten()
+            .ok_or_else(|| mysql_async::Error::Other("infile stream taken twice".into()))
+    });
+
+    conn::exec(conn, "START TRANSACTION").await?;
+    let sql = format!(
+        "LOAD DATA LOCAL INFILE {} INTO TABLE {} {} {}",
+        quote_str(&spec.name),
+        quote_ident(&table.name),
+        format::LOAD_FORMAT,
+        load_clause(&columns)
+    );
+    let loaded = conn.query_drop(sql).await;
+    let taken = source_error.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some(e) = taken {
+        // The driver ended the transfer; make sure nothing of it is committed.
+        let _ = conn.query_drop("ROLLBACK").await;
+        return Err(e.during(doing()));
+    }
+    if let Err(e) = loaded {
+        let local_infile_off = matches!(
+            server_code(&e),
+            Some(code::LOAD_INFILE_CAPABILITY_DISABLED | code::NOT_ALLOWED_COMMAND)
+        );
+        let err = db_error(e);
+        if local_infile_off {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "the server refuses LOAD DATA LOCAL INFILE, which dbops restores data with: \
+                 enable it with SET GLOBAL local_infile=1 (or start mariadbd with \
+                 --local-infile=1)",
+            )
+            .with_context("table", &target)
+            .with_source(err));
+        }
+        return Err(err.during(doing()));
+    }
+    let affected = conn.affected_rows();
+    let warnings = conn.get_warnings();
+    let sent = records.load(Ordering::Relaxed);
+    if warnings > 0 {
+        let shown = conn::query_rows(conn, "SHOW WARNINGS LIMIT 5").await?;
+        let mut texts = Vec::new();
+        for row in &shown {
+            texts.push(format!("{} {}", conn::text(row, 1)?, conn::text(row, 2)?));
+        }
+        let _ = conn.query_drop("ROLLBACK").await;
+        return Err(Error::new(
+            ErrorKind::Mismatch,
+            format!(
+                "loading produced {warnings} warnings, so data would not be restored exactly: {}",
+                texts.join("; ")
+            ),
+        )
+        .with_context("table", &target)
+        .during(doing()));
+    }
+    if affected != sent {
+        let _ = conn.query_drop("ROLLBACK").await;
+        return Err(Error::new(
+            ErrorKind::Mismatch,
+            format!("the stream holds {sent} records but the server loaded {affected} rows"),
+        )
+        .with_context("table", &target)
+        .during(doing()));
+    }
+    conn::exec(conn, "COMMIT").await?;
+    Ok(sent)
+}
+
+fn memchr_count(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_filters_objects() {
+        let s = Selection { tables: Some(["a".to_owned()].into()) };
+        let mut trig = SchemaObject {
+            kind: ObjectKind::Trigger,
+            name: "t".into(),
+            table: Some("a".into()),
+            sql: String::new(),
+            sql_mode: None,
+            character_set_client: None,
+            collation_connection: None,
+            time_zone: None,
+        };
+        assert!(s.object(&trig));
+        trig.table = Some("b".into());
+        assert!(!s.object(&trig));
+        trig.kind = ObjectKind::View;
+        assert!(!s.object(&trig));
+        assert!(Selection { tables: None }.object(&trig));
+    }
+}
