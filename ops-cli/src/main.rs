@@ -1,1 +1,49 @@
-fn main() {}
+//! The `dbops` binary: parses arguments, calls the library, prints. No backup logic
+//! lives here.
+
+mod cli;
+mod commands;
+mod engines;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use ops_core::ErrorKind;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    output::init_logging(cli.verbose, cli.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dbops: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let json = cli.json;
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            output::print_error(&e, json);
+            ExitCode::from(exit_code(e.kind()))
+        }
+    }
+}
+
+/// Exit codes (documented in the README):
+/// 0 success; 1 failure; 2 bad usage; 3 damage or a mismatch found (verify, or a
+/// restore that met damaged data); 4 repository locked; 5 repository cannot be opened
+/// (missing, wrong password, unknown format); 6 a server or store is unreachable
+/// (worth retrying later).
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::InvalidInput => 2,
+        ErrorKind::Corrupt | ErrorKind::Mismatch => 3,
+        ErrorKind::Locked => 4,
+        ErrorKind::NotInitialized | ErrorKind::WrongPassword | ErrorKind::UnsupportedFormat => 5,
+        ErrorKind::Unreachable => 6,
+        _ => 1,
+    }
+}

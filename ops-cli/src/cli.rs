@@ -1,0 +1,155 @@
+//! Command-line arguments. The forms here are a contract that scripts and checks drive;
+//! change them only by adding.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// dbops: consistent, compressed, encrypted, de-duplicated backups of PostgreSQL and
+/// MariaDB, with verification by restore.
+#[derive(Debug, Parser)]
+#[command(name = "dbops", version, about, long_about = None)]
+pub struct Cli {
+    /// Repository URL: a path, file:///path, memory://, s3://bucket/prefix, gs://…, az://…
+    #[arg(long, global = true, env = "DBOPS_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+
+    /// File holding the repository password (else DBOPS_PASSWORD).
+    #[arg(long, global = true, env = "DBOPS_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Print one JSON document on stdout and nothing else there.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// No progress display.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(InitArgs),
+    /// Back up a database; prints the backup id.
+    Backup(BackupArgs),
+    /// List backups.
+    List,
+    /// Show one backup in detail.
+    Show(ShowArgs),
+    /// Check backups: structure, every byte (--read-data), or by restoring (--restore).
+    Verify(VerifyArgs),
+    /// Restore a backup into a database.
+    Restore(RestoreArgs),
+}
+
+/// `init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Store data unencrypted (required to do so on a remote target).
+    #[arg(long)]
+    pub no_encryption: bool,
+    /// zstd compression level.
+    #[arg(long, default_value_t = 3, value_name = "LEVEL")]
+    pub compression_level: i32,
+    /// Average chunk size in KiB (min is a quarter, max eight times).
+    #[arg(long, default_value_t = 8, value_name = "KIB")]
+    pub chunk_size_kib: u32,
+    /// Target pack size in MiB.
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    pub pack_size_mib: u32,
+    /// Argon2id memory in MiB (lower only for tests).
+    #[arg(long, default_value_t = 64, value_name = "MIB", hide = true)]
+    pub kdf_memory_mib: u32,
+}
+
+/// `backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Database URL (postgres://, postgresql://, mariadb://, mysql://). Passwords are
+    /// better given by PGPASSWORD / the engine's own environment.
+    #[arg(value_name = "DB_URL")]
+    pub database: String,
+    /// Parallel connections, all on one snapshot.
+    #[arg(long, short = 'j', default_value_t = 2)]
+    pub jobs: usize,
+    /// Tag the backup (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Split tables larger than this many MiB into several streams.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub split_mib: u64,
+}
+
+/// `show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Backup id, a unique prefix of it, or `latest`.
+    #[arg(value_name = "ID", default_value = "latest")]
+    pub id: String,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id, prefix or `latest` (default: latest).
+    #[arg(value_name = "ID", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Verify every backup.
+    #[arg(long)]
+    pub all: bool,
+    /// Read every chunk: authenticate, decompress, re-hash.
+    #[arg(long)]
+    pub read_data: bool,
+    /// Restore into a scratch database and compare every table.
+    #[arg(long)]
+    pub restore: bool,
+    /// Scratch database for --restore (created if missing, dropped after if created);
+    /// default: a throwaway local server.
+    #[arg(long, value_name = "DB_URL", requires = "restore")]
+    pub into: Option<String>,
+    /// Parallel connections / streams.
+    #[arg(long, short = 'j', default_value_t = 2)]
+    pub jobs: usize,
+}
+
+/// `restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup id, prefix or `latest`.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Database to restore into (any name: restoring `shop` as `shop_restore` works).
+    #[arg(value_name = "DB_URL")]
+    pub database: String,
+    /// Create the database (it must not exist).
+    #[arg(long)]
+    pub create: bool,
+    /// Drop what the target holds first (with --table, only those tables).
+    #[arg(long)]
+    pub clean: bool,
+    /// Keep a database created by --create when the restore fails.
+    #[arg(long)]
+    pub keep_failed: bool,
+    /// Restore only this table, schema.name (repeatable).
+    #[arg(long = "table", value_name = "SCHEMA.TABLE")]
+    pub tables: Vec<String>,
+    /// Restore only this schema (repeatable).
+    #[arg(long = "schema", value_name = "SCHEMA")]
+    pub schemas: Vec<String>,
+    /// Leave out ownership (for targets without the source's roles).
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Parallel connections.
+    #[arg(long, short = 'j', default_value_t = 2)]
+    pub jobs: usize,
+}

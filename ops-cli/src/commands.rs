@@ -1,0 +1,437 @@
+//! One function per command: gather inputs, call the library, print the result.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use ops_core::repo::{
+    BackupOptions, ChunkerParams, Encryption, InitOptions, KdfParams, Manifest, Progress,
+    Repository, VerifyOptions,
+};
+use ops_core::{DumpOptions, Error, ErrorKind, RestoreOptions, Result, Secret, TableRef};
+use ops_storage::{open_target, TargetOptions};
+
+use crate::cli::{BackupArgs, Cli, Command, InitArgs, RestoreArgs, ShowArgs, VerifyArgs};
+use crate::engines::{engine_for_url, scratch_server, with_database};
+use crate::output::{bytes, print_json, ProgressDisplay};
+
+/// Exit code when verification finds damage or a mismatch.
+const EXIT_DAMAGE: u8 = 3;
+
+/// Runs the parsed command.
+///
+/// # Errors
+/// Whatever the command met; `main` maps the kind to an exit code.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init(a) => init(&cli, a).await,
+        Command::Backup(a) => backup(&cli, a).await,
+        Command::List => list(&cli).await,
+        Command::Show(a) => show(&cli, a).await,
+        Command::Verify(a) => verify(&cli, a).await,
+        Command::Restore(a) => restore(&cli, a).await,
+    }
+}
+
+fn repo_url(cli: &Cli) -> Result<&str> {
+    cli.repo.as_deref().ok_or_else(|| {
+        Error::invalid("no repository given: pass --repo URL or set DBOPS_REPO")
+    })
+}
+
+fn password(cli: &Cli) -> Result<Option<Secret>> {
+    if let Some(path) = &cli.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::io(format!("reading the password file {}", path.display()), e)
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        return Ok(Some(Secret::new(text)));
+    }
+    Ok(std::env::var("DBOPS_PASSWORD").ok().map(Secret::new))
+}
+
+async fn open_repo(cli: &Cli) -> Result<Repository> {
+    let target = open_target(repo_url(cli)?, &TargetOptions::default())?;
+    Repository::open(target, password(cli)?.as_ref()).await
+}
+
+async fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
+    let target = open_target(repo_url(cli)?, &TargetOptions::default())?;
+    let encryption = match (a.no_encryption, password(cli)?) {
+        (true, Some(_)) => {
+            tracing::warn!("--no-encryption given: the password is not used");
+            Encryption::None
+        }
+        (true, None) => Encryption::None,
+        (false, Some(p)) => Encryption::Password(p),
+        (false, None) => {
+            return Err(Error::invalid(
+                "no password for the new repository: set DBOPS_PASSWORD or pass --password-file FILE (or --no-encryption to store data unencrypted)",
+            ))
+        }
+    };
+    let avg = a.chunk_size_kib.saturating_mul(1024);
+    let options = InitOptions::new(encryption)
+        .with_chunker(ChunkerParams {
+            min: (avg / 4).max(64),
+            avg,
+            max: avg.saturating_mul(8),
+        })
+        .with_pack_size(a.pack_size_mib.saturating_mul(1024 * 1024))
+        .with_compression_level(a.compression_level)
+        .with_kdf(KdfParams {
+            memory_kib: a.kdf_memory_mib.saturating_mul(1024),
+            ..KdfParams::default()
+        })
+        .with_allow_unencrypted_remote(a.no_encryption);
+    let repo = Repository::init(target, options).await?;
+    let location = repo.target().location();
+    if cli.json {
+        print_json(&json!({ "ok": true, "repository": location, "config": repo.config() }));
+    } else {
+        println!(
+            "created {} repository {} at {location}",
+            if repo.is_encrypted() { "an encrypted" } else { "an UNENCRYPTED" },
+            repo.config().id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
+    let engine = engine_for_url(&a.database)?;
+    let repo = open_repo(cli).await?;
+    let progress = Arc::new(Progress::default());
+    let options = BackupOptions::default()
+        .with_dump(
+            DumpOptions::default()
+                .with_jobs(a.jobs)
+                .with_split_bytes(a.split_mib.saturating_mul(1024 * 1024)),
+        )
+        .with_tags(a.tags.iter().cloned())
+        .with_progress(Arc::clone(&progress));
+    let started = Instant::now();
+    let display = ProgressDisplay::start(&progress, !cli.quiet && !cli.json, "backup");
+    let result = repo.backup(engine.as_ref(), &options).await;
+    drop(display);
+    let m = result?;
+    let secs = started.elapsed().as_secs_f64();
+    if cli.json {
+        print_json(&json!({
+            "ok": true,
+            "id": m.id,
+            "engine": m.engine,
+            "database": m.database,
+            "source": m.source,
+            "server_version": m.server_version,
+            "tables": m.tables().len(),
+            "streams": m.streams.len(),
+            "stats": m.stats,
+            "snapshot": m.snapshot,
+            "warnings": m.warnings,
+            "seconds": secs,
+        }));
+    } else {
+        for w in &m.warnings {
+            eprintln!("warning: {w}");
+        }
+        eprintln!(
+            "backup {} of {} ({} tables): {} read, {} new, {} stored in {:.1} s",
+            m.id,
+            m.database,
+            m.tables().len(),
+            bytes(m.stats.bytes),
+            bytes(m.stats.new_bytes),
+            bytes(m.stats.stored_bytes),
+            secs
+        );
+        println!("{}", m.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn summary_json(m: &Manifest) -> serde_json::Value {
+    json!({
+        "id": m.id,
+        "time": m.started,
+        "finished": m.finished,
+        "engine": m.engine,
+        "database": m.database,
+        "source": m.source,
+        "server_version": m.server_version,
+        "host": m.host,
+        "tags": m.tags,
+        "tables": m.tables().len(),
+        "stats": m.stats,
+    })
+}
+
+async fn list(cli: &Cli) -> Result<ExitCode> {
+    let repo = open_repo(cli).await?;
+    let backups = repo.list_backups().await?;
+    if cli.json {
+        let items: Vec<_> = backups.iter().map(summary_json).collect();
+        print_json(&json!({ "ok": true, "backups": items }));
+    } else if backups.is_empty() {
+        println!("no backups in {}", repo.target().location());
+    } else {
+        println!(
+            "{:<24} {:<20} {:<11} {:<20} {:>10} {:>10}  tags",
+            "ID", "TIME (UTC)", "ENGINE", "DATABASE", "SIZE", "ADDED"
+        );
+        for m in &backups {
+            println!(
+                "{:<24} {:<20} {:<11} {:<20} {:>10} {:>10}  {}",
+                m.id,
+                m.started.format("%Y-%m-%d %H:%M:%S"),
+                m.engine,
+                m.database,
+                bytes(m.stats.bytes),
+                bytes(m.stats.stored_bytes),
+                m.tags.iter().cloned().collect::<Vec<_>>().join(",")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
+    let repo = open_repo(cli).await?;
+    let m = repo.find_backup(&a.id).await?;
+    if cli.json {
+        let mut doc = serde_json::to_value(&m).map_err(|e| Error::internal(e.to_string()))?;
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert("ok".into(), json!(true));
+        }
+        print_json(&doc);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("backup      {}", m.id);
+    println!("engine      {} {}", m.engine, m.server_version);
+    println!("database    {} ({})", m.database, m.source);
+    println!("taken       {} – {} on {}", m.started, m.finished, m.host);
+    println!("dbops       {}", m.tool_version);
+    if !m.tags.is_empty() {
+        println!("tags        {}", m.tags.iter().cloned().collect::<Vec<_>>().join(", "));
+    }
+    for (k, v) in &m.snapshot {
+        println!("snapshot    {k} = {v}");
+    }
+    println!(
+        "size        {} in {} chunks; this backup added {} new ({} stored in {} packs)",
+        bytes(m.stats.bytes),
+        m.stats.chunks,
+        bytes(m.stats.new_bytes),
+        bytes(m.stats.stored_bytes),
+        m.stats.packs
+    );
+    for w in &m.warnings {
+        println!("warning     {w}");
+    }
+    println!();
+    println!("{:<48} {:>12} {:>12}", "STREAM", "ROWS", "BYTES");
+    for s in &m.streams {
+        println!("{:<48} {:>12} {:>12}", s.spec.name, s.rows, bytes(s.bytes));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
+    let repo = open_repo(cli).await?;
+    let manifests = if a.all {
+        repo.list_backups().await?
+    } else {
+        vec![repo.find_backup(a.id.as_deref().unwrap_or("latest")).await?]
+    };
+    let level = if a.read_data { "read-data" } else { "structure" };
+    let report = repo
+        .verify(&manifests, &VerifyOptions::new(a.read_data).with_jobs(a.jobs))
+        .await?;
+    let mut damaged = !report.ok();
+    let mut restores = Vec::new();
+    if a.restore {
+        for m in &manifests {
+            let check = verify_by_restore(&repo, m, a).await;
+            match check {
+                Ok(c) => {
+                    damaged |= !c.ok();
+                    restores.push(json!({ "backup": m.id, "ok": c.ok(), "check": c }));
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Mismatch) => {
+                    damaged = true;
+                    restores.push(json!({ "backup": m.id, "ok": false, "error": e.to_string() }));
+                }
+                Err(e) => return Err(e.during(format!("verifying backup {} by restore", m.id))),
+            }
+        }
+    }
+    if cli.json {
+        print_json(&json!({
+            "ok": !damaged,
+            "level": level,
+            "report": report,
+            "restores": restores,
+        }));
+    } else {
+        for p in &report.problems {
+            println!(
+                "DAMAGED backup {}{}{}: {}",
+                p.backup,
+                p.table.as_ref().map(|t| format!(" table {t}")).unwrap_or_default(),
+                p.chunk.as_ref().map(|c| format!(" chunk {c}")).unwrap_or_default(),
+                p.message
+            );
+        }
+        println!(
+            "{}: {} backups, {} streams checked ({level}){}",
+            if report.ok() { "ok" } else { "DAMAGE FOUND" },
+            report.backups.len(),
+            report.streams,
+            if a.read_data { format!(", {} read", bytes(report.bytes_read)) } else { String::new() }
+        );
+        for r in &restores {
+            print_restore_check(r);
+        }
+    }
+    Ok(if damaged { ExitCode::from(EXIT_DAMAGE) } else { ExitCode::SUCCESS })
+}
+
+fn print_restore_check(r: &serde_json::Value) {
+    let id = r["backup"].as_str().unwrap_or_default();
+    if let Some(err) = r.get("error").and_then(|e| e.as_str()) {
+        println!("restore of {id} FAILED: {err}");
+        return;
+    }
+    let check = &r["check"];
+    println!("restore of {id} into {}:", check["database"].as_str().unwrap_or_default());
+    if let Some(tables) = check["tables"].as_array() {
+        for t in tables {
+            let ok = t["matches"].as_bool().unwrap_or(false);
+            println!(
+                "  {:<6} {:<48} stored {:>10} restored {:>10}",
+                if ok { "ok" } else { "DIFFERS" },
+                t["table"].as_str().unwrap_or_default(),
+                t["expected_rows"].as_u64().map_or("-".into(), |n| n.to_string()),
+                t["actual_rows"].as_u64().map_or("-".into(), |n| n.to_string()),
+            );
+        }
+    }
+    if let Some(problems) = check["problems"].as_array() {
+        for p in problems {
+            println!("  PROBLEM {}", p.as_str().unwrap_or_default());
+        }
+    }
+    println!(
+        "  {}",
+        if r["ok"].as_bool().unwrap_or(false) {
+            "every table matches"
+        } else {
+            "MISMATCH"
+        }
+    );
+}
+
+async fn verify_by_restore(
+    repo: &Repository,
+    m: &Manifest,
+    a: &VerifyArgs,
+) -> Result<ops_core::repo::RestoreCheck> {
+    let options = RestoreOptions::default().with_jobs(a.jobs);
+    match &a.into {
+        Some(url) => {
+            let engine = engine_for_url(url)?;
+            check_engine(m, engine.name())?;
+            match repo
+                .verify_restore(m, engine.as_ref(), &options.clone().with_create(true))
+                .await
+            {
+                Ok(c) => {
+                    let dropped = engine.drop_database().await;
+                    if let Err(e) = dropped {
+                        tracing::warn!("could not drop the scratch database: {e}");
+                    }
+                    Ok(c)
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    repo.verify_restore(m, engine.as_ref(), &options).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        None => {
+            let scratch = scratch_server(&m.engine).await?;
+            let name = format!("dbops_verify_{}", m.id.replace('-', "_").to_ascii_lowercase());
+            let engine = engine_for_url(&with_database(&scratch.url, &name)?)?;
+            let check = repo
+                .verify_restore(m, engine.as_ref(), &options.with_create(true))
+                .await;
+            drop(scratch);
+            check
+        }
+    }
+}
+
+fn check_engine(m: &Manifest, engine: &str) -> Result<()> {
+    if m.engine != engine {
+        return Err(Error::invalid(format!(
+            "backup {} is a {} backup; it cannot be restored into a {engine} database",
+            m.id, m.engine
+        )));
+    }
+    Ok(())
+}
+
+async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
+    let engine = engine_for_url(&a.database)?;
+    let repo = open_repo(cli).await?;
+    let m = repo.find_backup(&a.id).await?;
+    check_engine(&m, engine.name())?;
+    let default_schema = if m.engine == "postgresql" { "public".to_owned() } else { m.database.clone() };
+    let tables = a
+        .tables
+        .iter()
+        .map(|t| TableRef::parse(t, &default_schema))
+        .collect::<Result<Vec<_>>>()?;
+    let options = RestoreOptions::default()
+        .with_jobs(a.jobs)
+        .with_create(a.create)
+        .with_clean(a.clean)
+        .with_keep_failed(a.keep_failed)
+        .with_tables(tables)
+        .with_schemas(a.schemas.clone())
+        .with_no_owner(a.no_owner);
+    let started = Instant::now();
+    let report = repo
+        .restore(&m, engine.as_ref(), &options)
+        .await
+        .map_err(|e| e.during(format!("restore of backup {} into {}", m.id, engine.location())))?;
+    let secs = started.elapsed().as_secs_f64();
+    let rows: u64 = report.tables.values().sum();
+    if cli.json {
+        print_json(&json!({
+            "ok": true,
+            "backup": m.id,
+            "database": report.database,
+            "target": engine.location(),
+            "tables": report.tables,
+            "rows": rows,
+            "warnings": report.warnings,
+            "seconds": secs,
+        }));
+    } else {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        println!(
+            "restored backup {} into {}: {} tables, {rows} rows in {secs:.1} s",
+            m.id,
+            engine.location(),
+            report.tables.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+

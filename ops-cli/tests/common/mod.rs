@@ -1,0 +1,191 @@
+//! Shared helpers of the CLI tests: run `dbops`, load fixtures, and compare databases
+//! with PostgreSQL's own tools (pg_dump, psql), independently of dbops.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use ops_postgres::ephemeral::EphemeralPostgres;
+
+/// What one `dbops` run did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "dbops failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+fn output(o: Output) -> Run {
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// A repository in a temp dir with a password, and how to call dbops on it.
+pub struct Ctx {
+    pub dir: tempfile::TempDir,
+    pub repo: String,
+    pub password: String,
+}
+
+impl Ctx {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo").to_str().expect("utf8").to_owned();
+        Self {
+            dir,
+            repo,
+            password: "correct horse battery staple".into(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dbops"));
+        c.args(args)
+            .env("DBOPS_REPO", &self.repo)
+            .env("DBOPS_PASSWORD", &self.password)
+            .env_remove("DBOPS_PASSWORD_FILE")
+            .env_remove("PGPASSWORD")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        output(self.command(args).output().expect("run dbops"))
+    }
+
+    pub fn init(&self) {
+        self.run(&["init", "--kdf-memory-mib", "8"]).ok();
+    }
+}
+
+/// The external fixtures folder, or None with a loud message.
+pub fn fixtures(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("DBOPS_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"));
+    let path = dir.join(name);
+    if path.is_dir() {
+        Some(path)
+    } else {
+        eprintln!(
+            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+             !!! EXTERNAL FIXTURE MISSING: {} (set DBOPS_FIXTURES_DIR).\n\
+             !!! Falling back to the project's own kitchen-sink fixture.\n\
+             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n",
+            path.display()
+        );
+        None
+    }
+}
+
+/// The project's own PostgreSQL kitchen-sink fixture.
+pub fn kitchen_sink_pg() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops-postgres/tests/fixtures/kitchen_sink.sql")
+}
+
+/// Runs psql on `db` with `args`; panics with its stderr on failure.
+pub fn psql(pg: &EphemeralPostgres, db: &str, args: &[&str]) -> String {
+    let o = Command::new(pg.bin_dir().join("psql"))
+        .arg("-X")
+        .arg("-q")
+        .arg("-v")
+        .arg("ON_ERROR_STOP=1")
+        .arg("-d")
+        .arg(pg.url_for(db))
+        .args(args)
+        .output()
+        .expect("run psql");
+    assert!(o.status.success(), "psql {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Loads pagila (external) or the kitchen sink (own) into a new database `db`;
+/// returns which one.
+pub async fn load_sample(pg: &EphemeralPostgres, db: &str) -> &'static str {
+    pg.create_database(db).await.expect("create database");
+    match fixtures("pagila") {
+        Some(dir) => {
+            psql(pg, db, &["-f", dir.join("pagila-schema.sql").to_str().expect("utf8")]);
+            psql(pg, db, &["-f", dir.join("pagila-data.sql").to_str().expect("utf8")]);
+            "pagila"
+        }
+        None => {
+            psql(pg, db, &["-f", kitchen_sink_pg().to_str().expect("utf8")]);
+            "kitchen_sink"
+        }
+    }
+}
+
+/// `pg_dump --schema-only`, without comments and the per-dump `\restrict` keys.
+pub fn schema_dump(pg: &EphemeralPostgres, db: &str) -> String {
+    let o = Command::new(pg.bin_dir().join("pg_dump"))
+        .arg("--schema-only")
+        .arg("-d")
+        .arg(pg.url_for(db))
+        .output()
+        .expect("run pg_dump");
+    assert!(o.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("--") && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// For every table and materialized view: row count and an order-independent md5 of
+/// its rows' text, computed by PostgreSQL itself.
+pub fn table_checksums(pg: &EphemeralPostgres, db: &str) -> BTreeMap<String, String> {
+    let tables = psql(
+        pg,
+        db,
+        &[
+            "-At",
+            "-c",
+            "SELECT format('%I.%I', n.nspname, c.relname) || '|' || c.relispopulated FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r','p','m') AND n.nspname NOT IN ('pg_catalog','information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+        ],
+    );
+    let mut out = BTreeMap::new();
+    for line in tables.lines().filter(|l| !l.is_empty()) {
+        let (t, populated) = line.rsplit_once('|').expect("name|populated");
+        if populated != "t" {
+            // A materialized view created WITH NO DATA cannot be read; that it is still
+            // unpopulated after a restore is itself compared.
+            out.insert(t.to_owned(), "not populated".to_owned());
+            continue;
+        }
+        let q = format!(
+            "SELECT count(*) || ' ' || md5(coalesce(string_agg(md5(x::text), '' ORDER BY md5(x::text)), '')) FROM ONLY {t} x"
+        );
+        out.insert(t.to_owned(), psql(pg, db, &["-At", "-c", &q]).trim().to_owned());
+    }
+    out
+}
+
+/// True when database `db` exists on `pg`.
+pub fn database_exists(pg: &EphemeralPostgres, db: &str) -> bool {
+    psql(pg, "postgres", &["-At", "-c", &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'")]).trim() == "1"
+}

@@ -1,0 +1,293 @@
+//! `dbops` end to end on real, throwaway PostgreSQL servers: backup → list → verify
+//! (structure, read-data, restore) → restore into another database, compared with the
+//! source by pg_dump and per-table checksums computed by PostgreSQL; damage detection;
+//! and the errors an operator meets.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{database_exists, load_sample, psql, schema_dump, table_checksums, Ctx};
+use ops_postgres::ephemeral::{EphemeralOptions, EphemeralPostgres};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_database_backs_up_verifies_and_restores_identically() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    let which = load_sample(&pg, "shop").await;
+    let ctx = Ctx::new();
+    ctx.init();
+
+    let backup = ctx.run(&["--json", "backup", &pg.url_for("shop"), "--jobs", "2", "--tag", "nightly", "--split-mib", "1"]).ok();
+    let b = backup.json();
+    let id = b["id"].as_str().expect("id").to_owned();
+    assert!(b["stats"]["stored_bytes"].as_u64().expect("stored") > 0);
+
+    let list = ctx.run(&["--json", "list"]).ok().json();
+    assert_eq!(list["backups"][0]["id"], id.as_str());
+    assert_eq!(list["backups"][0]["tags"][0], "nightly");
+    let show = ctx.run(&["--json", "show", "latest"]).ok().json();
+    assert_eq!(show["id"], id.as_str());
+    assert_eq!(show["engine"], "postgresql");
+
+    ctx.run(&["verify", "latest"]).ok();
+    let read = ctx.run(&["--json", "verify", &id, "--read-data"]).ok().json();
+    assert_eq!(read["ok"], true);
+
+    // verify --restore on a throwaway server: every table matches.
+    let vr = ctx.run(&["--json", "verify", "latest", "--restore"]);
+    assert_eq!(vr.code, 0, "{}", vr.all());
+    let v = vr.json();
+    let tables = v["restores"][0]["check"]["tables"].as_array().expect("tables");
+    assert!(!tables.is_empty());
+    for t in tables {
+        assert_eq!(t["matches"], true, "{t}");
+    }
+    let human = ctx.run(&["verify", "latest", "--restore", "--into", &pg.url_for("shop_verify")]).ok();
+    assert!(human.stdout.contains("every table matches"), "{}", human.stdout);
+    assert!(!database_exists(&pg, "shop_verify"), "the scratch database it created is dropped");
+
+    // Restore under another name, compare with PostgreSQL's own tools.
+    ctx.run(&["restore", &id, &pg.url_for("shop_restore"), "--create", "--jobs", "2"]).ok();
+    assert_eq!(schema_dump(&pg, "shop"), schema_dump(&pg, "shop_restore"), "{which}: schema differs");
+    let (src, dst) = (table_checksums(&pg, "shop"), table_checksums(&pg, "shop_restore"));
+    assert!(src.len() > 5, "{which}: {src:?}");
+    assert_eq!(src, dst, "{which}: table contents differ");
+    let seq = "SELECT string_agg(last_value::text, ',' ORDER BY sequencename) FROM pg_sequences";
+    assert_eq!(psql(&pg, "shop", &["-At", "-c", seq]), psql(&pg, "shop_restore", &["-At", "-c", seq]));
+
+    // A non-empty target is refused without --clean, and accepted with it.
+    let refused = ctx.run(&["restore", &id, &pg.url_for("shop_restore")]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("--clean"), "{}", refused.stderr);
+    ctx.run(&["restore", &id, &pg.url_for("shop_restore"), "--clean"]).ok();
+    assert_eq!(src, table_checksums(&pg, "shop_restore"));
+
+    // Unknown backup id.
+    let unknown = ctx.run(&["restore", "19990101", &pg.url_for("nothing"), "--create"]);
+    assert_ne!(unknown.code, 0);
+    assert!(unknown.stderr.contains("no backup") && unknown.stderr.contains("dbops list"), "{}", unknown.stderr);
+    assert!(!database_exists(&pg, "nothing"));
+}
+
+fn files_under(dir: PathBuf) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_is_damage_named_by_chunk_and_table() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    pg.create_database("small").await.expect("create");
+    psql(&pg, "small", &["-c", "CREATE TABLE items (id int PRIMARY KEY, body text); \
+        INSERT INTO items SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 20000) g;"]);
+    let ctx = Ctx::new();
+    ctx.init();
+    let id = ctx.run(&["backup", &pg.url_for("small")]).ok().stdout.trim().to_owned();
+
+    // The biggest pack holds the table's data; flip one byte in its middle.
+    let mut packs = files_under(PathBuf::from(&ctx.repo).join("packs"));
+    packs.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    let pack = packs.pop().expect("a pack");
+    let mut bytes = std::fs::read(&pack).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&pack, &bytes).expect("write");
+
+    let v = ctx.run(&["verify", &id, "--read-data"]);
+    assert_eq!(v.code, 3, "damage has its own exit code: {}", v.all());
+    assert!(v.stdout.contains("chunk"), "{}", v.stdout);
+    assert!(v.stdout.contains("public.items"), "names the table: {}", v.stdout);
+    let j = ctx.run(&["--json", "verify", &id, "--read-data"]);
+    assert_eq!(j.code, 3);
+    let problem = &j.json()["report"]["problems"][0];
+    assert_eq!(problem["table"], "public.items");
+    assert!(problem["chunk"].as_str().is_some_and(|c| c.len() == 64));
+
+    let r = ctx.run(&["restore", &id, &pg.url_for("small_copy"), "--create"]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stderr.contains("damaged"), "{}", r.stderr);
+    assert!(!database_exists(&pg, "small_copy"), "a failed --create restore drops its database");
+    let kept = ctx.run(&["restore", &id, &pg.url_for("small_kept"), "--create", "--keep-failed"]);
+    assert_ne!(kept.code, 0);
+    assert!(database_exists(&pg, "small_kept"), "--keep-failed keeps it");
+
+    let vr = ctx.run(&["verify", &id, "--restore"]);
+    assert_eq!(vr.code, 3, "{}", vr.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_errors_are_clear() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    let ctx = Ctx::new();
+
+    let r = ctx.run(&["list"]);
+    assert_eq!(r.code, 5, "{}", r.all());
+    assert!(r.stderr.contains("no dbops repository") && r.stderr.contains("init"), "{}", r.stderr);
+
+    let mut no_pw = ctx.command(&["init"]);
+    no_pw.env_remove("DBOPS_PASSWORD");
+    let o = no_pw.output().expect("run");
+    assert_ne!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("DBOPS_PASSWORD"));
+
+    ctx.init();
+    let again = ctx.run(&["init", "--kdf-memory-mib", "8"]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+
+    let mut wrong = ctx.command(&["backup", &pg.url()]);
+    wrong.env("DBOPS_PASSWORD", "not the password");
+    let w = wrong.output().expect("run");
+    assert_eq!(w.status.code(), Some(5));
+    let text = String::from_utf8_lossy(&w.stderr);
+    assert!(text.contains("password does not open"), "{text}");
+    assert!(!text.contains("not the password"));
+
+    let mut missing = ctx.command(&["list"]);
+    missing.env_remove("DBOPS_PASSWORD");
+    let m = missing.output().expect("run");
+    assert_eq!(m.status.code(), Some(5));
+
+    let pwfile = ctx.dir.path().join("pw");
+    std::fs::write(&pwfile, format!("{}\n", ctx.password)).expect("write");
+    let mut from_file = ctx.command(&["--password-file", pwfile.to_str().expect("utf8"), "list"]);
+    from_file.env_remove("DBOPS_PASSWORD");
+    assert_eq!(from_file.output().expect("run").status.code(), Some(0));
+
+    let unknown = ctx.run(&["show", "nope"]);
+    assert_ne!(unknown.code, 0);
+    assert!(unknown.stderr.contains("no backup 'nope'"), "{}", unknown.stderr);
+
+    let json_err = ctx.run(&["--json", "show", "nope"]);
+    let doc = json_err.json();
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["error"]["kind"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_are_clear_and_passwords_never_leak() {
+    let secret = "Sup3r-s3cret-pw";
+    let pg = EphemeralPostgres::start_with(EphemeralOptions::default().with_password_auth(secret))
+        .await
+        .expect("start postgres");
+    pg.create_database("app").await.expect("create");
+    psql(&pg, "app", &["-c", "CREATE TABLE t (id int); INSERT INTO t VALUES (1),(2);"]);
+    let ctx = Ctx::new();
+    ctx.init();
+    let with_pw = |pw: &str| format!("postgres://postgres:{pw}@127.0.0.1:{}/app", pg.port());
+
+    // Right password in the URL: works; the password appears nowhere.
+    let ok = ctx.run(&["-vv", "--json", "backup", &with_pw(secret)]).ok();
+    assert!(!ok.all().contains(secret), "password leaked:\n{}", ok.all());
+    let id = ok.json()["id"].as_str().expect("id").to_owned();
+    let show = ctx.run(&["--json", "show", &id]).ok();
+    assert!(!show.all().contains(secret));
+    assert!(show.stdout.contains("******"), "the source URL is stored redacted");
+
+    // Wrong password.
+    let bad = ctx.run(&["-vv", "backup", &with_pw("wrong-pw-123")]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.to_lowercase().contains("authentication") || bad.stderr.contains("password"), "{}", bad.stderr);
+    assert!(!bad.all().contains("wrong-pw-123"), "{}", bad.all());
+
+    // Unreachable server.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let unreachable = ctx.run(&["backup", &format!("postgres://postgres:{secret}@127.0.0.1:{port}/app")]);
+    assert_eq!(unreachable.code, 6, "{}", unreachable.all());
+    assert!(!unreachable.all().contains(secret));
+
+    // pg_dump missing: the message says what to install.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let mut no_tools = ctx.command(&["backup", &with_pw(secret)]);
+    no_tools.env("DBOPS_PG_BINDIR", empty.path());
+    let nt = no_tools.output().expect("run");
+    assert_ne!(nt.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&nt.stderr);
+    assert!(text.contains("pg_dump") && text.contains("apt-get install"), "{text}");
+
+    // Only the one good backup is listed.
+    let list = ctx.run(&["--json", "list"]).ok().json();
+    assert_eq!(list["backups"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_backup_leaves_no_backup() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    pg.create_database("big").await.expect("create");
+    psql(&pg, "big", &["-c", "CREATE TABLE big (id bigint, body text); \
+        INSERT INTO big SELECT g, md5(g::text) || md5((g+1)::text) || md5((g+2)::text) FROM generate_series(1, 1500000) g;"]);
+    let ctx = Ctx::new();
+    ctx.init();
+    let child = ctx
+        .command(&["backup", &pg.url_for("big"), "--jobs", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until data is flowing (a pack or the lock exists), then kill the server.
+    let repo = PathBuf::from(&ctx.repo);
+    for _ in 0..200 {
+        if repo.join("locks").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    pg.kill().expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "a backup whose server died must fail: {stderr}");
+    assert!(!stderr.is_empty());
+    let list = ctx.run(&["--json", "list"]).ok().json();
+    assert_eq!(list["backups"].as_array().map(Vec::len), Some(0), "nothing half-written is listed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_repository_is_a_clear_error() {
+    // As root, permissions do not bind: run dbops as `nobody` against a root-owned dir.
+    let ctx = Ctx::new();
+    let locked = ctx.dir.path().join("locked");
+    std::fs::create_dir(&locked).expect("mkdir");
+    let repo = locked.join("repo");
+    let is_root = nix_is_root();
+    let mut cmd = if is_root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_dbops")]);
+        c
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        std::process::Command::new(env!("CARGO_BIN_EXE_dbops"))
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(ctx.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let o = cmd
+        .args(["--repo", repo.to_str().expect("utf8"), "init", "--kdf-memory-mib", "8"])
+        .env("DBOPS_PASSWORD", "pw")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.to_lowercase().contains("permission"), "{stderr}");
+    assert!(stderr.contains(locked.to_str().expect("utf8")), "names the path: {stderr}");
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
