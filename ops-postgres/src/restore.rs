@@ -146,6 +146,17 @@ async fn restore_into(
                 }
             }
             let ids = toc::select_tables(&entries, &map, tables, &|t| existing.contains(t));
+            let needed = toc::prerequisites(&entries, &map, &ids);
+            if !needed.is_empty() {
+                restore_prerequisites(
+                    &pg_restore,
+                    config,
+                    staged.path(),
+                    &toc::list_file(&entries, &needed),
+                    options.no_owner,
+                )
+                .await?;
+            }
             Some(toc::list_file(&entries, &ids))
         }
         Selection::Schemas(schemas) => {
@@ -571,6 +582,47 @@ async fn list_archive(pg_restore: &Path, archive: &Path, args: &[OsString]) -> R
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Restores the types, functions and schemas the chosen tables need; those that exist
+/// already are fine ("already exists"), any other error is not.
+async fn restore_prerequisites(
+    pg_restore: &Path,
+    config: &ConnConfig,
+    archive: &Path,
+    list: &str,
+    no_owner: bool,
+) -> Result<()> {
+    let file = tempfile::Builder::new()
+        .prefix("dbops-toc-")
+        .tempfile()
+        .map_err(|e| Error::io("creating a temporary list file", e))?;
+    tokio::fs::write(file.path(), list)
+        .await
+        .map_err(|e| Error::io("writing the pg_restore list file", e))?;
+    let mut cmd = tool_command(pg_restore, config);
+    cmd.args(["--no-password", "--section=pre-data", "-d"])
+        .arg(config.dbname_conninfo())
+        .arg("-L")
+        .arg(file.path());
+    if no_owner {
+        cmd.arg("--no-owner");
+    }
+    cmd.arg(archive);
+    let out = cmd
+        .output()
+        .await
+        .map_err(|e| Error::io(format!("running {}", pg_restore.display()), e))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let real_errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
+        .collect();
+    if !real_errors.is_empty() || (!out.status.success() && !stderr.contains("already exists")) {
+        return Err(tool_failure("pg_restore", &out.status, stderr.trim())
+            .during("restoring the types and functions the chosen tables need"));
+    }
+    Ok(())
 }
 
 async fn run_pg_restore(pg_restore: &Path, config: &ConnConfig, args: Vec<OsString>) -> Result<()> {

@@ -132,6 +132,45 @@ pub(crate) fn select_tables(
         .collect()
 }
 
+/// What the chosen entries need that belongs to no table: schemas, types, domains,
+/// functions (a trigger's function), collations, extensions — followed upwards through
+/// the dependencies. Relations (other tables, views, sequences) are never pulled in.
+/// These may already exist in the target, so they are restored tolerating
+/// "already exists".
+pub(crate) fn prerequisites(entries: &[TocEntry], map: &ObjectMap, chosen: &[u32]) -> Vec<u32> {
+    let owned: HashSet<(u32, u32)> = map
+        .tables
+        .iter()
+        .flat_map(|t| t.objects.iter().copied())
+        .collect();
+    let by_id: HashMap<u32, &TocEntry> = entries.iter().map(|e| (e.id, e)).collect();
+    let chosen: HashSet<u32> = chosen.iter().copied().collect();
+    let mut found: HashSet<u32> = HashSet::new();
+    let mut todo: Vec<u32> = chosen.iter().copied().collect();
+    while let Some(id) = todo.pop() {
+        let Some(e) = by_id.get(&id) else { continue };
+        for dep in &e.deps {
+            let Some(d) = by_id.get(dep) else { continue };
+            let is_relation = d.catalog == 1259;
+            if chosen.contains(dep)
+                || found.contains(dep)
+                || d.oid == 0
+                || is_relation
+                || owned.contains(&(d.catalog, d.oid))
+            {
+                continue;
+            }
+            found.insert(*dep);
+            todo.push(*dep);
+        }
+    }
+    entries
+        .iter()
+        .filter(|e| found.contains(&e.id))
+        .map(|e| e.id)
+        .collect()
+}
+
 /// Picks the entries of `schemas`: the ids pg_restore selects with `-n` (`in_schemas`),
 /// the schemas themselves, and what depends only on those.
 pub(crate) fn select_schemas(

@@ -1,0 +1,430 @@
+//! Failure modes: each must be the right error kind, and never leak a password.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use ops_core::testkit::engine::{MemoryDump, MemorySink, dump_to_memory};
+use ops_core::{
+    ByteStream, DatabaseEngine, DumpOptions, DumpSink, Error, ErrorKind, RestoreOptions, Result,
+    StreamRole, StreamSource, StreamSpec, StreamSummary, StreamWriter, TableRef,
+};
+use ops_postgres::PostgresEngine;
+use ops_postgres::ephemeral::{EphemeralOptions, EphemeralPostgres};
+
+use common::*;
+
+#[tokio::test]
+async fn unreachable_server() {
+    let engine =
+        PostgresEngine::new("postgres://postgres:pw-unreach@127.0.0.1:1/postgres?sslmode=disable")
+            .expect("valid URL");
+    let err = engine
+        .describe()
+        .await
+        .expect_err("nothing listens on port 1");
+    assert_eq!(err.kind(), ErrorKind::Unreachable, "{err:?}");
+    let err = engine
+        .dump(
+            &DumpOptions::default(),
+            Arc::new(MemorySink(MemoryDump::new())),
+        )
+        .await
+        .expect_err("nothing listens on port 1");
+    assert_eq!(err.kind(), ErrorKind::Unreachable, "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("pw-unreach"));
+}
+
+#[tokio::test]
+async fn wrong_password_is_authentication_and_never_shown() {
+    let server =
+        EphemeralPostgres::start_with(EphemeralOptions::default().with_password_auth("right-pw"))
+            .await
+            .expect("ephemeral server");
+    let secret = "wr0ng-Pa55-XYZZY";
+    let url = format!(
+        "postgres://postgres:{secret}@127.0.0.1:{}/postgres?sslmode=disable",
+        server.port()
+    );
+    let engine = PostgresEngine::new(&url).expect("valid URL");
+    assert!(!engine.location().contains(secret));
+    assert!(!format!("{engine:?}").contains(secret));
+
+    let err = engine.describe().await.expect_err("wrong password (sqlx)");
+    assert_eq!(err.kind(), ErrorKind::Authentication, "{err:?}");
+    assert_eq!(err.context_value("sqlstate"), Some("28P01"));
+    assert!(!format!("{err} {err:?}").contains(secret), "{err:?}");
+
+    let err = engine
+        .dump(
+            &DumpOptions::default(),
+            Arc::new(MemorySink(MemoryDump::new())),
+        )
+        .await
+        .expect_err("wrong password (tokio-postgres)");
+    assert_eq!(err.kind(), ErrorKind::Authentication, "{err:?}");
+    assert!(!format!("{err} {err:?}").contains(secret), "{err:?}");
+
+    // The right password works, through both drivers and pg_dump.
+    let good = server.engine_for("postgres").expect("engine");
+    good.describe()
+        .await
+        .expect("describe with the right password");
+    let (dump, _) = dump_to_memory(&good, &DumpOptions::default()).await;
+    assert!(dump.content("schema").is_some_and(|s| !s.is_empty()));
+}
+
+/// A sink that reports when the first table stream opens and writes slowly.
+#[derive(Default)]
+struct SlowState {
+    opened: tokio::sync::Notify,
+    finished: Mutex<Vec<String>>,
+}
+
+struct SlowSink(Arc<SlowState>);
+
+struct SlowWriter {
+    name: String,
+    table: bool,
+    sink: Arc<SlowState>,
+}
+
+#[async_trait]
+impl DumpSink for SlowSink {
+    async fn open_stream(&self, spec: StreamSpec) -> Result<Box<dyn StreamWriter>> {
+        let table = spec.role == StreamRole::TableData;
+        if table {
+            self.0.opened.notify_one();
+        }
+        Ok(Box::new(SlowWriter {
+            name: spec.name,
+            table,
+            sink: Arc::clone(&self.0),
+        }))
+    }
+    fn warn(&self, _message: String) {}
+}
+
+#[async_trait]
+impl StreamWriter for SlowWriter {
+    async fn write(&mut self, _data: Bytes) -> Result<()> {
+        if self.table {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        Ok(())
+    }
+    async fn finish(self: Box<Self>) -> Result<StreamSummary> {
+        self.sink
+            .finished
+            .lock()
+            .expect("lock")
+            .push(self.name.clone());
+        Ok(StreamSummary::default())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_dump_is_an_error() {
+    let server = EphemeralPostgres::start().await.expect("ephemeral server");
+    server
+        .execute(
+            "postgres",
+            "CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 60000) g",
+        )
+        .await
+        .expect("fill");
+    let engine = server.engine_for("postgres").expect("engine");
+    let sink = Arc::new(SlowState::default());
+    let dump = {
+        let sink = SlowSink(Arc::clone(&sink));
+        tokio::spawn(async move {
+            engine
+                .dump(&DumpOptions::default().with_data_only(true), Arc::new(sink))
+                .await
+        })
+    };
+    sink.opened.notified().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.kill().expect("kill");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), dump)
+        .await
+        .expect("the dump must not hang")
+        .expect("task");
+    let err = outcome.expect_err("a dump whose server died must fail");
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::Interrupted | ErrorKind::Unreachable | ErrorKind::Database
+        ),
+        "{err:?}"
+    );
+    let finished = sink.finished.lock().expect("lock").clone();
+    assert!(
+        !finished.iter().any(|n| n.starts_with("data/public.big/")),
+        "{finished:?}"
+    );
+}
+
+/// Wraps a dump and damages one table stream.
+#[derive(Debug)]
+struct Damaged {
+    inner: Arc<MemoryDump>,
+    stream: String,
+}
+
+#[async_trait]
+impl StreamSource for Damaged {
+    fn streams(&self) -> &[StreamSpec] {
+        self.inner.streams()
+    }
+    async fn open(&self, name: &str) -> Result<ByteStream> {
+        let s = self.inner.open(name).await?;
+        if name != self.stream {
+            return Ok(s);
+        }
+        let bad =
+            futures::stream::iter([Err(Error::corrupt("chunk 0123abcd failed authentication")
+                .with_context("chunk", "0123abcd"))]);
+        Ok(Box::pin(s.take(1).chain(bad)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_failures_and_table_filter() {
+    let server = EphemeralPostgres::start().await.expect("ephemeral server");
+    server.create_database("src").await.expect("create");
+    server
+        .execute(
+            "src",
+            "CREATE TABLE parent (id int PRIMARY KEY);
+             INSERT INTO parent SELECT generate_series(1, 10);
+             CREATE TABLE orders (
+                 id serial PRIMARY KEY,
+                 parent_id int REFERENCES parent (id),
+                 qty int NOT NULL CHECK (qty > 0),
+                 note text DEFAULT 'none');
+             CREATE INDEX orders_qty ON orders (qty);
+             COMMENT ON TABLE orders IS 'the orders';
+             CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+             CREATE TRIGGER orders_stamp BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION stamp();
+             INSERT INTO orders (parent_id, qty) SELECT g % 10 + 1, g FROM generate_series(1, 500) g;
+             CREATE TABLE other (x int);",
+        )
+        .await
+        .expect("fill");
+    let source = server.engine_for("src").expect("engine");
+    let (dump, _) = dump_to_memory(&source, &DumpOptions::default()).await;
+    let dump = dump.into_source();
+
+    // create into an existing database → AlreadyExists, and the database is kept.
+    let err = source
+        .restore(dump.clone(), &RestoreOptions::default().with_create(true))
+        .await
+        .expect_err("exists");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err:?}");
+    assert_eq!(
+        rows_text(&server, "src", "SELECT count(*) FROM orders").await,
+        ["500"]
+    );
+
+    // Non-empty target without clean → TargetNotEmpty, naming the remedies.
+    let err = source
+        .restore(dump.clone(), &RestoreOptions::default())
+        .await
+        .expect_err("not empty");
+    assert_eq!(err.kind(), ErrorKind::TargetNotEmpty, "{err:?}");
+    assert!(err.message().contains("--clean") && err.message().contains("--create"));
+
+    // A damaged chunk fails the restore with that error, and the created db is dropped.
+    let damaged = Arc::new(Damaged {
+        inner: Arc::clone(&dump),
+        stream: "data/public.orders/0".into(),
+    });
+    let target = server.engine_for("broken").expect("engine");
+    let err = target
+        .restore(
+            damaged.clone(),
+            &RestoreOptions::default().with_create(true),
+        )
+        .await
+        .expect_err("damaged");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err:?}");
+    assert_eq!(err.context_value("chunk"), Some("0123abcd"), "{err:?}");
+    assert!(err.to_string().contains("public.orders"), "{err}");
+    let dbs = rows_text(
+        &server,
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname = 'broken'",
+    )
+    .await;
+    assert!(
+        dbs.is_empty(),
+        "the failed restore's database was kept: {dbs:?}"
+    );
+    // ... unless keep_failed.
+    let err = target
+        .restore(
+            damaged,
+            &RestoreOptions::default()
+                .with_create(true)
+                .with_keep_failed(true),
+        )
+        .await
+        .expect_err("damaged");
+    assert_eq!(err.kind(), ErrorKind::Corrupt);
+    let dbs = rows_text(
+        &server,
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname = 'broken'",
+    )
+    .await;
+    assert_eq!(dbs, ["broken"]);
+    target.drop_database().await.expect("drop_database");
+    let dbs = rows_text(
+        &server,
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname = 'broken'",
+    )
+    .await;
+    assert!(dbs.is_empty());
+
+    // --table: one table with its rows, index, constraints, trigger, default, sequence.
+    let one = server.engine_for("one_table").expect("engine");
+    let report = one
+        .restore(
+            dump.clone(),
+            &RestoreOptions::default()
+                .with_create(true)
+                .with_tables(vec![TableRef::new("public", "orders")]),
+        )
+        .await
+        .expect("table restore");
+    assert_eq!(report.tables.get("public.orders"), Some(&500));
+    let tables = rows_text(&server, "one_table", "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1").await;
+    assert_eq!(tables, ["orders"], "only the chosen table");
+    let indexes = rows_text(
+        &server,
+        "one_table",
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'orders' ORDER BY 1",
+    )
+    .await;
+    assert_eq!(indexes, ["orders_pkey", "orders_qty"]);
+    let constraints: BTreeSet<String> = rows_text(
+        &server,
+        "one_table",
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'orders'::regclass",
+    )
+    .await
+    .into_iter()
+    .collect();
+    assert!(
+        constraints.contains("orders_qty_check") && constraints.contains("orders_pkey"),
+        "{constraints:?}"
+    );
+    assert!(
+        !constraints.iter().any(|c| c.contains("fkey")),
+        "FK to a table not restored: {constraints:?}"
+    );
+    let triggers = rows_text(
+        &server,
+        "one_table",
+        "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal",
+    )
+    .await;
+    assert_eq!(triggers, ["orders_stamp"]);
+    assert_eq!(
+        rows_text(&server, "one_table", "SELECT last_value FROM orders_id_seq").await,
+        ["500"]
+    );
+    assert_eq!(
+        rows_text(
+            &server,
+            "one_table",
+            "SELECT obj_description('orders'::regclass)"
+        )
+        .await,
+        ["the orders"]
+    );
+    assert_eq!(
+        table_checksums(&server, "one_table").await,
+        table_checksums(&server, "src")
+            .await
+            .into_iter()
+            .filter(|t| t.starts_with("public.orders|"))
+            .collect::<Vec<_>>()
+    );
+
+    // The same table again without clean → TargetNotEmpty; with clean → replaced.
+    let again = RestoreOptions::default().with_tables(vec![TableRef::new("public", "orders")]);
+    let err = one.restore(dump.clone(), &again).await.expect_err("exists");
+    assert_eq!(err.kind(), ErrorKind::TargetNotEmpty, "{err:?}");
+    one.restore(dump.clone(), &again.clone().with_clean(true))
+        .await
+        .expect("clean table restore");
+    assert_eq!(
+        rows_text(&server, "one_table", "SELECT count(*) FROM orders").await,
+        ["500"]
+    );
+
+    // Whole-database --clean over a modified copy gives back the source.
+    server.execute("one_table", "CREATE SCHEMA junk; CREATE TABLE junk.t (x int); CREATE TABLE public.extra (y int); SELECT lo_create(777);").await.expect("junk");
+    one.restore(
+        dump.clone(),
+        &RestoreOptions::default().with_clean(true).with_jobs(2),
+    )
+    .await
+    .expect("clean restore");
+    assert_same_schema(&server, "src", "one_table");
+    assert_eq!(
+        table_checksums(&server, "src").await,
+        table_checksums(&server, "one_table").await
+    );
+
+    // --schemas
+    let only_public = server.engine_for("only_public").expect("engine");
+    only_public
+        .restore(
+            dump,
+            &RestoreOptions::default()
+                .with_create(true)
+                .with_schemas(vec!["public".into()]),
+        )
+        .await
+        .expect("schema restore");
+    assert_same_schema(&server, "src", "only_public");
+}
+
+#[tokio::test]
+async fn missing_pg_dump_names_the_package() {
+    let server = EphemeralPostgres::start().await.expect("ephemeral server");
+    let empty = tempfile::tempdir().expect("tempdir");
+    let engine = server
+        .engine_for("postgres")
+        .expect("engine")
+        .with_bin_dir(empty.path());
+    let err = engine
+        .dump(
+            &DumpOptions::default(),
+            Arc::new(MemorySink(MemoryDump::new())),
+        )
+        .await
+        .expect_err("no pg_dump");
+    assert_eq!(err.kind(), ErrorKind::MissingTool, "{err:?}");
+    assert!(
+        err.message().contains("apt-get install postgresql-client"),
+        "{err}"
+    );
+    // Data-only dumps need no pg_dump.
+    engine
+        .dump(
+            &DumpOptions::default().with_data_only(true),
+            Arc::new(MemorySink(MemoryDump::new())),
+        )
+        .await
+        .expect("data-only dump without pg_dump");
+}
