@@ -9,7 +9,12 @@ use object_store::client::{HttpError, HttpErrorKind};
 use ops_core::{Error, ErrorKind};
 
 /// Converts an `object_store` error from `doing` (e.g. "writing") on `key`.
-pub(crate) fn from_store(err: object_store::Error, doing: &str, key: &str, location: &str) -> Error {
+pub(crate) fn from_store(
+    err: object_store::Error,
+    doing: &str,
+    key: &str,
+    location: &str,
+) -> Error {
     use object_store::Error as E;
     let (kind, temporary, what) = match &err {
         E::NotFound { .. } => (ErrorKind::NotFound, false, "no such object".to_owned()),
@@ -28,7 +33,11 @@ pub(crate) fn from_store(err: object_store::Error, doing: &str, key: &str, locat
             false,
             "the store rejected the credentials".to_owned(),
         ),
-        E::InvalidPath { .. } => (ErrorKind::InvalidInput, false, "invalid object key".to_owned()),
+        E::InvalidPath { .. } => (
+            ErrorKind::InvalidInput,
+            false,
+            "invalid object key".to_owned(),
+        ),
         E::NotSupported { .. } | E::NotImplemented { .. } => (
             ErrorKind::Storage,
             false,
@@ -62,7 +71,9 @@ fn classify_chain(err: &(dyn StdError + 'static)) -> (ErrorKind, bool, String) {
                 Io::PermissionDenied | Io::ReadOnlyFilesystem => (
                     ErrorKind::PermissionDenied,
                     false,
-                    format!("permission denied ({io}): the directory must be writable by this user"),
+                    format!(
+                        "permission denied ({io}): the directory must be writable by this user"
+                    ),
                 ),
                 Io::NotFound => (ErrorKind::NotFound, false, io.to_string()),
                 Io::StorageFull | Io::QuotaExceeded => {
@@ -115,14 +126,26 @@ fn classify_status_text(text: &str) -> (ErrorKind, bool, String) {
         .iter()
         .any(|word| text.contains(word));
     match status {
-        Some(429) => (ErrorKind::Storage, true, "the store throttled the request".to_owned()),
+        Some(429) => (
+            ErrorKind::Storage,
+            true,
+            "the store throttled the request".to_owned(),
+        ),
         Some(401) => (
             ErrorKind::Authentication,
             false,
             "the store rejected the credentials".to_owned(),
         ),
-        Some(403) => (ErrorKind::PermissionDenied, false, "permission denied".to_owned()),
-        Some(408) => (ErrorKind::Unreachable, true, "the request timed out".to_owned()),
+        Some(403) => (
+            ErrorKind::PermissionDenied,
+            false,
+            "permission denied".to_owned(),
+        ),
+        Some(408) => (
+            ErrorKind::Unreachable,
+            true,
+            "the request timed out".to_owned(),
+        ),
         Some(code @ 500..=599) => (
             ErrorKind::Storage,
             true,
@@ -133,7 +156,11 @@ fn classify_status_text(text: &str) -> (ErrorKind, bool, String) {
             throttled,
             format!("the store answered with status {code}"),
         ),
-        None => (ErrorKind::Storage, throttled, "the store reported an error".to_owned()),
+        None => (
+            ErrorKind::Storage,
+            throttled,
+            "the store reported an error".to_owned(),
+        ),
     }
 }
 
@@ -165,6 +192,9 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::PermissionDenied);
         assert!(!err.is_temporary());
         let text = err.to_string();
-        assert!(text.contains("/srv/backups") && text.contains("packs/ab"), "{text}");
+        assert!(
+            text.contains("/srv/backups") && text.contains("packs/ab"),
+            "{text}"
+        );
     }
 }

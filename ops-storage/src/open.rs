@@ -62,12 +62,16 @@ impl TargetUrl {
             return Ok(Self::Local(absolute(url)?));
         };
         let bad = |why: &str| {
-            Error::invalid(format!("invalid target URL: {why}")).with_context("target", redact_url(url))
+            Error::invalid(format!("invalid target URL: {why}"))
+                .with_context("target", redact_url(url))
         };
         match scheme.to_ascii_lowercase().as_str() {
             "file" => {
                 let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-                if parsed.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
+                if parsed
+                    .host_str()
+                    .is_some_and(|h| !h.is_empty() && h != "localhost")
+                {
                     return Err(bad("file URLs take an absolute path: file:///var/backups"));
                 }
                 let path = parsed
@@ -114,7 +118,10 @@ impl TargetUrl {
 
     /// True for the stores that keep objects off this machine.
     pub fn is_remote(&self) -> bool {
-        matches!(self, Self::S3 { .. } | Self::Gcs { .. } | Self::Azure { .. })
+        matches!(
+            self,
+            Self::S3 { .. } | Self::Gcs { .. } | Self::Azure { .. }
+        )
     }
 
     /// The URL in canonical form, for messages.
@@ -177,7 +184,9 @@ pub fn open_object_store_target(url: &str, options: &TargetOptions) -> Result<Ob
             Arc::new(object_store::memory::InMemory::new()),
             object_store::path::Path::default(),
         ),
-        TargetUrl::S3 { bucket, prefix } => (s3(bucket, options)?, parse_prefix(prefix, &location)?),
+        TargetUrl::S3 { bucket, prefix } => {
+            (s3(bucket, options)?, parse_prefix(prefix, &location)?)
+        }
         TargetUrl::Gcs { bucket, prefix } => {
             (gcs(bucket, options)?, parse_prefix(prefix, &location)?)
         }
@@ -209,13 +218,17 @@ fn parse_prefix(prefix: &str, location: &str) -> Result<object_store::path::Path
         return Ok(object_store::path::Path::default());
     }
     object_store::path::Path::parse(prefix).map_err(|e| {
-        Error::invalid(format!("invalid key prefix {prefix:?}: {e}")).with_context("target", location)
+        Error::invalid(format!("invalid key prefix {prefix:?}: {e}"))
+            .with_context("target", location)
     })
 }
 
 fn build_error(err: object_store::Error, what: &str) -> Error {
-    Error::new(ErrorKind::InvalidInput, format!("cannot configure the {what} target"))
-        .with_source(err)
+    Error::new(
+        ErrorKind::InvalidInput,
+        format!("cannot configure the {what} target"),
+    )
+    .with_source(err)
 }
 
 /// HTTP client options shared by the remote stores: the environment's client keys
@@ -229,18 +242,21 @@ fn client_options(
     }
     let mut client = object_store::ClientOptions::new();
     for (key, value) in std::env::vars() {
-        if let Some(name) = key.strip_prefix(env_prefix) {
-            if let Ok(config_key) = name.to_ascii_lowercase().parse() {
-                client = client.with_config(config_key, value);
-            }
+        if let Some(name) = key.strip_prefix(env_prefix)
+            && let Ok(config_key) = name.to_ascii_lowercase().parse()
+        {
+            client = client.with_config(config_key, value);
         }
     }
     if let Some(path) = &options.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| Error::io(format!("reading the CA file {}", path.display()), e))?;
         let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            Error::invalid(format!("{} holds no usable PEM certificate", path.display()))
-                .with_source(e)
+            Error::invalid(format!(
+                "{} holds no usable PEM certificate",
+                path.display()
+            ))
+            .with_source(e)
         })?;
         for cert in certs {
             client = client.with_root_certificate(cert);
@@ -311,7 +327,9 @@ fn gcs(bucket: &str, options: &TargetOptions) -> Result<Arc<dyn ObjectStore>> {
     if let Some(retries) = options.http_max_retries {
         builder = builder.with_retry(http_retry(retries));
     }
-    Ok(Arc::new(builder.build().map_err(|e| build_error(e, "GCS"))?))
+    Ok(Arc::new(
+        builder.build().map_err(|e| build_error(e, "GCS"))?,
+    ))
 }
 
 #[cfg(not(feature = "gcs"))]
@@ -343,7 +361,9 @@ fn azure(container: &str, options: &TargetOptions) -> Result<Arc<dyn ObjectStore
     if let Some(retries) = options.http_max_retries {
         builder = builder.with_retry(http_retry(retries));
     }
-    Ok(Arc::new(builder.build().map_err(|e| build_error(e, "Azure"))?))
+    Ok(Arc::new(
+        builder.build().map_err(|e| build_error(e, "Azure"))?,
+    ))
 }
 
 #[cfg(not(feature = "azure"))]
@@ -367,8 +387,13 @@ mod tests {
             TargetUrl::parse("file:///var/backups/db").expect("file"),
             TargetUrl::Local("/var/backups/db".into())
         );
-        assert!(matches!(TargetUrl::parse("rel/dir").expect("relative"), TargetUrl::Local(p) if p.is_absolute()));
-        assert_eq!(TargetUrl::parse("memory://").expect("memory"), TargetUrl::Memory);
+        assert!(
+            matches!(TargetUrl::parse("rel/dir").expect("relative"), TargetUrl::Local(p) if p.is_absolute())
+        );
+        assert_eq!(
+            TargetUrl::parse("memory://").expect("memory"),
+            TargetUrl::Memory
+        );
         assert_eq!(
             TargetUrl::parse("s3://bucket/some/prefix/").expect("s3"),
             TargetUrl::S3 {
@@ -427,6 +452,33 @@ mod tests {
         assert!(!format!("{target:?}").contains("supersecret"), "{target:?}");
         let local = open_target("memory://", &TargetOptions::default()).expect("opens");
         assert!(!local.is_remote());
+    }
+
+    #[cfg(feature = "azure")]
+    #[test]
+    fn azure_opens_with_account_and_hides_the_key() {
+        let options = TargetOptions::default()
+            .with_azure_account("devstoreaccount1", "c2VjcmV0LWF6dXJlLWtleQ==");
+        for url in [
+            "azure://container/some/prefix",
+            "az://container/some/prefix",
+        ] {
+            let target = open_target(url, &options).expect("opens");
+            assert!(target.is_remote());
+            assert_eq!(target.location(), "azure://container/some/prefix");
+            assert!(
+                !format!("{target:?} {options:?}").contains("c2VjcmV0"),
+                "{target:?}"
+            );
+        }
+    }
+
+    #[cfg(feature = "gcs")]
+    #[test]
+    fn gcs_opens_and_reports_remote() {
+        let target = open_target("gs://bucket/prefix", &TargetOptions::default()).expect("opens");
+        assert!(target.is_remote());
+        assert_eq!(target.location(), "gs://bucket/prefix");
     }
 
     #[test]

@@ -80,7 +80,10 @@ impl RetryConfig {
     fn backoff(&self, retry: u32) -> Duration {
         let step = self
             .initial_backoff
-            .saturating_mul(1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX))
+            .saturating_mul(
+                1u32.checked_shl(retry.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            )
             .min(self.max_backoff);
         let half = step / 2;
         let jitter = rand::thread_rng().gen_range(0.0..=1.0);
@@ -224,8 +227,10 @@ impl BackupTarget for RetryTarget {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        self.run("get_range", key, || self.inner.get_range(key, range.clone()))
-            .await
+        self.run("get_range", key, || {
+            self.inner.get_range(key, range.clone())
+        })
+        .await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
@@ -247,8 +252,8 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
-        let config = RetryConfig::default()
-            .with_backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let config =
+            RetryConfig::default().with_backoff(Duration::from_millis(100), Duration::from_secs(1));
         for _ in 0..100 {
             let first = config.backoff(1);
             assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));

@@ -100,7 +100,10 @@ impl S3TestServer {
             .env("S3_UPLOAD_PART_MIN_SIZE", min_part_size.to_string())
             // moto sizes its in-memory spool as the minimum part size minus 1 KiB,
             // which goes negative for tiny test parts: pin it.
-            .env("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", (16 * 1024 * 1024).to_string())
+            .env(
+                "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE",
+                (16 * 1024 * 1024).to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -210,9 +210,10 @@ impl ObjectStoreTarget {
                         self.part_done(done, key)?;
                     }
                 }
-                let upload = guard.0.as_mut().ok_or_else(|| {
-                    Error::internal("multipart upload is gone before completion")
-                })?;
+                let upload = guard
+                    .0
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("multipart upload is gone before completion"))?;
                 parts.spawn(upload.put_part(payload));
                 index += 1;
                 if ended && pending.len == 0 {
@@ -227,7 +228,9 @@ impl ObjectStoreTarget {
         .await;
 
         let Some(mut upload) = guard.0.take() else {
-            return Err(Error::internal("multipart upload is gone before completion"));
+            return Err(Error::internal(
+                "multipart upload is gone before completion",
+            ));
         };
         match result {
             Ok(()) => match upload.complete().await {
@@ -254,9 +257,11 @@ impl ObjectStoreTarget {
         match done {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.err(e, "uploading a part", key)),
-            Err(e) => Err(Error::new(ErrorKind::Interrupted, "a part upload task failed")
-                .with_context("object", key)
-                .with_source(e)),
+            Err(e) => Err(
+                Error::new(ErrorKind::Interrupted, "a part upload task failed")
+                    .with_context("object", key)
+                    .with_source(e),
+            ),
         }
     }
 }
@@ -275,12 +280,12 @@ struct AbortOnDrop(Option<Box<dyn MultipartUpload>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        if let Some(mut upload) = self.0.take() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = upload.abort().await;
-                });
-            }
+        if let Some(mut upload) = self.0.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                let _ = upload.abort().await;
+            });
         }
     }
 }
@@ -384,14 +389,15 @@ impl BackupTarget for ObjectStoreTarget {
         {
             Ok(_) => Ok(PutOutcome::Created),
             Err(
-                object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
             ) => Ok(PutOutcome::AlreadyExists),
-            Err(e @ object_store::Error::NotImplemented { .. }) => Err(self
-                .err(e, "creating if absent", key)
-                .with_message(
+            Err(e @ object_store::Error::NotImplemented { .. }) => {
+                Err(self.err(e, "creating if absent", key).with_message(
                     "this store cannot create an object atomically; for S3-compatible stores \
                      without conditional writes set AWS_CONDITIONAL_PUT",
-                )),
+                ))
+            }
             Err(e) => Err(self.err(e, "creating if absent", key)),
         }
     }

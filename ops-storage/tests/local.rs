@@ -37,8 +37,8 @@ async fn unwritable_directory_is_permission_denied_naming_the_path() {
 #[tokio::test]
 async fn objects_are_plain_files_and_a_file_is_not_a_target() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let target = open_target(&tmp.path().to_string_lossy(), &TargetOptions::default())
-        .expect("open");
+    let target =
+        open_target(&tmp.path().to_string_lossy(), &TargetOptions::default()).expect("open");
     target
         .put("packs/ab/abcd", Bytes::from_static(b"pack"))
         .await
@@ -48,7 +48,6 @@ async fn objects_are_plain_files_and_a_file_is_not_a_target() {
         b"pack"
     );
     let file = tmp.path().join("packs/ab/abcd");
-    let err = open_target(&file.to_string_lossy(), &TargetOptions::default())
-        .expect_err("a file");
+    let err = open_target(&file.to_string_lossy(), &TargetOptions::default()).expect_err("a file");
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
 }

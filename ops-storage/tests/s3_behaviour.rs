@@ -133,7 +133,11 @@ async fn retries_ride_out_five_percent_faults() {
             .expect("delete");
     }
     let injected = faulty.injected_faults();
-    assert!(injected > 20, "only {injected} faults in {} calls", faulty.calls());
+    assert!(
+        injected > 20,
+        "only {injected} faults in {} calls",
+        faulty.calls()
+    );
     eprintln!(
         "{} calls, {injected} injected faults, all recovered in {:?}",
         faulty.calls(),
@@ -143,7 +147,8 @@ async fn retries_ride_out_five_percent_faults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_are_persistent() {
-    let memory = open_target("memory://", &TargetOptions::default().with_retry(None)).expect("open");
+    let memory =
+        open_target("memory://", &TargetOptions::default().with_retry(None)).expect("open");
     let always = Arc::new(FaultyTarget::new(
         memory,
         FaultConfig::default().with_failure_rate(1.0),
@@ -153,7 +158,10 @@ async fn exhausted_retries_are_persistent() {
             .with_max_attempts(3)
             .with_backoff(Duration::from_millis(1), Duration::from_millis(2)),
     );
-    let err = target.put("k", Bytes::from_static(b"x")).await.expect_err("fails");
+    let err = target
+        .put("k", Bytes::from_static(b"x"))
+        .await
+        .expect_err("fails");
     assert_eq!(err.status(), ErrorStatus::Persistent, "{err:?}");
     assert_eq!(always.calls(), 3);
     // put_stream is never retried: its stream is gone after one attempt.
@@ -194,16 +202,19 @@ async fn missing_bucket_and_debug_redaction() {
     let server = S3TestServer::start().expect("start the S3 test server");
     let options = server.options().with_session_token("session-secret");
     let target = open_target(&server.url("no-such-bucket"), &options).expect("open");
-    let err = target.head("x").await.map(|_| ()).and(
-        target
-            .put("x", Bytes::from_static(b"x"))
-            .await,
-    );
+    let err = target
+        .head("x")
+        .await
+        .map(|_| ())
+        .and(target.put("x", Bytes::from_static(b"x")).await);
     let err = err.expect_err("no bucket");
     assert!(!err.is_temporary(), "{err:?}");
     let faulty = FaultyTarget::new(target.clone(), FaultConfig::default());
     let text = format!("{err} {err:?} {target:?} {faulty:?} {options:?}");
-    for secret in [ops_storage::s3_test_server::SECRET_ACCESS_KEY, "session-secret"] {
+    for secret in [
+        ops_storage::s3_test_server::SECRET_ACCESS_KEY,
+        "session-secret",
+    ] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
 }

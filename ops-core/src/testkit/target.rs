@@ -37,7 +37,7 @@ pub async fn conformance(target: &dyn BackupTarget) {
     check_put_if_absent(target, &base).await;
     check_put_if_absent_race(target, &base, 8).await;
     check_put_stream(target, &base, 6 * 1024 * 1024).await;
-    check_put_stream_failure(target, &base, 3 * 1024 * 1024).await;
+    check_put_stream_failure(target, &base, 7 * 1024 * 1024).await;
     check_overwrite_is_atomic(target, &base).await;
     cleanup(target, &base).await;
 }
