@@ -218,3 +218,24 @@ async fn missing_bucket_and_debug_redaction() {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_put_stream_leaves_no_object() {
+    let server = S3TestServer::start().expect("start the S3 test server");
+    let options = server
+        .options()
+        .with_multipart(MultipartOptions::default().with_part_size(5 * 1024 * 1024));
+    let target = open_target(&server.url("dbops-test"), &options).expect("open");
+    let key = format!("{}cancelled", unique_prefix());
+    // Two full parts, then a source that never ends: the backup is cancelled.
+    let stuck = pieces(Bytes::from(pattern(11 * 1024 * 1024, 3)))
+        .chain(futures::stream::pending())
+        .boxed();
+    let cancelled =
+        tokio::time::timeout(Duration::from_secs(2), target.put_stream(&key, stuck)).await;
+    assert!(
+        cancelled.is_err(),
+        "the stream never ends, so put_stream cannot finish"
+    );
+    assert!(target.head(&key).await.expect("head").is_none());
+}
