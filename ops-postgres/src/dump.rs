@@ -139,7 +139,7 @@ fn plan(
             });
         }
     }
-    items.sort_by(|a, b| b.estimated_bytes.cmp(&a.estimated_bytes));
+    items.sort_by_key(|i| std::cmp::Reverse(i.estimated_bytes));
     items
 }
 

@@ -114,9 +114,10 @@ pub(crate) fn select_tables(
     let mut excluded: HashSet<u32> = HashSet::new();
     for e in entries {
         let identity = (e.catalog, e.oid);
-        if is_session_entry(e) {
-            included.insert(e.id);
-        } else if wanted.contains(&identity) || (e.catalog == 0 && wanted_tables.contains(&e.oid)) {
+        if is_session_entry(e)
+            || wanted.contains(&identity)
+            || (e.catalog == 0 && wanted_tables.contains(&e.oid))
+        {
             included.insert(e.id);
         } else if unwanted.contains(&identity)
             || (e.catalog == 0 && unwanted_tables.contains(&e.oid))
