@@ -126,3 +126,33 @@ async fn dump_under_pgbench_load_is_consistent() {
         sums[0]
     );
 }
+
+/// Not a test: times a dump into memory and a restore from it, for the report.
+/// `DBOPS_MEASURE_URL=postgres://… cargo nextest run -p ops-postgres --run-ignored only`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; needs DBOPS_MEASURE_URL"]
+async fn measure_dump_and_restore() {
+    let Ok(url) = std::env::var("DBOPS_MEASURE_URL") else {
+        loud("DBOPS_MEASURE_URL not set: nothing measured");
+        return;
+    };
+    let source = ops_postgres::PostgresEngine::new(&url).expect("url");
+    for jobs in [1, 2] {
+        let t = Instant::now();
+        let (dump, _) = dump_to_memory(&source, &DumpOptions::default().with_jobs(jobs)).await;
+        let bytes: u64 = dump.summaries().iter().map(|(_, s)| s.bytes).sum();
+        eprintln!("dump jobs={jobs}: {:?}, {bytes} bytes", t.elapsed());
+        let target = source.with_database(&format!("measure_restore_{jobs}"));
+        let _ = target.drop_database().await;
+        let t = Instant::now();
+        target
+            .restore(
+                dump.into_source(),
+                &RestoreOptions::default().with_create(true).with_jobs(jobs),
+            )
+            .await
+            .expect("restore");
+        eprintln!("restore jobs={jobs}: {:?}", t.elapsed());
+        target.drop_database().await.expect("drop");
+    }
+}
