@@ -50,6 +50,58 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Restore a backup into a database.
     Restore(RestoreArgs),
+    /// Remove data that no backup references (after `forget`).
+    Prune(PruneArgs),
+    /// Copy backups into another repository (only the chunks it lacks are sent).
+    Copy(CopyArgs),
+    /// Remove stale locks (left by crashed processes), or all locks with --all.
+    Unlock(UnlockArgs),
+}
+
+/// `prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Say what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Repack a pack when more than this percentage of it is unused.
+    #[arg(long, default_value_t = 20.0, value_name = "PERCENT")]
+    pub max_unused: f64,
+    /// Remove packs left by failed backups only when older than this many seconds.
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub unindexed_grace: u64,
+}
+
+/// `copy`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Source repository URL.
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// File with the source repository's password (else DBOPS_FROM_PASSWORD).
+    #[arg(long, env = "DBOPS_FROM_PASSWORD_FILE", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Destination repository URL (default: --repo / DBOPS_REPO); its password is
+    /// DBOPS_PASSWORD or --password-file.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+    /// Backup ids or unique prefixes to copy.
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Copy the newest backup.
+    #[arg(long, conflicts_with_all = ["all", "ids"])]
+    pub latest: bool,
+    /// Copy every backup.
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+}
+
+/// `unlock`.
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Remove every lock, not only stale ones (only when no dbops process runs).
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `init`.

@@ -8,14 +8,17 @@ use serde_json::json;
 
 use ops_core::repo::{
     BackupOptions, ChunkerParams, Encryption, InitOptions, KdfParams, Manifest, Progress,
-    Repository, VerifyOptions,
+    PruneOptions, Repository, VerifyOptions,
 };
 use ops_core::{DumpOptions, Error, ErrorKind, RestoreOptions, Result, Secret, TableRef};
-use ops_storage::{open_target, TargetOptions};
+use ops_storage::{TargetOptions, open_target};
 
-use crate::cli::{BackupArgs, Cli, Command, InitArgs, RestoreArgs, ShowArgs, VerifyArgs};
+use crate::cli::{
+    BackupArgs, Cli, Command, CopyArgs, InitArgs, PruneArgs, RestoreArgs, ShowArgs, UnlockArgs,
+    VerifyArgs,
+};
 use crate::engines::{engine_for_url, scratch_server, with_database};
-use crate::output::{bytes, print_json, ProgressDisplay};
+use crate::output::{ProgressDisplay, bytes, print_json};
 
 /// Exit code when verification finds damage or a mismatch.
 const EXIT_DAMAGE: u8 = 3;
@@ -32,25 +35,31 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Show(a) => show(&cli, a).await,
         Command::Verify(a) => verify(&cli, a).await,
         Command::Restore(a) => restore(&cli, a).await,
+        Command::Prune(a) => prune(&cli, a).await,
+        Command::Copy(a) => copy(&cli, a).await,
+        Command::Unlock(a) => unlock(&cli, a).await,
     }
 }
 
 fn repo_url(cli: &Cli) -> Result<&str> {
-    cli.repo.as_deref().ok_or_else(|| {
-        Error::invalid("no repository given: pass --repo URL or set DBOPS_REPO")
-    })
+    cli.repo
+        .as_deref()
+        .ok_or_else(|| Error::invalid("no repository given: pass --repo URL or set DBOPS_REPO"))
 }
 
 fn password(cli: &Cli) -> Result<Option<Secret>> {
-    if let Some(path) = &cli.password_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::io(format!("reading the password file {}", path.display()), e)
-        })?;
+    read_password(cli.password_file.as_deref(), "DBOPS_PASSWORD")
+}
+
+fn read_password(file: Option<&std::path::Path>, env: &str) -> Result<Option<Secret>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading the password file {}", path.display()), e))?;
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let text = text.strip_suffix('\r').unwrap_or(text);
         return Ok(Some(Secret::new(text)));
     }
-    Ok(std::env::var("DBOPS_PASSWORD").ok().map(Secret::new))
+    Ok(std::env::var(env).ok().map(Secret::new))
 }
 
 async fn open_repo(cli: &Cli) -> Result<Repository> {
@@ -70,7 +79,7 @@ async fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
         (false, None) => {
             return Err(Error::invalid(
                 "no password for the new repository: set DBOPS_PASSWORD or pass --password-file FILE (or --no-encryption to store data unencrypted)",
-            ))
+            ));
         }
     };
     let avg = a.chunk_size_kib.saturating_mul(1024);
@@ -94,7 +103,11 @@ async fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
     } else {
         println!(
             "created {} repository {} at {location}",
-            if repo.is_encrypted() { "an encrypted" } else { "an UNENCRYPTED" },
+            if repo.is_encrypted() {
+                "an encrypted"
+            } else {
+                "an UNENCRYPTED"
+            },
             repo.config().id
         );
     }
@@ -215,7 +228,10 @@ async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
     println!("taken       {} – {} on {}", m.started, m.finished, m.host);
     println!("dbops       {}", m.tool_version);
     if !m.tags.is_empty() {
-        println!("tags        {}", m.tags.iter().cloned().collect::<Vec<_>>().join(", "));
+        println!(
+            "tags        {}",
+            m.tags.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
     for (k, v) in &m.snapshot {
         println!("snapshot    {k} = {v}");
@@ -244,11 +260,21 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     let manifests = if a.all {
         repo.list_backups().await?
     } else {
-        vec![repo.find_backup(a.id.as_deref().unwrap_or("latest")).await?]
+        vec![
+            repo.find_backup(a.id.as_deref().unwrap_or("latest"))
+                .await?,
+        ]
     };
-    let level = if a.read_data { "read-data" } else { "structure" };
+    let level = if a.read_data {
+        "read-data"
+    } else {
+        "structure"
+    };
     let report = repo
-        .verify(&manifests, &VerifyOptions::new(a.read_data).with_jobs(a.jobs))
+        .verify(
+            &manifests,
+            &VerifyOptions::new(a.read_data).with_jobs(a.jobs),
+        )
         .await?;
     let mut damaged = !report.ok();
     let mut restores = Vec::new();
@@ -280,8 +306,14 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
             println!(
                 "DAMAGED backup {}{}{}: {}",
                 p.backup,
-                p.table.as_ref().map(|t| format!(" table {t}")).unwrap_or_default(),
-                p.chunk.as_ref().map(|c| format!(" chunk {c}")).unwrap_or_default(),
+                p.table
+                    .as_ref()
+                    .map(|t| format!(" table {t}"))
+                    .unwrap_or_default(),
+                p.chunk
+                    .as_ref()
+                    .map(|c| format!(" chunk {c}"))
+                    .unwrap_or_default(),
                 p.message
             );
         }
@@ -290,13 +322,21 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
             if report.ok() { "ok" } else { "DAMAGE FOUND" },
             report.backups.len(),
             report.streams,
-            if a.read_data { format!(", {} read", bytes(report.bytes_read)) } else { String::new() }
+            if a.read_data {
+                format!(", {} read", bytes(report.bytes_read))
+            } else {
+                String::new()
+            }
         );
         for r in &restores {
             print_restore_check(r);
         }
     }
-    Ok(if damaged { ExitCode::from(EXIT_DAMAGE) } else { ExitCode::SUCCESS })
+    Ok(if damaged {
+        ExitCode::from(EXIT_DAMAGE)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_restore_check(r: &serde_json::Value) {
@@ -306,7 +346,10 @@ fn print_restore_check(r: &serde_json::Value) {
         return;
     }
     let check = &r["check"];
-    println!("restore of {id} into {}:", check["database"].as_str().unwrap_or_default());
+    println!(
+        "restore of {id} into {}:",
+        check["database"].as_str().unwrap_or_default()
+    );
     if let Some(tables) = check["tables"].as_array() {
         for t in tables {
             let ok = t["matches"].as_bool().unwrap_or(false);
@@ -314,8 +357,12 @@ fn print_restore_check(r: &serde_json::Value) {
                 "  {:<6} {:<48} stored {:>10} restored {:>10}",
                 if ok { "ok" } else { "DIFFERS" },
                 t["table"].as_str().unwrap_or_default(),
-                t["expected_rows"].as_u64().map_or("-".into(), |n| n.to_string()),
-                t["actual_rows"].as_u64().map_or("-".into(), |n| n.to_string()),
+                t["expected_rows"]
+                    .as_u64()
+                    .map_or("-".into(), |n| n.to_string()),
+                t["actual_rows"]
+                    .as_u64()
+                    .map_or("-".into(), |n| n.to_string()),
             );
         }
     }
@@ -363,7 +410,10 @@ async fn verify_by_restore(
         }
         None => {
             let scratch = scratch_server(&m.engine).await?;
-            let name = format!("dbops_verify_{}", m.id.replace('-', "_").to_ascii_lowercase());
+            let name = format!(
+                "dbops_verify_{}",
+                m.id.replace('-', "_").to_ascii_lowercase()
+            );
             let engine = engine_for_url(&with_database(&scratch.url, &name)?)?;
             let check = repo
                 .verify_restore(m, engine.as_ref(), &options.with_create(true))
@@ -389,7 +439,11 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     let repo = open_repo(cli).await?;
     let m = repo.find_backup(&a.id).await?;
     check_engine(&m, engine.name())?;
-    let default_schema = if m.engine == "postgresql" { "public".to_owned() } else { m.database.clone() };
+    let default_schema = if m.engine == "postgresql" {
+        "public".to_owned()
+    } else {
+        m.database.clone()
+    };
     let tables = a
         .tables
         .iter()
@@ -407,7 +461,13 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     let report = repo
         .restore(&m, engine.as_ref(), &options)
         .await
-        .map_err(|e| e.during(format!("restore of backup {} into {}", m.id, engine.location())))?;
+        .map_err(|e| {
+            e.during(format!(
+                "restore of backup {} into {}",
+                m.id,
+                engine.location()
+            ))
+        })?;
     let secs = started.elapsed().as_secs_f64();
     let rows: u64 = report.tables.values().sum();
     if cli.json {
@@ -435,3 +495,96 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn prune(cli: &Cli, a: &PruneArgs) -> Result<ExitCode> {
+    let repo = open_repo(cli).await?;
+    let options = PruneOptions::default()
+        .with_dry_run(a.dry_run)
+        .with_max_unused(a.max_unused / 100.0)
+        .with_unindexed_grace_secs(a.unindexed_grace);
+    let r = repo.prune(&options).await?;
+    if cli.json {
+        print_json(&json!({ "ok": true, "prune": r }));
+    } else {
+        println!(
+            "{}{} backups keep {} blobs; {} of {} packs deleted, {} repacked into {}; {} freed; {} stale locks removed",
+            if r.dry_run { "dry run: " } else { "" },
+            r.backups,
+            r.referenced_blobs,
+            r.packs_deleted,
+            r.packs_before,
+            r.packs_repacked,
+            r.packs_written,
+            bytes(r.bytes_freed),
+            r.stale_locks_removed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
+    let from_target = open_target(&a.from, &TargetOptions::default())?;
+    let from_password = read_password(a.from_password_file.as_deref(), "DBOPS_FROM_PASSWORD")?;
+    let from = Repository::open(from_target, from_password.as_ref())
+        .await
+        .map_err(|e| e.during("opening the source repository (--from)"))?;
+    let to_url = match &a.to {
+        Some(u) => u.as_str(),
+        None => repo_url(cli)?,
+    };
+    let to = Repository::open(
+        open_target(to_url, &TargetOptions::default())?,
+        password(cli)?.as_ref(),
+    )
+    .await
+    .map_err(|e| e.during("opening the destination repository (--to)"))?;
+    let manifests = if a.all {
+        from.list_backups().await?
+    } else if a.latest || a.ids.is_empty() {
+        vec![from.find_backup("latest").await?]
+    } else {
+        let mut v = Vec::new();
+        for id in &a.ids {
+            v.push(from.find_backup(id).await?);
+        }
+        v
+    };
+    let mut copied = Vec::new();
+    for m in &manifests {
+        let (c, new) = to.copy_backup(&from, m).await?;
+        if !cli.json {
+            println!(
+                "{} {}: {} new of {} ({} stored)",
+                if new { "copied" } else { "already there" },
+                c.id,
+                bytes(if new { c.stats.new_bytes } else { 0 }),
+                bytes(c.stats.bytes),
+                bytes(if new { c.stats.stored_bytes } else { 0 })
+            );
+        }
+        copied.push(json!({ "id": c.id, "copied": new, "stats": c.stats }));
+    }
+    if cli.json {
+        print_json(&json!({ "ok": true, "backups": copied }));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<ExitCode> {
+    let repo = open_repo(cli).await?;
+    let now = chrono::Utc::now();
+    let mut removed = Vec::new();
+    for (key, info) in ops_core::repo::list_locks(repo.target().as_ref()).await? {
+        if a.all || info.is_stale(now) {
+            repo.target().delete(&key).await?;
+            removed.push(
+                json!({ "lock": key, "purpose": info.purpose, "host": info.host, "pid": info.pid }),
+            );
+        }
+    }
+    if cli.json {
+        print_json(&json!({ "ok": true, "removed": removed }));
+    } else {
+        println!("removed {} locks", removed.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -53,8 +53,12 @@ pub async fn scratch_server(engine: &str) -> Result<Scratch> {
 /// # Errors
 /// [`ErrorKind::InvalidInput`] when `url` does not parse.
 pub fn with_database(url: &str, name: &str) -> Result<String> {
-    let mut parsed = url::Url::parse(url)
-        .map_err(|e| Error::invalid(format!("bad database URL {}: {e}", ops_core::redact_url(url))))?;
+    let mut parsed = url::Url::parse(url).map_err(|e| {
+        Error::invalid(format!(
+            "bad database URL {}: {e}",
+            ops_core::redact_url(url)
+        ))
+    })?;
     parsed.set_path(&format!("/{name}"));
     Ok(parsed.to_string())
 }

@@ -15,7 +15,10 @@ use ops_core::ErrorKind;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     output::init_logging(cli.verbose, cli.json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dbops: cannot start the async runtime: {e}");

@@ -2,12 +2,12 @@
 //! and progress on stderr only.
 
 use std::io::IsTerminal;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ops_core::repo::Progress;
 use ops_core::Error;
+use ops_core::repo::Progress;
 
 /// Logs go to stderr; `-v` for info, `-vv` for debug; `RUST_LOG` overrides.
 pub fn init_logging(verbose: u8, json: bool) {
@@ -76,7 +76,10 @@ impl ProgressDisplay {
     /// Starts showing `progress` (a spinner with bytes read, new and stored).
     pub fn start(progress: &Arc<Progress>, enabled: bool, what: &'static str) -> Self {
         if !enabled || !std::io::stderr().is_terminal() {
-            return Self { task: None, bar: None };
+            return Self {
+                task: None,
+                bar: None,
+            };
         }
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(

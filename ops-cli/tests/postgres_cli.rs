@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{database_exists, load_sample, psql, schema_dump, table_checksums, Ctx};
+use common::{Ctx, database_exists, load_sample, psql, schema_dump, table_checksums};
 use ops_postgres::ephemeral::{EphemeralOptions, EphemeralPostgres};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,7 +17,19 @@ async fn sample_database_backs_up_verifies_and_restores_identically() {
     let ctx = Ctx::new();
     ctx.init();
 
-    let backup = ctx.run(&["--json", "backup", &pg.url_for("shop"), "--jobs", "2", "--tag", "nightly", "--split-mib", "1"]).ok();
+    let backup = ctx
+        .run(&[
+            "--json",
+            "backup",
+            &pg.url_for("shop"),
+            "--jobs",
+            "2",
+            "--tag",
+            "nightly",
+            "--split-mib",
+            "1",
+        ])
+        .ok();
     let b = backup.json();
     let id = b["id"].as_str().expect("id").to_owned();
     assert!(b["stats"]["stored_bytes"].as_u64().expect("stored") > 0);
@@ -30,42 +42,85 @@ async fn sample_database_backs_up_verifies_and_restores_identically() {
     assert_eq!(show["engine"], "postgresql");
 
     ctx.run(&["verify", "latest"]).ok();
-    let read = ctx.run(&["--json", "verify", &id, "--read-data"]).ok().json();
+    let read = ctx
+        .run(&["--json", "verify", &id, "--read-data"])
+        .ok()
+        .json();
     assert_eq!(read["ok"], true);
 
     // verify --restore on a throwaway server: every table matches.
     let vr = ctx.run(&["--json", "verify", "latest", "--restore"]);
     assert_eq!(vr.code, 0, "{}", vr.all());
     let v = vr.json();
-    let tables = v["restores"][0]["check"]["tables"].as_array().expect("tables");
+    let tables = v["restores"][0]["check"]["tables"]
+        .as_array()
+        .expect("tables");
     assert!(!tables.is_empty());
     for t in tables {
         assert_eq!(t["matches"], true, "{t}");
     }
-    let human = ctx.run(&["verify", "latest", "--restore", "--into", &pg.url_for("shop_verify")]).ok();
-    assert!(human.stdout.contains("every table matches"), "{}", human.stdout);
-    assert!(!database_exists(&pg, "shop_verify"), "the scratch database it created is dropped");
+    let human = ctx
+        .run(&[
+            "verify",
+            "latest",
+            "--restore",
+            "--into",
+            &pg.url_for("shop_verify"),
+        ])
+        .ok();
+    assert!(
+        human.stdout.contains("every table matches"),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        !database_exists(&pg, "shop_verify"),
+        "the scratch database it created is dropped"
+    );
 
     // Restore under another name, compare with PostgreSQL's own tools.
-    ctx.run(&["restore", &id, &pg.url_for("shop_restore"), "--create", "--jobs", "2"]).ok();
-    assert_eq!(schema_dump(&pg, "shop"), schema_dump(&pg, "shop_restore"), "{which}: schema differs");
-    let (src, dst) = (table_checksums(&pg, "shop"), table_checksums(&pg, "shop_restore"));
+    ctx.run(&[
+        "restore",
+        &id,
+        &pg.url_for("shop_restore"),
+        "--create",
+        "--jobs",
+        "2",
+    ])
+    .ok();
+    assert_eq!(
+        schema_dump(&pg, "shop"),
+        schema_dump(&pg, "shop_restore"),
+        "{which}: schema differs"
+    );
+    let (src, dst) = (
+        table_checksums(&pg, "shop"),
+        table_checksums(&pg, "shop_restore"),
+    );
     assert!(src.len() > 5, "{which}: {src:?}");
     assert_eq!(src, dst, "{which}: table contents differ");
     let seq = "SELECT string_agg(last_value::text, ',' ORDER BY sequencename) FROM pg_sequences";
-    assert_eq!(psql(&pg, "shop", &["-At", "-c", seq]), psql(&pg, "shop_restore", &["-At", "-c", seq]));
+    assert_eq!(
+        psql(&pg, "shop", &["-At", "-c", seq]),
+        psql(&pg, "shop_restore", &["-At", "-c", seq])
+    );
 
     // A non-empty target is refused without --clean, and accepted with it.
     let refused = ctx.run(&["restore", &id, &pg.url_for("shop_restore")]);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("--clean"), "{}", refused.stderr);
-    ctx.run(&["restore", &id, &pg.url_for("shop_restore"), "--clean"]).ok();
+    ctx.run(&["restore", &id, &pg.url_for("shop_restore"), "--clean"])
+        .ok();
     assert_eq!(src, table_checksums(&pg, "shop_restore"));
 
     // Unknown backup id.
     let unknown = ctx.run(&["restore", "19990101", &pg.url_for("nothing"), "--create"]);
     assert_ne!(unknown.code, 0);
-    assert!(unknown.stderr.contains("no backup") && unknown.stderr.contains("dbops list"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no backup") && unknown.stderr.contains("dbops list"),
+        "{}",
+        unknown.stderr
+    );
     assert!(!database_exists(&pg, "nothing"));
 }
 
@@ -87,11 +142,23 @@ fn files_under(dir: PathBuf) -> Vec<PathBuf> {
 async fn a_flipped_byte_is_damage_named_by_chunk_and_table() {
     let pg = EphemeralPostgres::start().await.expect("start postgres");
     pg.create_database("small").await.expect("create");
-    psql(&pg, "small", &["-c", "CREATE TABLE items (id int PRIMARY KEY, body text); \
-        INSERT INTO items SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 20000) g;"]);
+    psql(
+        &pg,
+        "small",
+        &[
+            "-c",
+            "CREATE TABLE items (id int PRIMARY KEY, body text); \
+        INSERT INTO items SELECT g, repeat(md5(g::text), 20) FROM generate_series(1, 20000) g;",
+        ],
+    );
     let ctx = Ctx::new();
     ctx.init();
-    let id = ctx.run(&["backup", &pg.url_for("small")]).ok().stdout.trim().to_owned();
+    let id = ctx
+        .run(&["backup", &pg.url_for("small")])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
 
     // The biggest pack holds the table's data; flip one byte in its middle.
     let mut packs = files_under(PathBuf::from(&ctx.repo).join("packs"));
@@ -105,7 +172,11 @@ async fn a_flipped_byte_is_damage_named_by_chunk_and_table() {
     let v = ctx.run(&["verify", &id, "--read-data"]);
     assert_eq!(v.code, 3, "damage has its own exit code: {}", v.all());
     assert!(v.stdout.contains("chunk"), "{}", v.stdout);
-    assert!(v.stdout.contains("public.items"), "names the table: {}", v.stdout);
+    assert!(
+        v.stdout.contains("public.items"),
+        "names the table: {}",
+        v.stdout
+    );
     let j = ctx.run(&["--json", "verify", &id, "--read-data"]);
     assert_eq!(j.code, 3);
     let problem = &j.json()["report"]["problems"][0];
@@ -115,8 +186,17 @@ async fn a_flipped_byte_is_damage_named_by_chunk_and_table() {
     let r = ctx.run(&["restore", &id, &pg.url_for("small_copy"), "--create"]);
     assert_eq!(r.code, 3, "{}", r.all());
     assert!(r.stderr.contains("damaged"), "{}", r.stderr);
-    assert!(!database_exists(&pg, "small_copy"), "a failed --create restore drops its database");
-    let kept = ctx.run(&["restore", &id, &pg.url_for("small_kept"), "--create", "--keep-failed"]);
+    assert!(
+        !database_exists(&pg, "small_copy"),
+        "a failed --create restore drops its database"
+    );
+    let kept = ctx.run(&[
+        "restore",
+        &id,
+        &pg.url_for("small_kept"),
+        "--create",
+        "--keep-failed",
+    ]);
     assert_ne!(kept.code, 0);
     assert!(database_exists(&pg, "small_kept"), "--keep-failed keeps it");
 
@@ -131,7 +211,11 @@ async fn repository_errors_are_clear() {
 
     let r = ctx.run(&["list"]);
     assert_eq!(r.code, 5, "{}", r.all());
-    assert!(r.stderr.contains("no dbops repository") && r.stderr.contains("init"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no dbops repository") && r.stderr.contains("init"),
+        "{}",
+        r.stderr
+    );
 
     let mut no_pw = ctx.command(&["init"]);
     no_pw.env_remove("DBOPS_PASSWORD");
@@ -165,7 +249,11 @@ async fn repository_errors_are_clear() {
 
     let unknown = ctx.run(&["show", "nope"]);
     assert_ne!(unknown.code, 0);
-    assert!(unknown.stderr.contains("no backup 'nope'"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no backup 'nope'"),
+        "{}",
+        unknown.stderr
+    );
 
     let json_err = ctx.run(&["--json", "show", "nope"]);
     let doc = json_err.json();
@@ -180,7 +268,14 @@ async fn database_errors_are_clear_and_passwords_never_leak() {
         .await
         .expect("start postgres");
     pg.create_database("app").await.expect("create");
-    psql(&pg, "app", &["-c", "CREATE TABLE t (id int); INSERT INTO t VALUES (1),(2);"]);
+    psql(
+        &pg,
+        "app",
+        &[
+            "-c",
+            "CREATE TABLE t (id int); INSERT INTO t VALUES (1),(2);",
+        ],
+    );
     let ctx = Ctx::new();
     ctx.init();
     let with_pw = |pw: &str| format!("postgres://postgres:{pw}@127.0.0.1:{}/app", pg.port());
@@ -191,12 +286,19 @@ async fn database_errors_are_clear_and_passwords_never_leak() {
     let id = ok.json()["id"].as_str().expect("id").to_owned();
     let show = ctx.run(&["--json", "show", &id]).ok();
     assert!(!show.all().contains(secret));
-    assert!(show.stdout.contains("******"), "the source URL is stored redacted");
+    assert!(
+        show.stdout.contains("******"),
+        "the source URL is stored redacted"
+    );
 
     // Wrong password.
     let bad = ctx.run(&["-vv", "backup", &with_pw("wrong-pw-123")]);
     assert_ne!(bad.code, 0);
-    assert!(bad.stderr.to_lowercase().contains("authentication") || bad.stderr.contains("password"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.to_lowercase().contains("authentication") || bad.stderr.contains("password"),
+        "{}",
+        bad.stderr
+    );
     assert!(!bad.all().contains("wrong-pw-123"), "{}", bad.all());
 
     // Unreachable server.
@@ -204,7 +306,10 @@ async fn database_errors_are_clear_and_passwords_never_leak() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let unreachable = ctx.run(&["backup", &format!("postgres://postgres:{secret}@127.0.0.1:{port}/app")]);
+    let unreachable = ctx.run(&[
+        "backup",
+        &format!("postgres://postgres:{secret}@127.0.0.1:{port}/app"),
+    ]);
     assert_eq!(unreachable.code, 6, "{}", unreachable.all());
     assert!(!unreachable.all().contains(secret));
 
@@ -215,7 +320,10 @@ async fn database_errors_are_clear_and_passwords_never_leak() {
     let nt = no_tools.output().expect("run");
     assert_ne!(nt.status.code(), Some(0));
     let text = String::from_utf8_lossy(&nt.stderr);
-    assert!(text.contains("pg_dump") && text.contains("apt-get install"), "{text}");
+    assert!(
+        text.contains("pg_dump") && text.contains("apt-get install"),
+        "{text}"
+    );
 
     // Only the one good backup is listed.
     let list = ctx.run(&["--json", "list"]).ok().json();
@@ -226,8 +334,15 @@ async fn database_errors_are_clear_and_passwords_never_leak() {
 async fn server_killed_mid_backup_leaves_no_backup() {
     let pg = EphemeralPostgres::start().await.expect("start postgres");
     pg.create_database("big").await.expect("create");
-    psql(&pg, "big", &["-c", "CREATE TABLE big (id bigint, body text); \
-        INSERT INTO big SELECT g, md5(g::text) || md5((g+1)::text) || md5((g+2)::text) FROM generate_series(1, 1500000) g;"]);
+    psql(
+        &pg,
+        "big",
+        &[
+            "-c",
+            "CREATE TABLE big (id bigint, body text); \
+        INSERT INTO big SELECT g, md5(g::text) || md5((g+1)::text) || md5((g+2)::text) FROM generate_series(1, 1500000) g;",
+        ],
+    );
     let ctx = Ctx::new();
     ctx.init();
     let child = ctx
@@ -239,7 +354,12 @@ async fn server_killed_mid_backup_leaves_no_backup() {
     // Wait until data is flowing (a pack or the lock exists), then kill the server.
     let repo = PathBuf::from(&ctx.repo);
     for _ in 0..200 {
-        if repo.join("locks").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false) {
+        if repo
+            .join("locks")
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+        {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
@@ -248,10 +368,18 @@ async fn server_killed_mid_backup_leaves_no_backup() {
     pg.kill().expect("kill");
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "a backup whose server died must fail: {stderr}");
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a backup whose server died must fail: {stderr}"
+    );
     assert!(!stderr.is_empty());
     let list = ctx.run(&["--json", "list"]).ok().json();
-    assert_eq!(list["backups"].as_array().map(Vec::len), Some(0), "nothing half-written is listed");
+    assert_eq!(
+        list["backups"].as_array().map(Vec::len),
+        Some(0),
+        "nothing half-written is listed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +392,12 @@ async fn unwritable_repository_is_a_clear_error() {
     let is_root = nix_is_root();
     let mut cmd = if is_root {
         let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_dbops")]);
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_dbops"),
+        ]);
         c
     } else {
         use std::os::unix::fs::PermissionsExt;
@@ -272,16 +405,26 @@ async fn unwritable_repository_is_a_clear_error() {
         std::process::Command::new(env!("CARGO_BIN_EXE_dbops"))
     };
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(ctx.dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(ctx.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
     let o = cmd
-        .args(["--repo", repo.to_str().expect("utf8"), "init", "--kdf-memory-mib", "8"])
+        .args([
+            "--repo",
+            repo.to_str().expect("utf8"),
+            "init",
+            "--kdf-memory-mib",
+            "8",
+        ])
         .env("DBOPS_PASSWORD", "pw")
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_ne!(o.status.code(), Some(0), "{stderr}");
     assert!(stderr.to_lowercase().contains("permission"), "{stderr}");
-    assert!(stderr.contains(locked.to_str().expect("utf8")), "names the path: {stderr}");
+    assert!(
+        stderr.contains(locked.to_str().expect("utf8")),
+        "names the path: {stderr}"
+    );
 }
 
 fn nix_is_root() -> bool {

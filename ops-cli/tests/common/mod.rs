@@ -19,12 +19,20 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "dbops failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "dbops failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -117,7 +125,11 @@ pub fn psql(pg: &EphemeralPostgres, db: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run psql");
-    assert!(o.status.success(), "psql {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "psql {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -127,8 +139,16 @@ pub async fn load_sample(pg: &EphemeralPostgres, db: &str) -> &'static str {
     pg.create_database(db).await.expect("create database");
     match fixtures("pagila") {
         Some(dir) => {
-            psql(pg, db, &["-f", dir.join("pagila-schema.sql").to_str().expect("utf8")]);
-            psql(pg, db, &["-f", dir.join("pagila-data.sql").to_str().expect("utf8")]);
+            psql(
+                pg,
+                db,
+                &["-f", dir.join("pagila-schema.sql").to_str().expect("utf8")],
+            );
+            psql(
+                pg,
+                db,
+                &["-f", dir.join("pagila-data.sql").to_str().expect("utf8")],
+            );
             "pagila"
         }
         None => {
@@ -146,10 +166,16 @@ pub fn schema_dump(pg: &EphemeralPostgres, db: &str) -> String {
         .arg(pg.url_for(db))
         .output()
         .expect("run pg_dump");
-    assert!(o.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout)
         .lines()
-        .filter(|l| !l.starts_with("--") && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .filter(|l| {
+            !l.starts_with("--") && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -180,12 +206,25 @@ pub fn table_checksums(pg: &EphemeralPostgres, db: &str) -> BTreeMap<String, Str
         let q = format!(
             "SELECT count(*) || ' ' || md5(coalesce(string_agg(md5(x::text), '' ORDER BY md5(x::text)), '')) FROM ONLY {t} x"
         );
-        out.insert(t.to_owned(), psql(pg, db, &["-At", "-c", &q]).trim().to_owned());
+        out.insert(
+            t.to_owned(),
+            psql(pg, db, &["-At", "-c", &q]).trim().to_owned(),
+        );
     }
     out
 }
 
 /// True when database `db` exists on `pg`.
 pub fn database_exists(pg: &EphemeralPostgres, db: &str) -> bool {
-    psql(pg, "postgres", &["-At", "-c", &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'")]).trim() == "1"
+    psql(
+        pg,
+        "postgres",
+        &[
+            "-At",
+            "-c",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+        ],
+    )
+    .trim()
+        == "1"
 }

@@ -156,6 +156,14 @@ impl State {
     }
 }
 
+/// What [`Repository::ingest`] stored.
+pub(super) struct Ingested {
+    pub report: crate::engine::DumpReport,
+    pub streams: Vec<StreamRecord>,
+    pub warnings: Vec<String>,
+    pub stats: BackupStats,
+}
+
 struct Sink {
     state: Arc<State>,
 }
@@ -483,7 +491,10 @@ impl Repository {
         let result = self.backup_locked(engine, options, started).await;
         let released = lock.release().await;
         let manifest = result?;
-        released?;
+        if let Err(e) = released {
+            // The work is done; an unreleased lock only goes stale and is removed later.
+            tracing::warn!("could not release the repository lock: {e}");
+        }
         Ok(manifest)
     }
 
@@ -493,6 +504,51 @@ impl Repository {
         options: &BackupOptions,
         started: chrono::DateTime<chrono::Utc>,
     ) -> Result<Manifest> {
+        let ingested = self
+            .ingest(options.progress.clone(), |sink| {
+                engine.dump(&options.dump, sink)
+            })
+            .await
+            .map_err(|e| e.during(format!("backup of {}", engine.location())))?;
+        let report = ingested.report;
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            id: format::new_backup_id(started),
+            engine: engine.name().to_owned(),
+            server_version: report.server_version.clone(),
+            database: if report.database.is_empty() {
+                engine.database()
+            } else {
+                report.database.clone()
+            },
+            source: engine.location(),
+            host: super::host_name(),
+            tool_version: crate::VERSION.to_owned(),
+            started,
+            finished: chrono::Utc::now(),
+            tags: options.tags.clone(),
+            snapshot: report.snapshot.clone(),
+            warnings: ingested.warnings,
+            stats: ingested.stats,
+            streams: ingested.streams,
+        };
+        self.write_manifest(&manifest)
+            .await
+            .map_err(|e| e.during("writing the backup's manifest"))?;
+        Ok(manifest)
+    }
+
+    /// Runs `run` with the repository as its sink and stores everything it writes:
+    /// the shared path of backups and copies. Returns what the manifest needs.
+    pub(super) async fn ingest<'a, F, Fut>(
+        &self,
+        progress: Option<Arc<Progress>>,
+        run: F,
+    ) -> Result<Ingested>
+    where
+        F: FnOnce(Arc<dyn DumpSink>) -> Fut,
+        Fut: std::future::Future<Output = Result<crate::engine::DumpReport>> + 'a,
+    {
         let index = self.load_index().await?;
         let (tx, rx) = mpsc::channel::<SealedPack>(1);
         let seed_hash = blake3::keyed_hash(&self.keys.chunk_id(b"dbops chunker seed").0, b"seed");
@@ -511,7 +567,7 @@ impl Repository {
             records: Mutex::new(Vec::new()),
             next_seq: AtomicU64::new(0),
             warnings: Mutex::new(Vec::new()),
-            progress: options.progress.clone().unwrap_or_default(),
+            progress: progress.unwrap_or_default(),
             chunks: AtomicU64::new(0),
             new_chunks: AtomicU64::new(0),
         });
@@ -520,14 +576,14 @@ impl Repository {
         let sink: Arc<dyn DumpSink> = Arc::new(Sink {
             state: Arc::clone(&state),
         });
-        let dumped = engine.dump(&options.dump, Arc::clone(&sink)).await;
+        let dumped = run(Arc::clone(&sink)).await;
         drop(sink);
         let report = match dumped {
             Ok(r) => r,
             Err(e) => {
                 state.close_queue();
                 let _ = upload.await;
-                return Err(e.during(format!("backup of {}", engine.location())));
+                return Err(e);
             }
         };
         // An engine that dropped a writer without finishing it leaves a worker ending
@@ -581,30 +637,11 @@ impl Repository {
             stored_bytes,
             packs: pack_count,
         };
-        let manifest = Manifest {
-            format_version: FORMAT_VERSION,
-            id: format::new_backup_id(started),
-            engine: engine.name().to_owned(),
-            server_version: report.server_version.clone(),
-            database: if report.database.is_empty() {
-                engine.database()
-            } else {
-                report.database.clone()
-            },
-            source: engine.location(),
-            host: super::host_name(),
-            tool_version: crate::VERSION.to_owned(),
-            started,
-            finished: chrono::Utc::now(),
-            tags: options.tags.clone(),
-            snapshot: report.snapshot.clone(),
+        Ok(Ingested {
+            report,
+            streams,
             warnings,
             stats,
-            streams,
-        };
-        self.write_manifest(&manifest)
-            .await
-            .map_err(|e| e.during("writing the backup's manifest"))?;
-        Ok(manifest)
+        })
     }
 }

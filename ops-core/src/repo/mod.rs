@@ -10,6 +10,7 @@ mod chunker;
 mod crypto;
 mod format;
 mod lock;
+mod maintain;
 mod manifest;
 mod pack;
 mod source;
@@ -27,6 +28,7 @@ pub use format::{
     FORMAT_VERSION, RepoConfig,
 };
 pub use lock::{LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks};
+pub use maintain::{ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{BackupStats, Manifest, StreamRecord};
 pub use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
 pub use source::RepoSource;
@@ -432,12 +434,34 @@ impl Repository {
     }
 
     /// Writes a manifest: the act that makes a backup exist.
+    ///
+    /// A put is atomic and the id unique, so when the put reports an error the manifest
+    /// either exists whole (the reply was lost) or not at all: a `head` settles which,
+    /// and when even that is unknown the manifest is deleted, so that a backup
+    /// reported as failed never appears in a listing.
     pub(crate) async fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
         let body =
             format::seal_document(&self.keys, manifest_aad(&manifest.id).as_bytes(), manifest)?;
-        self.target
-            .put(&format!("{BACKUPS_DIR}{}", manifest.id), Bytes::from(body))
-            .await
+        let key = format!("{BACKUPS_DIR}{}", manifest.id);
+        let Err(put_error) = self.target.put(&key, Bytes::from(body)).await else {
+            return Ok(());
+        };
+        match self.target.head(&key).await {
+            Ok(Some(_)) => {
+                tracing::warn!(
+                    "storing manifest {key} reported an error, but it is stored whole: {put_error}"
+                );
+                Ok(())
+            }
+            Ok(None) => Err(put_error),
+            Err(_) => match self.target.delete(&key).await {
+                Ok(()) => Err(put_error),
+                Err(_) => Err(put_error.with_message(format!(
+                    "storing the manifest {key} failed and its state is unknown; `dbops list` shows whether backup {} exists",
+                    manifest.id
+                ))),
+            },
+        }
     }
 
     /// Removes a manifest (the backup stops existing; its chunks stay until prune).

@@ -1,0 +1,435 @@
+//! Keeping a repository tidy: forget (remove manifests by a retention policy), prune
+//! (remove what no manifest references), copy (backups into another repository).
+//!
+//! Prune never loses a backup: it holds the exclusive lock (no backup can be running
+//! and about to reference a chunk), computes the referenced set from every manifest,
+//! writes the new index *before* deleting the old index files, and deletes packs last.
+//! A crash at any point leaves every remaining manifest fully readable; what is left
+//! over is found and removed by the next prune.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{DumpReport, DumpSink};
+use crate::retention::{RetentionDecision, RetentionPolicy};
+use crate::{Error, ErrorKind, Result};
+
+use super::Repository;
+use super::format::{self, ChunkId, FORMAT_VERSION, INDEX_DIR, PACKS_DIR};
+use super::lock::{LockGuard, LockKind, list_locks};
+use super::manifest::Manifest;
+use super::pack::{IndexFile, IndexPack, PackBuilder, decode_list, parse_pack};
+use super::source::RepoSource;
+
+/// Options of [`Repository::prune`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PruneOptions {
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+    /// Repack a pack when more than this share of its bytes is unused (0.0–1.0).
+    pub max_unused: f64,
+    /// Packs in no index (left by a failed backup) are removed only when older than
+    /// this many seconds, in case a backup on a host with a skewed clock still runs.
+    pub unindexed_grace_secs: u64,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            max_unused: 0.2,
+            unindexed_grace_secs: 3600,
+        }
+    }
+}
+
+impl PruneOptions {
+    /// Sets dry-run.
+    #[must_use]
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Sets the unused share above which a pack is repacked.
+    #[must_use]
+    pub fn with_max_unused(mut self, share: f64) -> Self {
+        self.max_unused = share.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Sets the grace period of unindexed packs.
+    #[must_use]
+    pub fn with_unindexed_grace_secs(mut self, secs: u64) -> Self {
+        self.unindexed_grace_secs = secs;
+        self
+    }
+}
+
+/// What a prune did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Backups whose references were kept.
+    pub backups: usize,
+    /// Blobs referenced.
+    pub referenced_blobs: u64,
+    /// Packs before.
+    pub packs_before: u64,
+    /// Packs deleted entirely (every blob unused, or in no index).
+    pub packs_deleted: u64,
+    /// Packs rewritten without their unused blobs.
+    pub packs_repacked: u64,
+    /// Packs written by repacking.
+    pub packs_written: u64,
+    /// Bytes freed on the target.
+    pub bytes_freed: u64,
+    /// Index files replaced.
+    pub index_files_replaced: u64,
+    /// Stale locks removed.
+    pub stale_locks_removed: u64,
+    /// True when nothing was changed.
+    pub dry_run: bool,
+}
+
+/// What a forget did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetReport {
+    /// One decision per backup, oldest first, with the reasons.
+    pub decisions: Vec<RetentionDecision>,
+    /// Manifests removed (empty on a dry run).
+    pub removed: Vec<String>,
+    /// True when nothing was changed.
+    pub dry_run: bool,
+}
+
+impl Repository {
+    /// Applies `policy` at `now` and removes the manifests it forgets (their data
+    /// stays until [`Repository::prune`]).
+    ///
+    /// # Errors
+    /// Storage errors; [`ErrorKind::Locked`] while a prune runs.
+    pub async fn forget(
+        &self,
+        policy: &dyn RetentionPolicy,
+        now: DateTime<Utc>,
+        dry_run: bool,
+    ) -> Result<ForgetReport> {
+        let lock =
+            LockGuard::acquire(Arc::clone(self.target()), LockKind::Shared, "forget").await?;
+        let result = async {
+            let manifests = self.list_backups().await?;
+            let summaries: Vec<_> = manifests.iter().map(Manifest::summary).collect();
+            let decisions = policy.apply(&summaries, now);
+            if decisions.len() != manifests.len() {
+                return Err(Error::internal(
+                    "retention policy returned a decision count unlike its input",
+                ));
+            }
+            if !manifests.is_empty() && decisions.iter().all(|d| !d.keep) {
+                return Err(Error::internal(
+                    "retention policy would forget every backup; refusing",
+                ));
+            }
+            let mut removed = Vec::new();
+            if !dry_run {
+                for d in decisions.iter().filter(|d| !d.keep) {
+                    self.delete_manifest(&d.id).await?;
+                    removed.push(d.id.clone());
+                }
+            }
+            Ok(ForgetReport {
+                decisions,
+                removed,
+                dry_run,
+            })
+        }
+        .await;
+        let released = lock.release().await;
+        let report = result?;
+        if let Err(e) = released {
+            // The work is done; an unreleased lock only goes stale and is removed later.
+            tracing::warn!("could not release the repository lock: {e}");
+        }
+        Ok(report)
+    }
+
+    /// Removes data no backup references (see the module docs for why it is safe).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Locked`] while any backup, forget or copy runs; storage errors;
+    /// [`ErrorKind::Corrupt`] when a manifest's chunk list cannot be read (then nothing
+    /// is deleted).
+    pub async fn prune(&self, options: &PruneOptions) -> Result<PruneReport> {
+        let lock =
+            LockGuard::acquire(Arc::clone(self.target()), LockKind::Exclusive, "prune").await?;
+        let result = self.prune_locked(options).await;
+        let released = lock.release().await;
+        let report = result?;
+        if let Err(e) = released {
+            // The work is done; an unreleased lock only goes stale and is removed later.
+            tracing::warn!("could not release the repository lock: {e}");
+        }
+        Ok(report)
+    }
+
+    async fn prune_locked(&self, options: &PruneOptions) -> Result<PruneReport> {
+        let mut report = PruneReport {
+            dry_run: options.dry_run,
+            ..PruneReport::default()
+        };
+        // Everything referenced: list blobs and the chunks they name.
+        let manifests = self.list_backups().await?;
+        report.backups = manifests.len();
+        let index = Arc::new(self.load_index().await?);
+        let mut used: HashSet<ChunkId> = HashSet::new();
+        for m in &manifests {
+            let source = self.source_with_index(m, Arc::clone(&index), false);
+            for s in &m.streams {
+                for list in &s.lists {
+                    if !used.insert(*list) {
+                        continue;
+                    }
+                    let plain = source.read_blob(*list).await.map_err(|e| {
+                        e.during(format!(
+                            "reading the chunk list of backup {} stream {}; nothing was deleted (run `dbops verify`)",
+                            m.id, s.spec.name
+                        ))
+                    })?;
+                    used.extend(decode_list(&plain)?.into_iter().map(|(id, _)| id));
+                }
+            }
+        }
+        report.referenced_blobs = used.len() as u64;
+
+        // Index files, pack by pack.
+        let index_keys: Vec<String> = self
+            .target()
+            .list(INDEX_DIR)
+            .await?
+            .map_ok(|m| m.key)
+            .try_collect()
+            .await?;
+        let mut indexed: HashMap<String, IndexPack> = HashMap::new();
+        for key in &index_keys {
+            let bytes = super::read_object(self.target().as_ref(), key).await?;
+            let file: IndexFile = format::open_document(
+                &self.keys,
+                b"dbops index",
+                &bytes,
+                &format!("index file {key}"),
+            )?;
+            for p in file.packs {
+                indexed.entry(p.id.clone()).or_insert(p);
+            }
+        }
+        let stored: Vec<crate::ObjectMeta> =
+            self.target().list(PACKS_DIR).await?.try_collect().await?;
+        report.packs_before = stored.len() as u64;
+        let now = Utc::now();
+
+        // Decide per pack. A blob is kept once: its first indexed copy that is still
+        // stored, as the in-memory index resolves it.
+        let mut keep_packs: Vec<IndexPack> = Vec::new();
+        let mut delete: Vec<(String, u64)> = Vec::new();
+        let mut repack: Vec<IndexPack> = Vec::new();
+        let mut placed: HashSet<ChunkId> = HashSet::new();
+        let stored_ids: HashSet<String> = stored
+            .iter()
+            .map(|m| m.key.rsplit('/').next().unwrap_or_default().to_owned())
+            .collect();
+        for meta in &stored {
+            let id = meta.key.rsplit('/').next().unwrap_or_default().to_owned();
+            match indexed.get(&id) {
+                None => {
+                    let age = now
+                        .signed_duration_since(meta.modified)
+                        .num_seconds()
+                        .max(0) as u64;
+                    if age >= options.unindexed_grace_secs {
+                        delete.push((meta.key.clone(), meta.size));
+                    }
+                }
+                Some(pack) => {
+                    let mut used_bytes = 0u64;
+                    let mut all = 0u64;
+                    for b in &pack.blobs {
+                        all += u64::from(b.length);
+                        let primary = index.get(&b.id).is_some_and(|loc| {
+                            index.pack_id(loc.pack) == id
+                                || !stored_ids.contains(index.pack_id(loc.pack))
+                        });
+                        if used.contains(&b.id) && primary && !placed.contains(&b.id) {
+                            used_bytes += u64::from(b.length);
+                        }
+                    }
+                    if used_bytes == 0 {
+                        delete.push((meta.key.clone(), meta.size));
+                    } else if (all - used_bytes) as f64 > options.max_unused * all as f64 {
+                        for b in &pack.blobs {
+                            if used.contains(&b.id) {
+                                placed.insert(b.id);
+                            }
+                        }
+                        repack.push(pack.clone());
+                    } else {
+                        for b in &pack.blobs {
+                            placed.insert(b.id);
+                        }
+                        keep_packs.push(pack.clone());
+                    }
+                }
+            }
+        }
+        // Every used blob must be placed somewhere, or the prune would lose data.
+        if let Some(missing) = used.iter().find(|id| !placed.contains(id)) {
+            return Err(Error::corrupt(format!(
+                "chunk {missing} is referenced by a backup but stored in no pack; nothing was deleted (run `dbops verify --all`)"
+            )));
+        }
+        report.packs_deleted = delete.len() as u64;
+        report.packs_repacked = repack.len() as u64;
+        report.bytes_freed = delete.iter().map(|(_, s)| s).sum();
+        if options.dry_run {
+            return Ok(report);
+        }
+
+        // Repack: copy the used sealed blobs verbatim (their AAD is their id) into new
+        // packs, dropping blobs already kept elsewhere.
+        let mut written: Vec<IndexPack> = Vec::new();
+        let mut kept_elsewhere: HashSet<ChunkId> = keep_packs
+            .iter()
+            .flat_map(|p| p.blobs.iter().map(|b| b.id))
+            .collect();
+        let mut builder = PackBuilder::with_capacity(self.config.pack_size as usize);
+        for pack in &repack {
+            let key = format::pack_key(&pack.id);
+            let bytes = super::read_object(self.target().as_ref(), &key).await?;
+            parse_pack(&self.keys, &pack.id, &bytes)?;
+            for b in &pack.blobs {
+                if !used.contains(&b.id) || !kept_elsewhere.insert(b.id) {
+                    continue;
+                }
+                let (from, to) = (b.offset as usize, b.offset as usize + b.length as usize);
+                builder.add(b.id, b.kind, b.raw, &bytes[from..to]);
+                if builder.len() >= self.config.pack_size as usize {
+                    let full = std::mem::replace(
+                        &mut builder,
+                        PackBuilder::with_capacity(self.config.pack_size as usize),
+                    );
+                    written.push(self.store_pack(full).await?);
+                }
+            }
+            report.bytes_freed += bytes.len() as u64;
+        }
+        if !builder.is_empty() {
+            written.push(self.store_pack(builder).await?);
+        }
+        report.packs_written = written.len() as u64;
+        report.bytes_freed = report
+            .bytes_freed
+            .saturating_sub(written.iter().map(|p| p.size).sum());
+
+        // New index first, then old index files, then packs.
+        let mut all_packs = keep_packs;
+        all_packs.extend(written);
+        let changed = !delete.is_empty() || !repack.is_empty() || index_keys.len() > 1;
+        if changed {
+            let new_key = self
+                .write_index(&IndexFile {
+                    version: FORMAT_VERSION,
+                    packs: all_packs,
+                })
+                .await?;
+            for key in index_keys.iter().filter(|k| **k != new_key) {
+                self.target().delete(key).await?;
+                report.index_files_replaced += 1;
+            }
+            for (key, _) in &delete {
+                self.target().delete(key).await?;
+            }
+            for pack in &repack {
+                self.target().delete(&format::pack_key(&pack.id)).await?;
+            }
+        }
+        for (key, info) in list_locks(self.target().as_ref()).await? {
+            if info.is_stale(Utc::now()) {
+                self.target().delete(&key).await?;
+                report.stale_locks_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn store_pack(&self, builder: PackBuilder) -> Result<IndexPack> {
+        let sealed = builder.seal(&self.keys)?;
+        let size = sealed.bytes.len() as u64;
+        self.target()
+            .put(&format::pack_key(&sealed.id), sealed.bytes)
+            .await?;
+        Ok(IndexPack {
+            id: sealed.id,
+            size,
+            blobs: sealed.blobs,
+        })
+    }
+
+    /// Copies one backup from `from` into this repository, keeping its id and
+    /// metadata. Chunks are re-keyed (repositories have their own keys) and only those
+    /// this repository lacks are stored. Copying a backup that is already here does
+    /// nothing and returns the existing manifest.
+    ///
+    /// # Errors
+    /// Storage errors on either side; damaged source data ([`ErrorKind::Corrupt`]).
+    pub async fn copy_backup(
+        &self,
+        from: &Repository,
+        manifest: &Manifest,
+    ) -> Result<(Manifest, bool)> {
+        match self.load_manifest(&manifest.id).await {
+            Ok(existing) => return Ok((existing, false)),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let lock = LockGuard::acquire(Arc::clone(self.target()), LockKind::Shared, "copy").await?;
+        let result: Result<Manifest> = async {
+            let source = Arc::new(from.source(manifest, false).await?);
+            let ingested = self
+                .ingest(None, |sink| replay(source, sink))
+                .await
+                .map_err(|e| e.during(format!("copying backup {}", manifest.id)))?;
+            let copy = Manifest {
+                streams: ingested.streams,
+                stats: ingested.stats,
+                ..manifest.clone()
+            };
+            self.write_manifest(&copy).await?;
+            Ok(copy)
+        }
+        .await;
+        let released = lock.release().await;
+        let copy = result?;
+        if let Err(e) = released {
+            // The work is done; an unreleased lock only goes stale and is removed later.
+            tracing::warn!("could not release the repository lock: {e}");
+        }
+        Ok((copy, true))
+    }
+}
+
+/// Writes every stream of `source` into `sink` unchanged, in order.
+async fn replay(source: Arc<RepoSource>, sink: Arc<dyn DumpSink>) -> Result<DumpReport> {
+    for s in &source.manifest().streams {
+        let mut stream = crate::StreamSource::open(source.as_ref(), &s.spec.name).await?;
+        let mut writer = sink.open_stream(s.spec.clone()).await?;
+        while let Some(piece) = stream.try_next().await? {
+            writer.write(piece).await?;
+        }
+        writer.finish().await?;
+    }
+    Ok(DumpReport::default())
+}
