@@ -14,8 +14,9 @@ pub fn engine_for_url(url: &str) -> Result<Arc<dyn DatabaseEngine>> {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("postgres" | "postgresql") => Ok(Arc::new(ops_postgres::PostgresEngine::new(url)?)),
+        Some("mariadb" | "mysql") => Ok(Arc::new(ops_mariadb::MariaDbEngine::new(url)?)),
         _ => Err(Error::invalid(format!(
-            "'{}' is not a database URL dbops knows: use postgres://… or postgresql://…",
+            "'{}' is not a database URL dbops knows: use postgres://…, postgresql://…, mariadb://… or mysql://…",
             ops_core::redact_url(url)
         ))),
     }
@@ -36,6 +37,13 @@ pub async fn scratch_server(engine: &str) -> Result<Scratch> {
     match engine {
         "postgresql" => {
             let server = ops_postgres::ephemeral::EphemeralPostgres::start().await?;
+            Ok(Scratch {
+                url: server.url(),
+                _server: Box::new(server),
+            })
+        }
+        "mariadb" => {
+            let server = ops_mariadb::ephemeral::EphemeralMariaDb::start().await?;
             Ok(Scratch {
                 url: server.url(),
                 _server: Box::new(server),

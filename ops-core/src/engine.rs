@@ -382,6 +382,14 @@ pub trait DatabaseEngine: Send + Sync + Debug + 'static {
     /// The database name this engine is bound to.
     fn database(&self) -> String;
 
+    /// True when a table's [`TableRef::schema`] is the database itself (MariaDB), so
+    /// that restoring under another database name renames it; false when schemas live
+    /// inside the database (PostgreSQL). Verification compares tables across such a
+    /// rename.
+    fn schema_is_database(&self) -> bool {
+        false
+    }
+
     /// Connects and reports version, databases and tables with sizes.
     ///
     /// # Errors

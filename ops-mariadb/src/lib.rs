@@ -130,6 +130,10 @@ impl DatabaseEngine for MariaDbEngine {
         self.config.database.clone()
     }
 
+    fn schema_is_database(&self) -> bool {
+        true
+    }
+
     async fn describe(&self) -> Result<ServerInfo> {
         let mut c = conn::connect(&self.config, None, conn::Session::Catalog).await?;
         let version = conn::query_string(&mut c, "SELECT VERSION()").await?;

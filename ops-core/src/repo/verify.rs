@@ -312,7 +312,18 @@ impl Repository {
             )
             .await
             .map_err(|e| e.during("re-reading the restored database"))?;
-        let actual = sink.digests();
+        let mut actual = sink.digests();
+        if scratch.schema_is_database() && scratch.database() != manifest.database {
+            // Restored under another database name: compare under the source's name.
+            let prefix = format!("{}.", scratch.database());
+            actual = actual
+                .into_iter()
+                .map(|(k, v)| match k.strip_prefix(&prefix) {
+                    Some(name) => (format!("{}.{name}", manifest.database), v),
+                    None => (k, v),
+                })
+                .collect();
+        }
         let tables = compare_tables(&expected, &actual);
         Ok(RestoreCheck {
             backup: manifest.id.clone(),
