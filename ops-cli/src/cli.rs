@@ -14,6 +14,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "DBOPS_REPO", value_name = "URL")]
     pub repo: Option<String>,
 
+    /// Config file (TOML): `repo`, `password_file`, and a `[retention]` table with
+    /// `last`, `hourly`, `daily`, `weekly`, `monthly`, `yearly`, `within`, `tags`,
+    /// `utc_offset`. Flags win over it.
+    #[arg(long, global = true, env = "DBOPS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// File holding the repository password (else DBOPS_PASSWORD).
     #[arg(long, global = true, env = "DBOPS_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
@@ -50,6 +56,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Restore a backup into a database.
     Restore(RestoreArgs),
+    /// Forget backups by retention rules (keep or forget each, with the reasons).
+    Forget(ForgetArgs),
     /// Remove data that no backup references (after `forget`).
     Prune(PruneArgs),
     /// Copy backups into another repository (only the chunks it lacks are sent).
@@ -204,4 +212,43 @@ pub struct RestoreArgs {
     /// Parallel connections.
     #[arg(long, short = 'j', default_value_t = 2)]
     pub jobs: usize,
+}
+
+/// `forget`. A backup is kept when any rule keeps it; the newest complete backup is
+/// always kept.
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the N most recent hours.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest backup of each of the N most recent days.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the N most recent ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the N most recent months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest backup of each of the N most recent years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every backup newer than this (e.g. 7d, 2w3d, 36h, 1y6m).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep every backup with this tag (repeatable).
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    pub keep_tags: Vec<String>,
+    /// UTC offset whose days, weeks and months the calendar rules count (e.g. +02:00).
+    #[arg(long, value_name = "OFFSET")]
+    pub utc_offset: Option<String>,
+    /// Say what would be forgotten; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Prune right after forgetting.
+    #[arg(long)]
+    pub prune: bool,
 }

@@ -14,8 +14,8 @@ use ops_core::{DumpOptions, Error, ErrorKind, RestoreOptions, Result, Secret, Ta
 use ops_storage::{TargetOptions, open_target};
 
 use crate::cli::{
-    BackupArgs, Cli, Command, CopyArgs, InitArgs, PruneArgs, RestoreArgs, ShowArgs, UnlockArgs,
-    VerifyArgs,
+    BackupArgs, Cli, Command, CopyArgs, ForgetArgs, InitArgs, PruneArgs, RestoreArgs, ShowArgs,
+    UnlockArgs, VerifyArgs,
 };
 use crate::engines::{engine_for_url, scratch_server, with_database};
 use crate::output::{ProgressDisplay, bytes, print_json};
@@ -35,20 +35,56 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Show(a) => show(&cli, a).await,
         Command::Verify(a) => verify(&cli, a).await,
         Command::Restore(a) => restore(&cli, a).await,
+        Command::Forget(a) => forget(&cli, a).await,
         Command::Prune(a) => prune(&cli, a).await,
         Command::Copy(a) => copy(&cli, a).await,
         Command::Unlock(a) => unlock(&cli, a).await,
     }
 }
 
-fn repo_url(cli: &Cli) -> Result<&str> {
-    cli.repo
-        .as_deref()
-        .ok_or_else(|| Error::invalid("no repository given: pass --repo URL or set DBOPS_REPO"))
+/// The config file's content (see `--config`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    repo: Option<String>,
+    password_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    retention: Option<ops_core::retention::KeepRules>,
+}
+
+fn config_file(cli: &Cli) -> Result<ConfigFile> {
+    let Some(path) = &cli.config else {
+        return Ok(ConfigFile::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading the config file {}", path.display()), e))?;
+    toml::from_str(&text).map_err(|e| {
+        Error::invalid(format!(
+            "the config file {} is not valid: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn repo_url(cli: &Cli) -> Result<String> {
+    if let Some(url) = &cli.repo {
+        return Ok(url.clone());
+    }
+    config_file(cli)?.repo.ok_or_else(|| {
+        Error::invalid(
+            "no repository given: pass --repo URL, set DBOPS_REPO, or set `repo` in the config file",
+        )
+    })
 }
 
 fn password(cli: &Cli) -> Result<Option<Secret>> {
-    read_password(cli.password_file.as_deref(), "DBOPS_PASSWORD")
+    match &cli.password_file {
+        Some(file) => read_password(Some(file), "DBOPS_PASSWORD"),
+        None => match std::env::var("DBOPS_PASSWORD") {
+            Ok(p) => Ok(Some(Secret::new(p))),
+            Err(_) => read_password(config_file(cli)?.password_file.as_deref(), "DBOPS_PASSWORD"),
+        },
+    }
 }
 
 fn read_password(file: Option<&std::path::Path>, env: &str) -> Result<Option<Secret>> {
@@ -63,12 +99,12 @@ fn read_password(file: Option<&std::path::Path>, env: &str) -> Result<Option<Sec
 }
 
 async fn open_repo(cli: &Cli) -> Result<Repository> {
-    let target = open_target(repo_url(cli)?, &TargetOptions::default())?;
+    let target = open_target(&repo_url(cli)?, &TargetOptions::default())?;
     Repository::open(target, password(cli)?.as_ref()).await
 }
 
 async fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
-    let target = open_target(repo_url(cli)?, &TargetOptions::default())?;
+    let target = open_target(&repo_url(cli)?, &TargetOptions::default())?;
     let encryption = match (a.no_encryption, password(cli)?) {
         (true, Some(_)) => {
             tracing::warn!("--no-encryption given: the password is not used");
@@ -528,11 +564,11 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
         .await
         .map_err(|e| e.during("opening the source repository (--from)"))?;
     let to_url = match &a.to {
-        Some(u) => u.as_str(),
+        Some(u) => u.clone(),
         None => repo_url(cli)?,
     };
     let to = Repository::open(
-        open_target(to_url, &TargetOptions::default())?,
+        open_target(&to_url, &TargetOptions::default())?,
         password(cli)?.as_ref(),
     )
     .await
@@ -585,6 +621,85 @@ async fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<ExitCode> {
         print_json(&json!({ "ok": true, "removed": removed }));
     } else {
         println!("removed {} locks", removed.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keep_rules(cli: &Cli, a: &ForgetArgs) -> Result<ops_core::retention::KeepRules> {
+    use ops_core::retention::{KeepRules, parse_duration, parse_utc_offset};
+    let mut rules = config_file(cli)?.retention.unwrap_or_default();
+    let mut r = KeepRules::default()
+        .with_last(a.keep_last.unwrap_or(rules.last))
+        .with_hourly(a.keep_hourly.unwrap_or(rules.hourly))
+        .with_daily(a.keep_daily.unwrap_or(rules.daily))
+        .with_weekly(a.keep_weekly.unwrap_or(rules.weekly))
+        .with_monthly(a.keep_monthly.unwrap_or(rules.monthly))
+        .with_yearly(a.keep_yearly.unwrap_or(rules.yearly))
+        .with_tags(std::mem::take(&mut rules.tags))
+        .with_tags(a.keep_tags.iter().cloned())
+        .with_utc_offset(match &a.utc_offset {
+            Some(o) => parse_utc_offset(o)?,
+            None => rules.utc_offset,
+        });
+    match &a.keep_within {
+        Some(d) => r = r.with_within(parse_duration(d)?),
+        None => {
+            if let Some(d) = rules.within {
+                r = r.with_within(d);
+            }
+        }
+    }
+    if r.is_empty() {
+        return Err(Error::invalid(
+            "no retention rule given: pass --keep-last/--keep-daily/… or set [retention] in the config file",
+        ));
+    }
+    Ok(r)
+}
+
+async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
+    let rules = keep_rules(cli, a)?;
+    let repo = open_repo(cli).await?;
+    let report = repo.forget(&rules, chrono::Utc::now(), a.dry_run).await?;
+    let pruned = if a.prune && !a.dry_run {
+        Some(repo.prune(&PruneOptions::default()).await?)
+    } else {
+        None
+    };
+    if cli.json {
+        print_json(&json!({
+            "ok": true,
+            "rules": rules,
+            "dry_run": report.dry_run,
+            "decisions": report.decisions,
+            "removed": report.removed,
+            "prune": pruned,
+        }));
+    } else {
+        println!("rules: {rules}");
+        for d in &report.decisions {
+            println!(
+                "{:<7} {:<24} {}  {}",
+                if d.keep { "keep" } else { "forget" },
+                d.id,
+                d.time.format("%Y-%m-%d %H:%M:%S"),
+                d.reasons.join("; ")
+            );
+        }
+        let forgotten = report.decisions.iter().filter(|d| !d.keep).count();
+        if report.dry_run {
+            println!("dry run: {forgotten} backups would be forgotten; nothing was changed");
+        } else {
+            println!("forgot {} backups", report.removed.len());
+        }
+        if let Some(p) = pruned {
+            println!(
+                "prune: {} packs deleted, {} repacked, {} freed",
+                p.packs_deleted,
+                p.packs_repacked,
+                bytes(p.bytes_freed)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,12 +8,19 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fixtures, Ctx};
+use common::{Ctx, fixtures};
 use ops_mariadb::ephemeral::EphemeralMariaDb;
 
 fn client(port: u16, db: Option<&str>) -> Command {
     let mut c = Command::new("mariadb");
-    c.args(["-h127.0.0.1", "-uroot", "--default-character-set=utf8mb4", "-N", "-B"]).arg(format!("-P{port}"));
+    c.args([
+        "-h127.0.0.1",
+        "-uroot",
+        "--default-character-set=utf8mb4",
+        "-N",
+        "-B",
+    ])
+    .arg(format!("-P{port}"));
     if let Some(db) = db {
         c.arg(db);
     }
@@ -21,19 +28,43 @@ fn client(port: u16, db: Option<&str>) -> Command {
 }
 
 fn load(port: u16, db: Option<&str>, file: &Path) {
-    let o = client(port, db).stdin(std::fs::File::open(file).expect("open fixture")).output().expect("mariadb");
-    assert!(o.status.success(), "loading {}: {}", file.display(), String::from_utf8_lossy(&o.stderr));
+    let o = client(port, db)
+        .stdin(std::fs::File::open(file).expect("open fixture"))
+        .output()
+        .expect("mariadb");
+    assert!(
+        o.status.success(),
+        "loading {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn query(port: u16, db: &str, sql: &str) -> String {
-    let o = client(port, Some(db)).args(["-e", sql]).output().expect("mariadb");
-    assert!(o.status.success(), "{sql}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = client(port, Some(db))
+        .args(["-e", sql])
+        .output()
+        .expect("mariadb");
+    assert!(
+        o.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn schema(port: u16, db: &str) -> String {
     let o = Command::new("mariadb-dump")
-        .args(["-h127.0.0.1", "-uroot", "--no-data", "--routines", "--triggers", "--events", "--skip-dump-date", "--skip-comments"])
+        .args([
+            "-h127.0.0.1",
+            "-uroot",
+            "--no-data",
+            "--routines",
+            "--triggers",
+            "--events",
+            "--skip-dump-date",
+            "--skip-comments",
+        ])
         .arg(format!("-P{port}"))
         .arg(db)
         .output()
@@ -43,7 +74,11 @@ fn schema(port: u16, db: &str) -> String {
 }
 
 fn tables(port: u16, db: &str) -> BTreeMap<String, String> {
-    let names = query(port, db, "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY 1");
+    let names = query(
+        port,
+        db,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY 1",
+    );
     names
         .lines()
         .map(|t| {
@@ -67,7 +102,8 @@ async fn mariadb_backup_verifies_by_restore_and_restores_under_another_name() {
         }
         None => {
             query(port, "mysql", "CREATE DATABASE kitchen");
-            let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops-mariadb/tests/fixtures/kitchen_sink.sql");
+            let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../ops-mariadb/tests/fixtures/kitchen_sink.sql");
             load(port, Some("kitchen"), &file);
             "kitchen"
         }
@@ -75,25 +111,50 @@ async fn mariadb_backup_verifies_by_restore_and_restores_under_another_name() {
     let ctx = Ctx::new();
     ctx.init();
     let url = server.url_for(db);
-    let b = ctx.run(&["--json", "backup", &url, "--jobs", "2"]).ok().json();
+    let b = ctx
+        .run(&["--json", "backup", &url, "--jobs", "2"])
+        .ok()
+        .json();
     assert_eq!(b["engine"], "mariadb");
     let id = b["id"].as_str().expect("id").to_owned();
-    assert!(b["snapshot"].as_object().is_some_and(|s| !s.is_empty()), "binlog/GTID position recorded: {b}");
+    assert!(
+        b["snapshot"].as_object().is_some_and(|s| !s.is_empty()),
+        "binlog/GTID position recorded: {b}"
+    );
 
     ctx.run(&["verify", &id, "--read-data"]).ok();
     let v = ctx.run(&["--json", "verify", &id, "--restore"]);
     assert_eq!(v.code, 0, "{}", v.all());
     let checks = v.json();
-    let t = checks["restores"][0]["check"]["tables"].as_array().expect("tables").clone();
+    let t = checks["restores"][0]["check"]["tables"]
+        .as_array()
+        .expect("tables")
+        .clone();
     assert!(t.len() >= 5, "{t:?}");
     assert!(t.iter().all(|t| t["matches"] == true), "{t:?}");
 
     let copy = format!("{db}_copy");
-    ctx.run(&["restore", &id, &server.url_for(&copy), "--create", "--jobs", "2"]).ok();
+    ctx.run(&[
+        "restore",
+        &id,
+        &server.url_for(&copy),
+        "--create",
+        "--jobs",
+        "2",
+    ])
+    .ok();
     assert_eq!(schema(port, db), schema(port, &copy), "schema differs");
-    assert_eq!(tables(port, db), tables(port, &copy), "table contents differ");
+    assert_eq!(
+        tables(port, db),
+        tables(port, &copy),
+        "table contents differ"
+    );
 
     let refused = ctx.run(&["restore", &id, &server.url_for(&copy)]);
     assert_ne!(refused.code, 0);
-    assert!(refused.stderr.contains("not empty") && refused.stderr.contains("clean"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("not empty") && refused.stderr.contains("clean"),
+        "{}",
+        refused.stderr
+    );
 }

@@ -387,3 +387,80 @@ async fn backups_and_prunes_racing_never_lose_a_backup() {
         table_checksums(&pg, "restored")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_explains_every_decision_and_prune_keeps_what_is_kept() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    pg.create_database("app").await.expect("create");
+    psql(
+        &pg,
+        "app",
+        &[
+            "-c",
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g;",
+        ],
+    );
+    let ctx = Ctx::new();
+    ctx.init();
+    let url = pg.url_for("app");
+    let mut ids = Vec::new();
+    for (i, tag) in ["keep", "x", "y"].iter().enumerate() {
+        psql(
+            &pg,
+            "app",
+            &[
+                "-c",
+                &format!("UPDATE t SET v = md5(v) WHERE id % 10 = {i}"),
+            ],
+        );
+        ids.push(
+            ctx.run(&["backup", &url, "--tag", tag])
+                .ok()
+                .stdout
+                .trim()
+                .to_owned(),
+        );
+    }
+
+    let none = ctx.run(&["forget"]);
+    assert_eq!(none.code, 2, "{}", none.all());
+    assert!(none.stderr.contains("no retention rule"), "{}", none.stderr);
+
+    let dry = ctx.run(&["forget", "--keep-last", "1", "--dry-run"]).ok();
+    assert!(
+        dry.stdout.contains("last 1") && dry.stdout.contains("no rule keeps it"),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("dry run"), "{}", dry.stdout);
+    assert_eq!(
+        ctx.run(&["--json", "list"]).ok().json()["backups"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+
+    let config = ctx.dir.path().join("dbops.toml");
+    std::fs::write(&config, "[retention]\nlast = 1\ntags = [\"keep\"]\n").expect("write config");
+    let done = ctx
+        .run(&[
+            "--config",
+            config.to_str().expect("utf8"),
+            "--json",
+            "forget",
+            "--prune",
+        ])
+        .ok()
+        .json();
+    assert_eq!(done["removed"], serde_json::json!([ids[1]]));
+    let kept: Vec<String> = ctx.run(&["--json", "list"]).ok().json()["backups"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|b| b["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(kept, vec![ids[0].clone(), ids[2].clone()]);
+    ctx.run(&["verify", "--all", "--read-data"]).ok();
+    ctx.run(&["restore", &ids[0], &pg.url_for("first"), "--create"])
+        .ok();
+}
