@@ -11,7 +11,7 @@ use mysql_async::Conn;
 use serde::{Deserialize, Serialize};
 
 use crate::conn::{number, opt_text, query_rows, query_string, text};
-use crate::format::{quote_ident, quote_str, Encoding, StreamColumn};
+use crate::format::{Encoding, StreamColumn, quote_ident, quote_str};
 use ops_core::{Error, ErrorKind, Result};
 
 /// The `format` value in every schema stream header.
@@ -133,7 +133,10 @@ pub(crate) async fn read(
     )
     .await?;
     let Some(row) = row.first() else {
-        return Err(Error::new(ErrorKind::NotFound, format!("database '{db}' does not exist")));
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("database '{db}' does not exist"),
+        ));
     };
     let header = SchemaHeader {
         format: SCHEMA_FORMAT.into(),
@@ -202,15 +205,17 @@ pub(crate) async fn read(
             "BASE TABLE" | "SYSTEM VERSIONED" => {
                 let create = show_create(conn, "TABLE", &name, 1).await?;
                 let versioned = kind == "SYSTEM VERSIONED";
-                let period = if versioned { period_columns(&create) } else { None };
+                let period = if versioned {
+                    period_columns(&create)
+                } else {
+                    None
+                };
                 let mut cols = Vec::new();
                 for (t, c, data_type, generated, extra) in &columns {
                     if *t != name {
                         continue;
                     }
-                    let is_period = period
-                        .as_ref()
-                        .is_some_and(|(s, e)| s == c || e == c);
+                    let is_period = period.as_ref().is_some_and(|(s, e)| s == c || e == c);
                     let row_period = extra.to_ascii_uppercase().contains("ROW ");
                     if (*generated || row_period) && !is_period {
                         continue;
@@ -228,12 +233,17 @@ pub(crate) async fn read(
                         });
                     }
                 }
-                let int_pk = pk_first.iter().find(|(t, _)| *t == name).and_then(|(_, c)| {
-                    columns
-                        .iter()
-                        .find(|(t, cn, ty, _, _)| *t == name && cn == c && INT_TYPES.contains(&ty.as_str()))
-                        .map(|_| c.clone())
-                });
+                let int_pk = pk_first
+                    .iter()
+                    .find(|(t, _)| *t == name)
+                    .and_then(|(_, c)| {
+                        columns
+                            .iter()
+                            .find(|(t, cn, ty, _, _)| {
+                                *t == name && cn == c && INT_TYPES.contains(&ty.as_str())
+                            })
+                            .map(|_| c.clone())
+                    });
                 if !TRANSACTIONAL_ENGINES.contains(&engine.to_ascii_lowercase().as_str()) {
                     warnings.push(format!(
                         "table {db}.{name} uses the {engine} engine, which is not transactional: \
@@ -380,14 +390,22 @@ pub(crate) async fn read(
 async fn show(conn: &mut Conn, what: &str, name: &str) -> Result<Vec<mysql_async::Row>> {
     query_rows(conn, &format!("SHOW CREATE {what} {}", quote_ident(name)))
         .await
-        .map_err(|e| e.during(format!("reading the definition of {} {name}", what.to_lowercase())))
+        .map_err(|e| {
+            e.during(format!(
+                "reading the definition of {} {name}",
+                what.to_lowercase()
+            ))
+        })
 }
 
 fn first<'a>(rows: &'a [mysql_async::Row], what: &str, name: &str) -> Result<&'a mysql_async::Row> {
     rows.first().ok_or_else(|| {
         Error::new(
             ErrorKind::NotFound,
-            format!("{} {name} disappeared while it was dumped", what.to_lowercase()),
+            format!(
+                "{} {name} disappeared while it was dumped",
+                what.to_lowercase()
+            ),
         )
     })
 }
@@ -493,7 +511,10 @@ mod tests {
                    `r``e` timestamp(6) GENERATED ALWAYS AS ROW END,\n  \
                    PERIOD FOR SYSTEM_TIME (`rs`, `r``e`)\n) WITH SYSTEM VERSIONING";
         assert_eq!(period_columns(sql), Some(("rs".into(), "r`e".into())));
-        assert_eq!(period_columns("CREATE TABLE `t` (`a` int) WITH SYSTEM VERSIONING"), None);
+        assert_eq!(
+            period_columns("CREATE TABLE `t` (`a` int) WITH SYSTEM VERSIONING"),
+            None
+        );
     }
 
     #[test]
@@ -507,7 +528,11 @@ mod tests {
             server_version: "10.11".into(),
             sql_mode: String::new(),
         };
-        let mut o = SchemaObject::new(ObjectKind::Procedure, "p", "CREATE PROCEDURE p()\nBEGIN\nSELECT 1;\nEND".into());
+        let mut o = SchemaObject::new(
+            ObjectKind::Procedure,
+            "p",
+            "CREATE PROCEDURE p()\nBEGIN\nSELECT 1;\nEND".into(),
+        );
         o.sql_mode = Some("STRICT_ALL_TABLES".into());
         let bytes = to_jsonl(&header, std::slice::from_ref(&o)).expect("serialises");
         assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 2);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row, SslOpts, Value};
-use ops_core::{redact_url, Error, Result, Secret};
+use ops_core::{Error, Result, Secret, redact_url};
 
 use crate::error::{db_error, is_no_tls};
 
@@ -69,7 +69,10 @@ impl ConnConfig {
                 .ok_or_else(|| Error::invalid("bad percent-encoding in the URL"))
         };
         let host = url.host_str().unwrap_or("localhost").to_owned();
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let user = if url.username().is_empty() {
             "root".to_owned()
         } else {
@@ -96,7 +99,7 @@ impl ConnConfig {
                             return Err(Error::invalid(format!(
                                 "ssl-mode '{other}' is not one of disable, prefer, require, \
                                  verify-ca, verify-full"
-                            )))
+                            )));
                         }
                     }
                 }
@@ -108,17 +111,17 @@ impl ConnConfig {
                         "unknown parameter '{other}' in the MariaDB URL {}; known: ssl-mode, \
                          ssl-ca, socket",
                         redact_url(text)
-                    )))
+                    )));
                 }
             }
         }
-        if let Some(ca) = &ca_file {
-            if !ca.is_file() {
-                return Err(Error::invalid(format!(
-                    "ssl-ca file {} does not exist",
-                    ca.display()
-                )));
-            }
+        if let Some(ca) = &ca_file
+            && !ca.is_file()
+        {
+            return Err(Error::invalid(format!(
+                "ssl-ca file {} does not exist",
+                ca.display()
+            )));
         }
         Ok(Self {
             port: url.port().unwrap_or(3306),

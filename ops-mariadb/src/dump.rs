@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::catalog::{self, Catalog, TablePlan};
 use crate::conn::{self, ConnConfig, Session};
 use crate::error::{code, db_error, server_code};
-use crate::format::{self, escape_into, load_clause, quote_ident, NULL_FIELD};
+use crate::format::{self, NULL_FIELD, escape_into, load_clause, quote_ident};
 
 /// Bytes of encoded rows collected before they are handed to the sink.
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -76,9 +76,16 @@ pub(crate) async fn dump(
             report
                 .snapshot
                 .insert("method".into(), "flush_tables_with_read_lock".into());
-            report.snapshot.insert("connections".into(), jobs.to_string());
+            report
+                .snapshot
+                .insert("connections".into(), jobs.to_string());
         }
-        Err(e) if matches!(server_code(&e), Some(code::SPECIFIC_ACCESS_DENIED | code::DB_ACCESS_DENIED)) => {
+        Err(e)
+            if matches!(
+                server_code(&e),
+                Some(code::SPECIFIC_ACCESS_DENIED | code::DB_ACCESS_DENIED)
+            ) =>
+        {
             warn(
                 &mut report,
                 format!(
@@ -93,9 +100,10 @@ pub(crate) async fn dump(
             }
             conn::exec(&mut leader, START).await?;
             record_position(&mut leader, &mut report.snapshot, false).await?;
-            report
-                .snapshot
-                .insert("method".into(), "consistent_snapshot_single_connection".into());
+            report.snapshot.insert(
+                "method".into(),
+                "consistent_snapshot_single_connection".into(),
+            );
             report.snapshot.insert("connections".into(), "1".into());
         }
         Err(e) => return Err(db_error(e).during("FLUSH TABLES WITH READ LOCK")),
@@ -143,7 +151,7 @@ pub(crate) async fn dump(
     for plan in tables {
         plan_parts(&mut leader, Arc::new(plan), options.split_bytes, &mut tasks).await?;
     }
-    tasks.sort_by(|a, b| b.estimated_bytes.cmp(&a.estimated_bytes));
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.estimated_bytes));
     let queue = Arc::new(Mutex::new(tasks.into_iter().collect::<VecDeque<_>>()));
 
     conn::exec(&mut leader, "SET SESSION character_set_results = binary").await?;
@@ -155,7 +163,10 @@ pub(crate) async fn dump(
         workers.spawn(async move {
             let mut c = c;
             loop {
-                let next = queue.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+                let next = queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pop_front();
                 let Some(task) = next else { break };
                 dump_task(&mut c, &db, &task, &*sink).await?;
             }
@@ -174,7 +185,12 @@ pub(crate) async fn dump(
     }
 
     if with_schema {
-        write_stream(&*sink, catalog::POST_DATA, catalog::to_jsonl(&header, &post)?).await?;
+        write_stream(
+            &*sink,
+            catalog::POST_DATA,
+            catalog::to_jsonl(&header, &post)?,
+        )
+        .await?;
     }
     Ok(report)
 }
@@ -203,16 +219,16 @@ async fn record_position(
         snapshot.insert("binlog".into(), "disabled".into());
     }
     // The GTID position is exact only while writes are blocked.
-    if locked {
-        if let Ok(pos) = conn::query_string(leader, "SELECT @@GLOBAL.gtid_binlog_pos").await {
-            snapshot.insert("gtid_binlog_pos".into(), pos);
-        }
+    if locked && let Ok(pos) = conn::query_string(leader, "SELECT @@GLOBAL.gtid_binlog_pos").await {
+        snapshot.insert("gtid_binlog_pos".into(), pos);
     }
     Ok(())
 }
 
 async fn write_stream(sink: &dyn DumpSink, name: &str, bytes: Vec<u8>) -> Result<()> {
-    let mut w = sink.open_stream(StreamSpec::new(name, StreamRole::Schema)).await?;
+    let mut w = sink
+        .open_stream(StreamSpec::new(name, StreamRole::Schema))
+        .await?;
     w.write(bytes.into()).await?;
     w.finish().await?;
     Ok(())
@@ -228,7 +244,11 @@ async fn plan_parts(
     let wanted = plan.bytes.div_ceil(split_bytes.max(1)).clamp(1, MAX_PARTS);
     let mut bounds = Vec::new();
     if let (true, Some(pk)) = (wanted > 1, &plan.int_pk) {
-        let history = if plan.versioned { " FOR SYSTEM_TIME ALL" } else { "" };
+        let history = if plan.versioned {
+            " FOR SYSTEM_TIME ALL"
+        } else {
+            ""
+        };
         let rows = conn::query_rows(
             leader,
             &format!(
@@ -282,7 +302,11 @@ async fn dump_task(conn: &mut Conn, db: &str, task: &Task, sink: &dyn DumpSink) 
         .iter()
         .map(|c| c.encoding.select_expr(&c.name))
         .collect();
-    let mut sql = format!("SELECT {} FROM {}", exprs.join(", "), quote_ident(&plan.name));
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        exprs.join(", "),
+        quote_ident(&plan.name)
+    );
     if plan.versioned {
         sql.push_str(" FOR SYSTEM_TIME ALL");
     }
@@ -292,11 +316,17 @@ async fn dump_task(conn: &mut Conn, db: &str, task: &Task, sink: &dyn DumpSink) 
     }
     let columns = serde_json::to_string(&plan.columns)
         .map_err(|e| Error::internal(format!("serialising column list: {e}")))?;
-    let mut spec = StreamSpec::table_data(format!("data/{db}.{}/{}", plan.name, task.part), table.clone())
-        .with_meta("format", catalog::DATA_FORMAT)
-        .with_meta("columns", columns)
-        .with_meta("load", format!("{} {}", format::LOAD_FORMAT, load_clause(&plan.columns)))
-        .with_meta("engine", &plan.engine);
+    let mut spec = StreamSpec::table_data(
+        format!("data/{db}.{}/{}", plan.name, task.part),
+        table.clone(),
+    )
+    .with_meta("format", catalog::DATA_FORMAT)
+    .with_meta("columns", columns)
+    .with_meta(
+        "load",
+        format!("{} {}", format::LOAD_FORMAT, load_clause(&plan.columns)),
+    )
+    .with_meta("engine", &plan.engine);
     if plan.versioned {
         spec = spec.with_meta("system_versioned", "true");
     }
@@ -342,7 +372,7 @@ fn encode_row(buf: &mut BytesMut, row: &Row) -> Result<()> {
             other => {
                 return Err(Error::internal(format!(
                     "text protocol returned a non-text value in column {i}: {other:?}"
-                )))
+                )));
             }
         }
     }

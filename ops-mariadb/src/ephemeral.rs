@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 use ops_core::{Error, ErrorKind, Result};
 
@@ -121,8 +121,13 @@ impl EphemeralMariaDb {
         };
         let data = dir.path().join("data");
         std::fs::create_dir(&data).map_err(|e| Error::io("creating the data directory", e))?;
+        // A private tmpdir: temporary table files are named after the pid, and a
+        // killed server's leftovers in a shared /tmp break a later server that got
+        // the same pid.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).map_err(|e| Error::io("creating the tmp directory", e))?;
         if let Some((uid, gid)) = owner {
-            for p in [dir.path(), &data] {
+            for p in [dir.path(), &data, &tmp] {
                 nix::unistd::chown(p, Some(uid), Some(gid))
                     .map_err(|e| Error::internal(format!("chown {}: {e}", p.display())))?;
             }
@@ -135,6 +140,7 @@ impl EphemeralMariaDb {
             .arg(format!("--datadir={}", data.display()))
             .arg("--skip-test-db")
             .arg("--skip-name-resolve")
+            .arg(format!("--tmpdir={}", tmp.display()))
             .stdin(Stdio::null())
             .stdout(log_file(&install_log)?)
             .stderr(log_file(&install_log)?);
@@ -160,15 +166,22 @@ impl EphemeralMariaDb {
             let mut cmd = Command::new(&mariadbd);
             cmd.arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .arg(format!("--port={port}"))
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!("--socket={}", socket.display()))
-                .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
+                .arg(format!(
+                    "--pid-file={}",
+                    dir.path().join("mysqld.pid").display()
+                ))
                 .arg(format!("--log-error={}", error_log.display()))
                 .arg(format!("--log-bin={}", dir.path().join("binlog").display()))
                 .arg("--server-id=1")
                 .arg(format!("--local-infile={}", u8::from(options.local_infile)))
-                .arg(format!("--innodb-buffer-pool-size={}M", options.buffer_pool_mb))
+                .arg(format!(
+                    "--innodb-buffer-pool-size={}M",
+                    options.buffer_pool_mb
+                ))
                 .arg("--innodb-log-file-size=64M")
                 .arg("--innodb-flush-log-at-trx-commit=2")
                 .arg("--innodb-doublewrite=0")
@@ -250,7 +263,11 @@ impl EphemeralMariaDb {
     /// The URL of database `db` on this server.
     pub fn url_for(&self, db: &str) -> String {
         let mut url = self.url();
-        url.push_str(&url::form_urlencoded::byte_serialize(db.as_bytes()).collect::<String>().replace('+', "%20"));
+        url.push_str(
+            &url::form_urlencoded::byte_serialize(db.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20"),
+        );
         url
     }
 
@@ -310,7 +327,9 @@ async fn wait_ready(child: &mut Child, port: u16) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(Error::internal("mariadbd did not accept connections in time"));
+            return Err(Error::internal(
+                "mariadbd did not accept connections in time",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -327,7 +346,13 @@ fn find_tool(names: &[&str]) -> Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    for extra in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/usr/local/mysql/bin"] {
+    for extra in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/local/mysql/bin",
+    ] {
         dirs.push(PathBuf::from(extra));
     }
     for name in names {
@@ -345,8 +370,8 @@ fn find_tool(names: &[&str]) -> Result<PathBuf> {
 }
 
 fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("finding a free port", e))?;
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("finding a free port", e))?;
     let port = listener
         .local_addr()
         .map_err(|e| Error::io("finding a free port", e))?
@@ -362,9 +387,16 @@ fn log_file(path: &Path) -> Result<File> {
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))
 }
 
-/// The last lines of a log file.
+/// The error lines and the last lines of a log file.
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
+    let mut shown: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains("ERROR") || l.contains("[ERROR]") || l.contains("rror:"))
+        .take(10)
+        .copied()
+        .collect();
+    shown.extend_from_slice(&lines[lines.len().saturating_sub(8)..]);
+    shown.join("\n")
 }

@@ -38,8 +38,8 @@ impl Encoding {
     /// The encoding of a column with information_schema `DATA_TYPE` `data_type`.
     pub(crate) fn for_type(data_type: &str) -> Self {
         match data_type.to_ascii_lowercase().as_str() {
-            "geometry" | "point" | "linestring" | "polygon" | "multipoint"
-            | "multilinestring" | "multipolygon" | "geometrycollection" => Encoding::Hex,
+            "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+            | "multipolygon" | "geometrycollection" => Encoding::Hex,
             "bit" => Encoding::Bit,
             "float" => Encoding::Float,
             "uuid" | "inet6" | "inet4" => Encoding::AsciiText,
@@ -82,11 +82,17 @@ pub(crate) fn load_clause(columns: &[StreamColumn]) -> String {
             }
             Encoding::Bit => {
                 list.push(format!("@v{i}"));
-                sets.push(format!("{} = CAST(@v{i} AS UNSIGNED)", quote_ident(&c.name)));
+                sets.push(format!(
+                    "{} = CAST(@v{i} AS UNSIGNED)",
+                    quote_ident(&c.name)
+                ));
             }
             Encoding::AsciiText => {
                 list.push(format!("@v{i}"));
-                sets.push(format!("{} = CONVERT(@v{i} USING ascii)", quote_ident(&c.name)));
+                sets.push(format!(
+                    "{} = CONVERT(@v{i} USING ascii)",
+                    quote_ident(&c.name)
+                ));
             }
         }
     }
@@ -213,7 +219,11 @@ fn quote_account(account: &str) -> String {
 
 /// Byte range of `DEFINER=<account>` in the head of a CREATE statement.
 fn definer_span(sql: &str) -> Option<(usize, usize)> {
-    let upper_head: String = sql.chars().take(200).collect::<String>().to_ascii_uppercase();
+    let upper_head: String = sql
+        .chars()
+        .take(200)
+        .collect::<String>()
+        .to_ascii_uppercase();
     let pos = upper_head.find("DEFINER=")?;
     // Only the statement head: CREATE [OR REPLACE] [ALGORITHM=...] DEFINER=...
     let head = &upper_head[..pos];
@@ -287,7 +297,13 @@ mod tests {
 
     #[test]
     fn escapes_the_special_bytes() {
-        let r = record(&[Some(b"a\\b\tc\nd\re\0f"), None, Some(b""), Some(b"\\N"), Some(b"NULL")]);
+        let r = record(&[
+            Some(b"a\\b\tc\nd\re\0f"),
+            None,
+            Some(b""),
+            Some(b"\\N"),
+            Some(b"NULL"),
+        ]);
         assert_eq!(&r[..], &b"a\\\\b\\tc\\nd\\re\\0f\t\\N\t\t\\\\N\tNULL"[..]);
         assert!(!r.contains(&b'\n'));
     }
@@ -306,9 +322,18 @@ mod tests {
     #[test]
     fn load_clause_uses_variables_for_converted_columns() {
         let cols = vec![
-            StreamColumn { name: "id".into(), encoding: Encoding::Text },
-            StreamColumn { name: "g`x".into(), encoding: Encoding::Hex },
-            StreamColumn { name: "b".into(), encoding: Encoding::Bit },
+            StreamColumn {
+                name: "id".into(),
+                encoding: Encoding::Text,
+            },
+            StreamColumn {
+                name: "g`x".into(),
+                encoding: Encoding::Hex,
+            },
+            StreamColumn {
+                name: "b".into(),
+                encoding: Encoding::Bit,
+            },
         ];
         assert_eq!(
             load_clause(&cols),
@@ -339,7 +364,8 @@ mod tests {
             apply_definer(proc_, &DefinerPolicy::Drop),
             "CREATE PROCEDURE `p`() SELECT 'DEFINER=x'"
         );
-        let role = "CREATE DEFINER=`admin_role` TRIGGER `t` BEFORE INSERT ON `x` FOR EACH ROW SET @a=1";
+        let role =
+            "CREATE DEFINER=`admin_role` TRIGGER `t` BEFORE INSERT ON `x` FOR EACH ROW SET @a=1";
         assert_eq!(
             apply_definer(role, &DefinerPolicy::Rewrite("`u`@`h`".into())),
             "CREATE DEFINER=`u`@`h` TRIGGER `t` BEFORE INSERT ON `x` FOR EACH ROW SET @a=1"

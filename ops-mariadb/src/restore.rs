@@ -12,18 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{StreamExt, TryStreamExt};
-use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
 use ops_core::{
     Error, ErrorKind, RestoreOptions, RestoreReport, Result, StreamRole, StreamSource, StreamSpec,
 };
 use tokio::task::JoinSet;
 
+use crate::DefinerPolicy;
 use crate::catalog::{self, ObjectKind, SchemaHeader, SchemaObject};
 use crate::conn::{self, ConnConfig, Session};
 use crate::error::{code, db_error, server_code};
-use crate::format::{self, apply_definer, load_clause, quote_ident, quote_str, StreamColumn};
-use crate::DefinerPolicy;
+use crate::format::{self, StreamColumn, apply_definer, load_clause, quote_ident, quote_str};
 
 /// What to restore, decided from the options and the dump.
 struct Selection {
@@ -57,7 +57,11 @@ pub(crate) async fn restore(
     options: RestoreOptions,
 ) -> Result<RestoreReport> {
     let specs = source.streams().to_vec();
-    let find = |name: &str| specs.iter().any(|s| s.role == StreamRole::Schema && s.name == name);
+    let find = |name: &str| {
+        specs
+            .iter()
+            .any(|s| s.role == StreamRole::Schema && s.name == name)
+    };
     if !find(catalog::PRE_DATA) {
         return Err(Error::invalid(
             "the backup holds no MariaDB schema stream (it is a data-only dump or not a \
@@ -72,7 +76,10 @@ pub(crate) async fn restore(
     };
 
     if !options.schemas.is_empty()
-        && !options.schemas.iter().any(|s| *s == header.database || *s == db)
+        && !options
+            .schemas
+            .iter()
+            .any(|s| *s == header.database || *s == db)
     {
         return Err(Error::invalid(format!(
             "the backup holds database '{}'; the schema filter {:?} names none of it",
@@ -90,7 +97,10 @@ pub(crate) async fn restore(
                     header.database
                 )));
             }
-            if !pre.iter().any(|o| o.kind == ObjectKind::Table && o.name == t.name) {
+            if !pre
+                .iter()
+                .any(|o| o.kind == ObjectKind::Table && o.name == t.name)
+            {
                 return Err(Error::new(
                     ErrorKind::NotFound,
                     format!("table {t} is not in the backup"),
@@ -98,7 +108,9 @@ pub(crate) async fn restore(
             }
             names.insert(t.name.clone());
         }
-        Selection { tables: Some(names) }
+        Selection {
+            tables: Some(names),
+        }
     };
 
     let mut admin = conn::connect(&config, None, Session::Restore).await?;
@@ -152,7 +164,11 @@ pub(crate) async fn restore(
                 for name in selection.tables.iter().flatten() {
                     conn::exec(
                         &mut admin,
-                        &format!("DROP TABLE IF EXISTS {}.{}", quote_ident(&db), quote_ident(name)),
+                        &format!(
+                            "DROP TABLE IF EXISTS {}.{}",
+                            quote_ident(&db),
+                            quote_ident(name)
+                        ),
                     )
                     .await?;
                 }
@@ -184,19 +200,22 @@ pub(crate) async fn restore(
             Ok(report)
         }
         Err(e) => {
-            if created && !options.keep_failed {
-                if let Err(drop_err) =
+            if created
+                && !options.keep_failed
+                && let Err(drop_err) =
                     conn::exec(&mut admin, &format!("DROP DATABASE {}", quote_ident(&db))).await
-                {
-                    tracing::warn!("could not drop the failed restore's database {db}: {drop_err}");
-                }
+            {
+                tracing::warn!("could not drop the failed restore's database {db}: {drop_err}");
             }
             Err(e)
         }
     }
 }
 
-async fn read_schema(source: &dyn StreamSource, name: &str) -> Result<(SchemaHeader, Vec<SchemaObject>)> {
+async fn read_schema(
+    source: &dyn StreamSource,
+    name: &str,
+) -> Result<(SchemaHeader, Vec<SchemaObject>)> {
     let mut stream = source.open(name).await?;
     let mut bytes = Vec::new();
     while let Some(piece) = stream.try_next().await? {
@@ -206,7 +225,11 @@ async fn read_schema(source: &dyn StreamSource, name: &str) -> Result<(SchemaHea
 }
 
 /// What the target already holds that a restore of `selection` would collide with.
-async fn existing_objects(admin: &mut Conn, db: &str, selection: &Selection) -> Result<Vec<String>> {
+async fn existing_objects(
+    admin: &mut Conn,
+    db: &str,
+    selection: &Selection,
+) -> Result<Vec<String>> {
     let qdb = quote_str(db);
     let mut held = Vec::new();
     let tables = conn::query_strings(
@@ -220,8 +243,18 @@ async fn existing_objects(admin: &mut Conn, db: &str, selection: &Selection) -> 
     }
     if selection.full() {
         for (what, sql) in [
-            ("routines", format!("SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {qdb}")),
-            ("events", format!("SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {qdb}")),
+            (
+                "routines",
+                format!(
+                    "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {qdb}"
+                ),
+            ),
+            (
+                "events",
+                format!(
+                    "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {qdb}"
+                ),
+            ),
         ] {
             let n: u64 = conn::query_string(admin, &sql).await?.parse().unwrap_or(0);
             if n > 0 {
@@ -246,7 +279,8 @@ async fn restore_into(
 ) -> Result<BTreeMap<String, u64>> {
     let mut ddl = conn::connect(config, Some(db), Session::Restore).await?;
     let pre: Vec<&SchemaObject> = pre.iter().filter(|o| selection.object(o)).collect();
-    let (views, others): (Vec<_>, Vec<_>) = pre.into_iter().partition(|o| o.kind == ObjectKind::View);
+    let (views, others): (Vec<_>, Vec<_>) =
+        pre.into_iter().partition(|o| o.kind == ObjectKind::View);
     for o in others {
         create_object(&mut ddl, o, definer).await?;
     }
@@ -258,7 +292,9 @@ async fn restore_into(
         .filter(|s| s.table.as_ref().is_some_and(|t| selection.table(&t.name)))
         .cloned()
         .collect();
-    let versioned = tasks.iter().any(|s| s.meta.contains_key("system_versioned"));
+    let versioned = tasks
+        .iter()
+        .any(|s| s.meta.contains_key("system_versioned"));
     let loaded = load_all(config, db, source, tasks, options.jobs.max(1), versioned).await?;
 
     for o in post.iter().filter(|o| selection.object(o)) {
@@ -286,10 +322,10 @@ async fn create_object(ddl: &mut Conn, o: &SchemaObject, definer: &DefinerPolicy
             settings.push(format!("character_set_client = {cs}"));
         }
     }
-    if let Some(coll) = &o.collation_connection {
-        if is_name(coll) {
-            settings.push(format!("collation_connection = {coll}"));
-        }
+    if let Some(coll) = &o.collation_connection
+        && is_name(coll)
+    {
+        settings.push(format!("collation_connection = {coll}"));
     }
     if let Some(tz) = &o.time_zone {
         settings.push(format!("time_zone = {}", quote_str(tz)));
@@ -324,7 +360,11 @@ fn is_name(s: &str) -> bool {
 
 /// Views may depend on views: create what can be created, then retry the rest, until
 /// nothing is left or nothing more succeeds.
-async fn create_views(ddl: &mut Conn, views: &[&SchemaObject], definer: &DefinerPolicy) -> Result<()> {
+async fn create_views(
+    ddl: &mut Conn,
+    views: &[&SchemaObject],
+    definer: &DefinerPolicy,
+) -> Result<()> {
     let mut pending: Vec<&SchemaObject> = views.to_vec();
     while !pending.is_empty() {
         let mut failed = Vec::new();
@@ -332,7 +372,8 @@ async fn create_views(ddl: &mut Conn, views: &[&SchemaObject], definer: &Definer
         for v in &pending {
             match create_object(ddl, v, definer).await {
                 Ok(()) => {}
-                Err(e) if matches!(e.context_value("code"), Some(c) if c == code::NO_SUCH_TABLE.to_string() || c == code::VIEW_INVALID.to_string()) => {
+                Err(e) if matches!(e.context_value("code"), Some(c) if c == code::NO_SUCH_TABLE.to_string() || c == code::VIEW_INVALID.to_string()) =>
+                {
                     failed.push(*v);
                     last_error = Some(e);
                 }
@@ -340,7 +381,9 @@ async fn create_views(ddl: &mut Conn, views: &[&SchemaObject], definer: &Definer
             }
         }
         if failed.len() == pending.len() {
-            return Err(last_error.unwrap_or_else(|| Error::internal("view creation made no progress")));
+            return Err(
+                last_error.unwrap_or_else(|| Error::internal("view creation made no progress"))
+            );
         }
         pending = failed;
     }
@@ -388,7 +431,10 @@ async fn load_all(
         let db = db.to_owned();
         workers.spawn(async move {
             loop {
-                let next = queue.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+                let next = queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .pop_front();
                 let Some(spec) = next else { break };
                 let rows = load_stream(&mut c, &db, &*source, &spec).await?;
                 let table = spec
@@ -415,12 +461,20 @@ async fn load_all(
             Err(e) => return Err(Error::internal(format!("a restore worker failed: {e}"))),
         }
     }
-    let totals = totals.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let totals = totals
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     Ok(totals)
 }
 
 /// Loads one data stream with `LOAD DATA LOCAL INFILE`, fed from the source.
-async fn load_stream(conn: &mut Conn, db: &str, source: &dyn StreamSource, spec: &StreamSpec) -> Result<u64> {
+async fn load_stream(
+    conn: &mut Conn,
+    db: &str,
+    source: &dyn StreamSource,
+    spec: &StreamSpec,
+) -> Result<u64> {
     let table = spec
         .table
         .as_ref()
@@ -437,7 +491,7 @@ async fn load_stream(conn: &mut Conn, db: &str, source: &dyn StreamSource, spec:
                     spec.name,
                     catalog::DATA_FORMAT
                 ),
-            ))
+            ));
         }
     }
     let columns: Vec<StreamColumn> = spec
@@ -450,7 +504,10 @@ async fn load_stream(conn: &mut Conn, db: &str, source: &dyn StreamSource, spec:
             })
         })?;
 
-    let stream = source.open(&spec.name).await.map_err(|e| e.during(doing()))?;
+    let stream = source
+        .open(&spec.name)
+        .await
+        .map_err(|e| e.during(doing()))?;
     let source_error: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     let records = Arc::new(AtomicU64::new(0));
     let (err_slot, counter) = (Arc::clone(&source_error), Arc::clone(&records));
@@ -485,7 +542,10 @@ async fn load_stream(conn: &mut Conn, db: &str, source: &dyn StreamSource, spec:
         load_clause(&columns)
     );
     let loaded = conn.query_drop(sql).await;
-    let taken = source_error.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let taken = source_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
     if let Some(e) = taken {
         // The driver ended the transfer; make sure nothing of it is committed.
         let _ = conn.query_drop("ROLLBACK").await;
@@ -552,7 +612,9 @@ mod tests {
 
     #[test]
     fn selection_filters_objects() {
-        let s = Selection { tables: Some(["a".to_owned()].into()) };
+        let s = Selection {
+            tables: Some(["a".to_owned()].into()),
+        };
         let mut trig = SchemaObject {
             kind: ObjectKind::Trigger,
             name: "t".into(),

@@ -5,8 +5,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use mysql_async::prelude::Queryable;
 use ops_core::testkit::engine::dump_to_memory;
@@ -50,10 +50,16 @@ async fn dump_under_concurrent_transfers_is_consistent() {
                 let amount = 1 + i % 50;
                 let r = async {
                     c.query_drop("START TRANSACTION").await?;
-                    c.exec_drop("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, from))
-                        .await?;
-                    c.exec_drop("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, to))
-                        .await?;
+                    c.exec_drop(
+                        "UPDATE accounts SET balance = balance - ? WHERE id = ?",
+                        (amount, from),
+                    )
+                    .await?;
+                    c.exec_drop(
+                        "UPDATE accounts SET balance = balance + ? WHERE id = ?",
+                        (amount, to),
+                    )
+                    .await?;
                     c.query_drop("COMMIT").await
                 }
                 .await;
@@ -72,15 +78,27 @@ async fn dump_under_concurrent_transfers_is_consistent() {
     }
     let source = MariaDbEngine::new(&server.url_for("bank")).expect("url");
     let before = transfers.load(Ordering::Relaxed);
-    let (dump, report) =
-        dump_to_memory(&source, &DumpOptions::default().with_jobs(2).with_split_bytes(64 * 1024)).await;
+    let (dump, report) = dump_to_memory(
+        &source,
+        &DumpOptions::default()
+            .with_jobs(2)
+            .with_split_bytes(64 * 1024),
+    )
+    .await;
     let during = transfers.load(Ordering::Relaxed) - before;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
-    assert_eq!(report.snapshot.get("connections").map(String::as_str), Some("2"));
-    let parts = dump.summaries().iter().filter(|(s, _)| s.name.starts_with("data/")).count();
+    assert_eq!(
+        report.snapshot.get("connections").map(String::as_str),
+        Some("2")
+    );
+    let parts = dump
+        .summaries()
+        .iter()
+        .filter(|(s, _)| s.name.starts_with("data/"))
+        .count();
     assert!(parts > 4, "accounts was not split: {parts}");
     assert!(during > 0, "no transfer committed while the dump ran");
 
@@ -98,6 +116,10 @@ async fn dump_under_concurrent_transfers_is_consistent() {
         .unwrap()
         .unwrap();
     assert_eq!(n, ACCOUNTS);
-    assert_eq!(sum, ACCOUNTS * START_BALANCE, "the dump saw a torn state ({during} transfers during the dump)");
+    assert_eq!(
+        sum,
+        ACCOUNTS * START_BALANCE,
+        "the dump saw a torn state ({during} transfers during the dump)"
+    );
     c.disconnect().await.ok();
 }

@@ -10,13 +10,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream;
 use mysql_async::prelude::Queryable;
-use ops_core::testkit::engine::{dump_to_memory, MemoryDump};
+use ops_core::testkit::engine::{MemoryDump, dump_to_memory};
 use ops_core::{
     ByteStream, DatabaseEngine, DumpOptions, DumpSink, Error, ErrorKind, RestoreOptions, Result,
     StreamRole, StreamSource, StreamSpec, StreamSummary, StreamWriter,
 };
-use ops_mariadb::ephemeral::EphemeralMariaDb;
 use ops_mariadb::MariaDbEngine;
+use ops_mariadb::ephemeral::EphemeralMariaDb;
 
 async fn server_with_data(rows: u64) -> EphemeralMariaDb {
     let server = common::server().await;
@@ -37,7 +37,11 @@ async fn server_with_data(rows: u64) -> EphemeralMariaDb {
 
 #[tokio::test]
 async fn unreachable_server_is_reported_as_such() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let engine = MariaDbEngine::new(&format!("mariadb://root:pw@127.0.0.1:{port}/db")).unwrap();
     let err = engine.describe().await.expect_err("nothing listens there");
     assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
@@ -68,7 +72,10 @@ async fn privileges_passwords_and_targets() {
     assert!(!shown.contains("Wr0ngSecretXYZ"), "{shown}");
 
     // No RELOAD: one connection with a consistent snapshot, and a warning saying so.
-    let reader = MariaDbEngine::new(&format!("mariadb://reader:right-password@127.0.0.1:{port}/shop")).unwrap();
+    let reader = MariaDbEngine::new(&format!(
+        "mariadb://reader:right-password@127.0.0.1:{port}/shop"
+    ))
+    .unwrap();
     let (dump, report) = dump_to_memory(&reader, &DumpOptions::default().with_jobs(2)).await;
     assert_eq!(
         report.snapshot.get("method").map(String::as_str),
@@ -76,17 +83,23 @@ async fn privileges_passwords_and_targets() {
         "{report:?}"
     );
     assert!(
-        dump.warnings().iter().any(|w| w.contains("FLUSH TABLES WITH READ LOCK") && w.contains("RELOAD")),
+        dump.warnings()
+            .iter()
+            .any(|w| w.contains("FLUSH TABLES WITH READ LOCK") && w.contains("RELOAD")),
         "{:?}",
         dump.warnings()
     );
     assert_eq!(dump.table_digests()["shop.items"].rows, 100);
 
     // No SELECT: a clear permission error.
-    let outsider = MariaDbEngine::new(&format!("mariadb://nobody_here:pw2@127.0.0.1:{port}/shop")).unwrap();
+    let outsider =
+        MariaDbEngine::new(&format!("mariadb://nobody_here:pw2@127.0.0.1:{port}/shop")).unwrap();
     let sink = MemoryDump::new();
     let err = outsider
-        .dump(&DumpOptions::default(), Arc::new(ops_core::testkit::engine::MemorySink(sink)))
+        .dump(
+            &DumpOptions::default(),
+            Arc::new(ops_core::testkit::engine::MemorySink(sink)),
+        )
         .await
         .expect_err("no privileges");
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
@@ -218,24 +231,39 @@ async fn damaged_stream_and_disabled_local_infile() {
     let err = copy
         .restore(
             Arc::new(DamagedSource(Arc::clone(&dump))),
-            &RestoreOptions::default().with_create(true).with_keep_failed(true),
+            &RestoreOptions::default()
+                .with_create(true)
+                .with_keep_failed(true),
         )
         .await
         .expect_err("damaged chunk");
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
-    let n: Option<u64> = c.query_first("SELECT COUNT(*) FROM shop_damaged.items").await.unwrap();
+    let n: Option<u64> = c
+        .query_first("SELECT COUNT(*) FROM shop_damaged.items")
+        .await
+        .unwrap();
     assert_eq!(n, Some(0), "a partial load was committed");
     c.disconnect().await.ok();
     copy.drop_database().await.unwrap();
 
     // A target server without local_infile: a clear error saying how to enable it.
-    let strict = EphemeralMariaDb::builder().with_local_infile(false).start().await.unwrap();
+    let strict = EphemeralMariaDb::builder()
+        .with_local_infile(false)
+        .start()
+        .await
+        .unwrap();
     let target = MariaDbEngine::new(&strict.url_for("shop")).unwrap();
     let err = target
-        .restore(dump as Arc<dyn StreamSource>, &RestoreOptions::default().with_create(true))
+        .restore(
+            dump as Arc<dyn StreamSource>,
+            &RestoreOptions::default().with_create(true),
+        )
         .await
         .expect_err("local_infile is off");
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     let text = err.to_string();
-    assert!(text.contains("SET GLOBAL local_infile=1") && text.contains("--local-infile=1"), "{text}");
+    assert!(
+        text.contains("SET GLOBAL local_infile=1") && text.contains("--local-infile=1"),
+        "{text}"
+    );
 }

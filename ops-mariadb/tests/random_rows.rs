@@ -6,8 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
-use mysql_async::prelude::Queryable;
 use mysql_async::Value;
+use mysql_async::prelude::Queryable;
 use ops_core::testkit::engine::dump_to_memory;
 use ops_core::{DatabaseEngine, DumpOptions, RestoreOptions, StreamSource};
 use ops_mariadb::MariaDbEngine;
@@ -60,9 +60,17 @@ fn datetime() -> impl Strategy<Value = String> {
     prop_oneof![
         Just("0000-00-00 00:00:00.000000".to_owned()),
         Just("9999-12-31 23:59:59.999999".to_owned()),
-        (1000u32..9999, 1u32..13, 1u32..29, 0u32..24, 0u32..60, 0u32..1_000_000).prop_map(
-            |(y, mo, d, h, mi, us)| format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:07.{us:06}")
-        ),
+        (
+            1000u32..9999,
+            1u32..13,
+            1u32..29,
+            0u32..24,
+            0u32..60,
+            0u32..1_000_000
+        )
+            .prop_map(|(y, mo, d, h, mi, us)| format!(
+                "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:07.{us:06}"
+            )),
     ]
 }
 
@@ -74,19 +82,23 @@ fn row() -> impl Strategy<Value = RandomRow> {
         proptest::option::of(finite_f64()),
         proptest::option::of(finite_f32()),
         proptest::option::of(prop_oneof![any::<i64>(), Just(i64::MIN), Just(i64::MAX)]),
-        proptest::option::of((any::<i64>(), 0u32..1_000_000).prop_map(|(a, b)| format!("{a}.{b:06}"))),
+        proptest::option::of(
+            (any::<i64>(), 0u32..1_000_000).prop_map(|(a, b)| format!("{a}.{b:06}")),
+        ),
         proptest::option::of(datetime()),
     )
-        .prop_map(|(blob, varbinary, text, double, float, big, decimal, datetime)| RandomRow {
-            blob,
-            varbinary,
-            text,
-            double,
-            float,
-            big,
-            decimal,
-            datetime,
-        })
+        .prop_map(
+            |(blob, varbinary, text, double, float, big, decimal, datetime)| RandomRow {
+                blob,
+                varbinary,
+                text,
+                double,
+                float,
+                big,
+                decimal,
+                datetime,
+            },
+        )
 }
 
 fn opt<T: Into<Value>>(v: Option<T>) -> Value {
@@ -114,7 +126,10 @@ fn random_rows_survive_the_round_trip() {
             rt.block_on(async {
                 let src = format!("prop_src_{case}");
                 let dst = format!("prop_dst_{case}");
-                server.execute(&format!("CREATE DATABASE {src}")).await.unwrap();
+                server
+                    .execute(&format!("CREATE DATABASE {src}"))
+                    .await
+                    .unwrap();
                 let mut c = common::connect(&server, &src).await;
                 c.query_drop("SET sql_mode = ''").await.unwrap();
                 c.query_drop(

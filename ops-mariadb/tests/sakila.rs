@@ -38,15 +38,26 @@ async fn sakila_restores_into_another_database() {
     common::mariadb_cli(&server, None, &data);
 
     let source = MariaDbEngine::new(&server.url_for("sakila")).expect("url");
-    let (dump, report) =
-        dump_to_memory(&source, &DumpOptions::default().with_jobs(2).with_split_bytes(256 * 1024)).await;
+    let (dump, report) = dump_to_memory(
+        &source,
+        &DumpOptions::default()
+            .with_jobs(2)
+            .with_split_bytes(256 * 1024),
+    )
+    .await;
     assert_eq!(
         report.snapshot.get("method").map(String::as_str),
         Some("flush_tables_with_read_lock"),
         "{report:?}"
     );
-    assert!(report.snapshot.contains_key("gtid_binlog_pos"), "{report:?}");
-    assert!(report.snapshot.contains_key("binlog_position"), "{report:?}");
+    assert!(
+        report.snapshot.contains_key("gtid_binlog_pos"),
+        "{report:?}"
+    );
+    assert!(
+        report.snapshot.contains_key("binlog_position"),
+        "{report:?}"
+    );
 
     let copy = source.with_database("sakila_copy");
     let restored = copy

@@ -16,7 +16,9 @@ pub async fn server() -> EphemeralMariaDb {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Runs the `mariadb` client with `input` on stdin.
@@ -71,13 +73,17 @@ pub async fn connect(server: &EphemeralMariaDb, db: &str) -> mysql_async::Conn {
         .db_name(Some(db))
         .prefer_socket(false);
     let mut c = mysql_async::Conn::new(opts).await.expect("connect");
-    c.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'").await.expect("session");
+    c.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+        .await
+        .expect("session");
     c
 }
 
 pub async fn exec(server: &EphemeralMariaDb, db: &str, sql: &str) {
     let mut c = connect(server, db).await;
-    c.query_drop(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    c.query_drop(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     c.disconnect().await.ok();
 }
 
@@ -87,7 +93,10 @@ fn q(name: &str) -> String {
 
 /// Per table: (rows, order-independent hash of every column's value, history
 /// included), computed by the server.
-pub async fn content_hashes(server: &EphemeralMariaDb, db: &str) -> BTreeMap<String, (u64, String)> {
+pub async fn content_hashes(
+    server: &EphemeralMariaDb,
+    db: &str,
+) -> BTreeMap<String, (u64, String)> {
     let mut c = connect(server, db).await;
     let tables: Vec<(String, String)> = c
         .query(format!(
