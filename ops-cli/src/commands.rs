@@ -228,12 +228,12 @@ async fn list(cli: &Cli) -> Result<ExitCode> {
         println!("no backups in {}", repo.target().location());
     } else {
         println!(
-            "{:<24} {:<20} {:<11} {:<20} {:>10} {:>10}  tags",
+            "{:<28} {:<20} {:<11} {:<20} {:>10} {:>10}  tags",
             "ID", "TIME (UTC)", "ENGINE", "DATABASE", "SIZE", "ADDED"
         );
         for m in &backups {
             println!(
-                "{:<24} {:<20} {:<11} {:<20} {:>10} {:>10}  {}",
+                "{:<28} {:<20} {:<11} {:<20} {:>10} {:>10}  {}",
                 m.id,
                 m.started.format("%Y-%m-%d %H:%M:%S"),
                 m.engine,
@@ -448,7 +448,7 @@ async fn verify_by_restore(
             let scratch = scratch_server(&m.engine).await?;
             let name = format!(
                 "dbops_verify_{}",
-                m.id.replace('-', "_").to_ascii_lowercase()
+                m.id.replace(['-', '.'], "_").to_ascii_lowercase()
             );
             let engine = engine_for_url(&with_database(&scratch.url, &name)?)?;
             let check = repo

@@ -317,12 +317,14 @@ pub(crate) fn decode_blob(
     Ok(plain)
 }
 
-/// A time-sortable backup id: `20261121T083400Z-3fa9c1`.
+/// A time-sortable backup id: `20261121T083400.123Z-3fa9c1` (milliseconds, so that
+/// backups taken one after the other sort in order; the suffix only separates
+/// backups started in the same millisecond).
 pub(crate) fn new_backup_id(at: chrono::DateTime<chrono::Utc>) -> String {
     use rand::RngCore as _;
     let mut r = [0u8; 3];
     rand::rngs::OsRng.fill_bytes(&mut r);
-    format!("{}-{}", at.format("%Y%m%dT%H%M%SZ"), hex::encode(r))
+    format!("{}-{}", at.format("%Y%m%dT%H%M%S%.3fZ"), hex::encode(r))
 }
 
 #[cfg(test)]
@@ -371,7 +373,8 @@ mod tests {
     #[test]
     fn backup_ids_sort_by_time() {
         let a = new_backup_id(chrono::DateTime::from_timestamp(1_000_000_000, 0).expect("ts"));
-        let b = new_backup_id(chrono::DateTime::from_timestamp(1_000_000_001, 0).expect("ts"));
+        let b =
+            new_backup_id(chrono::DateTime::from_timestamp(1_000_000_000, 1_000_000).expect("ts"));
         assert!(a < b, "{a} {b}");
     }
 }

@@ -19,7 +19,7 @@ use crate::retention::{RetentionDecision, RetentionPolicy};
 use crate::{Error, ErrorKind, Result};
 
 use super::Repository;
-use super::format::{self, ChunkId, FORMAT_VERSION, INDEX_DIR, PACKS_DIR};
+use super::format::{self, ChunkId, FORMAT_VERSION, PACKS_DIR};
 use super::lock::{LockGuard, LockKind, list_locks};
 use super::manifest::Manifest;
 use super::pack::{IndexFile, IndexPack, PackBuilder, decode_list, parse_pack};
@@ -207,22 +207,10 @@ impl Repository {
         report.referenced_blobs = used.len() as u64;
 
         // Index files, pack by pack.
-        let index_keys: Vec<String> = self
-            .target()
-            .list(INDEX_DIR)
-            .await?
-            .map_ok(|m| m.key)
-            .try_collect()
-            .await?;
+        let index_files = self.index_files().await?;
+        let index_keys: Vec<String> = index_files.iter().map(|(k, _)| k.clone()).collect();
         let mut indexed: HashMap<String, IndexPack> = HashMap::new();
-        for key in &index_keys {
-            let bytes = super::read_object(self.target().as_ref(), key).await?;
-            let file: IndexFile = format::open_document(
-                &self.keys,
-                b"dbops index",
-                &bytes,
-                &format!("index file {key}"),
-            )?;
+        for (_, file) in index_files {
             for p in file.packs {
                 indexed.entry(p.id.clone()).or_insert(p);
             }

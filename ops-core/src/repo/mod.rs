@@ -311,11 +311,8 @@ impl Repository {
         self.keys.is_encrypted()
     }
 
-    /// Every backup's manifest, oldest first.
-    ///
-    /// # Errors
-    /// Storage errors; a manifest that fails authentication or parsing.
-    pub async fn list_backups(&self) -> Result<Vec<Manifest>> {
+    /// Every backup id, oldest first.
+    async fn backup_ids(&self) -> Result<Vec<String>> {
         let mut ids: Vec<String> = self
             .target
             .list(BACKUPS_DIR)
@@ -324,6 +321,15 @@ impl Repository {
             .try_collect()
             .await?;
         ids.sort();
+        Ok(ids)
+    }
+
+    /// Every backup's manifest, oldest first.
+    ///
+    /// # Errors
+    /// Storage errors; a manifest that fails authentication or parsing.
+    pub async fn list_backups(&self) -> Result<Vec<Manifest>> {
+        let ids = self.backup_ids().await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             match self.load_manifest(&id).await {
@@ -366,14 +372,7 @@ impl Repository {
     /// # Errors
     /// [`ErrorKind::NotFound`] when none or several match.
     pub async fn find_backup(&self, spec: &str) -> Result<Manifest> {
-        let mut ids: Vec<String> = self
-            .target
-            .list(BACKUPS_DIR)
-            .await?
-            .map_ok(|m| m.key.trim_start_matches(BACKUPS_DIR).to_owned())
-            .try_collect()
-            .await?;
-        ids.sort();
+        let mut ids = self.backup_ids().await?;
         let not_found = |why: String| {
             Error::new(
                 ErrorKind::NotFound,
@@ -402,8 +401,8 @@ impl Repository {
         self.load_manifest(&id).await
     }
 
-    /// Loads every index file into memory.
-    pub(crate) async fn load_index(&self) -> Result<Index> {
+    /// Every index file with its key.
+    pub(crate) async fn index_files(&self) -> Result<Vec<(String, IndexFile)>> {
         let keys: Vec<String> = self
             .target
             .list(INDEX_DIR)
@@ -411,7 +410,7 @@ impl Repository {
             .map_ok(|m| m.key)
             .try_collect()
             .await?;
-        let mut index = Index::default();
+        let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let bytes = read_object(self.target.as_ref(), &key).await?;
             let file: IndexFile = format::open_document(
@@ -420,6 +419,15 @@ impl Repository {
                 &bytes,
                 &format!("index file {key}"),
             )?;
+            out.push((key, file));
+        }
+        Ok(out)
+    }
+
+    /// Loads every index file into memory.
+    pub(crate) async fn load_index(&self) -> Result<Index> {
+        let mut index = Index::default();
+        for (_, file) in self.index_files().await? {
             index.add_file(&file);
         }
         Ok(index)
