@@ -19,7 +19,7 @@ use ops_core::{
     RestoreOptions, RestoreReport, Result, Secret, ServerInfo, StreamRole, StreamSource,
     StreamSpec, TableRef,
 };
-use ops_storage::{open_target, TargetOptions};
+use ops_storage::{TargetOptions, open_target};
 
 /// Emits tables of pseudo-random rows; `version` changes a few rows of table 0.
 #[derive(Debug)]
@@ -52,8 +52,14 @@ impl Generator {
             x ^= x >> 7;
             x ^= x << 17;
             let changed = t == 0 && self.version > 0 && r % 997 == 0;
-            let v = if changed { x.wrapping_add(self.version) } else { x };
-            out.extend_from_slice(format!("{r}\t{v:x}\tsome text {}\\tescaped\n", v % 1000).as_bytes());
+            let v = if changed {
+                x.wrapping_add(self.version)
+            } else {
+                x
+            };
+            out.extend_from_slice(
+                format!("{r}\t{v:x}\tsome text {}\\tescaped\n", v % 1000).as_bytes(),
+            );
         }
         out
     }
@@ -74,28 +80,45 @@ impl DatabaseEngine for Generator {
         Ok(ServerInfo::default())
     }
     async fn dump(&self, _o: &DumpOptions, sink: Arc<dyn DumpSink>) -> Result<DumpReport> {
-        let mut schema = sink.open_stream(StreamSpec::new("schema", StreamRole::Schema)).await?;
-        schema.write(Bytes::from_static(b"CREATE TABLE t0 ...;\n")).await?;
+        let mut schema = sink
+            .open_stream(StreamSpec::new("schema", StreamRole::Schema))
+            .await?;
+        schema
+            .write(Bytes::from_static(b"CREATE TABLE t0 ...;\n"))
+            .await?;
         schema.finish().await?;
         for t in 0..self.tables {
-            let spec = StreamSpec::table_data(format!("data/s.t{t}/0"), TableRef::new("s", format!("t{t}")));
+            let spec = StreamSpec::table_data(
+                format!("data/s.t{t}/0"),
+                TableRef::new("s", format!("t{t}")),
+            );
             let mut w = sink.open_stream(spec).await?;
             for piece in self.table_rows(t).chunks(1000) {
                 w.write(Bytes::copy_from_slice(piece)).await?;
             }
             if self.fail_after_first_stream {
-                return Err(Error::new(ErrorKind::Interrupted, "server closed the connection"));
+                return Err(Error::new(
+                    ErrorKind::Interrupted,
+                    "server closed the connection",
+                ));
             }
             w.finish().await?;
         }
         Ok(DumpReport::default())
     }
-    async fn restore(&self, source: Arc<dyn StreamSource>, _o: &RestoreOptions) -> Result<RestoreReport> {
+    async fn restore(
+        &self,
+        source: Arc<dyn StreamSource>,
+        _o: &RestoreOptions,
+    ) -> Result<RestoreReport> {
         self.restore_started.store(true, Ordering::SeqCst);
         for spec in source.streams().to_vec() {
             let data: Vec<Bytes> = source.open(&spec.name).await?.try_collect().await?;
             let joined: Vec<u8> = data.iter().flat_map(|b| b.iter().copied()).collect();
-            self.restored.lock().expect("lock").insert(spec.name.clone(), joined);
+            self.restored
+                .lock()
+                .expect("lock")
+                .insert(spec.name.clone(), joined);
         }
         Ok(RestoreReport::default())
     }
@@ -106,9 +129,17 @@ impl DatabaseEngine for Generator {
 
 fn fast_init(encryption: Encryption) -> InitOptions {
     InitOptions::new(encryption)
-        .with_kdf(KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 })
+        .with_kdf(KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        })
         .with_pack_size(256 * 1024)
-        .with_chunker(ChunkerParams { min: 1024, avg: 4096, max: 16384 })
+        .with_chunker(ChunkerParams {
+            min: 1024,
+            avg: 4096,
+            max: 16384,
+        })
 }
 
 fn memory() -> Arc<dyn BackupTarget> {
@@ -116,7 +147,9 @@ fn memory() -> Arc<dyn BackupTarget> {
 }
 
 async fn repo_on(target: Arc<dyn BackupTarget>) -> Repository {
-    Repository::init(target, fast_init(Encryption::Password(Secret::new("pw")))).await.expect("init")
+    Repository::init(target, fast_init(Encryption::Password(Secret::new("pw"))))
+        .await
+        .expect("init")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,25 +157,50 @@ async fn backup_restore_round_trip_with_dedup() {
     let target = memory();
     let repo = repo_on(Arc::clone(&target)).await;
     let mut engine = Generator::new(4, 20_000);
-    let first = repo.backup(&engine, &BackupOptions::default()).await.expect("backup");
+    let first = repo
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect("backup");
     assert_eq!(first.streams.len(), 5);
     assert_eq!(first.tables().values().sum::<u64>(), 80_000);
     assert!(first.stats.stored_bytes > 0 && first.stats.stored_bytes < first.stats.bytes);
 
     engine.version = 1;
-    let second = repo.backup(&engine, &BackupOptions::default()).await.expect("backup");
+    let second = repo
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect("backup");
     let share = second.stats.new_bytes as f64 / second.stats.bytes as f64;
-    assert!(share < 0.10, "second backup stored {:.1} % new bytes", share * 100.0);
+    assert!(
+        share < 0.10,
+        "second backup stored {:.1} % new bytes",
+        share * 100.0
+    );
 
-    repo.restore(&second, &engine, &RestoreOptions::default()).await.expect("restore");
+    repo.restore(&second, &engine, &RestoreOptions::default())
+        .await
+        .expect("restore");
     let restored = engine.restored.lock().expect("lock").clone();
     for t in 0..4 {
-        assert_eq!(restored[&format!("data/s.t{t}/0")], engine.table_rows(t), "table {t}");
+        assert_eq!(
+            restored[&format!("data/s.t{t}/0")],
+            engine.table_rows(t),
+            "table {t}"
+        );
     }
     let listed = repo.list_backups().await.expect("list");
-    assert_eq!(listed.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), vec![first.id.clone(), second.id.clone()]);
-    assert_eq!(repo.find_backup("latest").await.expect("latest").id, second.id);
-    let report = repo.verify(&listed, &VerifyOptions::new(true)).await.expect("verify");
+    assert_eq!(
+        listed.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        vec![first.id.clone(), second.id.clone()]
+    );
+    assert_eq!(
+        repo.find_backup("latest").await.expect("latest").id,
+        second.id
+    );
+    let report = repo
+        .verify(&listed, &VerifyOptions::new(true))
+        .await
+        .expect("verify");
     assert!(report.ok(), "{:?}", report.problems);
 }
 
@@ -153,24 +211,47 @@ async fn flipped_byte_is_found_and_named_and_restore_fails() {
     let target = open_target(&url, &TargetOptions::default()).expect("fs target");
     let repo = repo_on(Arc::clone(&target)).await;
     let engine = Generator::new(3, 5_000);
-    let m = repo.backup(&engine, &BackupOptions::default()).await.expect("backup");
+    let m = repo
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect("backup");
 
     // Flip one byte in the middle of one pack.
-    let pack = walk(dir.path().join("packs")).into_iter().next().expect("a pack");
+    let pack = walk(dir.path().join("packs"))
+        .into_iter()
+        .next()
+        .expect("a pack");
     let mut bytes = std::fs::read(&pack).expect("read pack");
     let mid = bytes.len() / 3;
     bytes[mid] ^= 0x01;
     std::fs::write(&pack, bytes).expect("write pack");
 
-    let structure = repo.verify(std::slice::from_ref(&m), &VerifyOptions::new(false)).await.expect("verify");
-    assert!(structure.ok(), "structure check reads no data: {:?}", structure.problems);
-    let report = repo.verify(std::slice::from_ref(&m), &VerifyOptions::new(true)).await.expect("verify");
+    let structure = repo
+        .verify(std::slice::from_ref(&m), &VerifyOptions::new(false))
+        .await
+        .expect("verify");
+    assert!(
+        structure.ok(),
+        "structure check reads no data: {:?}",
+        structure.problems
+    );
+    let report = repo
+        .verify(std::slice::from_ref(&m), &VerifyOptions::new(true))
+        .await
+        .expect("verify");
     assert!(!report.ok());
     let p = &report.problems[0];
     assert!(p.chunk.is_some(), "{p:?}");
-    assert!(p.table.as_deref().is_some_and(|t| t.starts_with("s.t")) || p.stream.as_deref() == Some("schema"), "{p:?}");
+    assert!(
+        p.table.as_deref().is_some_and(|t| t.starts_with("s.t"))
+            || p.stream.as_deref() == Some("schema"),
+        "{p:?}"
+    );
 
-    let err = repo.restore(&m, &engine, &RestoreOptions::default()).await.expect_err("restore must fail");
+    let err = repo
+        .restore(&m, &engine, &RestoreOptions::default())
+        .await
+        .expect_err("restore must fail");
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
     assert!(err.to_string().contains("chunk"), "{err}");
 }
@@ -195,10 +276,19 @@ async fn failed_backup_leaves_no_manifest() {
     let repo = repo_on(Arc::clone(&target)).await;
     let mut engine = Generator::new(3, 5_000);
     engine.fail_after_first_stream = true;
-    let err = repo.backup(&engine, &BackupOptions::default()).await.expect_err("must fail");
+    let err = repo
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect_err("must fail");
     assert_eq!(err.kind(), ErrorKind::Interrupted);
     assert!(repo.list_backups().await.expect("list").is_empty());
-    let locks: Vec<_> = target.list("locks/").await.expect("list").try_collect().await.expect("locks");
+    let locks: Vec<_> = target
+        .list("locks/")
+        .await
+        .expect("list")
+        .try_collect()
+        .await
+        .expect("locks");
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(locks.is_empty(), "lock left behind: {locks:?}");
 }
@@ -207,26 +297,42 @@ async fn failed_backup_leaves_no_manifest() {
 async fn wrong_or_missing_password_is_refused_up_front() {
     let target = memory();
     repo_on(Arc::clone(&target)).await;
-    let wrong = Repository::open(Arc::clone(&target), Some(&Secret::new("nope"))).await.expect_err("wrong");
+    let wrong = Repository::open(Arc::clone(&target), Some(&Secret::new("nope")))
+        .await
+        .expect_err("wrong");
     assert_eq!(wrong.kind(), ErrorKind::WrongPassword);
     assert!(!wrong.to_string().contains("nope"));
-    let missing = Repository::open(Arc::clone(&target), None).await.expect_err("missing");
+    let missing = Repository::open(Arc::clone(&target), None)
+        .await
+        .expect_err("missing");
     assert_eq!(missing.kind(), ErrorKind::WrongPassword);
     assert!(missing.to_string().contains("DBOPS_PASSWORD"));
-    Repository::open(target, Some(&Secret::new("pw"))).await.expect("right password");
+    Repository::open(target, Some(&Secret::new("pw")))
+        .await
+        .expect("right password");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninitialised_and_unknown_versions_are_clear() {
     let target = memory();
-    let err = Repository::open(Arc::clone(&target), None).await.expect_err("empty");
+    let err = Repository::open(Arc::clone(&target), None)
+        .await
+        .expect_err("empty");
     assert_eq!(err.kind(), ErrorKind::NotInitialized);
-    assert!(err.to_string().contains("dbops") && err.to_string().contains("init"), "{err}");
+    assert!(
+        err.to_string().contains("dbops") && err.to_string().contains("init"),
+        "{err}"
+    );
     target
-        .put("config", Bytes::from_static(br#"{"format":"dbops-repository","version":7}"#))
+        .put(
+            "config",
+            Bytes::from_static(br#"{"format":"dbops-repository","version":7}"#),
+        )
         .await
         .expect("put");
-    let err = Repository::open(target, None).await.expect_err("future version");
+    let err = Repository::open(target, None)
+        .await
+        .expect_err("future version");
     assert_eq!(err.kind(), ErrorKind::UnsupportedFormat);
     assert!(err.to_string().contains('7'), "{err}");
 }
@@ -234,15 +340,28 @@ async fn uninitialised_and_unknown_versions_are_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unencrypted_repository_round_trips_and_init_twice_fails() {
     let target = memory();
-    let repo = Repository::init(Arc::clone(&target), fast_init(Encryption::None)).await.expect("init");
+    let repo = Repository::init(Arc::clone(&target), fast_init(Encryption::None))
+        .await
+        .expect("init");
     assert!(!repo.is_encrypted());
-    let again = Repository::init(Arc::clone(&target), fast_init(Encryption::None)).await.expect_err("twice");
+    let again = Repository::init(Arc::clone(&target), fast_init(Encryption::None))
+        .await
+        .expect_err("twice");
     assert_eq!(again.kind(), ErrorKind::AlreadyExists);
     let engine = Generator::new(2, 3_000);
-    let m = repo.backup(&engine, &BackupOptions::default()).await.expect("backup");
+    let m = repo
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect("backup");
     let reopened = Repository::open(target, None).await.expect("open");
-    reopened.restore(&m, &engine, &RestoreOptions::default()).await.expect("restore");
-    assert_eq!(engine.restored.lock().expect("lock")["data/s.t1/0"], engine.table_rows(1));
+    reopened
+        .restore(&m, &engine, &RestoreOptions::default())
+        .await
+        .expect("restore");
+    assert_eq!(
+        engine.restored.lock().expect("lock")["data/s.t1/0"],
+        engine.table_rows(1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,6 +373,9 @@ async fn concurrent_backups_share_chunks_safely() {
     let options = BackupOptions::default();
     let (ra, rb) = tokio::join!(repo.backup(&a, &options), repo.backup(&b, &options));
     let (ma, mb) = (ra.expect("a"), rb.expect("b"));
-    let report = repo.verify(&[ma, mb], &VerifyOptions::new(true)).await.expect("verify");
+    let report = repo
+        .verify(&[ma, mb], &VerifyOptions::new(true))
+        .await
+        .expect("verify");
     assert!(report.ok(), "{:?}", report.problems);
 }
