@@ -202,6 +202,16 @@ async fn backup_restore_round_trip_with_dedup() {
         .await
         .expect("verify");
     assert!(report.ok(), "{:?}", report.problems);
+    let age = ops_core::HealthCheck::check(&ops_core::repo::LastBackupAge::new(repo.clone()))
+        .await
+        .expect("health check");
+    assert_eq!(
+        age.status,
+        ops_core::HealthStatus::Healthy,
+        "{}",
+        age.reason
+    );
+    assert!(age.reason.contains(&second.id), "{}", age.reason);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ mod backup;
 mod chunker;
 mod crypto;
 mod format;
+mod health;
 mod lock;
 mod maintain;
 mod manifest;
@@ -27,6 +28,7 @@ pub use format::{
     ChunkId, ChunkerParams, CompressionAlgorithm, CompressionParams, EncryptionScheme,
     FORMAT_VERSION, RepoConfig,
 };
+pub use health::LastBackupAge;
 pub use lock::{LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks};
 pub use maintain::{ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{BackupStats, Manifest, StreamRecord};

@@ -4,4 +4,6 @@
 //! public traits, so they prove behaviour, not implementation.
 
 pub mod engine;
+pub mod health;
+pub mod retention;
 pub mod target;
