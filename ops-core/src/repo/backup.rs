@@ -392,10 +392,10 @@ impl StreamState {
     ) -> Result<()> {
         let pack = self.pack.get_or_insert_with(|| state.take_pack());
         pack.add(id, kind, raw, sealed);
-        if pack.len() >= state.config.pack_size as usize {
-            if let Some(full) = self.pack.take() {
-                state.ship(full)?;
-            }
+        if pack.len() >= state.config.pack_size as usize
+            && let Some(full) = self.pack.take()
+        {
+            state.ship(full)?;
         }
         Ok(())
     }

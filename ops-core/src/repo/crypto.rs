@@ -247,7 +247,7 @@ mod tests {
         let mut bad = sealed.clone();
         bad[30] ^= 1;
         assert_eq!(
-            keys.open(b"aad", &bad).unwrap_err().kind(),
+            keys.open(b"aad", &bad).expect_err("must fail").kind(),
             ErrorKind::Corrupt
         );
     }

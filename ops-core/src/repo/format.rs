@@ -344,7 +344,7 @@ mod tests {
         let mut bad = enc.clone();
         let last = bad.len() - 1;
         bad[last] ^= 0x40;
-        let err = decode_blob(&keys, &id, plain.len() as u32, &bad).unwrap_err();
+        let err = decode_blob(&keys, &id, plain.len() as u32, &bad).expect_err("must fail");
         assert_eq!(err.kind(), ErrorKind::Corrupt);
         assert_eq!(err.context_value("chunk"), Some(id.hex().as_str()));
     }
@@ -365,7 +365,7 @@ mod tests {
     fn config_refuses_unknown_version() {
         let text = br#"{"format":"dbops-repository","version":99}"#;
         assert_eq!(
-            RepoConfig::parse(text).unwrap_err().kind(),
+            RepoConfig::parse(text).expect_err("must fail").kind(),
             ErrorKind::UnsupportedFormat
         );
     }

@@ -139,10 +139,10 @@ impl LockGuard {
             loop {
                 tokio::time::sleep(REFRESH).await;
                 info.refreshed = Utc::now();
-                if let Ok(body) = serde_json::to_vec(&info) {
-                    if let Err(e) = refresh_target.put(&refresh_key, Bytes::from(body)).await {
-                        tracing::warn!("could not refresh lock {refresh_key}: {e}");
-                    }
+                if let Ok(body) = serde_json::to_vec(&info)
+                    && let Err(e) = refresh_target.put(&refresh_key, Bytes::from(body)).await
+                {
+                    tracing::warn!("could not refresh lock {refresh_key}: {e}");
                 }
             }
         }));

@@ -275,7 +275,7 @@ pub(crate) fn encode_list(refs: &[(ChunkId, u32)]) -> Vec<u8> {
 /// # Errors
 /// [`crate::ErrorKind::Corrupt`] for a partial entry.
 pub(crate) fn decode_list(bytes: &[u8]) -> Result<Vec<(ChunkId, u32)>> {
-    if bytes.len() % 36 != 0 {
+    if !bytes.len().is_multiple_of(36) {
         return Err(Error::corrupt("chunk list has a partial entry"));
     }
     Ok(bytes

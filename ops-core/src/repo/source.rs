@@ -247,6 +247,13 @@ impl StreamSource for RepoSource {
     }
 }
 
+/// Where a stream's table digest goes, the table's name, and the running hash.
+type TableHashing = (
+    Arc<Mutex<BTreeMap<String, TableDigest>>>,
+    String,
+    RecordHasher,
+);
+
 type ChunkBatches = Pin<Box<dyn Stream<Item = Result<Vec<(ChunkId, Bytes)>>> + Send>>;
 
 /// Yields a stream's plain bytes and checks its length and digest at the end.
@@ -257,11 +264,7 @@ struct Checked {
     bytes: u64,
     chunks: u64,
     record: StreamRecord,
-    hasher: Option<(
-        Arc<Mutex<BTreeMap<String, TableDigest>>>,
-        String,
-        RecordHasher,
-    )>,
+    hasher: Option<TableHashing>,
     done: bool,
 }
 

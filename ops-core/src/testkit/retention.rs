@@ -60,11 +60,7 @@ pub fn check(policy: &dyn RetentionPolicy, backups: &[BackupSummary], now: DateT
     let keeps_all = decisions.iter().all(|d| d.keep);
     if !keeps_all {
         for (d, b) in decisions.iter().zip(backups) {
-            assert!(
-                !(d.keep && !b.complete),
-                "incomplete backup {} is kept",
-                b.id
-            );
+            assert!(!d.keep || b.complete, "incomplete backup {} is kept", b.id);
         }
     }
     let mut reversed: Vec<BackupSummary> = backups.to_vec();
