@@ -135,7 +135,19 @@ async fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
     let repo = Repository::init(target, options).await?;
     let location = repo.target().location();
     if cli.json {
-        print_json(&json!({ "ok": true, "repository": location, "config": repo.config() }));
+        // The config minus the unencrypted repository's id key: output is for people
+        // and scripts, and keys stay in the repository.
+        let c = repo.config();
+        print_json(&json!({
+            "ok": true,
+            "repository": location,
+            "id": c.id,
+            "version": c.version,
+            "encryption": c.encryption,
+            "chunker": c.chunker,
+            "pack_size": c.pack_size,
+            "compression": c.compression,
+        }));
     } else {
         println!(
             "created {} repository {} at {location}",
