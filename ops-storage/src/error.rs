@@ -18,6 +18,14 @@ pub(crate) fn from_store(
     use object_store::Error as E;
     let (kind, temporary, what) = match &err {
         E::NotFound { .. } => (ErrorKind::NotFound, false, "no such object".to_owned()),
+        // object_store turns every 409 into `AlreadyExists`, but S3's 409s say that
+        // another request on the same key or bucket is in progress, not that the
+        // object exists: retrying is the documented answer.
+        E::AlreadyExists { .. } | E::Precondition { .. } if is_conflict_in_progress(&err) => (
+            ErrorKind::Storage,
+            true,
+            CONFLICT_IN_PROGRESS.to_owned(),
+        ),
         E::AlreadyExists { .. } | E::Precondition { .. } => (
             ErrorKind::AlreadyExists,
             false,
@@ -58,6 +66,24 @@ pub(crate) fn from_store(
         out = out.temporary();
     }
     out
+}
+
+/// S3 error codes of a 409 that means "a conflicting request is in progress, try
+/// again": `ConditionalRequestConflict` (two conditional writes to one key, e.g. two
+/// `If-None-Match: *` creates racing) and `OperationAborted` (a conflicting
+/// operation on the bucket or key).
+const CONFLICT_CODES: [&str; 2] = ["ConditionalRequestConflict", "OperationAborted"];
+
+const CONFLICT_IN_PROGRESS: &str =
+    "a conflicting request on this object is in progress (409 Conflict); try again";
+
+/// True when `err` is a 409 whose S3 error code says that a conflicting request is
+/// in progress (see [`CONFLICT_CODES`]), as opposed to Azure's 409 for an object
+/// that exists. object_store keeps the status in a private type; its message holds
+/// the response body, which holds the code.
+pub(crate) fn is_conflict_in_progress(err: &object_store::Error) -> bool {
+    let text = err.to_string();
+    CONFLICT_CODES.iter().any(|code| text.contains(code))
 }
 
 /// Classifies a generic error by what lies in its source chain: a local I/O error,
@@ -141,6 +167,11 @@ fn classify_status_text(text: &str) -> (ErrorKind, bool, String) {
             false,
             "permission denied".to_owned(),
         ),
+        Some(409) if CONFLICT_CODES.iter().any(|code| text.contains(code)) => (
+            ErrorKind::Storage,
+            true,
+            CONFLICT_IN_PROGRESS.to_owned(),
+        ),
         Some(408) => (
             ErrorKind::Unreachable,
             true,
@@ -177,8 +208,50 @@ mod tests {
         let (kind, temp, _) =
             classify_status_text("Server returned non-2xx status code: 403 Forbidden: ");
         assert_eq!((kind, temp), (ErrorKind::PermissionDenied, false));
+        let (kind, temp, _) = classify_status_text(
+            "Server returned non-2xx status code: 409 Conflict: <Error><Code>OperationAborted</Code></Error>",
+        );
+        assert_eq!((kind, temp), (ErrorKind::Storage, true));
         let (kind, temp, _) = classify_status_text("something odd");
         assert_eq!((kind, temp), (ErrorKind::Storage, false));
+    }
+
+    /// What object_store 0.14 makes of S3's answer to two racing `If-None-Match: *`
+    /// puts: every 409 becomes `AlreadyExists`, the body keeps the S3 code.
+    fn conflict_409(code: &str) -> object_store::Error {
+        object_store::Error::AlreadyExists {
+            path: "locks/x".to_owned(),
+            source: format!(
+                "Error performing PUT http://x/b/locks/x in 20ms - Server returned non-2xx \
+                 status code: 409 Conflict: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                 <Error><Code>{code}</Code><Message>A conflicting conditional operation is \
+                 currently in progress against this resource. Please try again.</Message></Error>"
+            )
+            .into(),
+        }
+    }
+
+    #[test]
+    fn conditional_request_conflict_is_temporary() {
+        let err = from_store(
+            conflict_409("ConditionalRequestConflict"),
+            "creating if absent",
+            "locks/x",
+            "s3://b",
+        );
+        assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
+        assert!(err.is_temporary(), "{err:?}");
+        assert!(err.to_string().contains("in progress"), "{err}");
+        // Azure (Azurite) answers an existing blob with a 409 too: that one stays
+        // `AlreadyExists`.
+        let exists = object_store::Error::AlreadyExists {
+            path: "locks/x".to_owned(),
+            source: "Server returned non-2xx status code: 409 Conflict: <Error><Code>BlobAlreadyExists</Code></Error>".into(),
+        };
+        assert!(!is_conflict_in_progress(&exists));
+        let err = from_store(exists, "creating if absent", "locks/x", "az://c");
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+        assert!(!err.is_temporary());
     }
 
     #[test]

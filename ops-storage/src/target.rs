@@ -388,6 +388,12 @@ impl BackupTarget for ObjectStoreTarget {
             .await
         {
             Ok(_) => Ok(PutOutcome::Created),
+            // S3's 409 ConditionalRequestConflict: another create of this key is in
+            // flight and may still fail, so the object need not exist. A temporary
+            // error (RetryTarget retries it), never `AlreadyExists`.
+            Err(e) if crate::error::is_conflict_in_progress(&e) => {
+                Err(self.err(e, "creating if absent", key))
+            }
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },

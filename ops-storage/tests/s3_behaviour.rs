@@ -2,6 +2,7 @@
 //! retries over injected faults, error kinds, and redaction.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -238,4 +239,92 @@ async fn cancelled_put_stream_leaves_no_object() {
         "the stream never ends, so put_stream cannot finish"
     );
     assert!(target.head(&key).await.expect("head").is_none());
+}
+
+/// Serves every HTTP request on a loopback port with `response` (a whole HTTP/1.1
+/// response), counting the requests. For answers moto cannot be made to give.
+async fn canned_http_server(response: String) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let response = response.clone();
+            tokio::spawn(async move {
+                // Read the head and the body it announces, then answer and close.
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (endpoint, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_request_conflict_is_temporary_not_already_exists() {
+    // S3's answer when two `If-None-Match: *` puts of one key race: the other
+    // writer may still fail, so the lock is not known to exist.
+    const BODY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ConditionalRequestConflict</Code><Message>A conflicting conditional operation is currently in progress against this resource. Please try again.</Message></Error>";
+    let response = format!(
+        "HTTP/1.1 409 Conflict\r\nContent-Type: application/xml\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let (endpoint, requests) = canned_http_server(response).await;
+    let options = TargetOptions::default()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_credentials("AKIDEXAMPLE", "secret")
+        .with_path_style(true)
+        .with_http_max_retries(0)
+        .with_retry(None);
+    let target = open_target("s3://bucket", &options).expect("open");
+    let err = target
+        .put_if_absent("locks/x", Bytes::from_static(b"owner"))
+        .await
+        .expect_err("409");
+    assert!(err.is_temporary(), "{err:?}");
+    assert_ne!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+
+    // Through RetryTarget it is retried, then reported as persistent.
+    let retried = RetryTarget::new(target).with_config(
+        RetryConfig::default()
+            .with_max_attempts(3)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(2)),
+    );
+    let err = retried
+        .put_if_absent("locks/x", Bytes::from_static(b"owner"))
+        .await
+        .expect_err("409 every time");
+    assert_eq!(err.status(), ErrorStatus::Persistent, "{err:?}");
+    assert_eq!(requests.load(Ordering::SeqCst), 4);
 }
