@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use ops_core::{
     BackupTarget, ByteStream, Error, ErrorKind, ObjectMeta, ObjectStream, PutOutcome, Result,
 };
@@ -32,6 +33,10 @@ pub struct FaultConfig {
     /// report a temporary error as if the reply had been lost. Only for calls that
     /// return no stream (`put`, `put_if_absent`, `get_range`, `head`, `delete`).
     pub lost_reply_rate: f64,
+    /// Share of `list` calls (0.0–1.0) whose stream yields at most one item and
+    /// then fails with a temporary error, as a lazy store listing does when the
+    /// request for a later page fails.
+    pub broken_listing_rate: f64,
     /// Share of calls (0.0–1.0) that wait [`FaultConfig::delay`] first.
     pub delay_rate: f64,
     /// How long a delayed call waits.
@@ -45,6 +50,7 @@ impl Default for FaultConfig {
         Self {
             failure_rate: 0.0,
             lost_reply_rate: 0.0,
+            broken_listing_rate: 0.0,
             delay_rate: 0.0,
             delay: Duration::ZERO,
             seed: 0,
@@ -64,6 +70,13 @@ impl FaultConfig {
     #[must_use]
     pub fn with_lost_reply_rate(mut self, rate: f64) -> Self {
         self.lost_reply_rate = rate.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Breaks the stream of this share of `list` calls after its first item.
+    #[must_use]
+    pub fn with_broken_listing_rate(mut self, rate: f64) -> Self {
+        self.broken_listing_rate = rate.clamp(0.0, 1.0);
         self
     }
 
@@ -106,6 +119,7 @@ impl fmt::Debug for FaultyTarget {
 struct Fate {
     fail: bool,
     lose_reply: bool,
+    break_listing: bool,
     delay: bool,
 }
 
@@ -153,6 +167,7 @@ impl FaultyTarget {
             fail: unit(seed, n, 1) < self.config.failure_rate,
             lose_reply: unit(seed, n, 2) < self.config.lost_reply_rate,
             delay: unit(seed, n, 3) < self.config.delay_rate,
+            break_listing: unit(seed, n, 4) < self.config.broken_listing_rate,
         };
         if fate.delay {
             tokio::time::sleep(self.config.delay).await;
@@ -228,8 +243,16 @@ impl BackupTarget for FaultyTarget {
     }
 
     async fn list(&self, prefix: &str) -> Result<ObjectStream> {
-        self.enter("list", prefix).await?;
-        self.inner.list(prefix).await
+        let fate = self.enter("list", prefix).await?;
+        let listing = self.inner.list(prefix).await?;
+        if !fate.break_listing {
+            return Ok(listing);
+        }
+        let fault = self.fault("list", prefix, "mid-stream");
+        Ok(listing
+            .take(1)
+            .chain(futures::stream::once(async move { Err(fault) }))
+            .boxed())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -4,8 +4,17 @@
 //! `put` (the bytes are kept; writing the same content-addressed object twice is
 //! harmless), `get`/`get_range`/`head`/`list` (reads) and `delete` (idempotent by
 //! contract). `put_stream` is not retried: its stream is consumed by the first
-//! attempt. A stream returned by `get` or `list` that fails half-way is not resumed
-//! either; the caller retries the step it belongs to.
+//! attempt. A stream returned by `get` that fails half-way is not resumed either;
+//! the caller retries the step it belongs to.
+//!
+//! `list` is different: a store listing is lazy (one request per page of 1,000
+//! keys, sent as the stream is polled), so its errors arrive mid-stream, after the
+//! call returned, where no retry could see them. `RetryTarget::list` therefore
+//! collects the whole listing inside the retried call and restarts it from the
+//! beginning on a temporary error, then hands out the collected entries. The price
+//! is memory: every [`ObjectMeta`] of the listing is held at once (about 100 bytes
+//! a key; the folders dbops lists — `packs/`, `backups/`, `locks/` — hold thousands
+//! of keys, not millions), and the first entry arrives only after the last page.
 //!
 //! `put_if_absent` is retried with care: when an attempt failed with a temporary
 //! error, the request may still have reached the store, so a later `AlreadyExists`
@@ -22,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use ops_core::{BackupTarget, ByteStream, ObjectMeta, ObjectStream, PutOutcome, Result};
 use rand::Rng;
 
@@ -237,8 +246,20 @@ impl BackupTarget for RetryTarget {
         self.run("head", key, || self.inner.head(key)).await
     }
 
+    /// Collects the listing with retries (see the module docs: a lazy listing fails
+    /// mid-stream, so a retry restarts it from the beginning), then streams the
+    /// collected entries.
     async fn list(&self, prefix: &str) -> Result<ObjectStream> {
-        self.run("list", prefix, || self.inner.list(prefix)).await
+        let entries = self
+            .run("list", prefix, || async {
+                self.inner
+                    .list(prefix)
+                    .await?
+                    .try_collect::<Vec<ObjectMeta>>()
+                    .await
+            })
+            .await?;
+        Ok(futures::stream::iter(entries.into_iter().map(Ok)).boxed())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -249,6 +270,66 @@ impl BackupTarget for RetryTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{FaultConfig, FaultyTarget, TargetOptions, open_target};
+
+    fn fast(attempts: u32) -> RetryConfig {
+        RetryConfig::default()
+            .with_max_attempts(attempts)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(2))
+    }
+
+    async fn memory_with(keys: usize) -> Arc<dyn BackupTarget> {
+        let memory =
+            open_target("memory://", &TargetOptions::default().with_retry(None)).expect("open");
+        for i in 0..keys {
+            memory
+                .put(&format!("packs/{i:03}"), Bytes::from_static(b"x"))
+                .await
+                .expect("put");
+        }
+        memory.put("other", Bytes::new()).await.expect("put");
+        memory
+    }
+
+    #[tokio::test]
+    async fn list_restarts_a_listing_that_breaks_mid_stream() {
+        let faulty = Arc::new(FaultyTarget::new(
+            memory_with(50).await,
+            FaultConfig::default()
+                .with_broken_listing_rate(0.5)
+                .with_seed(3),
+        ));
+        let target = RetryTarget::new(faulty.clone()).with_config(fast(20));
+        for _ in 0..10 {
+            let mut keys: Vec<String> = target
+                .list("packs/")
+                .await
+                .expect("list")
+                .map_ok(|meta| meta.key)
+                .try_collect()
+                .await
+                .expect("a retried listing does not fail");
+            keys.sort();
+            let want: Vec<String> = (0..50).map(|i| format!("packs/{i:03}")).collect();
+            assert_eq!(keys, want, "every key once");
+        }
+        assert!(faulty.injected_faults() > 0, "no listing broke");
+    }
+
+    #[tokio::test]
+    async fn list_that_always_breaks_fails_persistently_after_the_attempts() {
+        let faulty = Arc::new(FaultyTarget::new(
+            memory_with(5).await,
+            FaultConfig::default().with_broken_listing_rate(1.0),
+        ));
+        let target = RetryTarget::new(faulty.clone()).with_config(fast(4));
+        let err = match target.list("packs/").await {
+            Ok(_) => panic!("a listing that always breaks cannot succeed"),
+            Err(err) => err,
+        };
+        assert_eq!(err.status(), ops_core::ErrorStatus::Persistent, "{err:?}");
+        assert_eq!(faulty.calls(), 4, "one listing per attempt");
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

@@ -70,6 +70,7 @@ async fn retries_ride_out_five_percent_faults() {
         FaultConfig::default()
             .with_failure_rate(0.05)
             .with_lost_reply_rate(0.05)
+            .with_broken_listing_rate(0.3)
             .with_delay(0.05, Duration::from_millis(5))
             .with_seed(42),
     ));
