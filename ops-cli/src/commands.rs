@@ -619,14 +619,31 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
 
 async fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<ExitCode> {
     let repo = open_repo(cli).await?;
-    let now = chrono::Utc::now();
+    // Staleness by the store's clock, read from the time the store gives an object
+    // written now.
+    let probe = ops_core::repo::LockGuard::acquire(
+        std::sync::Arc::clone(repo.target()),
+        ops_core::repo::LockKind::Shared,
+        "unlock",
+    )
+    .await;
+    let store_now = match &probe {
+        Ok(g) => g.store_now(),
+        Err(_) => chrono::Utc::now(),
+    };
+    if let Ok(g) = probe {
+        g.release().await?;
+    }
     let mut removed = Vec::new();
-    for (key, info) in ops_core::repo::list_locks(repo.target().as_ref()).await? {
-        if a.all || info.is_stale(now) {
-            repo.target().delete(&key).await?;
-            removed.push(
-                json!({ "lock": key, "purpose": info.purpose, "host": info.host, "pid": info.pid }),
-            );
+    for entry in ops_core::repo::list_locks(repo.target().as_ref()).await? {
+        if a.all || entry.is_stale(store_now) {
+            repo.target().delete(&entry.key).await?;
+            removed.push(json!({
+                "lock": entry.key,
+                "purpose": entry.info.purpose,
+                "host": entry.info.host,
+                "pid": entry.info.pid,
+            }));
         }
     }
     if cli.json {

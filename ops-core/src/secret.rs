@@ -99,6 +99,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 fn redact_authority(text: &str) -> String {
+    let text = &redact_query_text(text);
     let Some(scheme_end) = text.find("://") else {
         return text.to_owned();
     };
@@ -115,6 +116,25 @@ fn redact_authority(text: &str) -> String {
         ),
         _ => text.to_owned(),
     }
+}
+
+/// Masks the values of secret parameters in the raw query of text that did not parse
+/// as a URL.
+fn redact_query_text(text: &str) -> String {
+    let Some(q) = text.find('?') else {
+        return text.to_owned();
+    };
+    let (head, query) = text.split_at(q + 1);
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s)) => {
+                format!("{k}={REDACTED}")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}{}", pairs.join("&"))
 }
 
 #[cfg(test)]
@@ -145,6 +165,18 @@ mod tests {
     fn redacts_unparseable_urls() {
         let r = redact_url("mysql://root:pa ss@[bad/x");
         assert!(!r.contains("pa ss"), "{r}");
+    }
+
+    #[test]
+    fn redacts_query_passwords_of_unparseable_urls() {
+        for url in [
+            "postgres://u@h:99999/db?password=sekrit",
+            "postgres://u@/db?password=sekrit&x=1",
+            "mysql://[bad?sslmode=require&PASSWORD=sekrit",
+        ] {
+            let r = redact_url(url);
+            assert!(!r.contains("sekrit"), "{url} -> {r}");
+        }
     }
 
     #[test]

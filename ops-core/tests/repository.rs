@@ -28,6 +28,8 @@ struct Generator {
     rows: usize,
     version: u64,
     fail_after_first_stream: bool,
+    /// Deletes every lock during the dump, as a prune that judged them stale would.
+    steal_locks: Option<Arc<dyn BackupTarget>>,
     restored: Mutex<BTreeMap<String, Vec<u8>>>,
     restore_started: AtomicBool,
 }
@@ -39,6 +41,7 @@ impl Generator {
             rows,
             version: 0,
             fail_after_first_stream: false,
+            steal_locks: None,
             restored: Mutex::new(BTreeMap::new()),
             restore_started: AtomicBool::new(false),
         }
@@ -95,6 +98,12 @@ impl DatabaseEngine for Generator {
             let mut w = sink.open_stream(spec).await?;
             for piece in self.table_rows(t).chunks(1000) {
                 w.write(Bytes::copy_from_slice(piece)).await?;
+            }
+            if let Some(target) = &self.steal_locks {
+                let locks: Vec<_> = target.list("locks/").await?.try_collect().await?;
+                for l in locks {
+                    target.delete(&l.key).await?;
+                }
             }
             if self.fail_after_first_stream {
                 return Err(Error::new(
@@ -388,4 +397,79 @@ async fn concurrent_backups_share_chunks_safely() {
         .await
         .expect("verify");
     assert!(report.ok(), "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_lock_was_removed_records_nothing() {
+    let target = memory();
+    let repo = repo_on(Arc::clone(&target)).await;
+    let mut engine = Generator::new(2, 2_000);
+    engine.steal_locks = Some(Arc::clone(&target));
+    let err = repo
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect_err("must fail");
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+    assert!(err.to_string().contains("lock was removed"), "{err}");
+    assert!(repo.list_backups().await.expect("list").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_shared_by_backups_is_reported_for_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().to_str().expect("utf8").to_owned();
+    let target = open_target(&url, &TargetOptions::default()).expect("fs target");
+    let repo = repo_on(Arc::clone(&target)).await;
+    let engine = Generator::new(2, 3_000);
+    let a = repo
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect("a");
+    let b = repo
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect("b");
+    assert_eq!(
+        b.stats.new_chunks, 0,
+        "the second backup shares every chunk"
+    );
+    let backups = [a.clone(), b.clone()];
+
+    let pack = walk(dir.path().join("packs"))
+        .into_iter()
+        .next()
+        .expect("a pack");
+    let mut bytes = std::fs::read(&pack).expect("read");
+    let at = bytes.len() / 4;
+    bytes[at] ^= 0x10;
+    std::fs::write(&pack, &bytes).expect("write");
+    let read = repo
+        .verify(&backups, &VerifyOptions::new(true))
+        .await
+        .expect("verify");
+    for m in &backups {
+        assert!(
+            read.problems.iter().any(|p| p.backup == m.id),
+            "no read-data problem for {}: {:?}",
+            m.id,
+            read.problems
+        );
+    }
+
+    std::fs::remove_file(&pack).expect("remove pack");
+    let structure = repo
+        .verify(&backups, &VerifyOptions::new(false))
+        .await
+        .expect("verify");
+    for m in &backups {
+        assert!(
+            structure
+                .problems
+                .iter()
+                .any(|p| p.backup == m.id && p.message.contains("missing")),
+            "no structure problem for {}: {:?}",
+            m.id,
+            structure.problems
+        );
+    }
 }

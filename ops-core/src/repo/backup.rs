@@ -488,7 +488,7 @@ impl Repository {
         let started = chrono::Utc::now();
         let lock =
             LockGuard::acquire(Arc::clone(self.target()), LockKind::Shared, "backup").await?;
-        let result = self.backup_locked(engine, options, started).await;
+        let result = self.backup_locked(engine, options, started, &lock).await;
         let released = lock.release().await;
         let manifest = result?;
         if let Err(e) = released {
@@ -503,9 +503,10 @@ impl Repository {
         engine: &dyn DatabaseEngine,
         options: &BackupOptions,
         started: chrono::DateTime<chrono::Utc>,
+        lock: &LockGuard,
     ) -> Result<Manifest> {
         let ingested = self
-            .ingest(options.progress.clone(), |sink| {
+            .ingest(options.progress.clone(), lock, |sink| {
                 engine.dump(&options.dump, sink)
             })
             .await
@@ -532,7 +533,7 @@ impl Repository {
             stats: ingested.stats,
             streams: ingested.streams,
         };
-        self.write_manifest(&manifest)
+        self.record_manifest(&manifest, lock)
             .await
             .map_err(|e| e.during("writing the backup's manifest"))?;
         Ok(manifest)
@@ -543,6 +544,7 @@ impl Repository {
     pub(super) async fn ingest<'a, F, Fut>(
         &self,
         progress: Option<Arc<Progress>>,
+        repo_lock: &LockGuard,
         run: F,
     ) -> Result<Ingested>
     where
@@ -611,6 +613,7 @@ impl Repository {
 
         let stored_bytes = packs.iter().map(|p| p.size).sum();
         let pack_count = packs.len() as u64;
+        repo_lock.ensure_held().await?;
         if !packs.is_empty() {
             self.write_index(&IndexFile {
                 version: FORMAT_VERSION,

@@ -1,14 +1,21 @@
 //! Repository locks: small objects under `locks/`, created with create-if-absent.
 //!
-//! Backups take shared locks; prune takes an exclusive one. A process first creates
-//! its own lock, then lists the others: a conflicting fresh lock makes it remove its
-//! own and fail with [`ErrorKind::Locked`]. Two processes racing both see each other
-//! and both back off, so a prune can never run while a backup that might reference a
-//! chunk is running. Holders refresh their lock every [`REFRESH`]; a lock not refreshed
-//! for [`STALE_AFTER`] belongs to a dead process and is ignored (and removed by prune).
+//! Backups (and forget, copy) take shared locks; prune takes an exclusive one. A
+//! process first creates its own lock, then lists the others: a conflicting fresh lock
+//! makes it remove its own and fail with [`ErrorKind::Locked`]. Two processes racing
+//! both see each other and both back off.
+//!
+//! Staleness is judged by the store's clock, never by comparing two hosts' clocks: a
+//! lock is stale when its object was last written more than [`STALE_AFTER`] before the
+//! object the judging process just wrote. Holders re-write their lock every
+//! [`REFRESH`]; a holder whose refreshes have failed for half of [`STALE_AFTER`] stops
+//! before recording anything ([`LockGuard::ensure_held`]). Prune deletes stale locks
+//! before it reads the manifests, and a backup checks that its lock still exists after
+//! writing its manifest (deleting the manifest if not), so a prune can never delete a
+//! chunk that a backup it judged dead went on to reference.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -22,7 +29,7 @@ use super::format::LOCKS_DIR;
 
 /// How often a held lock is refreshed.
 pub const REFRESH: Duration = Duration::from_secs(60);
-/// After how long without refresh a lock counts as stale.
+/// After how long without refresh (by the store's clock) a lock counts as stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// Shared or exclusive.
@@ -46,16 +53,29 @@ pub struct LockInfo {
     pub host: String,
     /// Holder's process id.
     pub pid: u32,
-    /// When it was taken.
+    /// When it was taken (holder's clock, for people).
     pub created: DateTime<Utc>,
-    /// Last refresh.
+    /// Last refresh (holder's clock, for people).
     pub refreshed: DateTime<Utc>,
 }
 
-impl LockInfo {
-    /// True when not refreshed for [`STALE_AFTER`] at `now`.
-    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
-        now.signed_duration_since(self.refreshed)
+/// One lock as listed: its key, content, and when the store last saw it written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockEntry {
+    /// Object key.
+    pub key: String,
+    /// Content.
+    pub info: LockInfo,
+    /// The store's modification time of the object.
+    pub modified: DateTime<Utc>,
+}
+
+impl LockEntry {
+    /// True when not re-written for [`STALE_AFTER`] before `store_now` (a time read
+    /// from the same store).
+    pub fn is_stale(&self, store_now: DateTime<Utc>) -> bool {
+        store_now
+            .signed_duration_since(self.modified)
             .to_std()
             .unwrap_or_default()
             > STALE_AFTER
@@ -67,6 +87,8 @@ impl LockInfo {
 pub struct LockGuard {
     target: Arc<dyn BackupTarget>,
     key: String,
+    store_now: DateTime<Utc>,
+    last_refresh: Arc<Mutex<Instant>>,
     refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -99,54 +121,102 @@ impl LockGuard {
         // The key is random: AlreadyExists can only mean a retried call whose first
         // reply was lost, i.e. the lock is ours.
         let _: PutOutcome = target.put_if_absent(&key, body).await?;
-        let guard = Self {
+        let mut guard = Self {
             target: Arc::clone(&target),
             key: key.clone(),
+            store_now: now,
+            last_refresh: Arc::new(Mutex::new(Instant::now())),
             refresher: None,
         };
-        let others = match list_locks(target.as_ref()).await {
+        let others = async {
+            if let Some(meta) = target.head(&key).await? {
+                guard.store_now = meta.modified;
+            }
+            list_locks(target.as_ref()).await
+        }
+        .await;
+        let others = match others {
             Ok(o) => o,
             Err(e) => {
                 let _ = guard.release().await;
                 return Err(e);
             }
         };
-        for (other_key, other) in others {
-            if other_key == key || other.is_stale(Utc::now()) {
+        for other in others {
+            if other.key == key || other.is_stale(guard.store_now) {
                 continue;
             }
-            if kind == LockKind::Exclusive || other.kind == LockKind::Exclusive {
+            if kind == LockKind::Exclusive || other.info.kind == LockKind::Exclusive {
+                let location = target.location();
                 let _ = guard.release().await;
                 return Err(Error::new(
                     ErrorKind::Locked,
                     format!(
-                        "the repository at {} is locked by a {} on {} (pid {}) since {}; try again when it ends. A lock not refreshed for {} minutes is stale and ignored; `dbops unlock` removes stale locks",
-                        target.location(),
-                        other.purpose,
-                        other.host,
-                        other.pid,
-                        other.created.format("%Y-%m-%d %H:%M:%S UTC"),
+                        "the repository at {location} is locked by a {} on {} (pid {}) since {}; try again when it ends. A lock not refreshed for {} minutes is stale and ignored; `dbops unlock` removes stale locks",
+                        other.info.purpose,
+                        other.info.host,
+                        other.info.pid,
+                        other.info.created.format("%Y-%m-%d %H:%M:%S UTC"),
                         STALE_AFTER.as_secs() / 60
                     ),
                 ));
             }
         }
-        let mut guard = guard;
         let refresh_target = Arc::clone(&target);
-        let refresh_key = key;
+        let last_refresh = Arc::clone(&guard.last_refresh);
         guard.refresher = Some(tokio::spawn(async move {
             let mut info = info;
             loop {
                 tokio::time::sleep(REFRESH).await;
                 info.refreshed = Utc::now();
-                if let Ok(body) = serde_json::to_vec(&info)
-                    && let Err(e) = refresh_target.put(&refresh_key, Bytes::from(body)).await
-                {
-                    tracing::warn!("could not refresh lock {refresh_key}: {e}");
+                let Ok(body) = serde_json::to_vec(&info) else {
+                    continue;
+                };
+                match refresh_target.put(&key, Bytes::from(body)).await {
+                    Ok(()) => {
+                        *last_refresh.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Instant::now();
+                    }
+                    Err(e) => tracing::warn!("could not refresh lock {key}: {e}"),
                 }
             }
         }));
         Ok(guard)
+    }
+
+    /// The store's time when the lock was taken.
+    pub fn store_now(&self) -> DateTime<Utc> {
+        self.store_now
+    }
+
+    /// Fails when the lock may have been judged stale: its refreshes have failed for
+    /// half of [`STALE_AFTER`], or its object is gone (removed by `dbops unlock` or by
+    /// a prune that judged it stale). Called before recording anything.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Locked`] saying why; storage errors.
+    pub async fn ensure_held(&self) -> Result<()> {
+        let since = self
+            .last_refresh
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed();
+        if since > STALE_AFTER / 2 {
+            return Err(Error::new(
+                ErrorKind::Locked,
+                format!(
+                    "the repository lock could not be refreshed for {} minutes, so a prune may have judged it stale; stopping without recording anything",
+                    since.as_secs() / 60
+                ),
+            ));
+        }
+        if self.target.head(&self.key).await?.is_none() {
+            return Err(Error::new(
+                ErrorKind::Locked,
+                "this process's repository lock was removed (by `dbops unlock` or a prune that judged it stale); stopping without recording anything",
+            ));
+        }
+        Ok(())
     }
 
     /// Releases the lock.
@@ -183,19 +253,18 @@ impl Drop for LockGuard {
 ///
 /// # Errors
 /// Storage errors; a lock that vanished meanwhile is skipped.
-pub async fn list_locks(target: &dyn BackupTarget) -> Result<Vec<(String, LockInfo)>> {
-    let keys: Vec<String> = target
-        .list(LOCKS_DIR)
-        .await?
-        .map_ok(|m| m.key)
-        .try_collect()
-        .await?;
+pub async fn list_locks(target: &dyn BackupTarget) -> Result<Vec<LockEntry>> {
+    let metas: Vec<crate::ObjectMeta> = target.list(LOCKS_DIR).await?.try_collect().await?;
     let mut out = Vec::new();
-    for key in keys {
-        match super::read_object(target, &key).await {
+    for meta in metas {
+        match super::read_object(target, &meta.key).await {
             Ok(bytes) => match serde_json::from_slice::<LockInfo>(&bytes) {
-                Ok(info) => out.push((key, info)),
-                Err(e) => tracing::warn!("ignoring malformed lock {key}: {e}"),
+                Ok(info) => out.push(LockEntry {
+                    key: meta.key,
+                    info,
+                    modified: meta.modified,
+                }),
+                Err(e) => tracing::warn!("ignoring malformed lock {}: {e}", meta.key),
             },
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),

@@ -167,7 +167,7 @@ impl Repository {
     pub async fn prune(&self, options: &PruneOptions) -> Result<PruneReport> {
         let lock =
             LockGuard::acquire(Arc::clone(self.target()), LockKind::Exclusive, "prune").await?;
-        let result = self.prune_locked(options).await;
+        let result = self.prune_locked(options, &lock).await;
         let released = lock.release().await;
         let report = result?;
         if let Err(e) = released {
@@ -177,11 +177,22 @@ impl Repository {
         Ok(report)
     }
 
-    async fn prune_locked(&self, options: &PruneOptions) -> Result<PruneReport> {
+    async fn prune_locked(&self, options: &PruneOptions, lock: &LockGuard) -> Result<PruneReport> {
         let mut report = PruneReport {
             dry_run: options.dry_run,
             ..PruneReport::default()
         };
+        // Stale locks go first, before the manifests are read: a backup whose lock
+        // this prune judged stale then finds its lock gone and records nothing, or
+        // has recorded its manifest already and is seen below (see lock.rs).
+        if !options.dry_run {
+            for entry in list_locks(self.target().as_ref()).await? {
+                if entry.is_stale(lock.store_now()) {
+                    self.target().delete(&entry.key).await?;
+                    report.stale_locks_removed += 1;
+                }
+            }
+        }
         // Everything referenced: list blobs and the chunks they name.
         let manifests = self.list_backups().await?;
         report.backups = manifests.len();
@@ -344,12 +355,6 @@ impl Repository {
                 self.target().delete(&format::pack_key(&pack.id)).await?;
             }
         }
-        for (key, info) in list_locks(self.target().as_ref()).await? {
-            if info.is_stale(Utc::now()) {
-                self.target().delete(&key).await?;
-                report.stale_locks_removed += 1;
-            }
-        }
         Ok(report)
     }
 
@@ -387,7 +392,7 @@ impl Repository {
         let result: Result<Manifest> = async {
             let source = Arc::new(from.source(manifest, false).await?);
             let ingested = self
-                .ingest(None, |sink| replay(source, sink))
+                .ingest(None, &lock, |sink| replay(source, sink))
                 .await
                 .map_err(|e| e.during(format!("copying backup {}", manifest.id)))?;
             let copy = Manifest {
@@ -395,7 +400,7 @@ impl Repository {
                 stats: ingested.stats,
                 ..manifest.clone()
             };
-            self.write_manifest(&copy).await?;
+            self.record_manifest(&copy, &lock).await?;
             Ok(copy)
         }
         .await;

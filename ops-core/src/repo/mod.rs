@@ -29,7 +29,7 @@ pub use format::{
     FORMAT_VERSION, RepoConfig,
 };
 pub use health::LastBackupAge;
-pub use lock::{LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks};
+pub use lock::{LockEntry, LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks};
 pub use maintain::{ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{BackupStats, Manifest, StreamRecord};
 pub use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
@@ -472,6 +472,23 @@ impl Repository {
                 ))),
             },
         }
+    }
+
+    /// Writes a manifest under `lock`, which must still be held before and after: a
+    /// manifest written after a prune judged the lock stale is deleted again (see
+    /// lock.rs for why that closes the race).
+    pub(crate) async fn record_manifest(
+        &self,
+        manifest: &Manifest,
+        lock: &LockGuard,
+    ) -> Result<()> {
+        lock.ensure_held().await?;
+        self.write_manifest(manifest).await?;
+        if let Err(e) = lock.ensure_held().await {
+            let _ = self.delete_manifest(&manifest.id).await;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Removes a manifest (the backup stops existing; its chunks stay until prune).

@@ -6,7 +6,7 @@
 //! 3. restore: the backup is restored into a scratch database, which is re-dumped and
 //!    compared table by table (row count and content digest) with what was stored.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -150,10 +150,14 @@ impl Repository {
             .try_collect()
             .await?;
         let mut report = VerifyReport::default();
-        let mut checked: HashSet<ChunkId> = HashSet::new();
-        let mut verified_digests: HashSet<String> = HashSet::new();
+        // Outcomes are remembered so that a chunk or list shared by many backups is
+        // checked once but its damage is reported for every backup that needs it.
+        let mut chunk_outcome: HashMap<ChunkId, Option<(Option<String>, String)>> = HashMap::new();
+        let mut list_problems: HashMap<ChunkId, Vec<(ChunkId, Option<String>, String)>> =
+            HashMap::new();
         for m in manifests {
             report.backups.push(m.id.clone());
+            let source = self.source_with_index(m, Arc::clone(&index), false);
             for s in &m.streams {
                 report.streams += 1;
                 let table = s.spec.table.as_ref().map(ToString::to_string);
@@ -165,83 +169,74 @@ impl Repository {
                     pack,
                     message,
                 };
-                let mut check = |id: &ChunkId, report: &mut VerifyReport| -> bool {
-                    if !checked.insert(*id) {
-                        return true;
-                    }
-                    let Some(loc) = index.get(id) else {
-                        report.problems.push(problem(
-                            id,
-                            None,
-                            format!("chunk {id} is not in the index"),
-                        ));
-                        return false;
-                    };
-                    let pack = index.pack_id(loc.pack).to_owned();
-                    match packs.get(&pack) {
-                        None => {
-                            report.problems.push(problem(
-                                id,
-                                Some(pack.clone()),
-                                format!("pack {pack} holding chunk {id} is missing"),
-                            ));
-                            false
-                        }
-                        Some(size)
-                            if *size != index.pack_size(loc.pack)
-                                || u64::from(loc.offset) + u64::from(loc.length) > *size =>
-                        {
-                            report.problems.push(problem(
-                                id,
-                                Some(pack.clone()),
-                                format!(
-                                    "pack {pack} has {size} bytes, not the {} its index records",
-                                    index.pack_size(loc.pack)
-                                ),
-                            ));
-                            false
-                        }
-                        Some(_) => true,
-                    }
-                };
                 for list in &s.lists {
-                    if !check(list, &mut report) {
+                    let outcome = chunk_outcome
+                        .entry(*list)
+                        .or_insert_with(|| check_chunk(&index, &packs, list))
+                        .clone();
+                    if let Some((pack, message)) = outcome {
+                        report.problems.push(problem(list, pack, message));
                         continue;
                     }
-                    let source = self.source_with_index(m, Arc::clone(&index), false);
-                    match source.read_blob(*list).await {
-                        Ok(plain) => match decode_list(&plain) {
-                            Ok(refs) => {
-                                for (id, _) in refs {
-                                    check(&id, &mut report);
+                    if let Some(found) = list_problems.get(list) {
+                        for (chunk, pack, message) in found {
+                            report
+                                .problems
+                                .push(problem(chunk, pack.clone(), message.clone()));
+                        }
+                        continue;
+                    }
+                    let mut found = Vec::new();
+                    match source
+                        .read_blob(*list)
+                        .await
+                        .and_then(|plain| decode_list(&plain))
+                    {
+                        Ok(refs) => {
+                            for (id, _) in refs {
+                                let outcome = chunk_outcome
+                                    .entry(id)
+                                    .or_insert_with(|| check_chunk(&index, &packs, &id))
+                                    .clone();
+                                if let Some((pack, message)) = outcome {
+                                    found.push((id, pack, message));
                                 }
                             }
-                            Err(e) => report.problems.push(Problem::from_error(
-                                &m.id,
-                                &s.spec.name,
-                                table.clone(),
-                                &e,
-                            )),
-                        },
-                        Err(e) => report.problems.push(Problem::from_error(
-                            &m.id,
-                            &s.spec.name,
-                            table.clone(),
-                            &e,
+                        }
+                        Err(e) => found.push((
+                            *list,
+                            e.context_value("pack").map(str::to_owned),
+                            e.to_string(),
                         )),
                     }
+                    for (chunk, pack, message) in &found {
+                        report
+                            .problems
+                            .push(problem(chunk, pack.clone(), message.clone()));
+                    }
+                    list_problems.insert(*list, found);
                 }
             }
         }
         if options.read_data {
+            let mut stream_outcome: HashMap<String, Option<Problem>> = HashMap::new();
             for m in manifests {
                 let source = Arc::new(self.source_with_index(m, Arc::clone(&index), false));
-                let todo: Vec<_> = m
-                    .streams
-                    .iter()
-                    .filter(|s| verified_digests.insert(format!("{}:{}", s.digest, s.bytes)))
-                    .collect();
-                let results: Vec<(String, Option<String>, Result<u64>)> =
+                let key = |s: &super::manifest::StreamRecord| format!("{}:{}", s.digest, s.bytes);
+                let mut todo = Vec::new();
+                for s in &m.streams {
+                    match stream_outcome.get(&key(s)) {
+                        Some(Some(p)) => report.problems.push(Problem {
+                            backup: m.id.clone(),
+                            stream: Some(s.spec.name.clone()),
+                            table: s.spec.table.as_ref().map(ToString::to_string),
+                            ..p.clone()
+                        }),
+                        Some(None) => {}
+                        None => todo.push(s),
+                    }
+                }
+                let results: Vec<(String, String, Option<String>, Result<u64>)> =
                     futures::stream::iter(todo)
                         .map(|s| {
                             let source = Arc::clone(&source);
@@ -256,6 +251,7 @@ impl Repository {
                                 }
                                 .await;
                                 (
+                                    key(s),
                                     s.spec.name.clone(),
                                     s.spec.table.as_ref().map(ToString::to_string),
                                     read,
@@ -265,12 +261,17 @@ impl Repository {
                         .buffer_unordered(options.jobs.max(1))
                         .collect()
                         .await;
-                for (name, table, r) in results {
+                for (k, name, table, r) in results {
                     match r {
-                        Ok(n) => report.bytes_read += n,
-                        Err(e) => report
-                            .problems
-                            .push(Problem::from_error(&m.id, &name, table, &e)),
+                        Ok(n) => {
+                            report.bytes_read += n;
+                            stream_outcome.insert(k, None);
+                        }
+                        Err(e) => {
+                            let p = Problem::from_error(&m.id, &name, table, &e);
+                            report.problems.push(p.clone());
+                            stream_outcome.insert(k, Some(p));
+                        }
                     }
                 }
             }
@@ -349,5 +350,37 @@ impl Repository {
         engine
             .restore(source as Arc<dyn StreamSource>, options)
             .await
+    }
+}
+
+/// Checks that a chunk is indexed and lies inside an existing pack of the indexed size.
+/// `None` when fine, else the pack concerned and what is wrong.
+fn check_chunk(
+    index: &super::pack::Index,
+    packs: &HashMap<String, u64>,
+    id: &ChunkId,
+) -> Option<(Option<String>, String)> {
+    let Some(loc) = index.get(id) else {
+        return Some((None, format!("chunk {id} is not in the index")));
+    };
+    let pack = index.pack_id(loc.pack).to_owned();
+    match packs.get(&pack) {
+        None => Some((
+            Some(pack.clone()),
+            format!("pack {pack} holding chunk {id} is missing"),
+        )),
+        Some(size)
+            if *size != index.pack_size(loc.pack)
+                || u64::from(loc.offset) + u64::from(loc.length) > *size =>
+        {
+            Some((
+                Some(pack.clone()),
+                format!(
+                    "pack {pack} has {size} bytes, not the {} its index records",
+                    index.pack_size(loc.pack)
+                ),
+            ))
+        }
+        Some(_) => None,
     }
 }
