@@ -122,21 +122,27 @@ async fn restore_into(
     }
 
     let selection = selection(&map, options)?;
-    let control = connect_pinned(config).await?;
-    prepare_target(&control, config, &selection, options.clean).await?;
 
-    // Stage the schema archive (schema only: it holds no table rows).
+    // Stage the schema archive (schema only: it holds no table rows) and read its table
+    // of contents before touching the target: a backup that cannot be read must fail
+    // the restore while the target is still as it was (`--clean` drops things).
     let staged = tempfile::Builder::new()
         .prefix("dbops-schema-")
         .suffix(".pgdump")
         .tempfile()
         .map_err(|e| Error::io("creating a temporary file for the schema archive", e))?;
     stage(source.as_ref(), &schema.name, staged.path()).await?;
+    let toc_text = list_archive(&pg_restore, staged.path(), &[])
+        .await
+        .map_err(|e| e.during("reading the backup's schema archive"))?;
+
+    let control = connect_pinned(config).await?;
+    prepare_target(&control, config, &selection, options.clean).await?;
 
     let list = match &selection {
         Selection::All => None,
         Selection::Tables(tables) => {
-            let entries = toc::parse_list(&list_archive(&pg_restore, staged.path(), &[]).await?);
+            let entries = toc::parse_list(&toc_text);
             let mut existing = HashSet::new();
             for t in &map.tables {
                 for (_, target) in &t.foreign_keys {
@@ -160,7 +166,7 @@ async fn restore_into(
             Some(toc::list_file(&entries, &ids))
         }
         Selection::Schemas(schemas) => {
-            let entries = toc::parse_list(&list_archive(&pg_restore, staged.path(), &[]).await?);
+            let entries = toc::parse_list(&toc_text);
             let mut args = Vec::new();
             for s in schemas {
                 args.push(OsString::from("-n"));
@@ -575,11 +581,13 @@ async fn list_archive(pg_restore: &Path, archive: &Path, args: &[OsString]) -> R
         .await
         .map_err(|e| Error::io(format!("running {}", pg_restore.display()), e))?;
     if !out.status.success() {
-        return Err(tool_failure(
-            "pg_restore",
-            &out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-        ));
+        // Nothing connects here: a failure means the archive cannot be read.
+        return Err(Error::corrupt(format!(
+            "pg_restore cannot read the schema archive ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+        .with_context("tool", "pg_restore"));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

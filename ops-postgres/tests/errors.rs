@@ -428,3 +428,74 @@ async fn missing_pg_dump_names_the_package() {
         .await
         .expect("data-only dump without pg_dump");
 }
+
+/// Replaces one stream's content with garbage.
+#[derive(Debug)]
+struct Garbage {
+    inner: Arc<MemoryDump>,
+    stream: String,
+}
+
+#[async_trait]
+impl StreamSource for Garbage {
+    fn streams(&self) -> &[StreamSpec] {
+        self.inner.streams()
+    }
+    async fn open(&self, name: &str) -> Result<ByteStream> {
+        if name != self.stream {
+            return self.inner.open(name).await;
+        }
+        Ok(Box::pin(futures::stream::iter([Ok(Bytes::from_static(
+            b"this is not a pg_dump archive at all",
+        ))])))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_restore_of_an_unreadable_backup_leaves_the_target_alone() {
+    let server = EphemeralPostgres::start().await.expect("ephemeral server");
+    server.create_database("src").await.expect("create");
+    server
+        .execute(
+            "src",
+            "CREATE TABLE keep (id int PRIMARY KEY); INSERT INTO keep SELECT generate_series(1, 50);",
+        )
+        .await
+        .expect("fill");
+    let source = server.engine_for("src").expect("engine");
+    let (dump, _) = dump_to_memory(&source, &DumpOptions::default()).await;
+    let dump = dump.into_source();
+    let clean = RestoreOptions::default().with_clean(true);
+
+    // A schema stream that fails its authentication half-way.
+    let damaged = Arc::new(Damaged {
+        inner: Arc::clone(&dump),
+        stream: "schema".into(),
+    });
+    let err = source
+        .restore(damaged, &clean)
+        .await
+        .expect_err("damaged schema stream");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err:?}");
+    assert_eq!(
+        rows_text(&server, "src", "SELECT count(*) FROM keep").await,
+        ["50"],
+        "the target was touched before the backup was known readable"
+    );
+
+    // A schema stream that reads fine but is not an archive.
+    let garbage = Arc::new(Garbage {
+        inner: Arc::clone(&dump),
+        stream: "schema".into(),
+    });
+    let err = source
+        .restore(garbage, &clean)
+        .await
+        .expect_err("garbage schema stream");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err:?}");
+    assert_eq!(
+        rows_text(&server, "src", "SELECT count(*) FROM keep").await,
+        ["50"],
+        "the target was touched before the backup was known readable"
+    );
+}
