@@ -1,25 +1,57 @@
 //! Cutting a stream of unknown length into multipart-upload parts.
 //!
 //! S3 allows at most 10,000 parts per upload, at most 5 GiB per part and at least
-//! 5 MiB for every part but the last. The length of a `put_stream` is not known up
-//! front, so a fixed part size either wastes memory on small objects or caps the
-//! object size (8 MiB × 10,000 = 78 GiB). The rule here ([`PartSizer`]) starts at
-//! [`MultipartOptions::part_size`] and doubles the part size after every tenth of the
-//! part budget: 1,000 parts of 8 MiB, then 1,000 of 16 MiB, … up to 4 GiB, which
-//! holds 8 TiB in 10,000 parts — more than S3's 5 TiB object limit.
+//! 5 MiB for every part but the last; an object holds at most 5 TiB. The length of
+//! a `put_stream` is not known up front, so a fixed part size either wastes memory
+//! on small objects or caps the object size (8 MiB × 10,000 = 78 GiB).
+//!
+//! The rule here ([`PartSizer`]) starts at [`MultipartOptions::part_size`] and
+//! doubles the part size after every twentieth of the part budget (500 of S3's
+//! 10,000 parts), but never beyond [`MultipartOptions::max_part_size`] (default
+//! 1 GiB). With the defaults:
+//!
+//! | parts | part size | object size reached |
+//! |---|---|---|
+//! | 0–499 | 8 MiB | 3.9 GiB |
+//! | 500–999 | 16 MiB | 11.7 GiB |
+//! | 1,000–1,499 | 32 MiB | 27 GiB |
+//! | 1,500–1,999 | 64 MiB | 59 GiB |
+//! | 2,000–2,499 | 128 MiB | 121 GiB |
+//! | 2,500–2,999 | 256 MiB | 246 GiB |
+//! | 3,000–3,499 | 512 MiB | 496 GiB |
+//! | 3,500–9,999 | 1 GiB | 6.8 TiB |
+//!
+//! 6.8 TiB in 10,000 parts is more than S3's 5 TiB object limit. Why the cap is
+//! 1 GiB and not lower: 10,000 parts of 512 MiB hold only 4.9 TiB, so no rule with
+//! parts of at most 512 MiB reaches 5 TiB; a lower
+//! [`MultipartOptions::with_max_part_size`] trades the largest possible object
+//! ([`PartSizer::capacity`]) for memory.
 //!
 //! Parts are equal within each tier and grow between tiers. S3, MinIO, Ceph and GCS
 //! accept that. Stores that demand equal parts (Cloudflare R2) are served by
 //! [`MultipartOptions::with_uniform_parts`]: one fixed size for the whole upload,
 //! which then caps the object at `part_size × max_parts`; choose the part size from
-//! the largest object you expect.
+//! the largest object you expect: 8 MiB parts hold 78 GiB, 64 MiB parts 625 GiB,
+//! 512 MiB parts 4.9 TiB; the memory bound below then uses that part size.
 //!
-//! Memory: at most `max_concurrency` parts in flight plus the one being filled.
+//! # Memory
+//!
+//! An upload holds at most `max_concurrency` parts in flight plus the one being
+//! filled, so its peak is `(max_concurrency + 1) × part size` plus one chunk of the
+//! source stream, where the part size is that of the tier reached. With the
+//! defaults (2 parts at a time): 24 MiB for objects up to 3.9 GiB, 1.5 GiB from
+//! 246 GiB, and at most 3 GiB (`3 × max_part_size`) from 496 GiB on. Bytes are not
+//! copied into parts: a part is made of the stream's own buffers.
 
 use std::fmt;
 
 /// S3's largest allowed part.
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// The largest part the growing rule uses by default (1 GiB): the smallest power
+/// of two whose rule still reaches S3's 5 TiB object limit in 10,000 parts.
+pub const DEFAULT_MAX_PART_SIZE: u64 = 1024 * 1024 * 1024;
+/// S3's largest object.
+pub const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 /// S3's smallest allowed part (all parts but the last).
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// S3's part-count limit.
@@ -40,6 +72,10 @@ pub struct MultipartOptions {
     /// The store's part-count limit (default 10,000, S3's). Lower only to test the
     /// growth rule.
     pub max_parts: u64,
+    /// The size growing parts stop at (default 1 GiB; see the module docs). An
+    /// upload holds up to `(max_concurrency + 1) ×` this much memory. Never below
+    /// `part_size`; ignored with `uniform_parts`.
+    pub max_part_size: u64,
     /// `true`: every part but the last has exactly `part_size` bytes, for stores that
     /// reject uneven parts; objects larger than `part_size × max_parts` then fail.
     pub uniform_parts: bool,
@@ -52,6 +88,7 @@ impl Default for MultipartOptions {
         Self {
             part_size: DEFAULT_PART_SIZE,
             max_parts: MAX_PARTS,
+            max_part_size: DEFAULT_MAX_PART_SIZE,
             uniform_parts: false,
             max_concurrency: 2,
         }
@@ -63,6 +100,7 @@ impl fmt::Debug for MultipartOptions {
         f.debug_struct("MultipartOptions")
             .field("part_size", &self.part_size)
             .field("max_parts", &self.max_parts)
+            .field("max_part_size", &self.max_part_size)
             .field("uniform_parts", &self.uniform_parts)
             .field("max_concurrency", &self.max_concurrency)
             .finish()
@@ -84,6 +122,13 @@ impl MultipartOptions {
         self
     }
 
+    /// Sets the size growing parts stop at (see [`MultipartOptions::max_part_size`]).
+    #[must_use]
+    pub fn with_max_part_size(mut self, bytes: u64) -> Self {
+        self.max_part_size = bytes.max(1);
+        self
+    }
+
     /// Keeps every part the same size (see the type's docs).
     #[must_use]
     pub fn with_uniform_parts(mut self, uniform: bool) -> Self {
@@ -100,11 +145,27 @@ impl MultipartOptions {
 
     /// The part-size rule these options describe.
     pub fn sizer(&self) -> PartSizer {
+        let first = self.part_size.max(1);
         PartSizer {
-            first: self.part_size.max(1),
+            first,
+            // Never shrink below the configured first size (then the user asked for
+            // large parts), never exceed what S3 accepts otherwise.
+            largest: self.max_part_size.min(MAX_PART_SIZE).max(first),
             max_parts: self.max_parts.max(1),
             uniform: self.uniform_parts,
         }
+    }
+
+    /// The most memory one upload holds in parts: `(max_concurrency + 1) ×` the
+    /// largest part (plus one chunk of the source stream, not counted here).
+    pub fn peak_memory(&self) -> u64 {
+        let sizer = self.sizer();
+        let largest = if sizer.uniform {
+            sizer.first
+        } else {
+            sizer.largest
+        };
+        largest.saturating_mul(self.max_concurrency.max(1) as u64 + 1)
     }
 }
 
@@ -113,15 +174,18 @@ impl MultipartOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartSizer {
     first: u64,
+    largest: u64,
     max_parts: u64,
     uniform: bool,
 }
 
-/// How many tiers the part budget is split into; each tier doubles the part size.
-const TIERS: u64 = 10;
+/// How many tiers the part budget is split into; each tier doubles the part size
+/// until it reaches the largest. Twenty tiers of 500 parts reach 1 GiB parts (from
+/// 8 MiB) after 3,500 parts, which leaves room for 5 TiB (see the module docs).
+const TIERS: u64 = 20;
 
 impl PartSizer {
-    /// Parts per tier: a tenth of the part budget (at least one).
+    /// Parts per tier: a twentieth of the part budget (at least one).
     fn tier_len(&self) -> u64 {
         (self.max_parts / TIERS).max(1)
     }
@@ -137,9 +201,7 @@ impl PartSizer {
         }
         let tier = (index / self.tier_len()).min(63);
         let grown = self.first.checked_shl(tier as u32).unwrap_or(u64::MAX);
-        // Never shrink below the configured size, never exceed what S3 accepts (unless
-        // the configured size itself is larger: then the user asked for it).
-        Some(grown.min(MAX_PART_SIZE.max(self.first)))
+        Some(grown.min(self.largest))
     }
 
     /// The largest object this rule can upload within the part budget.
@@ -169,7 +231,6 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1024 * 1024;
-    const TIB: u64 = 1024 * 1024 * MIB;
 
     /// Walks the rule part by part for an object of `len` bytes and returns the parts.
     fn cut(sizer: &PartSizer, len: u64) -> Option<Vec<u64>> {
@@ -187,35 +248,70 @@ mod tests {
 
     #[test]
     fn default_rule_fits_five_tib_in_s3_limits() {
-        let sizer = MultipartOptions::default().sizer();
-        assert!(sizer.capacity() >= 5 * TIB, "capacity {}", sizer.capacity());
-        let parts = cut(&sizer, 5 * TIB).expect("5 TiB must fit in 10,000 parts");
+        let options = MultipartOptions::default();
+        let sizer = options.sizer();
+        assert!(
+            sizer.capacity() >= MAX_OBJECT_SIZE,
+            "capacity {}",
+            sizer.capacity()
+        );
+        let parts = cut(&sizer, MAX_OBJECT_SIZE).expect("5 TiB must fit in 10,000 parts");
         assert!(parts.len() as u64 <= MAX_PARTS, "{} parts", parts.len());
         let (last, body) = parts.split_last().expect("non-empty");
-        assert!(*last <= MAX_PART_SIZE);
+        assert!(*last <= DEFAULT_MAX_PART_SIZE);
         for (i, part) in body.iter().enumerate() {
             assert!(
-                (MIN_PART_SIZE..=MAX_PART_SIZE).contains(part),
+                (MIN_PART_SIZE..=DEFAULT_MAX_PART_SIZE).contains(part),
                 "part {i} is {part} bytes"
             );
         }
         // Parts within one tier are equal: they only change at tier boundaries.
         for (i, pair) in body.windows(2).enumerate() {
-            if (i + 1) % 1000 != 0 {
+            if (i + 1) % 500 != 0 {
                 assert_eq!(pair[0], pair[1], "parts {i} and {} differ", i + 1);
             }
         }
         assert_eq!(sizer.part_size(0), Some(8 * MIB));
-        assert_eq!(sizer.part_size(999), Some(8 * MIB));
-        assert_eq!(sizer.part_size(1000), Some(16 * MIB));
-        assert_eq!(sizer.part_size(9999), Some(4096 * MIB));
+        assert_eq!(sizer.part_size(499), Some(8 * MIB));
+        assert_eq!(sizer.part_size(500), Some(16 * MIB));
+        assert_eq!(sizer.part_size(3_499), Some(512 * MIB));
+        assert_eq!(sizer.part_size(3_500), Some(1024 * MIB));
+        assert_eq!(sizer.part_size(9_999), Some(1024 * MIB));
         assert_eq!(sizer.part_size(10_000), None);
+        // The arithmetic of the module docs' table: 500 × (8 + … + 512) MiB before
+        // the cap, 6,500 × 1 GiB after it.
+        let before_cap: u64 = (0..7).map(|t| 500 * ((8 * MIB) << t)).sum();
+        assert_eq!(before_cap, 508_000 * MIB);
+        assert_eq!(sizer.capacity(), before_cap + 6_500 * 1024 * MIB);
+        assert_eq!(sizer.capacity(), 7_164_000 * MIB); // ≈ 6.83 TiB
+        assert!(sizer.capacity() > MAX_OBJECT_SIZE + MAX_OBJECT_SIZE / 3);
+        // Memory: three parts (two in flight, one filling) of at most 1 GiB.
+        assert_eq!(options.peak_memory(), 3 * 1024 * MIB);
+        let used_for_5_tib = parts.iter().max().copied().unwrap_or(0) * 3;
+        assert!(used_for_5_tib <= options.peak_memory());
+    }
+
+    #[test]
+    fn a_512_mib_cap_cannot_reach_five_tib() {
+        // Even if every part had the cap's size: 10,000 × 512 MiB < 5 TiB. That is
+        // why the default cap is 1 GiB.
+        const _: () = assert!(MAX_PARTS * 512 * MIB < MAX_OBJECT_SIZE);
+        let options = MultipartOptions::default().with_max_part_size(512 * MIB);
+        let sizer = options.sizer();
+        assert_eq!(sizer.part_size(9_999), Some(512 * MIB));
+        assert!(sizer.capacity() < MAX_OBJECT_SIZE);
+        assert!(cut(&sizer, MAX_OBJECT_SIZE).is_none());
+        assert_eq!(options.peak_memory(), 3 * 512 * MIB);
+        // The cap never exceeds what S3 accepts, however large it is set.
+        let huge = MultipartOptions::default().with_max_part_size(u64::MAX);
+        assert_eq!(huge.sizer().part_size(9_999), Some(MAX_PART_SIZE));
     }
 
     #[test]
     fn small_objects_use_first_size_only() {
         let sizer = MultipartOptions::default().sizer();
         let parts = cut(&sizer, 100 * MIB).expect("fits");
+        assert!(parts.len() < 500, "all in the first tier");
         assert_eq!(parts.len(), 13);
         assert!(parts[..12].iter().all(|p| *p == 8 * MIB));
     }
@@ -245,5 +341,6 @@ mod tests {
             .with_part_size(MAX_PART_SIZE * 2)
             .sizer();
         assert_eq!(sizer.part_size(5_000), Some(MAX_PART_SIZE * 2));
+        assert_eq!(sizer.part_size(0), Some(MAX_PART_SIZE * 2));
     }
 }
