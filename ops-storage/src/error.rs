@@ -21,11 +21,9 @@ pub(crate) fn from_store(
         // object_store turns every 409 into `AlreadyExists`, but S3's 409s say that
         // another request on the same key or bucket is in progress, not that the
         // object exists: retrying is the documented answer.
-        E::AlreadyExists { .. } | E::Precondition { .. } if is_conflict_in_progress(&err) => (
-            ErrorKind::Storage,
-            true,
-            CONFLICT_IN_PROGRESS.to_owned(),
-        ),
+        E::AlreadyExists { .. } | E::Precondition { .. } if is_conflict_in_progress(&err) => {
+            (ErrorKind::Storage, true, CONFLICT_IN_PROGRESS.to_owned())
+        }
         E::AlreadyExists { .. } | E::Precondition { .. } => (
             ErrorKind::AlreadyExists,
             false,
@@ -167,11 +165,9 @@ fn classify_status_text(text: &str) -> (ErrorKind, bool, String) {
             false,
             "permission denied".to_owned(),
         ),
-        Some(409) if CONFLICT_CODES.iter().any(|code| text.contains(code)) => (
-            ErrorKind::Storage,
-            true,
-            CONFLICT_IN_PROGRESS.to_owned(),
-        ),
+        Some(409) if CONFLICT_CODES.iter().any(|code| text.contains(code)) => {
+            (ErrorKind::Storage, true, CONFLICT_IN_PROGRESS.to_owned())
+        }
         Some(408) => (
             ErrorKind::Unreachable,
             true,

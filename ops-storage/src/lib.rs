@@ -12,7 +12,7 @@ mod target;
 
 pub use faulty::{FaultConfig, FaultyTarget};
 pub use multipart::{MultipartOptions, PartSizer};
-pub use open::{TargetUrl, open_object_store_target, open_target};
+pub use open::{TargetUrl, WRAPPED_HTTP_MAX_RETRIES, open_object_store_target, open_target};
 pub use options::TargetOptions;
 pub use retry::{RetryConfig, RetryTarget};
 pub use target::ObjectStoreTarget;

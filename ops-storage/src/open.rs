@@ -162,7 +162,7 @@ fn absolute(path: &str) -> Result<PathBuf> {
 pub fn open_object_store_target(url: &str, options: &TargetOptions) -> Result<ObjectStoreTarget> {
     let parsed = TargetUrl::parse(url)?;
     let location = parsed.display();
-    let (store, prefix): (Arc<dyn ObjectStore>, object_store::path::Path) = match &parsed {
+    let (stores, prefix): (Stores, object_store::path::Path) = match &parsed {
         TargetUrl::Local(dir) => {
             if dir.exists() && !dir.is_dir() {
                 return Err(Error::invalid(format!(
@@ -178,10 +178,10 @@ pub fn open_object_store_target(url: &str, options: &TargetOptions) -> Result<Ob
                 Error::invalid(format!("unusable directory {}: {e}", dir.display()))
             })?;
             let store = object_store::local::LocalFileSystem::new().with_fsync(true);
-            (Arc::new(store), prefix)
+            (Stores::one(Arc::new(store)), prefix)
         }
         TargetUrl::Memory => (
-            Arc::new(object_store::memory::InMemory::new()),
+            Stores::one(Arc::new(object_store::memory::InMemory::new())),
             object_store::path::Path::default(),
         ),
         TargetUrl::S3 { bucket, prefix } => {
@@ -194,14 +194,103 @@ pub fn open_object_store_target(url: &str, options: &TargetOptions) -> Result<Ob
             (azure(container, options)?, parse_prefix(prefix, &location)?)
         }
     };
-    Ok(
-        ObjectStoreTarget::from_parts(store, prefix, &location, parsed.is_remote())
-            .with_multipart(options.multipart.clone()),
-    )
+    let mut target =
+        ObjectStoreTarget::from_parts(stores.calls, prefix, &location, parsed.is_remote())
+            .with_multipart(options.multipart.clone());
+    if let Some(streams) = stores.streams {
+        target = target.with_stream_store(streams);
+    }
+    Ok(target)
+}
+
+/// The store of a target's ordinary calls and, when it differs, the store its
+/// streamed uploads use (see [`HttpRetries`]).
+struct Stores {
+    calls: Arc<dyn ObjectStore>,
+    streams: Option<Arc<dyn ObjectStore>>,
+}
+
+impl Stores {
+    fn one(store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            calls: store,
+            streams: None,
+        }
+    }
+
+    /// Builds the store(s) from one configured builder, once per retry setting.
+    fn build<B: Clone, S: ObjectStore>(
+        builder: B,
+        retries: &HttpRetries,
+        with_retry: impl Fn(B, object_store::RetryConfig) -> B,
+        build: impl Fn(B) -> object_store::Result<S>,
+        what: &str,
+    ) -> Result<Self> {
+        let calls = build(with_retry(builder.clone(), retries.calls.clone()))
+            .map_err(|e| build_error(e, what))?;
+        let streams = match &retries.streams {
+            Some(config) => Some(Arc::new(
+                build(with_retry(builder, config.clone())).map_err(|e| build_error(e, what))?,
+            ) as Arc<dyn ObjectStore>),
+            None => None,
+        };
+        Ok(Self {
+            calls: Arc::new(calls),
+            streams,
+        })
+    }
+}
+
+/// object_store's own HTTP retries when [`RetryTarget`] wraps the target and
+/// [`TargetOptions::http_max_retries`] is unset: one quick retry of a request (a
+/// pooled connection the server closed, a single 503) and no more, so that
+/// RetryTarget's 6 attempts are not multiplied by object_store's 10 — which made a
+/// dead endpoint take many minutes to report.
+pub const WRAPPED_HTTP_MAX_RETRIES: usize = 1;
+
+/// object_store's HTTP retry settings for a remote store.
+///
+/// The two retry layers must not multiply, yet a streamed upload must not lose
+/// retries: RetryTarget never retries `put_stream` (its stream cannot be replayed),
+/// and it cannot retry one part of a multipart upload either, so object_store's
+/// per-request retry is all a part gets. Hence, when RetryTarget wraps the target
+/// and the user did not choose: ordinary calls use a store with
+/// [`WRAPPED_HTTP_MAX_RETRIES`], streamed uploads (their parts, their start and
+/// completion, and the single put of a short stream) use a second store with
+/// object_store's default (10 retries within 3 minutes). A user's
+/// `http_max_retries` applies to both; without RetryTarget, both keep the default.
+struct HttpRetries {
+    calls: object_store::RetryConfig,
+    /// `None`: streamed uploads use the same store as the calls.
+    streams: Option<object_store::RetryConfig>,
+}
+
+impl HttpRetries {
+    fn of(options: &TargetOptions) -> Self {
+        match (options.http_max_retries, &options.retry) {
+            (Some(retries), _) => Self {
+                calls: http_retry(retries),
+                streams: None,
+            },
+            (None, Some(_)) => Self {
+                calls: http_retry(WRAPPED_HTTP_MAX_RETRIES),
+                streams: Some(object_store::RetryConfig::default()),
+            },
+            (None, None) => Self {
+                calls: object_store::RetryConfig::default(),
+                streams: None,
+            },
+        }
+    }
 }
 
 /// Opens the target at `url` (see [`open_object_store_target`] for the accepted
 /// URLs), wrapped in a [`RetryTarget`] unless [`TargetOptions::retry`] is `None`.
+///
+/// With the RetryTarget, object_store's own retries of one HTTP request are cut
+/// to [`WRAPPED_HTTP_MAX_RETRIES`] for every call but `put_stream`, unless
+/// [`TargetOptions::http_max_retries`] says otherwise (see the crate README,
+/// "Retries").
 ///
 /// # Errors
 /// As [`open_object_store_target`].
@@ -278,7 +367,7 @@ fn http_retry(max_retries: usize) -> object_store::RetryConfig {
     }
 }
 
-fn s3(bucket: &str, options: &TargetOptions) -> Result<Arc<dyn ObjectStore>> {
+fn s3(bucket: &str, options: &TargetOptions) -> Result<Stores> {
     use object_store::aws::AmazonS3Builder;
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     if let Some(client) = client_options(options, "AWS_")? {
@@ -305,14 +394,17 @@ fn s3(bucket: &str, options: &TargetOptions) -> Result<Arc<dyn ObjectStore>> {
     if let Some(token) = &options.session_token {
         builder = builder.with_token(token.expose());
     }
-    if let Some(retries) = options.http_max_retries {
-        builder = builder.with_retry(http_retry(retries));
-    }
-    Ok(Arc::new(builder.build().map_err(|e| build_error(e, "S3"))?))
+    Stores::build(
+        builder,
+        &HttpRetries::of(options),
+        AmazonS3Builder::with_retry,
+        AmazonS3Builder::build,
+        "S3",
+    )
 }
 
 #[cfg(feature = "gcs")]
-fn gcs(bucket: &str, options: &TargetOptions) -> Result<Arc<dyn ObjectStore>> {
+fn gcs(bucket: &str, options: &TargetOptions) -> Result<Stores> {
     use object_store::gcp::GoogleCloudStorageBuilder;
     let mut builder = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
     if let Some(client) = client_options(options, "GOOGLE_")? {
@@ -324,23 +416,24 @@ fn gcs(bucket: &str, options: &TargetOptions) -> Result<Arc<dyn ObjectStore>> {
     if let Some(key) = &options.gcs_service_account_key {
         builder = builder.with_service_account_key(key.expose());
     }
-    if let Some(retries) = options.http_max_retries {
-        builder = builder.with_retry(http_retry(retries));
-    }
-    Ok(Arc::new(
-        builder.build().map_err(|e| build_error(e, "GCS"))?,
-    ))
+    Stores::build(
+        builder,
+        &HttpRetries::of(options),
+        GoogleCloudStorageBuilder::with_retry,
+        GoogleCloudStorageBuilder::build,
+        "GCS",
+    )
 }
 
 #[cfg(not(feature = "gcs"))]
-fn gcs(_bucket: &str, _options: &TargetOptions) -> Result<Arc<dyn ObjectStore>> {
+fn gcs(_bucket: &str, _options: &TargetOptions) -> Result<Stores> {
     Err(Error::invalid(
         "gs:// targets need ops-storage built with the `gcs` feature",
     ))
 }
 
 #[cfg(feature = "azure")]
-fn azure(container: &str, options: &TargetOptions) -> Result<Arc<dyn ObjectStore>> {
+fn azure(container: &str, options: &TargetOptions) -> Result<Stores> {
     use object_store::azure::MicrosoftAzureBuilder;
     let mut builder = MicrosoftAzureBuilder::from_env().with_container_name(container);
     if let Some(client) = client_options(options, "AZURE_")? {
@@ -358,16 +451,17 @@ fn azure(container: &str, options: &TargetOptions) -> Result<Arc<dyn ObjectStore
     if let Some(key) = &options.azure_access_key {
         builder = builder.with_access_key(key.expose());
     }
-    if let Some(retries) = options.http_max_retries {
-        builder = builder.with_retry(http_retry(retries));
-    }
-    Ok(Arc::new(
-        builder.build().map_err(|e| build_error(e, "Azure"))?,
-    ))
+    Stores::build(
+        builder,
+        &HttpRetries::of(options),
+        MicrosoftAzureBuilder::with_retry,
+        MicrosoftAzureBuilder::build,
+        "Azure",
+    )
 }
 
 #[cfg(not(feature = "azure"))]
-fn azure(_container: &str, _options: &TargetOptions) -> Result<Arc<dyn ObjectStore>> {
+fn azure(_container: &str, _options: &TargetOptions) -> Result<Stores> {
     Err(Error::invalid(
         "azure:// targets need ops-storage built with the `azure` feature",
     ))

@@ -61,9 +61,12 @@ pub struct TargetOptions {
     /// Timeout of one HTTP request (remote stores). The store's default otherwise.
     pub request_timeout: Option<Duration>,
     /// How many times object_store retries one failed HTTP request itself (5xx,
-    /// throttling, refused connections) before the error reaches dbops. Unset: its
-    /// default (10 retries within 3 minutes). These are the only retries a part of a
-    /// streamed upload gets.
+    /// throttling, refused connections) before the error reaches dbops; applies to
+    /// every call when set. Unset, and with [`TargetOptions::retry`] on (the
+    /// default): [`crate::WRAPPED_HTTP_MAX_RETRIES`] (1) for ordinary calls, which
+    /// [`crate::RetryTarget`] retries, and object_store's default (10 retries within
+    /// 3 minutes) for `put_stream`, whose parts get no other retries. Unset with
+    /// `retry` off: object_store's default everywhere.
     pub http_max_retries: Option<usize>,
     /// How [`ops_core::BackupTarget::put_stream`] cuts objects into parts.
     pub multipart: MultipartOptions,

@@ -38,6 +38,9 @@ use crate::multipart::MultipartOptions;
 #[derive(Clone)]
 pub struct ObjectStoreTarget {
     store: Arc<dyn ObjectStore>,
+    /// The store `put_stream` uses, when it is not `store`: the same bucket with
+    /// more HTTP retries, because nothing above retries a streamed upload.
+    stream_store: Option<Arc<dyn ObjectStore>>,
     /// Prepended to every key; empty for the store's root.
     prefix: Path,
     /// Redacted, for messages.
@@ -54,6 +57,7 @@ impl fmt::Debug for ObjectStoreTarget {
             .field("location", &self.location)
             .field("prefix", &self.prefix.as_ref())
             .field("remote", &self.remote)
+            .field("separate_stream_store", &self.stream_store.is_some())
             .field("multipart", &self.multipart)
             .finish_non_exhaustive()
     }
@@ -95,6 +99,7 @@ impl ObjectStoreTarget {
     ) -> Self {
         Self {
             store,
+            stream_store: None,
             prefix,
             location: ops_core::redact_url(location),
             remote,
@@ -109,9 +114,26 @@ impl ObjectStoreTarget {
         self
     }
 
+    /// Sets the store [`BackupTarget::put_stream`] writes through (its single put
+    /// and its multipart uploads); by default the target's store. It must reach the
+    /// same objects: [`crate::open_target`] passes the same bucket configured with
+    /// more HTTP retries, because [`crate::RetryTarget`] cannot retry a stream, nor
+    /// a part of a multipart upload.
+    #[must_use]
+    pub fn with_stream_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
+        self.stream_store = Some(store);
+        self
+    }
+
     /// The underlying store, for operations the trait does not have.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// The store `put_stream` writes through (see
+    /// [`ObjectStoreTarget::with_stream_store`]).
+    pub fn stream_store(&self) -> &Arc<dyn ObjectStore> {
+        self.stream_store.as_ref().unwrap_or(&self.store)
     }
 
     /// The store path of `key`.
@@ -168,7 +190,7 @@ impl ObjectStoreTarget {
     ) -> Result<u64> {
         let sizer = self.multipart.sizer();
         let upload = self
-            .store
+            .stream_store()
             .put_multipart_opts(path, PutMultipartOptions::default())
             .await
             .map_err(|e| self.err(e, "starting multipart upload", key))?;
@@ -365,7 +387,7 @@ impl BackupTarget for ObjectStoreTarget {
                 Some(Err(e)) => return Err(e.with_context("object", key)),
                 None => {
                     let len = pending.len;
-                    self.store
+                    self.stream_store()
                         .put(&path, pending.take(u64::MAX))
                         .await
                         .map_err(|e| self.err(e, "writing", key))?;

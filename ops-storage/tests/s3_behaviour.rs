@@ -242,9 +242,11 @@ async fn cancelled_put_stream_leaves_no_object() {
     assert!(target.head(&key).await.expect("head").is_none());
 }
 
-/// Serves every HTTP request on a loopback port with `response` (a whole HTTP/1.1
-/// response), counting the requests. For answers moto cannot be made to give.
-async fn canned_http_server(response: String) -> (String, Arc<AtomicUsize>) {
+/// Serves HTTP requests on a loopback port with canned answers: request `n`
+/// (0-based) gets `responses[n]`, every later one the last (whole HTTP/1.1
+/// responses). Returns the endpoint and the request count. For answers moto cannot
+/// be made to give.
+async fn canned_http_server(responses: Vec<String>) -> (String, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -254,8 +256,8 @@ async fn canned_http_server(response: String) -> (String, Arc<AtomicUsize>) {
     let count = requests.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            let response = response.clone();
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let response = responses[n.min(responses.len() - 1)].clone();
             tokio::spawn(async move {
                 // Read the head and the body it announces, then answer and close.
                 let mut seen = Vec::new();
@@ -298,7 +300,7 @@ async fn conditional_request_conflict_is_temporary_not_already_exists() {
          Content-Length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
-    let (endpoint, requests) = canned_http_server(response).await;
+    let (endpoint, requests) = canned_http_server(vec![response]).await;
     let options = TargetOptions::default()
         .with_endpoint(endpoint)
         .with_allow_http(true)
@@ -328,4 +330,101 @@ async fn conditional_request_conflict_is_temporary_not_already_exists() {
         .expect_err("409 every time");
     assert_eq!(err.status(), ErrorStatus::Persistent, "{err:?}");
     assert_eq!(requests.load(Ordering::SeqCst), 4);
+}
+
+fn status_response(status: &str) -> String {
+    format!("HTTP/1.1 {status}\r\nETag: \"e1\"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+}
+
+fn canned_options(endpoint: String) -> TargetOptions {
+    TargetOptions::default()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_credentials("AKIDEXAMPLE", "secret")
+        .with_path_style(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_layers_do_not_multiply() {
+    // An endpoint that always answers 503. RetryTarget makes 3 attempts; each gets
+    // one quick retry inside object_store (WRAPPED_HTTP_MAX_RETRIES), not ten.
+    let (endpoint, requests) =
+        canned_http_server(vec![status_response("503 Service Unavailable")]).await;
+    let options = canned_options(endpoint).with_retry(Some(
+        RetryConfig::default()
+            .with_max_attempts(3)
+            .with_backoff(Duration::from_millis(1), Duration::from_millis(2)),
+    ));
+    let target = open_target("s3://bucket", &options).expect("open");
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        target.put("k", Bytes::from_static(b"x")),
+    )
+    .await
+    .expect("a failing put gives up quickly")
+    .expect_err("503 every time");
+    assert_eq!(err.status(), ErrorStatus::Persistent, "{err:?}");
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        3 * (1 + ops_storage::WRAPPED_HTTP_MAX_RETRIES),
+        "requests after {:?}",
+        started.elapsed()
+    );
+
+    // A user's http_max_retries applies as it is.
+    let (endpoint, requests) =
+        canned_http_server(vec![status_response("503 Service Unavailable")]).await;
+    let options = canned_options(endpoint)
+        .with_http_max_retries(0)
+        .with_retry(Some(
+            RetryConfig::default()
+                .with_max_attempts(2)
+                .with_backoff(Duration::from_millis(1), Duration::from_millis(2)),
+        ));
+    let target = open_target("s3://bucket", &options).expect("open");
+    target
+        .put("k", Bytes::from_static(b"x"))
+        .await
+        .expect_err("503 every time");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_uploads_keep_object_stores_retries() {
+    // RetryTarget cannot retry put_stream, so its requests keep object_store's own
+    // retries: two 503s (more than WRAPPED_HTTP_MAX_RETRIES) are ridden out.
+    let (endpoint, requests) = canned_http_server(vec![
+        status_response("503 Service Unavailable"),
+        status_response("503 Service Unavailable"),
+        status_response("200 OK"),
+    ])
+    .await;
+    let target = open_target("s3://bucket", &canned_options(endpoint)).expect("open");
+    let stream = futures::stream::once(async { Ok(Bytes::from_static(b"short")) }).boxed();
+    let written = target
+        .put_stream("k", stream)
+        .await
+        .expect("object_store retries the put of a short stream");
+    assert_eq!(written, 5);
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+
+    // The same two 503s fail an ordinary put's attempt, which RetryTarget retries
+    // (that is what keeps the calls' object_store retries low).
+    let (endpoint, requests) = canned_http_server(vec![
+        status_response("503 Service Unavailable"),
+        status_response("503 Service Unavailable"),
+        status_response("200 OK"),
+    ])
+    .await;
+    let options = canned_options(endpoint).with_retry(Some(
+        RetryConfig::default().with_backoff(Duration::from_millis(1), Duration::from_millis(2)),
+    ));
+    let target = open_target("s3://bucket", &options).expect("open");
+    target
+        .put("k", Bytes::from_static(b"x"))
+        .await
+        .expect("the second attempt succeeds");
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
 }
