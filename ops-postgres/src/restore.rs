@@ -136,37 +136,30 @@ async fn restore_into(
         .await
         .map_err(|e| e.during("reading the backup's schema archive"))?;
 
+    let entries = toc::parse_list(&toc_text);
     let control = connect_pinned(config).await?;
-    prepare_target(&control, config, &selection, options.clean).await?;
 
-    let list = match &selection {
-        Selection::All => None,
+    // The entries to restore (None: all), and what the chosen tables need besides.
+    let (list, needed) = match &selection {
+        Selection::All => (None, None),
         Selection::Tables(tables) => {
-            let entries = toc::parse_list(&toc_text);
             let mut existing = HashSet::new();
-            for t in &map.tables {
+            for t in map.tables.iter().filter(|t| tables.contains(&t.table)) {
                 for (_, target) in &t.foreign_keys {
-                    if !tables.contains(target) && table_exists(&control, target).await? {
+                    if !tables.contains(target)
+                        && !existing.contains(target)
+                        && table_exists(&control, target).await?
+                    {
                         existing.insert(target.clone());
                     }
                 }
             }
             let ids = toc::select_tables(&entries, &map, tables, &|t| existing.contains(t));
             let needed = toc::prerequisites(&entries, &map, &ids);
-            if !needed.is_empty() {
-                restore_prerequisites(
-                    &pg_restore,
-                    config,
-                    staged.path(),
-                    &toc::list_file(&entries, &needed),
-                    options.no_owner,
-                )
-                .await?;
-            }
-            Some(toc::list_file(&entries, &ids))
+            let needed = (!needed.is_empty()).then(|| toc::list_file(&entries, &needed));
+            (Some(toc::list_file(&entries, &ids)), needed)
         }
         Selection::Schemas(schemas) => {
-            let entries = toc::parse_list(&toc_text);
             let mut args = Vec::new();
             for s in schemas {
                 args.push(OsString::from("-n"));
@@ -178,22 +171,39 @@ async fn restore_into(
                     .map(|e| e.id)
                     .collect();
             let ids = toc::select_schemas(&entries, &map, schemas, &in_schemas);
-            Some(toc::list_file(&entries, &ids))
+            (Some(toc::list_file(&entries, &ids)), None)
         }
     };
     let list_file = match list {
-        Some(text) => {
-            let file = tempfile::Builder::new()
-                .prefix("dbops-toc-")
-                .tempfile()
-                .map_err(|e| Error::io("creating a temporary list file", e))?;
-            tokio::fs::write(file.path(), text)
-                .await
-                .map_err(|e| Error::io("writing the pg_restore list file", e))?;
-            Some(file)
-        }
+        Some(text) => Some(write_list_file(&text).await?),
         None => None,
     };
+
+    let mut warnings = Vec::new();
+    prepare_target(
+        &control,
+        config,
+        &selection,
+        options.clean,
+        &Archive {
+            pg_restore: &pg_restore,
+            path: staged.path(),
+            list: list_file.as_ref().map(|f| f.path()),
+        },
+        &mut warnings,
+    )
+    .await?;
+    if let Some(needed) = needed {
+        restore_prerequisites(
+            &pg_restore,
+            config,
+            staged.path(),
+            &needed,
+            options.no_owner,
+            &mut warnings,
+        )
+        .await?;
+    }
 
     let common = |sections: &[&str], jobs: usize| -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
@@ -243,7 +253,19 @@ async fn restore_into(
     let mut report = RestoreReport::default();
     report.database = config.dbname.clone();
     report.tables = tables;
+    report.warnings = warnings;
     Ok(report)
+}
+
+async fn write_list_file(text: &str) -> Result<tempfile::NamedTempFile> {
+    let file = tempfile::Builder::new()
+        .prefix("dbops-toc-")
+        .tempfile()
+        .map_err(|e| Error::io("creating a temporary list file", e))?;
+    tokio::fs::write(file.path(), text)
+        .await
+        .map_err(|e| Error::io("writing the pg_restore list file", e))?;
+    Ok(file)
 }
 
 fn selection(map: &ObjectMap, options: &RestoreOptions) -> Result<Selection> {
@@ -288,71 +310,201 @@ async fn table_exists(client: &Client, table: &TableRef) -> Result<bool> {
     Ok(row.get(0))
 }
 
-/// Refuses a non-empty target, or cleans it when asked.
+/// The staged schema archive and the `-L` list of the entries to restore.
+struct Archive<'a> {
+    pg_restore: &'a Path,
+    path: &'a Path,
+    list: Option<&'a Path>,
+}
+
+/// Refuses a non-empty target, or cleans it when asked: only what the archive (the
+/// selected part of it) will create is dropped; what the target holds besides is left,
+/// with a warning, and anything of it that depends on what must be dropped stops the
+/// restore before anything is dropped.
 async fn prepare_target(
     client: &Client,
     config: &ConnConfig,
     selection: &Selection,
     clean: bool,
+    archive: &Archive<'_>,
+    warnings: &mut Vec<String>,
 ) -> Result<()> {
-    match selection {
-        Selection::All => {
-            let found = target_contents(client, None).await?;
-            if found.is_empty() {
-                return Ok(());
-            }
-            if !clean {
-                return Err(not_empty(config, &found));
-            }
-            clean_database(client).await
-        }
+    let found = match selection {
+        Selection::All => target_contents(client, None, 5).await?,
         Selection::Tables(tables) => {
             let mut present = Vec::new();
             for t in tables {
                 if table_exists(client, t).await? {
-                    present.push(t.clone());
+                    present.push(format!("table {t}"));
                 }
             }
-            if present.is_empty() {
-                return Ok(());
-            }
-            if !clean {
-                let found: Vec<String> = present.iter().map(|t| format!("table {t}")).collect();
-                return Err(not_empty(config, &found));
-            }
-            let names: Vec<String> = present.iter().map(qualified).collect();
-            client
-                .batch_execute(&format!("DROP TABLE IF EXISTS {}", names.join(", ")))
-                .await
-                .map_err(|e| query_error(e, "dropping the tables to restore (--clean)"))
+            present
         }
-        Selection::Schemas(schemas) => {
-            let found = target_contents(client, Some(schemas)).await?;
-            if found.is_empty() {
-                return Ok(());
-            }
-            if !clean {
-                return Err(not_empty(config, &found));
-            }
-            let mut sql = String::from("BEGIN;");
-            for s in schemas.iter().filter(|s| s.as_str() != "public") {
-                sql.push_str(&format!(
-                    "DROP SCHEMA IF EXISTS {} CASCADE;",
-                    quote_ident(s)
-                ));
-            }
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| query_error(e, "dropping the schemas to restore (--clean)"))?;
-            if schemas.iter().any(|s| s == "public") {
-                clean_public(client).await?;
-            }
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(|e| query_error(e, "committing --clean"))
+        Selection::Schemas(schemas) => target_contents(client, Some(schemas), 5).await?,
+    };
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !clean {
+        return Err(not_empty(config, &found));
+    }
+    let drops = drop_statements(archive).await?;
+    client
+        .batch_execute("BEGIN; SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false")
+        .await
+        .map_err(|e| query_error(e, "starting --clean"))?;
+    match run_drops(client, &drops).await {
+        Ok(()) => {}
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
         }
+    }
+    let left = match selection {
+        Selection::All => target_contents(client, None, 21).await?,
+        Selection::Schemas(schemas) => target_contents(client, Some(schemas), 21).await?,
+        Selection::Tables(_) => Vec::new(),
+    };
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| query_error(e, "committing --clean"))?;
+    if !left.is_empty() {
+        let more = if left.len() > 20 { ", …" } else { "" };
+        warnings.push(format!(
+            "--clean left what the backup does not hold in place: {}{more}",
+            left.iter().take(20).cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// The DROP statements pg_restore would issue with `--clean --if-exists` for the
+/// selected entries, in its order (dependents first).
+async fn drop_statements(archive: &Archive<'_>) -> Result<Vec<String>> {
+    let mut cmd = tokio::process::Command::new(archive.pg_restore);
+    cmd.args([
+        "--clean",
+        "--if-exists",
+        "--section=pre-data",
+        "--section=post-data",
+        "-f",
+        "-",
+    ]);
+    if let Some(list) = archive.list {
+        cmd.arg("-L").arg(list);
+    }
+    let out = cmd
+        .arg(archive.path)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| Error::io(format!("running {}", archive.pg_restore.display()), e))?;
+    if !out.status.success() {
+        return Err(Error::corrupt(format!(
+            "pg_restore cannot read the schema archive ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+        .with_context("tool", "pg_restore"));
+    }
+    Ok(parse_drop_script(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The statements between pg_restore's fixed session settings and the first object it
+/// creates: the drops. Psql meta-commands (`\restrict`), comments and the `SET`s of
+/// the header are left out.
+fn parse_drop_script(script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in script.lines() {
+        if current.is_empty() {
+            if line.starts_with("-- Name: ")
+                || line.starts_with("-- TOC entry ")
+                || line.starts_with("-- Data for Name: ")
+            {
+                break;
+            }
+            if line.starts_with("--") || line.starts_with('\\') || line.trim().is_empty() {
+                continue;
+            }
+        }
+        if !current.is_empty() {
+            current.push('\n');
+        }
+        current.push_str(line);
+        let quotes_closed = current.matches('"').count().is_multiple_of(2)
+            && current.matches('\'').count().is_multiple_of(2);
+        if line.ends_with(';') && quotes_closed {
+            let stmt = std::mem::take(&mut current);
+            if !(stmt.starts_with("SET ") || stmt.starts_with("SELECT pg_catalog.set_config(")) {
+                out.push(stmt);
+            }
+        }
+    }
+    out
+}
+
+/// Runs the drops in the open transaction, each under a savepoint. One that fails
+/// because something still depends on it is tried again after the others (pg_restore's
+/// order is not always right for partitions); if something outside the backup keeps
+/// depending on it, the restore stops with the dependents named.
+async fn run_drops(client: &Client, drops: &[String]) -> Result<()> {
+    let mut pending: Vec<&String> = drops.iter().collect();
+    loop {
+        let mut blocked: Vec<(&String, bool, String)> = Vec::new();
+        for stmt in &pending {
+            let attempt = client
+                .batch_execute(&format!(
+                    "SAVEPOINT dbops_clean; {stmt}; RELEASE SAVEPOINT dbops_clean"
+                ))
+                .await;
+            let Err(err) = attempt else { continue };
+            client
+                .batch_execute("ROLLBACK TO SAVEPOINT dbops_clean; RELEASE SAVEPOINT dbops_clean")
+                .await
+                .map_err(|e| query_error(e, "recovering from a failed drop (--clean)"))?;
+            let Some(db) = err.as_db_error() else {
+                return Err(query_error(err, format!("--clean: {stmt}")));
+            };
+            match db.code().code() {
+                // dependent_objects_still_exist; invalid_table_definition ("cannot drop
+                // inherited constraint": it goes with its partition).
+                "2BP01" | "42P16" => {
+                    let mut why = db.message().to_owned();
+                    if let Some(detail) = db.detail() {
+                        why.push_str(": ");
+                        why.push_str(&detail.replace('\n', "; "));
+                    }
+                    blocked.push((stmt, db.code().code() == "2BP01", why));
+                }
+                // Already gone in the target (a changed copy): nothing to drop.
+                "42703" | "42704" | "42P01" | "3F000" => {}
+                _ => return Err(query_error(err, format!("--clean: {stmt}"))),
+            }
+        }
+        if blocked.is_empty() {
+            return Ok(());
+        }
+        if blocked.len() == pending.len() {
+            let dependents = blocked.iter().any(|(_, dependents, _)| *dependents);
+            let reasons: Vec<String> = blocked
+                .into_iter()
+                .filter(|(_, d, _)| *d || !dependents)
+                .map(|(_, _, why)| why)
+                .collect();
+            return Err(Error::new(
+                ErrorKind::TargetNotEmpty,
+                format!(
+                    "--clean stopped, nothing was dropped: the target holds objects that are \
+                     not in the backup and depend on objects the restore must replace ({}). \
+                     Drop or change those objects first, or restore into a new database \
+                     with --create",
+                    reasons.join("; ")
+                ),
+            ));
+        }
+        pending = blocked.into_iter().map(|(stmt, _, _)| stmt).collect();
     }
 }
 
@@ -368,8 +520,12 @@ fn not_empty(config: &ConnConfig, found: &[String]) -> Error {
     )
 }
 
-/// Up to five user objects found in the target (in `schemas` only, when given).
-async fn target_contents(client: &Client, schemas: Option<&[String]>) -> Result<Vec<String>> {
+/// Up to `limit` user objects found in the target (in `schemas` only, when given).
+async fn target_contents(
+    client: &Client,
+    schemas: Option<&[String]>,
+    limit: i64,
+) -> Result<Vec<String>> {
     let filter = match schemas {
         None => String::new(),
         Some(s) => {
@@ -378,11 +534,13 @@ async fn target_contents(client: &Client, schemas: Option<&[String]>) -> Result<
         }
     };
     let globals = if schemas.is_none() {
-        "UNION ALL SELECT 'extension ' || extname FROM pg_extension WHERE extname <> 'plpgsql'
+        "UNION ALL SELECT 'extension ' || quote_ident(extname) FROM pg_extension WHERE extname <> 'plpgsql'
          UNION ALL SELECT 'large object ' || oid FROM pg_largeobject_metadata"
     } else {
         ""
     };
+    // Relations that stand on their own (not indexes or TOAST), and types that are not a
+    // relation's row type or an array type.
     let sql = format!(
         "SELECT d FROM (
            SELECT 'schema ' || quote_ident(n.nspname) AS d FROM pg_namespace n
@@ -390,153 +548,29 @@ async fn target_contents(client: &Client, schemas: Option<&[String]>) -> Result<
               AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)' {filter}
            UNION ALL SELECT 'relation ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'public' {filter}
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') {filter}
            UNION ALL SELECT 'function ' || quote_ident(n.nspname) || '.' || quote_ident(p.proname)
              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
             WHERE n.nspname = 'public' {filter}
            UNION ALL SELECT 'type ' || quote_ident(n.nspname) || '.' || quote_ident(t.typname)
              FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
             WHERE n.nspname = 'public' {filter}
+              AND (t.typrelid = 0 OR t.typtype = 'c' AND
+                   (SELECT relkind FROM pg_class r WHERE r.oid = t.typrelid) = 'c')
+              AND NOT EXISTS (SELECT 1 FROM pg_type a WHERE a.typarray = t.oid)
            {globals}
-         ) found LIMIT 5"
+         ) found LIMIT {limit}"
     );
     let rows = client
         .query(&sql, &[])
         .await
         .map_err(|e| query_error(e, "checking whether the target is empty"))?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
-}
-
-/// Drops everything a restore would create: extensions, every non-system schema,
-/// everything in `public` (kept, with its initdb ownership and privileges), large
-/// objects, publications, event triggers and foreign data wrappers.
-async fn clean_database(client: &Client) -> Result<()> {
-    let names = |sql: &'static str| async move {
-        client
-            .query(sql, &[])
-            .await
-            .map(|rows| {
-                rows.into_iter()
-                    .map(|r| r.get::<_, String>(0))
-                    .collect::<Vec<_>>()
-            })
-            .map_err(|e| query_error(e, "listing what --clean drops"))
-    };
-    let extensions =
-        names("SELECT extname::text FROM pg_extension WHERE extname <> 'plpgsql'").await?;
-    let schemas = names(
-        "SELECT nspname::text FROM pg_namespace
-          WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
-            AND nspname !~ '^pg_(toast|temp_|toast_temp_)'",
-    )
-    .await?;
-    let publications = names("SELECT pubname::text FROM pg_publication").await?;
-    let event_triggers = names("SELECT evtname::text FROM pg_event_trigger").await?;
-    let wrappers = names("SELECT fdwname::text FROM pg_foreign_data_wrapper").await?;
-    let mut sql = String::from("BEGIN;");
-    for e in &extensions {
-        sql.push_str(&format!(
-            "DROP EXTENSION IF EXISTS {} CASCADE;",
-            quote_ident(e)
-        ));
-    }
-    for s in &schemas {
-        sql.push_str(&format!(
-            "DROP SCHEMA IF EXISTS {} CASCADE;",
-            quote_ident(s)
-        ));
-    }
-    for p in &publications {
-        sql.push_str(&format!("DROP PUBLICATION IF EXISTS {};", quote_ident(p)));
-    }
-    for t in &event_triggers {
-        sql.push_str(&format!("DROP EVENT TRIGGER IF EXISTS {};", quote_ident(t)));
-    }
-    for w in &wrappers {
-        sql.push_str(&format!(
-            "DROP FOREIGN DATA WRAPPER IF EXISTS {} CASCADE;",
-            quote_ident(w)
-        ));
-    }
-    sql.push_str("SELECT lo_unlink(oid) FROM pg_largeobject_metadata;");
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(|e| query_error(e, "cleaning the target (--clean)"))?;
-    clean_public(client).await?;
-    client
-        .batch_execute("COMMIT")
-        .await
-        .map_err(|e| query_error(e, "committing --clean"))
-}
-
-/// Empties `public` object by object rather than dropping it, so that its ownership,
-/// privileges and initial-privileges record stay as initdb made them; recreates it as
-/// initdb would when it is missing.
-async fn clean_public(client: &Client) -> Result<()> {
-    let exists: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public')",
-            &[],
-        )
-        .await
-        .map_err(|e| query_error(e, "looking for schema public"))?
-        .get(0);
-    if !exists {
-        let version: i32 = client
-            .query_one("SELECT current_setting('server_version_num')::int4", &[])
-            .await
-            .map_err(|e| query_error(e, "reading the server version"))?
-            .get(0);
-        let sql = if version >= 150000 {
-            "CREATE SCHEMA public; ALTER SCHEMA public OWNER TO pg_database_owner;
-             GRANT USAGE ON SCHEMA public TO PUBLIC;
-             COMMENT ON SCHEMA public IS 'standard public schema';"
-        } else {
-            "CREATE SCHEMA public; GRANT ALL ON SCHEMA public TO PUBLIC;
-             COMMENT ON SCHEMA public IS 'standard public schema';"
-        };
-        return client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| query_error(e, "recreating schema public"));
-    }
-    // Drop in rounds: CASCADE removes dependents, which then no longer exist.
-    for _ in 0..10 {
-        let rows = client
-            .query(
-                "SELECT o.type, o.identity FROM pg_depend d,
-                        LATERAL pg_identify_object(d.classid, d.objid, 0) o
-                  WHERE d.refclassid = 'pg_namespace'::regclass
-                    AND d.refobjid = (SELECT oid FROM pg_namespace WHERE nspname = 'public')
-                    AND d.deptype = 'n'",
-                &[],
-            )
-            .await
-            .map_err(|e| query_error(e, "listing the objects in schema public"))?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        for row in rows {
-            let kind: String = row.get(0);
-            let identity: String = row.get(1);
-            let keyword = match kind.as_str() {
-                "statistics object" => "STATISTICS".to_owned(),
-                "domain" | "composite type" | "enum type" | "range type" | "base type" => {
-                    "TYPE".to_owned()
-                }
-                other => other.to_uppercase(),
-            };
-            client
-                .batch_execute(&format!("DROP {keyword} IF EXISTS {identity} CASCADE"))
-                .await
-                .map_err(|e| query_error(e, format!("dropping {kind} {identity} (--clean)")))?;
-        }
-    }
-    Err(Error::new(
-        ErrorKind::Database,
-        "could not empty schema public for --clean: objects keep reappearing",
-    ))
+    rows.into_iter()
+        .map(|r| {
+            r.try_get(0)
+                .map_err(|e| query_error(e, "checking whether the target is empty"))
+        })
+        .collect()
 }
 
 /// Copies the schema stream into `path`.
@@ -593,21 +627,16 @@ async fn list_archive(pg_restore: &Path, archive: &Path, args: &[OsString]) -> R
 }
 
 /// Restores the types, functions and schemas the chosen tables need; those that exist
-/// already are fine ("already exists"), any other error is not.
+/// already are kept as they are (with a warning naming them), any other error fails.
 async fn restore_prerequisites(
     pg_restore: &Path,
     config: &ConnConfig,
     archive: &Path,
     list: &str,
     no_owner: bool,
+    warnings: &mut Vec<String>,
 ) -> Result<()> {
-    let file = tempfile::Builder::new()
-        .prefix("dbops-toc-")
-        .tempfile()
-        .map_err(|e| Error::io("creating a temporary list file", e))?;
-    tokio::fs::write(file.path(), list)
-        .await
-        .map_err(|e| Error::io("writing the pg_restore list file", e))?;
+    let file = write_list_file(list).await?;
     let mut cmd = tool_command(pg_restore, config);
     cmd.args(["--no-password", "--section=pre-data", "-d"])
         .arg(config.dbname_conninfo())
@@ -622,13 +651,24 @@ async fn restore_prerequisites(
         .await
         .map_err(|e| Error::io(format!("running {}", pg_restore.display()), e))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let real_errors: Vec<&str> = stderr
+    let (existing, real_errors): (Vec<&str>, Vec<&str>) = stderr
         .lines()
-        .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
-        .collect();
-    if !real_errors.is_empty() || (!out.status.success() && !stderr.contains("already exists")) {
+        .filter(|l| l.contains("ERROR:"))
+        .partition(|l| l.contains("already exists"));
+    if !real_errors.is_empty() || (!out.status.success() && existing.is_empty()) {
         return Err(tool_failure("pg_restore", &out.status, stderr.trim())
             .during("restoring the types and functions the chosen tables need"));
+    }
+    if !existing.is_empty() {
+        let names: Vec<&str> = existing
+            .iter()
+            .map(|l| l.split("ERROR:").nth(1).unwrap_or(l).trim())
+            .collect();
+        warnings.push(format!(
+            "kept what the target already has instead of the backup's version (the tables \
+             restored may expect the backup's): {}",
+            names.join("; ")
+        ));
     }
     Ok(())
 }
@@ -838,4 +878,29 @@ pub(crate) async fn drop_database(config: &ConnConfig) -> Result<()> {
         .map_err(|e| sqlx_error(e, format!("dropping database {}", config.dbname)))?;
     let _ = conn.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_script_keeps_only_the_drops() {
+        let script = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\n\
+            SET statement_timeout = 0;\n\
+            SELECT pg_catalog.set_config('search_path', '', false);\n\n\
+            DROP INDEX IF EXISTS public.big_idx;\n\
+            DROP TABLE IF EXISTS public.\"we;\nird\";\n\
+            SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata WHERE oid = '42';\n\
+            --\n-- Name: t; Type: TABLE; Schema: public; Owner: postgres\n--\n\n\
+            CREATE TABLE public.t (id integer);\n";
+        assert_eq!(
+            parse_drop_script(script),
+            [
+                "DROP INDEX IF EXISTS public.big_idx;",
+                "DROP TABLE IF EXISTS public.\"we;\nird\";",
+                "SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata WHERE oid = '42';",
+            ]
+        );
+    }
 }

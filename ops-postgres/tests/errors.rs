@@ -371,19 +371,91 @@ async fn restore_failures_and_table_filter() {
         ["500"]
     );
 
-    // Whole-database --clean over a modified copy gives back the source.
+    // Whole-database --clean over a modified copy gives back the source: changed rows,
+    // columns, indexes and sequence values of the backup's objects are replaced ...
+    server
+        .execute(
+            "one_table",
+            "DELETE FROM orders WHERE qty < 100; ALTER TABLE orders DROP COLUMN note;
+             ALTER TABLE orders ADD COLUMN junk int; CREATE INDEX orders_junk ON orders (junk);
+             SELECT setval('orders_id_seq', 9999);",
+        )
+        .await
+        .expect("changes");
+    // ... and what the backup does not hold is left in place, with a warning.
     server.execute("one_table", "CREATE SCHEMA junk; CREATE TABLE junk.t (x int); CREATE TABLE public.extra (y int); SELECT lo_create(777);").await.expect("junk");
-    one.restore(
-        dump.clone(),
-        &RestoreOptions::default().with_clean(true).with_jobs(2),
-    )
-    .await
-    .expect("clean restore");
+    let report = one
+        .restore(
+            dump.clone(),
+            &RestoreOptions::default().with_clean(true).with_jobs(2),
+        )
+        .await
+        .expect("clean restore");
+    let warned = report.warnings.join("\n");
+    for extra in ["schema junk", "relation public.extra", "large object 777"] {
+        assert!(warned.contains(extra), "{extra} not named: {warned}");
+    }
+    assert_eq!(
+        rows_text(
+            &server,
+            "one_table",
+            "SELECT count(*) FROM junk.t, public.extra"
+        )
+        .await,
+        ["0"],
+        "objects outside the backup were dropped"
+    );
+    server
+        .execute(
+            "one_table",
+            "DROP SCHEMA junk CASCADE; DROP TABLE public.extra; SELECT lo_unlink(777);",
+        )
+        .await
+        .expect("drop the extras");
     assert_same_schema(&server, "src", "one_table");
     assert_eq!(
         table_checksums(&server, "src").await,
         table_checksums(&server, "one_table").await
     );
+    assert_eq!(
+        non_table_state(&server, "src").await,
+        non_table_state(&server, "one_table").await
+    );
+
+    // An object outside the backup that depends on one the restore replaces: --clean
+    // (whole database or --schemas) stops, names it and drops nothing.
+    server
+        .execute(
+            "one_table",
+            "CREATE SCHEMA rpt; CREATE VIEW rpt.big_orders AS SELECT id FROM public.orders WHERE qty > 400;",
+        )
+        .await
+        .expect("dependent view");
+    for options in [
+        RestoreOptions::default().with_clean(true),
+        RestoreOptions::default()
+            .with_clean(true)
+            .with_schemas(vec!["public".into()]),
+    ] {
+        let err = one
+            .restore(dump.clone(), &options)
+            .await
+            .expect_err("a dependent view outside the backup");
+        assert_eq!(err.kind(), ErrorKind::TargetNotEmpty, "{err:?}");
+        assert!(err.message().contains("rpt.big_orders"), "{err}");
+        assert_eq!(
+            rows_text(&server, "one_table", "SELECT count(*) FROM rpt.big_orders").await,
+            ["100"]
+        );
+        assert_eq!(
+            rows_text(&server, "one_table", "SELECT count(*) FROM parent").await,
+            ["10"]
+        );
+    }
+    server
+        .execute("one_table", "DROP SCHEMA rpt CASCADE")
+        .await
+        .expect("drop the view");
 
     // --schemas
     let only_public = server.engine_for("only_public").expect("engine");

@@ -2,8 +2,10 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use ops_core::testkit::engine::round_trip;
-use ops_core::{DumpOptions, RestoreOptions, StreamRole};
+use ops_core::{DatabaseEngine, DumpOptions, RestoreOptions, StreamRole};
 use ops_postgres::ephemeral::EphemeralPostgres;
 
 use common::*;
@@ -84,6 +86,36 @@ async fn kitchen_sink_round_trip_with_jobs_and_splits() {
         non_table_state(&server, "sink").await,
         non_table_state(&server, "sink copy").await,
         "sequences and large objects"
+    );
+
+    // --clean over the changed copy (partitions, inheritance, views, large objects)
+    // gives back the source again.
+    server
+        .execute(
+            "sink copy",
+            "DELETE FROM big WHERE id % 2 = 0; ALTER TABLE big ADD COLUMN junk int;
+             SELECT lo_unlink(424242);",
+        )
+        .await
+        .expect("change the copy");
+    let report = target
+        .restore(
+            Arc::clone(&dump).into_source(),
+            &RestoreOptions::default().with_clean(true).with_jobs(2),
+        )
+        .await
+        .expect("clean restore over the copy");
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    assert_same_schema(&server, "sink", "sink copy");
+    assert_eq!(
+        table_checksums(&server, "sink").await,
+        table_checksums(&server, "sink copy").await,
+        "table checksums after --clean"
+    );
+    assert_eq!(
+        non_table_state(&server, "sink").await,
+        non_table_state(&server, "sink copy").await,
+        "sequences and large objects after --clean"
     );
 }
 
