@@ -144,11 +144,12 @@ impl ConnConfig {
         if !matches!(parsed.scheme(), "postgres" | "postgresql") {
             return Err(bad("the scheme must be postgres:// or postgresql://"));
         }
+        // Plain percent-decoding as libpq does it: `+` and `&` are themselves.
         let decode = |s: &str| -> Result<String> {
-            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .ok_or_else(|| bad("bad percent-encoding"))
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|v| v.into_owned())
+                .map_err(|_| bad("a percent-encoded part is not UTF-8"))
         };
 
         let mut host = match parsed.host_str() {
@@ -179,9 +180,13 @@ impl ConnConfig {
         let mut sslkey = None;
         let mut application_name = None;
         let mut connect_timeout = None;
-        for (key, value) in parsed.query_pairs() {
-            let value = value.into_owned();
-            match key.as_ref() {
+        for pair in parsed.query().unwrap_or("").split('&') {
+            if pair.is_empty() {
+                continue;
+            }
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let (key, value) = (decode(key)?, decode(value)?);
+            match key.as_str() {
                 "host" => host = Some(value),
                 "port" => {
                     port = Some(value.parse().map_err(|_| bad("the port is not a number"))?);
@@ -468,6 +473,29 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("******"), "{shown}");
+    }
+
+    #[test]
+    fn percent_decoding_keeps_ampersand_and_plus() {
+        let c = ConnConfig::parse(
+            "postgres://u%26v:p%26ss+w%3Ard@h/shop%26old+new?application_name=a%26b+c",
+            &no_env,
+        )
+        .expect("valid URL");
+        assert_eq!(c.user, "u&v");
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("p&ss+w:rd"));
+        assert_eq!(c.dbname, "shop&old+new");
+        assert_eq!(c.application_name, "a&b+c");
+        // An unencoded `&` in the path or the password is still part of it.
+        let c = ConnConfig::parse("postgres://u:p&ss@h/shop&old", &no_env).expect("valid URL");
+        assert_eq!(c.dbname, "shop&old");
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("p&ss"));
+        let c = ConnConfig::parse("postgres://u@h/db?password=a%2Bb+c&dbname=x%20y", &no_env)
+            .expect("valid URL");
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("a+b+c"));
+        assert_eq!(c.dbname, "x y");
+        let err = ConnConfig::parse("postgres://u:%ff@h/db", &no_env).expect_err("not UTF-8");
+        assert_eq!(err.kind(), ops_core::ErrorKind::InvalidInput);
     }
 
     #[test]
