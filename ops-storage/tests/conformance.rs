@@ -41,7 +41,9 @@ async fn memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_on_moto() {
-    let server = S3TestServer::start().expect("start the S3 test server");
+    let server = S3TestServer::start_async()
+        .await
+        .expect("start the S3 test server");
     // 5 MiB is S3's (and this moto's) smallest part: the 6–7 MiB streams of the
     // suite become two-part uploads.
     let options = server.options().with_multipart(small_parts(5 * MIB));
