@@ -20,7 +20,9 @@ const KIB: u64 = 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn growing_parts_beat_a_small_part_limit() {
-    let server = S3TestServer::start_with_min_part_size(KIB).expect("start the S3 test server");
+    let server = S3TestServer::start_with_min_part_size_async(KIB)
+        .await
+        .expect("start the S3 test server");
     // Ten parts of 64 KiB hold 640 KiB; the doubling rule (every part, with a budget
     // of ten) holds 64 KiB × 1023 ≈ 64 MiB.
     let multipart = MultipartOptions::default()
@@ -62,7 +64,9 @@ async fn growing_parts_beat_a_small_part_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_ride_out_five_percent_faults() {
-    let server = S3TestServer::start().expect("start the S3 test server");
+    let server = S3TestServer::start_async()
+        .await
+        .expect("start the S3 test server");
     let options = server.options().with_retry(None);
     let s3 = open_target(&server.url("dbops-test"), &options).expect("open");
     let faulty = Arc::new(FaultyTarget::new(
@@ -201,7 +205,9 @@ async fn unreachable_endpoint_is_temporary_and_names_the_object() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_bucket_and_debug_redaction() {
-    let server = S3TestServer::start().expect("start the S3 test server");
+    let server = S3TestServer::start_async()
+        .await
+        .expect("start the S3 test server");
     let options = server.options().with_session_token("session-secret");
     let target = open_target(&server.url("no-such-bucket"), &options).expect("open");
     let err = target
@@ -221,9 +227,22 @@ async fn missing_bucket_and_debug_redaction() {
     }
 }
 
+/// The keys of the multipart uploads in progress in the test bucket.
+async fn uploads_in_progress(server: &S3TestServer) -> Vec<String> {
+    server
+        .multipart_uploads_async("dbops-test")
+        .await
+        .expect("ListMultipartUploads")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_put_stream_leaves_no_object() {
-    let server = S3TestServer::start().expect("start the S3 test server");
+async fn cancelled_put_stream_leaves_no_upload_in_progress() {
+    // The parts of an unfinished multipart upload are never a visible object, so
+    // `head` cannot tell whether a cancelled upload was aborted: ask S3 for the
+    // uploads in progress (ListMultipartUploads) instead.
+    let server = S3TestServer::start_async()
+        .await
+        .expect("start the S3 test server");
     let options = server
         .options()
         .with_multipart(MultipartOptions::default().with_part_size(5 * 1024 * 1024));
@@ -233,13 +252,49 @@ async fn cancelled_put_stream_leaves_no_object() {
     let stuck = pieces(Bytes::from(pattern(11 * 1024 * 1024, 3)))
         .chain(futures::stream::pending())
         .boxed();
-    let cancelled =
-        tokio::time::timeout(Duration::from_secs(2), target.put_stream(&key, stuck)).await;
-    assert!(
-        cancelled.is_err(),
-        "the stream never ends, so put_stream cannot finish"
-    );
+    let upload = tokio::spawn({
+        let target = target.clone();
+        let key = key.clone();
+        async move { target.put_stream(&key, stuck).await }
+    });
+
+    // First the check must see the upload: otherwise an empty answer proves nothing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !uploads_in_progress(&server).await.contains(&key) {
+        assert!(!upload.is_finished(), "the stream never ends: {upload:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the multipart upload never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Cancel (drop the future), as a cancelled backup does.
+    upload.abort();
+    assert!(upload.await.is_err_and(|e| e.is_cancelled()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = uploads_in_progress(&server).await;
+        if !left.contains(&key) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled upload is still in progress: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(target.head(&key).await.expect("head").is_none());
+
+    // A failing stream aborts its upload too.
+    let key = format!("{}failed", unique_prefix());
+    let failing = pieces(Bytes::from(pattern(11 * 1024 * 1024, 4)))
+        .chain(futures::stream::once(async {
+            Err(ops_core::Error::new(ErrorKind::Io, "the dump failed"))
+        }))
+        .boxed();
+    target.put_stream(&key, failing).await.expect_err("fails");
+    assert!(!uploads_in_progress(&server).await.contains(&key));
 }
 
 /// Serves HTTP requests on a loopback port with canned answers: request `n`
