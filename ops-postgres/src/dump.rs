@@ -150,29 +150,67 @@ pub(crate) async fn dump(
     options: &DumpOptions,
     sink: Arc<dyn DumpSink>,
 ) -> Result<DumpReport> {
-    let leader = Arc::new(connect_pinned(config).await?);
+    // Everything slow that does not need the snapshot happens before it: finding and
+    // version-checking pg_dump (a process and directory search), so that the window
+    // between the snapshot and the table locks is as short as it can be. A TRUNCATE
+    // committed in that window would empty the table in the dump (it is not MVCC-safe).
+    let with_schema = !options.data_only && options.tables.is_empty();
+    let pg_dump = if with_schema {
+        Some(tools::resolve_program("pg_dump", bin_dir).await?)
+    } else {
+        None
+    };
+    let leader = connect_pinned(config).await?;
+    let version_num: i32 = leader
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| query_error(e, "reading the server version"))?;
+    if let Some((_, major)) = &pg_dump {
+        tools::check_client_version("pg_dump", *major, tools::server_major(version_num))?;
+    }
+
     leader
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(|e| query_error(e, "starting the snapshot transaction"))?;
     let row = leader
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(|e| query_error(e, "exporting the snapshot"))?;
+    let snapshot: String = row
+        .try_get(0)
+        .map_err(|e| query_error(e, "exporting the snapshot"))?;
+    // Lock what we dump right after listing it.
+    let all = catalog::list_tables(&leader, version_num).await?;
+    let data_tables: Vec<&CatalogTable> = all
+        .iter()
+        .filter(|t| !t.partitioned && !t.extension_member)
+        .collect();
+    let selected: Vec<&CatalogTable> = if options.tables.is_empty() {
+        data_tables.clone()
+    } else {
+        select_tables(&leader, &all, &options.tables).await?
+    };
+    lock_tables(&leader, &selected).await?;
+
+    let row = leader
         .query_one(
-            "SELECT pg_export_snapshot(), current_setting('server_version'),
-                    current_setting('server_version_num')::int4, pg_is_in_recovery(),
+            "SELECT current_setting('server_version'), pg_is_in_recovery(),
                     current_database()::text, current_setting('block_size')::int8,
                     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text
                          ELSE pg_current_wal_lsn()::text END",
             &[],
         )
         .await
-        .map_err(|e| query_error(e, "exporting the snapshot"))?;
-    let snapshot: String = row.get(0);
-    let server_version: String = row.get(1);
-    let version_num: i32 = row.get(2);
-    let standby: bool = row.get(3);
-    let database: String = row.get(4);
-    let block_size = u64::try_from(row.get::<_, i64>(5)).unwrap_or(8192);
-    let lsn: Option<String> = row.get(6);
+        .map_err(|e| query_error(e, "reading the server state"))?;
+    let field = |e| query_error(e, "reading the server state");
+    let server_version: String = row.try_get(0).map_err(field)?;
+    let standby: bool = row.try_get(1).map_err(field)?;
+    let database: String = row.try_get(2).map_err(field)?;
+    let block_size = u64::try_from(row.try_get::<_, i64>(3).map_err(field)?).unwrap_or(8192);
+    let lsn: Option<String> = row.try_get(4).map_err(field)?;
+    let leader = Arc::new(leader);
 
     let mut report = DumpReport::default();
     report.server_version = server_version;
@@ -188,29 +226,6 @@ pub(crate) async fn dump(
     if standby {
         report.snapshot.insert("standby".into(), "true".into());
     }
-
-    let with_schema = !options.data_only && options.tables.is_empty();
-    let pg_dump = if with_schema {
-        let path = tools::find_program("pg_dump", bin_dir.as_deref())?;
-        let major = tools::tool_major(&path).await?;
-        tools::check_client_version("pg_dump", major, tools::server_major(version_num))?;
-        Some((path, major))
-    } else {
-        None
-    };
-
-    let all = catalog::list_tables(&leader, version_num).await?;
-    let data_tables: Vec<&CatalogTable> = all
-        .iter()
-        .filter(|t| !t.partitioned && !t.extension_member)
-        .collect();
-    let selected: Vec<&CatalogTable> = if options.tables.is_empty() {
-        data_tables.clone()
-    } else {
-        select_tables(&leader, &all, &options.tables).await?
-    };
-
-    lock_tables(&leader, &selected).await?;
 
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     if let Some((path, major)) = pg_dump {

@@ -104,8 +104,7 @@ async fn restore_into(
         })?,
         None => ObjectMap::default(),
     };
-    let pg_restore = tools::find_program("pg_restore", bin_dir.as_deref())?;
-    let restore_major = tools::tool_major(&pg_restore).await?;
+    let (pg_restore, restore_major) = tools::resolve_program("pg_restore", bin_dir).await?;
     if let Some(dump_major) = schema
         .meta
         .get("pg_dump_major")

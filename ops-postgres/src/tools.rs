@@ -101,6 +101,23 @@ pub(crate) fn find_program(program: &str, explicit: Option<&Path>) -> Result<Pat
     ))
 }
 
+/// [`find_program`] on a blocking thread (it may run `pg_config` and read directories),
+/// then `program --version`: the path and its major version.
+///
+/// # Errors
+/// [`ErrorKind::MissingTool`] naming the package to install; a program that does not
+/// run or prints no PostgreSQL version.
+pub(crate) async fn resolve_program(
+    program: &'static str,
+    explicit: Option<PathBuf>,
+) -> Result<(PathBuf, u32)> {
+    let path = tokio::task::spawn_blocking(move || find_program(program, explicit.as_deref()))
+        .await
+        .map_err(|e| Error::internal(format!("looking for {program} failed: {e}")))??;
+    let major = tool_major(&path).await?;
+    Ok((path, major))
+}
+
 /// The directory holding the server programs (initdb and postgres together).
 ///
 /// # Errors

@@ -156,3 +156,62 @@ async fn measure_dump_and_restore() {
         target.drop_database().await.expect("drop");
     }
 }
+
+/// A TRUNCATE committed while pg_dump is being found and version-checked must not
+/// empty a table in a snapshot that predates it: tool checks come before the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_during_tool_checks_does_not_tear_the_snapshot() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let server = EphemeralPostgres::start().await.expect("ephemeral server");
+    server
+        .execute(
+            "postgres",
+            "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100);
+             CREATE TABLE marker (id int);",
+        )
+        .await
+        .expect("fill");
+    // A pg_dump whose `--version` announces itself and then takes a second.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = dir.path().join("started");
+    let real = server.bin_dir().join("pg_dump");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then touch '{}'; sleep 1; fi\nexec '{}' \"$@\"\n",
+        started.display(),
+        real.display()
+    );
+    let fake = dir.path().join("pg_dump");
+    std::fs::write(&fake, script).expect("write script");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let engine = server
+        .engine_for("postgres")
+        .expect("engine")
+        .with_bin_dir(dir.path());
+    let dump = tokio::spawn(async move { dump_to_memory(&engine, &DumpOptions::default()).await });
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "pg_dump --version never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    server
+        .execute(
+            "postgres",
+            "BEGIN; TRUNCATE t; INSERT INTO marker VALUES (1); COMMIT;",
+        )
+        .await
+        .expect("truncate");
+    let (dump, _) = dump.await.expect("dump task");
+    let rows = |name: &str| {
+        dump.summaries()
+            .iter()
+            .find(|(s, _)| s.name == name)
+            .map(|(_, m)| m.rows)
+    };
+    // Either both changes are in the snapshot or neither is.
+    assert_eq!(
+        (rows("data/public.t/0"), rows("data/public.marker/0")),
+        (Some(0), Some(1)),
+        "the dump saw the TRUNCATE but not the row committed with it"
+    );
+}
