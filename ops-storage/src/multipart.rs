@@ -308,6 +308,21 @@ mod tests {
     }
 
     #[test]
+    fn s3_compatible_settings_in_the_readme() {
+        // Scaleway: 1,000 parts. Tiers of 50 parts reach 1 GiB after 350 parts.
+        let scaleway = MultipartOptions::default().with_max_parts(1_000).sizer();
+        assert_eq!(scaleway.part_size(49), Some(8 * MIB));
+        assert_eq!(scaleway.part_size(350), Some(1024 * MIB));
+        assert_eq!(scaleway.capacity(), 716_400 * MIB); // ≈ 700 GiB
+        // R2: uniform 64 MiB parts hold 625 GiB, in 192 MiB of memory.
+        let r2 = MultipartOptions::default()
+            .with_uniform_parts(true)
+            .with_part_size(64 * MIB);
+        assert_eq!(r2.sizer().capacity(), 640_000 * MIB);
+        assert_eq!(r2.peak_memory(), 192 * MIB);
+    }
+
+    #[test]
     fn small_objects_use_first_size_only() {
         let sizer = MultipartOptions::default().sizer();
         let parts = cut(&sizer, 100 * MIB).expect("fits");
