@@ -140,6 +140,24 @@ pub fn compare_tables(
         .collect()
 }
 
+/// Renames the schema `from` to `to` in `schema.table` keys: a database restored under
+/// another name by an engine whose schema is the database (MariaDB) compares under the
+/// source's name.
+pub fn rename_schema(
+    digests: BTreeMap<String, TableDigest>,
+    from: &str,
+    to: &str,
+) -> BTreeMap<String, TableDigest> {
+    let prefix = format!("{from}.");
+    digests
+        .into_iter()
+        .map(|(k, v)| match k.strip_prefix(&prefix) {
+            Some(name) => (format!("{to}.{name}"), v),
+            None => (k, v),
+        })
+        .collect()
+}
+
 /// A [`crate::DumpSink`] that keeps nothing but a [`TableDigest`] per table: used to
 /// re-dump a restored database and compare it with what was backed up.
 #[derive(Debug, Default)]

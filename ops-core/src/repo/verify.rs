@@ -316,14 +316,7 @@ impl Repository {
         let mut actual = sink.digests();
         if scratch.schema_is_database() && scratch.database() != manifest.database {
             // Restored under another database name: compare under the source's name.
-            let prefix = format!("{}.", scratch.database());
-            actual = actual
-                .into_iter()
-                .map(|(k, v)| match k.strip_prefix(&prefix) {
-                    Some(name) => (format!("{}.{name}", manifest.database), v),
-                    None => (k, v),
-                })
-                .collect();
+            actual = crate::digest::rename_schema(actual, &scratch.database(), &manifest.database);
         }
         let tables = compare_tables(&expected, &actual);
         Ok(RestoreCheck {
