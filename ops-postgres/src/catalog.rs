@@ -37,7 +37,7 @@ pub(crate) async fn list_tables(client: &Client, version_num: i32) -> Result<Vec
     };
     let sql = format!(
         "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text,
-                pg_relation_size(c.oid)::int8, 0::int8,
+                CASE WHEN c.relkind = 'r' THEN pg_relation_size(c.oid) ELSE 0 END::int8, 0::int8,
                 ARRAY(SELECT a.attname::text FROM pg_attribute a
                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped {generated}
                       ORDER BY a.attnum),

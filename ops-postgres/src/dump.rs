@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -147,6 +148,7 @@ fn plan(
 pub(crate) async fn dump(
     config: &ConnConfig,
     bin_dir: Option<PathBuf>,
+    lock_wait: Duration,
     options: &DumpOptions,
     sink: Arc<dyn DumpSink>,
 ) -> Result<DumpReport> {
@@ -170,8 +172,13 @@ pub(crate) async fn dump(
         tools::check_client_version("pg_dump", *major, tools::server_major(version_num))?;
     }
 
+    // Until the tables are locked, no lock wait is unbounded (pg_relation_size takes a
+    // lock too); afterwards the session's settings apply again (no timeout).
     leader
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL lock_timeout = {}",
+            lock_wait.as_millis().max(1)
+        ))
         .await
         .map_err(|e| query_error(e, "starting the snapshot transaction"))?;
     let row = leader
@@ -182,7 +189,12 @@ pub(crate) async fn dump(
         .try_get(0)
         .map_err(|e| query_error(e, "exporting the snapshot"))?;
     // Lock what we dump right after listing it.
-    let all = catalog::list_tables(&leader, version_num).await?;
+    let all = match catalog::list_tables(&leader, version_num).await {
+        Err(e) if e.kind() == ErrorKind::Locked => {
+            return Err(lock_timeout_error(&leader, lock_wait, None).await);
+        }
+        other => other?,
+    };
     let data_tables: Vec<&CatalogTable> = all
         .iter()
         .filter(|t| !t.partitioned && !t.extension_member)
@@ -192,7 +204,11 @@ pub(crate) async fn dump(
     } else {
         select_tables(&leader, &all, &options.tables).await?
     };
-    lock_tables(&leader, &selected).await?;
+    lock_tables(&leader, &selected, lock_wait).await?;
+    leader
+        .batch_execute("SET LOCAL lock_timeout = 0")
+        .await
+        .map_err(|e| query_error(e, "resetting lock_timeout"))?;
 
     let row = leader
         .query_one(
@@ -242,7 +258,16 @@ pub(crate) async fn dump(
         let sink = Arc::clone(&sink);
         let snapshot = snapshot.clone();
         tasks.spawn(async move {
-            dump_schema(&path, &config, &snapshot, &excluded, spec, sink.as_ref()).await
+            dump_schema(
+                &path,
+                &config,
+                &snapshot,
+                lock_wait,
+                &excluded,
+                spec,
+                sink.as_ref(),
+            )
+            .await
         });
     }
 
@@ -333,19 +358,62 @@ async fn select_tables<'a>(
     Ok(out)
 }
 
-/// Takes ACCESS SHARE locks on the tables to dump, in the snapshot transaction.
-async fn lock_tables(client: &Client, tables: &[&CatalogTable]) -> Result<()> {
+/// Takes ACCESS SHARE locks on the tables to dump, in the snapshot transaction (whose
+/// `lock_timeout` is `lock_wait`).
+async fn lock_tables(client: &Client, tables: &[&CatalogTable], lock_wait: Duration) -> Result<()> {
     for batch in tables.chunks(500) {
         let names: Vec<String> = batch.iter().map(|t| qualified(&t.table)).collect();
-        client
+        let locked = client
             .batch_execute(&format!(
                 "LOCK TABLE ONLY {} IN ACCESS SHARE MODE",
                 names.join(", ")
             ))
-            .await
-            .map_err(|e| query_error(e, "locking the tables to dump"))?;
+            .await;
+        if let Err(e) = locked {
+            let err = query_error(e, "locking the tables to dump");
+            if err.kind() == ErrorKind::Locked {
+                let oids: Vec<u32> = batch.iter().map(|t| t.oid).collect();
+                return Err(lock_timeout_error(client, lock_wait, Some(&oids)).await);
+            }
+            return Err(err);
+        }
     }
     Ok(())
+}
+
+/// The error for a lock wait that timed out in the snapshot transaction (which it
+/// rolls back), naming the tables (among `oids`, when given) that someone holds or
+/// waits for exclusively.
+async fn lock_timeout_error(client: &Client, lock_wait: Duration, oids: Option<&[u32]>) -> Error {
+    let _ = client.batch_execute("ROLLBACK").await;
+    let busy: Vec<String> = client
+        .query(
+            "SELECT DISTINCT relation::regclass::text FROM pg_locks
+              WHERE locktype = 'relation' AND mode = 'AccessExclusiveLock'
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND ($1::oid[] IS NULL OR relation = ANY($1::oid[]))
+              ORDER BY 1",
+            &[&oids],
+        )
+        .await
+        .map(|rows| rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+        .unwrap_or_default();
+    let mut err = Error::new(
+        ErrorKind::Locked,
+        format!(
+            "could not lock the tables to dump within {lock_wait:?}{}: a concurrent ALTER, \
+             DROP or TRUNCATE holds or waits for an exclusive lock",
+            if busy.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} busy)", busy.join(", "))
+            }
+        ),
+    );
+    if let Some(first) = busy.first() {
+        err = err.with_context("table", first);
+    }
+    err
 }
 
 /// Takes work items off the queue until it is empty.
@@ -418,16 +486,18 @@ async fn dump_schema(
     pg_dump: &std::path::Path,
     config: &ConnConfig,
     snapshot: &str,
+    lock_wait: Duration,
     excluded: &[TableRef],
     spec: StreamSpec,
     sink: &dyn DumpSink,
 ) -> Result<()> {
     let mut cmd = tokio::process::Command::new(pg_dump);
-    cmd.arg(format!("--snapshot={snapshot}")).args([
-        "--format=custom",
-        "--compress=0",
-        "--no-password",
-    ]);
+    cmd.arg(format!("--snapshot={snapshot}"))
+        .arg(format!(
+            "--lock-wait-timeout={}",
+            lock_wait.as_millis().max(1)
+        ))
+        .args(["--format=custom", "--compress=0", "--no-password"]);
     for t in excluded {
         // Quoted patterns match literally: no wildcard or dot inside is special.
         cmd.arg(format!(
@@ -483,6 +553,31 @@ async fn dump_schema(
 
 /// An error for a failed pg_dump/pg_restore, classified from its message.
 pub(crate) fn tool_failure(tool: &str, status: &std::process::ExitStatus, stderr: &str) -> Error {
+    if (stderr.contains("lock timeout") || stderr.contains("statement timeout"))
+        && stderr.contains("LOCK TABLE ")
+    {
+        // pg_dump's --lock-wait-timeout (a statement_timeout around its LOCK TABLE):
+        // "… Query was: LOCK TABLE s.t IN ACCESS SHARE MODE".
+        let table = stderr
+            .split("LOCK TABLE ")
+            .nth(1)
+            .and_then(|rest| rest.split(" IN ACCESS SHARE MODE").next())
+            .map(|t| t.trim_start_matches("ONLY ").trim().to_owned());
+        let mut message = format!("{tool} could not lock ");
+        match &table {
+            Some(t) => message.push_str(&format!("table {t}")),
+            None => message.push_str("a table"),
+        }
+        message.push_str(&format!(
+            " in time: a concurrent ALTER, DROP or TRUNCATE holds or waits for an exclusive \
+             lock ({status}): {stderr}"
+        ));
+        let mut err = Error::new(ErrorKind::Locked, message).with_context("tool", tool);
+        if let Some(t) = table {
+            err = err.with_context("table", t);
+        }
+        return err;
+    }
     let kind = if stderr.contains("password authentication failed")
         || stderr.contains("no password supplied")
     {

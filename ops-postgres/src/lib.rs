@@ -14,6 +14,7 @@ mod tools;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ops_core::{
@@ -34,13 +35,19 @@ use crate::errors::sqlx_error;
 pub struct PostgresEngine {
     config: ConnConfig,
     bin_dir: Option<PathBuf>,
+    lock_wait_timeout: Duration,
 }
+
+/// How long a dump waits for a table lock by default (see
+/// [`PostgresEngine::with_lock_wait_timeout`]).
+pub const DEFAULT_LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl fmt::Debug for PostgresEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresEngine")
             .field("url", &self.config.redacted_url())
             .field("bin_dir", &self.bin_dir)
+            .field("lock_wait_timeout", &self.lock_wait_timeout)
             .finish()
     }
 }
@@ -59,6 +66,7 @@ impl PostgresEngine {
         Ok(Self {
             config,
             bin_dir: None,
+            lock_wait_timeout: DEFAULT_LOCK_WAIT_TIMEOUT,
         })
     }
 
@@ -68,6 +76,7 @@ impl PostgresEngine {
         Self {
             config: self.config.with_dbname(name),
             bin_dir: self.bin_dir.clone(),
+            lock_wait_timeout: self.lock_wait_timeout,
         }
     }
 
@@ -76,6 +85,17 @@ impl PostgresEngine {
     #[must_use]
     pub fn with_bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.bin_dir = Some(dir.into());
+        self
+    }
+
+    /// How long a dump waits for each table lock it takes at the start (ours and
+    /// pg_dump's `--lock-wait-timeout`) before failing with
+    /// [`ops_core::ErrorKind::Locked`]; default [`DEFAULT_LOCK_WAIT_TIMEOUT`]. A lock
+    /// can wait behind a queued `ALTER TABLE` that itself waits for the dump: without
+    /// a limit that would hang forever.
+    #[must_use]
+    pub fn with_lock_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_wait_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
@@ -143,7 +163,14 @@ impl DatabaseEngine for PostgresEngine {
     }
 
     async fn dump(&self, options: &DumpOptions, sink: Arc<dyn DumpSink>) -> Result<DumpReport> {
-        dump::dump(&self.config, self.bin_dir.clone(), options, sink).await
+        dump::dump(
+            &self.config,
+            self.bin_dir.clone(),
+            self.lock_wait_timeout,
+            options,
+            sink,
+        )
+        .await
     }
 
     async fn restore(

@@ -571,3 +571,62 @@ async fn clean_restore_of_an_unreadable_backup_leaves_the_target_alone() {
         "the target was touched before the backup was known readable"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_waits_for_locks_only_so_long() {
+    let server = EphemeralPostgres::start().await.expect("ephemeral server");
+    server
+        .execute(
+            "postgres",
+            "CREATE TABLE p (id int, at date) PARTITION BY RANGE (at);
+             CREATE TABLE p_2024 PARTITION OF p FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+             INSERT INTO p SELECT g, '2024-03-01' FROM generate_series(1, 10) g;
+             CREATE TABLE plain (id int); INSERT INTO plain VALUES (1);",
+        )
+        .await
+        .expect("fill");
+    let engine = server
+        .engine_for("postgres")
+        .expect("engine")
+        .with_lock_wait_timeout(Duration::from_millis(500));
+
+    // Only the partitioned parent is locked: our COPY workers need no lock on it, but
+    // pg_dump does, and gives up after --lock-wait-timeout.
+    let holder = client(&server, "postgres").await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE ONLY p IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock p");
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        engine.dump(
+            &DumpOptions::default(),
+            Arc::new(MemorySink(MemoryDump::new())),
+        ),
+    )
+    .await
+    .expect("the dump must not wait forever")
+    .expect_err("p is locked");
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err:?}");
+    assert_eq!(err.context_value("table"), Some("public.p"), "{err:?}");
+    holder.batch_execute("ROLLBACK").await.expect("unlock");
+
+    // A table we copy ourselves: our own lock gives up, naming it.
+    holder
+        .batch_execute("BEGIN; LOCK TABLE plain IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock plain");
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        engine.dump(
+            &DumpOptions::default().with_data_only(true),
+            Arc::new(MemorySink(MemoryDump::new())),
+        ),
+    )
+    .await
+    .expect("the dump must not wait forever")
+    .expect_err("plain is locked");
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err:?}");
+    assert!(err.message().contains("plain"), "{err}");
+    holder.batch_execute("ROLLBACK").await.expect("unlock");
+}
