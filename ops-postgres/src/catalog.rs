@@ -9,7 +9,7 @@ use ops_core::{Result, TableRef};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::errors::query_error;
+use crate::errors::{column, query_error};
 
 /// A relation of kind `r` (ordinary table, partition, inheritance child) or `p`
 /// (partitioned parent, no storage).
@@ -54,16 +54,20 @@ pub(crate) async fn list_tables(client: &Client, version_num: i32) -> Result<Vec
         .await
         .map_err(|e| query_error(e, "listing tables"))?;
     let mut out = Vec::with_capacity(rows.len());
+    const DOING: &str = "listing tables";
     for row in rows {
-        let kind: String = row.get(3);
-        let bytes: i64 = row.get(4);
+        let kind: String = column(&row, 3, DOING)?;
+        let bytes: i64 = column(&row, 4, DOING)?;
         out.push(CatalogTable {
-            oid: row.get(0),
-            table: TableRef::new(row.get::<_, String>(1), row.get::<_, String>(2)),
+            oid: column(&row, 0, DOING)?,
+            table: TableRef::new(
+                column::<String>(&row, 1, DOING)?,
+                column::<String>(&row, 2, DOING)?,
+            ),
             partitioned: kind == "p",
             bytes: u64::try_from(bytes).unwrap_or(0),
-            columns: row.get(6),
-            extension_member: row.get(7),
+            columns: column(&row, 6, DOING)?,
+            extension_member: column(&row, 7, DOING)?,
         });
     }
     Ok(out)
@@ -136,10 +140,11 @@ pub(crate) async fn object_map(client: &Client, tables: &[CatalogTable]) -> Resu
         })
         .collect();
     for row in rows {
-        let rel: u32 = row.get(0);
-        let class: u32 = row.get(1);
-        let oid: u32 = row.get(2);
-        let referenced: u32 = row.get(3);
+        const DOING: &str = "reading which objects belong to which table";
+        let rel: u32 = column(&row, 0, DOING)?;
+        let class: u32 = column(&row, 1, DOING)?;
+        let oid: u32 = column(&row, 2, DOING)?;
+        let referenced: u32 = column(&row, 3, DOING)?;
         if let Some(entry) = map.get_mut(&rel) {
             entry.objects.push((class, oid));
             if referenced != 0
@@ -158,8 +163,8 @@ pub(crate) async fn object_map(client: &Client, tables: &[CatalogTable]) -> Resu
         .await
         .map_err(|e| query_error(e, "reading partitions"))?;
     for row in inherits {
-        let parent: u32 = row.get(0);
-        let child: u32 = row.get(1);
+        let parent: u32 = column(&row, 0, "reading partitions")?;
+        let child: u32 = column(&row, 1, "reading partitions")?;
         if let (Some(child), Some(entry)) = (by_oid.get(&child), map.get_mut(&parent)) {
             entry.partitions.push(child.table.clone());
         }
@@ -174,8 +179,13 @@ pub(crate) async fn object_map(client: &Client, tables: &[CatalogTable]) -> Resu
         .await
         .map_err(|e| query_error(e, "listing schemas"))?
         .into_iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, u32>(1)))
-        .collect();
+        .map(|r| {
+            Ok((
+                column(&r, 0, "listing schemas")?,
+                column(&r, 1, "listing schemas")?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     Ok(ObjectMap {
         tables: map.into_values().collect(),
         schemas,

@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 
 use crate::catalog::{self, CatalogTable, OBJECT_MAP_META};
 use crate::config::{ConnConfig, TOOL_ENV_CLEARED};
-use crate::errors::query_error;
+use crate::errors::{column, query_error};
 use crate::session::{connect_pinned, qualified, quote_ident, quote_literal};
 use crate::tools;
 
@@ -338,13 +338,13 @@ async fn select_tables<'a>(
         if t.partitioned {
             let leaves = client
                 .query(
-                    "SELECT relid FROM pg_partition_tree($1::oid) WHERE isleaf",
+                    "SELECT relid::oid FROM pg_partition_tree($1::oid) WHERE isleaf",
                     &[&t.oid],
                 )
                 .await
                 .map_err(|e| query_error(e, format!("listing the partitions of {w}")))?;
             for row in leaves {
-                let oid: u32 = row.get(0);
+                let oid: u32 = column(&row, 0, "listing partitions")?;
                 if let Some(leaf) = by_oid.get(&oid)
                     && seen.insert(oid)
                 {

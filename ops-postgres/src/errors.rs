@@ -67,6 +67,24 @@ pub(crate) fn query_error(err: tokio_postgres::Error, doing: impl Display) -> Er
     Error::new(ErrorKind::Database, format!("{doing}: {text}"))
 }
 
+/// Column `idx` of a row the server sent, as `T`; a type or NULL the code did not
+/// expect is an error, never a panic.
+pub(crate) fn column<'a, T>(
+    row: &'a tokio_postgres::Row,
+    idx: usize,
+    doing: &str,
+) -> ops_core::Result<T>
+where
+    T: tokio_postgres::types::FromSql<'a>,
+{
+    row.try_get(idx).map_err(|e| {
+        Error::new(
+            ErrorKind::Database,
+            format!("{doing}: unexpected value in column {idx}: {e}"),
+        )
+    })
+}
+
 /// Converts a sqlx error raised while doing `doing`.
 pub(crate) fn sqlx_error(err: sqlx::Error, doing: impl Display) -> Error {
     match &err {

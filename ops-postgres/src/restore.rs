@@ -27,7 +27,7 @@ use tokio_postgres::Client;
 use crate::catalog::{OBJECT_MAP_META, ObjectMap};
 use crate::config::{ConnConfig, TOOL_ENV_CLEARED};
 use crate::dump::{META_BYTES, META_COLUMNS, tool_failure};
-use crate::errors::{query_error, sqlx_error};
+use crate::errors::{column, query_error, sqlx_error};
 use crate::session::{connect_pinned, qualified, quote_ident, quote_literal};
 use crate::{toc, tools};
 
@@ -306,7 +306,7 @@ async fn table_exists(client: &Client, table: &TableRef) -> Result<bool> {
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified(table)])
         .await
         .map_err(|e| query_error(e, "looking up a table in the target"))?;
-    Ok(row.get(0))
+    column(&row, 0, "looking up a table in the target")
 }
 
 /// The staged schema archive and the `-L` list of the entries to restore.
@@ -564,11 +564,8 @@ async fn target_contents(
         .query(&sql, &[])
         .await
         .map_err(|e| query_error(e, "checking whether the target is empty"))?;
-    rows.into_iter()
-        .map(|r| {
-            r.try_get(0)
-                .map_err(|e| query_error(e, "checking whether the target is empty"))
-        })
+    rows.iter()
+        .map(|r| column(r, 0, "checking whether the target is empty"))
         .collect()
 }
 

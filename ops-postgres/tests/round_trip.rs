@@ -4,8 +4,8 @@ mod common;
 
 use std::sync::Arc;
 
-use ops_core::testkit::engine::round_trip;
-use ops_core::{DatabaseEngine, DumpOptions, RestoreOptions, StreamRole};
+use ops_core::testkit::engine::{MemoryDump, MemorySink, round_trip};
+use ops_core::{DatabaseEngine, DumpOptions, RestoreOptions, StreamRole, TableRef};
 use ops_postgres::ephemeral::EphemeralPostgres;
 
 use common::*;
@@ -158,5 +158,45 @@ async fn pagila_round_trip_into_created_database() {
     assert_eq!(
         non_table_state(&server, "pagila").await,
         non_table_state(&server, "pagila_restored").await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_tables() {
+    let server = EphemeralPostgres::start().await.expect("ephemeral server");
+    server.create_database("parts").await.expect("create");
+    server
+        .execute(
+            "parts",
+            "CREATE TABLE p (id int, at date) PARTITION BY RANGE (at);
+             CREATE TABLE p_2023 PARTITION OF p FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
+             CREATE TABLE p_2024 PARTITION OF p FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')
+                 PARTITION BY LIST (id);
+             CREATE TABLE p_2024_rest PARTITION OF p_2024 DEFAULT;
+             INSERT INTO p SELECT g, date '2023-06-01' + g FROM generate_series(1, 400) g;
+             CREATE TABLE other (x int); INSERT INTO other VALUES (1);",
+        )
+        .await
+        .expect("fill");
+    let source = server.engine_for("parts").expect("engine");
+
+    // A partitioned table stands for its leaves.
+    let dump = MemoryDump::new();
+    source
+        .dump(
+            &DumpOptions::default().with_tables(vec![TableRef::new("public", "p")]),
+            Arc::new(MemorySink(Arc::clone(&dump))),
+        )
+        .await
+        .expect("dump of a partitioned table");
+    let mut names: Vec<String> = dump
+        .summaries()
+        .into_iter()
+        .map(|(s, m)| format!("{}={}", s.name, m.rows))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["data/public.p_2023/0=213", "data/public.p_2024_rest/0=187"]
     );
 }
