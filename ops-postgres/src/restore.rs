@@ -8,7 +8,7 @@
 //! (sequence values, large objects, indexes, constraints, triggers, materialized view
 //! refreshes), which is the order pg_restore itself uses.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -239,7 +239,8 @@ async fn restore_into(
         .filter(|s| s.table.as_ref().is_some_and(|t| selection.wants(t)))
         .cloned()
         .collect();
-    let tables = load_tables(config, Arc::clone(&source), streams, options.jobs).await?;
+    let roots = Arc::new(hash_partition_roots(&control, &streams).await?);
+    let tables = load_tables(config, Arc::clone(&source), streams, roots, options.jobs).await?;
 
     run_pg_restore(
         &pg_restore,
@@ -692,11 +693,59 @@ async fn run_pg_restore(pg_restore: &Path, config: &ConnConfig, args: Vec<OsStri
     Ok(())
 }
 
-/// Loads the table streams, `jobs` at a time, biggest first.
+/// For the tables of `streams` that are partitions under a HASH-partitioned table: the
+/// root of their partition tree, through which their rows must be loaded. A hash of
+/// the key (of an enum, whose hash is its oid, or of a type whose hash function or
+/// collation differs) can place a row in another partition on the target than on the
+/// source, and COPY straight into the source's partition would then fail; pg_dump's
+/// `--load-via-partition-root` does the same.
+async fn hash_partition_roots(
+    client: &Client,
+    streams: &[StreamSpec],
+) -> Result<HashMap<TableRef, TableRef>> {
+    let tables: BTreeSet<&TableRef> = streams.iter().filter_map(|s| s.table.as_ref()).collect();
+    let names: Vec<String> = tables.iter().map(|t| qualified(t)).collect();
+    let by_name: HashMap<String, TableRef> = tables
+        .iter()
+        .map(|t| (qualified(t), (*t).clone()))
+        .collect();
+    let rows = client
+        .query(
+            "SELECT q.name, rn.nspname::text, r.relname::text
+               FROM unnest($1::text[]) AS q(name)
+               CROSS JOIN LATERAL (SELECT to_regclass(q.name)::oid AS leaf) l
+               JOIN pg_class r ON r.oid = pg_partition_root(l.leaf)
+               JOIN pg_namespace rn ON rn.oid = r.relnamespace
+              WHERE r.oid <> l.leaf
+                AND EXISTS (SELECT 1 FROM pg_partition_ancestors(l.leaf) a
+                              JOIN pg_partitioned_table pt ON pt.partrelid = a.relid
+                             WHERE pt.partstrat = 'h')",
+            &[&names],
+        )
+        .await
+        .map_err(|e| query_error(e, "looking up hash-partitioned tables"))?;
+    let mut out = HashMap::new();
+    for row in rows {
+        const DOING: &str = "looking up hash-partitioned tables";
+        let name: String = column(&row, 0, DOING)?;
+        let root = TableRef::new(
+            column::<String>(&row, 1, DOING)?,
+            column::<String>(&row, 2, DOING)?,
+        );
+        if let Some(leaf) = by_name.get(&name) {
+            out.insert(leaf.clone(), root);
+        }
+    }
+    Ok(out)
+}
+
+/// Loads the table streams, `jobs` at a time, biggest first; partitions in `roots`
+/// through their root.
 async fn load_tables(
     config: &ConnConfig,
     source: Arc<dyn StreamSource>,
     mut streams: Vec<StreamSpec>,
+    roots: Arc<HashMap<TableRef, TableRef>>,
     jobs: usize,
 ) -> Result<BTreeMap<String, u64>> {
     let size = |s: &StreamSpec| {
@@ -715,6 +764,7 @@ async fn load_tables(
         let queue = Arc::clone(&queue);
         let source = Arc::clone(&source);
         let rows = Arc::clone(&rows);
+        let roots = Arc::clone(&roots);
         tasks.spawn(async move {
             let client = connect_pinned(&config).await?;
             client
@@ -727,7 +777,7 @@ async fn load_tables(
                     .unwrap_or_else(PoisonError::into_inner)
                     .pop_front();
                 let Some(spec) = next else { break };
-                let (table, n) = load_stream(&client, source.as_ref(), &spec).await?;
+                let (table, n) = load_stream(&client, source.as_ref(), &spec, &roots).await?;
                 *rows
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -748,11 +798,13 @@ async fn load_stream(
     client: &Client,
     source: &dyn StreamSource,
     spec: &StreamSpec,
+    roots: &HashMap<TableRef, TableRef>,
 ) -> Result<(TableRef, u64)> {
     let table = spec
         .table
         .clone()
         .ok_or_else(|| Error::corrupt(format!("table data stream {} names no table", spec.name)))?;
+    let into = roots.get(&table).unwrap_or(&table);
     let columns: Vec<String> = match spec.meta.get(META_COLUMNS) {
         Some(json) => serde_json::from_str(json).map_err(|e| {
             Error::corrupt(format!(
@@ -763,14 +815,10 @@ async fn load_stream(
         None => Vec::new(),
     };
     let sql = if columns.is_empty() {
-        format!("COPY {} FROM STDIN", qualified(&table))
+        format!("COPY {} FROM STDIN", qualified(into))
     } else {
         let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-        format!(
-            "COPY {} ({}) FROM STDIN",
-            qualified(&table),
-            cols.join(", ")
-        )
+        format!("COPY {} ({}) FROM STDIN", qualified(into), cols.join(", "))
     };
     let doing = || format!("restoring table {table} from stream {}", spec.name);
     let mut input = source.open(&spec.name).await?;
