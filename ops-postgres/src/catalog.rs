@@ -23,6 +23,8 @@ pub(crate) struct CatalogTable {
     pub columns: Vec<String>,
     /// Member of an extension: pg_dump dumps it (or its configuration rows) itself.
     pub extension_member: bool,
+    /// `UNLOGGED`: its rows cannot be read on a standby.
+    pub unlogged: bool,
 }
 
 /// Lists user tables as the snapshot sees them.
@@ -42,7 +44,8 @@ pub(crate) async fn list_tables(client: &Client, version_num: i32) -> Result<Vec
                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped {generated}
                       ORDER BY a.attnum),
                 EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                        AND d.objid = c.oid AND d.deptype = 'e')
+                        AND d.objid = c.oid AND d.deptype = 'e'),
+                c.relpersistence = 'u'
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
            AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -68,6 +71,7 @@ pub(crate) async fn list_tables(client: &Client, version_num: i32) -> Result<Vec
             bytes: u64::try_from(bytes).unwrap_or(0),
             columns: column(&row, 6, DOING)?,
             extension_member: column(&row, 7, DOING)?,
+            unlogged: column(&row, 8, DOING)?,
         });
     }
     Ok(out)

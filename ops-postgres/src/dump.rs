@@ -163,11 +163,15 @@ pub(crate) async fn dump(
         None
     };
     let leader = connect_pinned(config).await?;
-    let version_num: i32 = leader
-        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+    let row = leader
+        .query_one(
+            "SELECT current_setting('server_version_num')::int4, pg_is_in_recovery()",
+            &[],
+        )
         .await
-        .and_then(|row| row.try_get(0))
         .map_err(|e| query_error(e, "reading the server version"))?;
+    let version_num: i32 = column(&row, 0, "reading the server version")?;
+    let standby: bool = column(&row, 1, "reading the server version")?;
     if let Some((_, major)) = &pg_dump {
         tools::check_client_version("pg_dump", *major, tools::server_major(version_num))?;
     }
@@ -204,15 +208,27 @@ pub(crate) async fn dump(
     } else {
         select_tables(&leader, &all, &options.tables).await?
     };
+    let (selected, skipped) = without_unlogged_on_standby(selected, standby);
     lock_tables(&leader, &selected, lock_wait).await?;
     leader
         .batch_execute("SET LOCAL lock_timeout = 0")
         .await
         .map_err(|e| query_error(e, "resetting lock_timeout"))?;
 
+    if !skipped.is_empty() {
+        sink.warn(format!(
+            "the server is a standby, where unlogged tables cannot be read: the data of {} \
+             is not in this backup (their definitions are)",
+            skipped
+                .iter()
+                .map(|t| t.table.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let row = leader
         .query_one(
-            "SELECT current_setting('server_version'), pg_is_in_recovery(),
+            "SELECT current_setting('server_version'),
                     current_database()::text, current_setting('block_size')::int8,
                     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text
                          ELSE pg_current_wal_lsn()::text END",
@@ -220,12 +236,11 @@ pub(crate) async fn dump(
         )
         .await
         .map_err(|e| query_error(e, "reading the server state"))?;
-    let field = |e| query_error(e, "reading the server state");
-    let server_version: String = row.try_get(0).map_err(field)?;
-    let standby: bool = row.try_get(1).map_err(field)?;
-    let database: String = row.try_get(2).map_err(field)?;
-    let block_size = u64::try_from(row.try_get::<_, i64>(3).map_err(field)?).unwrap_or(8192);
-    let lsn: Option<String> = row.try_get(4).map_err(field)?;
+    const STATE: &str = "reading the server state";
+    let server_version: String = column(&row, 0, STATE)?;
+    let database: String = column(&row, 1, STATE)?;
+    let block_size = u64::try_from(column::<i64>(&row, 2, STATE)?).unwrap_or(8192);
+    let lsn: Option<String> = column(&row, 3, STATE)?;
     let leader = Arc::new(leader);
 
     let mut report = DumpReport::default();
@@ -318,6 +333,19 @@ pub(crate) async fn dump(
         .await
         .map_err(|e| query_error(e, "ending the snapshot transaction"))?;
     Ok(report)
+}
+
+/// On a standby, unlogged tables have no readable rows ("cannot access temporary or
+/// unlogged relations during recovery"): they are set apart, to be named in a warning.
+fn without_unlogged_on_standby(
+    tables: Vec<&CatalogTable>,
+    standby: bool,
+) -> (Vec<&CatalogTable>, Vec<&CatalogTable>) {
+    if standby {
+        tables.into_iter().partition(|t| !t.unlogged)
+    } else {
+        (tables, Vec::new())
+    }
 }
 
 /// The requested tables (a partitioned table stands for its leaf partitions).
@@ -614,7 +642,24 @@ mod tests {
             bytes,
             columns: vec!["a".into(), "we\"ird".into()],
             extension_member: false,
+            unlogged: false,
         }
+    }
+
+    #[test]
+    fn standby_leaves_out_unlogged_tables() {
+        let logged = table("logged", 8192);
+        let unlogged = CatalogTable {
+            unlogged: true,
+            ..table("scratch", 8192)
+        };
+        let (kept, skipped) = without_unlogged_on_standby(vec![&logged, &unlogged], true);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].table.name, "logged");
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].table.name, "scratch");
+        let (kept, skipped) = without_unlogged_on_standby(vec![&logged, &unlogged], false);
+        assert_eq!((kept.len(), skipped.len()), (2, 0));
     }
 
     #[test]
