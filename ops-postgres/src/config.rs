@@ -330,6 +330,12 @@ impl ConnConfig {
             .dbname(&self.dbname)
             .application_name(&self.application_name)
             .connect_timeout(self.connect_timeout)
+            // A peer that vanishes (failover, a dropped NAT entry) must not leave a dump
+            // or restore waiting forever on a dead TCP connection.
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3)
             .ssl_mode(match self.sslmode {
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
                 SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -339,6 +345,23 @@ impl ConnConfig {
             c.password(pw.expose());
         }
         c
+    }
+
+    /// Connects with sqlx, giving up after `connect_timeout` (sqlx has no such setting
+    /// of its own for single connections).
+    pub(crate) async fn sqlx_connect(&self) -> Result<sqlx::PgConnection> {
+        use sqlx::Connection;
+        let location = self.redacted_url();
+        match tokio::time::timeout(
+            self.connect_timeout,
+            sqlx::PgConnection::connect_with(&self.sqlx_options()),
+        )
+        .await
+        {
+            Ok(connected) => connected
+                .map_err(|e| crate::errors::sqlx_error(e, format!("connecting to {location}"))),
+            Err(_) => Err(connect_timed_out(&location, self.connect_timeout)),
+        }
     }
 
     /// sqlx settings; sqlx brings its own rustls configuration for each sslmode.
@@ -434,6 +457,18 @@ pub(crate) const TOOL_ENV_CLEARED: &[&str] = &[
     "PGREQUIRESSL",
     "PGTARGETSESSIONATTRS",
 ];
+
+/// The error for a connection attempt that took longer than `timeout`.
+pub(crate) fn connect_timed_out(location: &str, timeout: Duration) -> Error {
+    Error::new(
+        ops_core::ErrorKind::Unreachable,
+        format!(
+            "could not connect to {location}: no answer within {}s (connect_timeout)",
+            timeout.as_secs()
+        ),
+    )
+    .temporary()
+}
 
 fn os_user_name() -> Result<String> {
     let uid = nix::unistd::geteuid();
@@ -544,6 +579,15 @@ mod tests {
             let text = format!("{err} {err:?}");
             assert!(!text.contains("sekrit"), "{text}");
         }
+    }
+
+    #[test]
+    fn tcp_keepalives_and_connect_timeout() {
+        let c = ConnConfig::parse("postgres://u@h/db?connect_timeout=7", &no_env).expect("valid");
+        let t = c.tokio_config();
+        assert!(t.get_keepalives());
+        assert_eq!(t.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(t.get_connect_timeout(), Some(&Duration::from_secs(7)));
     }
 
     #[test]

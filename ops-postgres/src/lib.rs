@@ -100,9 +100,7 @@ impl PostgresEngine {
     }
 
     async fn sqlx_connection(&self) -> Result<sqlx::PgConnection> {
-        sqlx::PgConnection::connect_with(&self.config.sqlx_options())
-            .await
-            .map_err(|e| sqlx_error(e, format!("connecting to {}", self.location())))
+        self.config.sqlx_connect().await
     }
 }
 

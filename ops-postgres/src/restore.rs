@@ -852,19 +852,12 @@ fn maintenance(config: &ConnConfig) -> ConnConfig {
 
 async fn maintenance_connection(config: &ConnConfig) -> Result<sqlx::PgConnection> {
     let maint = maintenance(config);
-    match sqlx::PgConnection::connect_with(&maint.sqlx_options()).await {
+    match maint.sqlx_connect().await {
         Ok(c) => Ok(c),
-        Err(e) => {
-            let err = sqlx_error(e, format!("connecting to {}", maint.redacted_url()));
-            if err.kind() == ErrorKind::NotFound && maint.dbname == "postgres" {
-                let alt = config.with_dbname("template1");
-                sqlx::PgConnection::connect_with(&alt.sqlx_options())
-                    .await
-                    .map_err(|e| sqlx_error(e, format!("connecting to {}", alt.redacted_url())))
-            } else {
-                Err(err)
-            }
+        Err(err) if err.kind() == ErrorKind::NotFound && maint.dbname == "postgres" => {
+            config.with_dbname("template1").sqlx_connect().await
         }
+        Err(err) => Err(err),
     }
 }
 

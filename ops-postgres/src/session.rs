@@ -7,7 +7,7 @@
 use ops_core::Result;
 use tokio_postgres::Client;
 
-use crate::config::ConnConfig;
+use crate::config::{ConnConfig, connect_timed_out};
 use crate::errors::{connect_error, query_error};
 
 /// Session settings for every dump and restore connection.
@@ -30,11 +30,13 @@ SET row_security = off;";
 pub(crate) async fn connect(config: &ConnConfig) -> Result<Client> {
     let location = config.redacted_url();
     let tls = crate::tls::connector(config)?;
-    let (client, connection) = config
-        .tokio_config()
-        .connect(tls)
-        .await
-        .map_err(|e| connect_error(e, &location))?;
+    // tokio-postgres's connect_timeout covers the TCP connect only; a server that
+    // accepts and then says nothing must not hang us either (libpq's covers it all).
+    let (client, connection) =
+        tokio::time::timeout(config.connect_timeout, config.tokio_config().connect(tls))
+            .await
+            .map_err(|_| connect_timed_out(&location, config.connect_timeout))?
+            .map_err(|e| connect_error(e, &location))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("PostgreSQL connection ended: {e}");

@@ -40,6 +40,40 @@ async fn unreachable_server() {
     assert!(!format!("{err} {err:?}").contains("pw-unreach"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_times_out() {
+    // The kernel accepts the connection; nobody ever speaks.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let engine = PostgresEngine::new(&format!(
+        "postgres://postgres:pw-silent@127.0.0.1:{port}/postgres?sslmode=disable&connect_timeout=2"
+    ))
+    .expect("valid URL");
+    let started = std::time::Instant::now();
+    let (described, dumped) = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures::future::join(
+            engine.describe(),
+            engine.dump(
+                &DumpOptions::default().with_data_only(true),
+                Arc::new(MemorySink(MemoryDump::new())),
+            ),
+        ),
+    )
+    .await
+    .expect("connect_timeout must end the wait");
+    for err in [
+        described.expect_err("sqlx never gets an answer"),
+        dumped.expect_err("tokio-postgres never gets an answer"),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Unreachable, "{err:?}");
+        assert!(err.message().contains("connect_timeout"), "{err}");
+        assert!(!format!("{err} {err:?}").contains("pw-silent"));
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(listener);
+}
+
 #[tokio::test]
 async fn wrong_password_is_authentication_and_never_shown() {
     let server =
