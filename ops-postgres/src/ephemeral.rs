@@ -6,7 +6,10 @@
 //! `full_page_writes=off`). When the process runs as root, the server runs as `nobody`
 //! (PostgreSQL refuses to run as root). Dropping the value stops the server
 //! (immediate shutdown) and removes the directory. Nothing here is for data that
-//! matters.
+//! must survive; but `verify --restore` loads decrypted backups into it, so it is not
+//! open to other local users: TCP needs a SCRAM password (random unless given, and
+//! part of [`EphemeralPostgres::url`]), and the Unix socket, which trusts, lives in a
+//! directory only the server's user can enter.
 
 use std::fmt;
 use std::fs::File;
@@ -23,19 +26,21 @@ use ops_core::{Error, ErrorKind, Result, Secret};
 use crate::PostgresEngine;
 use crate::tools;
 
-/// How to start an [`EphemeralPostgres`]. `Default`: trust authentication everywhere.
+/// How to start an [`EphemeralPostgres`]. `Default`: TCP connections need a random
+/// password (SCRAM-SHA-256), which [`EphemeralPostgres::url`] carries; the Unix socket
+/// (in a directory only the server's user can enter) trusts.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct EphemeralOptions {
-    /// When set, TCP connections need a password (SCRAM-SHA-256) and the `postgres`
-    /// superuser gets this one; the Unix socket stays `trust`.
+    /// The password of the `postgres` superuser on TCP (SCRAM-SHA-256); `None`: a
+    /// random one. The Unix socket stays `trust`.
     pub superuser_password: Option<Secret>,
     /// Extra server settings (`-c name=value`).
     pub settings: Vec<(String, String)>,
 }
 
 impl EphemeralOptions {
-    /// Requires SCRAM password authentication on TCP, with `password` for `postgres`.
+    /// Gives `postgres` this password (instead of a random one) for TCP connections.
     #[must_use]
     pub fn with_password_auth(mut self, password: impl Into<String>) -> Self {
         self.superuser_password = Some(Secret::new(password.into()));
@@ -55,7 +60,7 @@ pub struct EphemeralPostgres {
     dir: Option<tempfile::TempDir>,
     bin_dir: PathBuf,
     port: u16,
-    password: Option<Secret>,
+    password: Secret,
     child: Mutex<Option<Child>>,
 }
 
@@ -82,6 +87,18 @@ fn unprivileged() -> Result<Option<(Uid, Gid)>> {
             "running as root, and there is no user 'nobody' to run PostgreSQL as",
         )),
     }
+}
+
+/// 128 random bits, hex: safe in a URL as it is.
+fn random_password() -> Result<Secret> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("reading /dev/urandom for the server password", e))?;
+    Ok(Secret::new(
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    ))
 }
 
 fn free_port() -> Result<u16> {
@@ -139,12 +156,24 @@ impl EphemeralPostgres {
             .prefix("dbops-pg-")
             .tempdir()
             .map_err(|e| Error::io("creating the server directory", e))?;
+        // Private: the Unix socket inside trusts whoever reaches it.
+        let private = |path: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(format!("making {} private", path.display()), e))
+        };
+        private(dir.path())?;
         chown(dir.path(), owner)?;
         let data = dir.path().join("data");
         let sock = dir.path().join("sock");
         std::fs::create_dir(&sock).map_err(|e| Error::io("creating the socket directory", e))?;
+        private(&sock)?;
         chown(&sock, owner)?;
 
+        let password = match &options.superuser_password {
+            Some(pw) => pw.clone(),
+            None => random_password()?,
+        };
         let mut initdb = Command::new(bin_dir.join("initdb"));
         initdb
             .arg("-D")
@@ -152,7 +181,8 @@ impl EphemeralPostgres {
             .args([
                 "-U",
                 "postgres",
-                "--auth=trust",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
                 "-E",
                 "UTF8",
                 "--locale=C.UTF-8",
@@ -163,15 +193,12 @@ impl EphemeralPostgres {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(pw) = &options.superuser_password {
-            let pwfile = dir.path().join("pwfile");
-            std::fs::write(&pwfile, format!("{}\n", pw.expose()))
-                .map_err(|e| Error::io("writing the password file", e))?;
-            chown(&pwfile, owner)?;
-            initdb
-                .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
-                .arg(format!("--pwfile={}", pwfile.display()));
-        }
+        // The directory is 0700 (tempfile), so the password file is private too.
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, format!("{}\n", password.expose()))
+            .map_err(|e| Error::io("writing the password file", e))?;
+        chown(&pwfile, owner)?;
+        initdb.arg(format!("--pwfile={}", pwfile.display()));
         run_as(&mut initdb, owner);
         let out = initdb
             .output()
@@ -213,6 +240,8 @@ impl EphemeralPostgres {
                 ("shared_buffers", "32MB"),
                 ("max_wal_size", "1GB"),
                 ("logging_collector", "off"),
+                // The socket trusts: only the server's own user (and root) may use it.
+                ("unix_socket_permissions", "0700"),
             ]
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -239,11 +268,16 @@ impl EphemeralPostgres {
                         dir: Some(dir),
                         bin_dir,
                         port,
-                        password: options.superuser_password.clone(),
+                        password,
                         child: Mutex::new(Some(child)),
                     });
                 }
                 Err(log) => {
+                    // The postmaster leads its own process group: end every process
+                    // it started, not only itself.
+                    if let Ok(pid) = pid_of(&child) {
+                        let _ = killpg(pid, Signal::SIGKILL);
+                    }
                     let _ = child.kill();
                     let _ = child.wait();
                     let retry = log.contains("could not bind") || log.contains("already in use");
@@ -260,8 +294,8 @@ impl EphemeralPostgres {
         ))
     }
 
-    /// `postgres://postgres@127.0.0.1:PORT/postgres` (with the password when the server
-    /// was started with password authentication).
+    /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres?sslmode=disable`. It holds
+    /// the password: redact it (`ops_core::redact_url`) before showing it.
     pub fn url(&self) -> String {
         self.url_for("postgres")
     }
@@ -271,15 +305,12 @@ impl EphemeralPostgres {
         let db: String = url::form_urlencoded::byte_serialize(db.as_bytes())
             .collect::<String>()
             .replace('+', "%20");
-        let auth = match &self.password {
-            Some(pw) => format!(
-                "postgres:{}",
-                url::form_urlencoded::byte_serialize(pw.expose().as_bytes())
-                    .collect::<String>()
-                    .replace('+', "%20")
-            ),
-            None => "postgres".to_owned(),
-        };
+        let auth = format!(
+            "postgres:{}",
+            url::form_urlencoded::byte_serialize(self.password.expose().as_bytes())
+                .collect::<String>()
+                .replace('+', "%20")
+        );
         format!(
             "postgres://{auth}@127.0.0.1:{}/{db}?sslmode=disable",
             self.port
@@ -428,11 +459,13 @@ impl Drop for EphemeralPostgres {
         let mut guard = self.child();
         if let Some(mut child) = guard.take() {
             if let Ok(pid) = pid_of(&child) {
-                // What `pg_ctl stop -m immediate` does: SIGQUIT to the postmaster.
+                // What `pg_ctl stop -m immediate` does: SIGQUIT to the postmaster. Drop
+                // may run on an async worker thread, so wait only briefly, then kill
+                // whatever of the group is left (nothing here must survive anyway).
                 let _ = kill(pid, Signal::SIGQUIT);
-                let deadline = Instant::now() + Duration::from_secs(10);
+                let deadline = Instant::now() + Duration::from_millis(500);
                 while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(5));
                 }
                 let _ = killpg(pid, Signal::SIGKILL);
             }

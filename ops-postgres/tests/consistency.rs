@@ -29,19 +29,10 @@ async fn dump_under_pgbench_load_is_consistent() {
     let server = EphemeralPostgres::start().await.expect("ephemeral server");
     server.create_database("bench").await.expect("create");
     let port = server.port().to_string();
+    let socket = server.socket_dir().display().to_string();
     let init = Command::new(pgbench(&server))
         .args([
-            "-i",
-            "-s",
-            "2",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &port,
-            "bench",
+            "-i", "-s", "2", "-q", "-h", &socket, "-U", "postgres", "-p", &port, "bench",
         ])
         .output()
         .expect("pgbench -i runs (install postgresql-contrib / postgresql-15)");
@@ -53,18 +44,7 @@ async fn dump_under_pgbench_load_is_consistent() {
 
     let mut load = std::process::Command::new(pgbench(&server))
         .args([
-            "-c",
-            "4",
-            "-T",
-            "30",
-            "-n",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &port,
-            "bench",
+            "-c", "4", "-T", "30", "-n", "-h", &socket, "-U", "postgres", "-p", &port, "bench",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -664,3 +664,45 @@ async fn a_dump_waits_for_locks_only_so_long() {
     assert!(err.message().contains("plain"), "{err}");
     holder.batch_execute("ROLLBACK").await.expect("unlock");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_server_needs_a_password_on_tcp() {
+    let server = EphemeralPostgres::start().await.expect("ephemeral server");
+    // Without the password: refused, even as the superuser.
+    let bare = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+        server.port()
+    );
+    let err = PostgresEngine::new(&bare)
+        .expect("valid URL")
+        .describe()
+        .await
+        .expect_err("TCP needs the password");
+    assert!(matches!(err.kind(), ErrorKind::Authentication), "{err:?}");
+    // The URL carries a random password; Debug does not show it.
+    let url = server.url();
+    let password = url::Url::parse(&url)
+        .expect("url")
+        .password()
+        .map(str::to_owned)
+        .expect("the URL has a password");
+    assert!(password.len() >= 32, "{url}");
+    assert!(!format!("{server:?}").contains(&password));
+    server
+        .engine_for("postgres")
+        .expect("engine")
+        .describe()
+        .await
+        .expect("with the URL's password");
+    let other = EphemeralPostgres::start().await.expect("second server");
+    assert_ne!(
+        url::Url::parse(&other.url()).expect("url").password(),
+        Some(password.as_str()),
+        "passwords must be random"
+    );
+    // The trusting socket is in a directory only the server's user can enter.
+    use std::os::unix::fs::PermissionsExt;
+    let root = server.socket_dir().parent().expect("dir").to_path_buf();
+    let mode = std::fs::metadata(&root).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", root.display());
+}

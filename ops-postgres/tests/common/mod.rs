@@ -28,16 +28,9 @@ fn tool(server: &EphemeralPostgres, name: &str) -> PathBuf {
 /// Runs a SQL file with psql (ON_ERROR_STOP) in `db`.
 pub fn psql_file(server: &EphemeralPostgres, db: &str, file: &Path) {
     let out = Command::new(tool(server, "psql"))
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-        ])
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
+        .arg("-h")
+        .arg(server.socket_dir())
         .arg("-p")
         .arg(server.port().to_string())
         .arg("-d")
@@ -58,7 +51,9 @@ pub fn psql_file(server: &EphemeralPostgres, db: &str, file: &Path) {
 /// `pg_dump --schema-only` without comment lines and `\restrict` lines.
 pub fn schema_of(server: &EphemeralPostgres, db: &str) -> String {
     let out = Command::new(tool(server, "pg_dump"))
-        .args(["--schema-only", "-h", "127.0.0.1", "-U", "postgres"])
+        .args(["--schema-only", "-U", "postgres"])
+        .arg("-h")
+        .arg(server.socket_dir())
         .arg("-p")
         .arg(server.port().to_string())
         .arg("-d")
