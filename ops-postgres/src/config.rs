@@ -3,8 +3,8 @@
 //!
 //! Everything that leaves this module for display goes through
 //! [`ConnConfig::redacted_url`], which never contains the password. The password itself
-//! is only exposed to tokio-postgres, sqlx, and the `PGPASSWORD` variable of the
-//! pg_dump/pg_restore child processes (never their command line).
+//! is only exposed to tokio-postgres, sqlx, and a private temporary `PGPASSFILE` for the
+//! pg_dump/pg_restore child processes (never their command line or environment).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -399,9 +399,11 @@ impl ConnConfig {
     }
 
     /// Environment for pg_dump/pg_restore: the connection without the database (given
-    /// with `-d`), the password only here, never on the command line.
-    pub(crate) fn tool_env(&self) -> Vec<(&'static str, String)> {
-        let mut env = vec![
+    /// with `-d`). The password goes into a private (0600) temporary `PGPASSFILE`, never
+    /// on the command line or in the environment (which `/proc/PID/environ` shows to
+    /// every process of the same user); the file lives as long as the [`ToolEnv`].
+    pub(crate) fn tool_env(&self) -> Result<ToolEnv> {
+        let mut vars = vec![
             ("PGHOST", self.host.as_libpq()),
             ("PGPORT", self.port.to_string()),
             ("PGUSER", self.user.clone()),
@@ -413,19 +415,27 @@ impl ConnConfig {
                 self.connect_timeout.as_secs().to_string(),
             ),
         ];
-        if let Some(pw) = &self.password {
-            env.push(("PGPASSWORD", pw.expose().to_owned()));
-        }
+        let passfile = match &self.password {
+            Some(pw) => {
+                let file = pgpass_file(&self.user, pw.expose())?;
+                vars.push(("PGPASSFILE", file.path().display().to_string()));
+                Some(file)
+            }
+            None => None,
+        };
         if let Some(r) = &self.sslrootcert {
-            env.push(("PGSSLROOTCERT", r.clone()));
+            vars.push(("PGSSLROOTCERT", r.clone()));
         }
         if let Some(c) = &self.sslcert {
-            env.push(("PGSSLCERT", c.display().to_string()));
+            vars.push(("PGSSLCERT", c.display().to_string()));
         }
         if let Some(k) = &self.sslkey {
-            env.push(("PGSSLKEY", k.display().to_string()));
+            vars.push(("PGSSLKEY", k.display().to_string()));
         }
-        env
+        Ok(ToolEnv {
+            vars,
+            _passfile: passfile,
+        })
     }
 
     /// A libpq connection string naming only the database, for `-d`: host, user and
@@ -438,7 +448,49 @@ impl ConnConfig {
     }
 }
 
-/// Variables that could redirect a child pg_dump/pg_restore elsewhere than we say.
+/// The environment of one pg_dump/pg_restore run (see [`ConnConfig::tool_env`]).
+pub(crate) struct ToolEnv {
+    vars: Vec<(&'static str, String)>,
+    _passfile: Option<tempfile::NamedTempFile>,
+}
+
+impl ToolEnv {
+    /// Clears every variable that could send the tool elsewhere or change how it
+    /// connects, then sets ours. Keep `self` alive until the child has exited.
+    pub(crate) fn apply(&self, cmd: &mut tokio::process::Command) {
+        for var in TOOL_ENV_CLEARED {
+            cmd.env_remove(var);
+        }
+        cmd.envs(self.vars.iter().map(|(k, v)| (*k, v.as_str())));
+    }
+
+    #[cfg(test)]
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A 0600 temporary password file matching any host, port and database for `user`.
+fn pgpass_file(user: &str, password: &str) -> Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    let mut file = tempfile::Builder::new()
+        .prefix("dbops-pgpass-")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile()
+        .map_err(|e| Error::io("creating a temporary password file", e))?;
+    writeln!(file, "*:*:*:{}:{}", escape(user), escape(password))
+        .and_then(|()| file.flush())
+        .map_err(|e| Error::io("writing the temporary password file", e))?;
+    Ok(file)
+}
+
+/// Variables that could redirect a child pg_dump/pg_restore elsewhere than we say, or
+/// change how it authenticates or encrypts.
 pub(crate) const TOOL_ENV_CLEARED: &[&str] = &[
     "PGHOST",
     "PGHOSTADDR",
@@ -454,8 +506,27 @@ pub(crate) const TOOL_ENV_CLEARED: &[&str] = &[
     "PGSSLROOTCERT",
     "PGSSLCERT",
     "PGSSLKEY",
+    "PGSSLPASSWORD",
+    "PGSSLCRL",
+    "PGSSLCRLDIR",
+    "PGSSLSNI",
+    "PGSSLNEGOTIATION",
+    "PGSSLMINPROTOCOLVERSION",
+    "PGSSLMAXPROTOCOLVERSION",
+    "PGSSLCERTMODE",
     "PGREQUIRESSL",
+    "PGREQUIREPEER",
+    "PGREQUIREAUTH",
+    "PGCHANNELBINDING",
+    "PGGSSENCMODE",
+    "PGGSSDELEGATION",
+    "PGKRBSRVNAME",
+    "PGGSSLIB",
     "PGTARGETSESSIONATTRS",
+    "PGLOADBALANCEHOSTS",
+    "PGAPPNAME",
+    "PGCONNECT_TIMEOUT",
+    "PGCLIENTENCODING",
 ];
 
 /// The error for a connection attempt that took longer than `timeout`.
@@ -588,6 +659,35 @@ mod tests {
         assert!(t.get_keepalives());
         assert_eq!(t.get_keepalives_idle(), Duration::from_secs(30));
         assert_eq!(t.get_connect_timeout(), Some(&Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn tools_get_the_password_in_a_private_file_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let c = ConnConfig::parse("postgres://a%3Ab:pw%5C%3Ax@h/db", &no_env).expect("valid");
+        let env = c.tool_env().expect("tool env");
+        assert!(env.get("PGPASSWORD").is_none());
+        assert!(env.vars.iter().all(|(_, v)| !v.contains("pw\\:x")));
+        let path = PathBuf::from(env.get("PGPASSFILE").expect("PGPASSFILE"));
+        let meta = std::fs::metadata(&path).expect("passfile exists");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "*:*:*:a\\:b:pw\\\\\\:x\n"
+        );
+        drop(env);
+        assert!(!path.exists(), "the password file outlived the run");
+        for var in [
+            "PGSSLPASSWORD",
+            "PGGSSENCMODE",
+            "PGCHANNELBINDING",
+            "PGREQUIREAUTH",
+            "PGSSLNEGOTIATION",
+        ] {
+            assert!(TOOL_ENV_CLEARED.contains(&var), "{var}");
+        }
+        let no_pw = ConnConfig::parse("postgres://u@h/db", &no_env).expect("valid");
+        assert!(no_pw.tool_env().expect("env").get("PGPASSFILE").is_none());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
 use crate::catalog::{self, CatalogTable, OBJECT_MAP_META};
-use crate::config::{ConnConfig, TOOL_ENV_CLEARED};
+use crate::config::ConnConfig;
 use crate::errors::{column, query_error};
 use crate::session::{connect_pinned, qualified, quote_ident, quote_literal};
 use crate::tools;
@@ -534,11 +534,9 @@ async fn dump_schema(
             quote_ident(&t.name)
         ));
     }
-    for var in TOOL_ENV_CLEARED {
-        cmd.env_remove(var);
-    }
-    cmd.envs(config.tool_env())
-        .stdin(Stdio::null())
+    let env = config.tool_env()?;
+    env.apply(&mut cmd);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -568,6 +566,7 @@ async fn dump_schema(
         .wait()
         .await
         .map_err(|e| Error::io("waiting for pg_dump", e))?;
+    drop(env);
     let stderr = stderr_task.await.unwrap_or_default();
     if !status.success() {
         return Err(tool_failure("pg_dump", &status, &stderr));

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::Client;
 
 use crate::catalog::{OBJECT_MAP_META, ObjectMap};
-use crate::config::{ConnConfig, TOOL_ENV_CLEARED};
+use crate::config::{ConnConfig, ToolEnv};
 use crate::dump::{META_BYTES, META_COLUMNS, tool_failure};
 use crate::errors::{column, query_error, sqlx_error};
 use crate::session::{connect_pinned, qualified, quote_ident, quote_literal};
@@ -587,17 +587,17 @@ async fn stage(source: &dyn StreamSource, name: &str, path: &Path) -> Result<()>
         .map_err(|e| Error::io("writing the temporary schema archive", e))
 }
 
-fn tool_command(program: &Path, config: &ConnConfig) -> tokio::process::Command {
+/// A pg_restore command connecting as `config` says; keep the [`ToolEnv`] (which holds
+/// the password file) until the child has exited.
+fn tool_command(program: &Path, config: &ConnConfig) -> Result<(tokio::process::Command, ToolEnv)> {
     let mut cmd = tokio::process::Command::new(program);
-    for var in TOOL_ENV_CLEARED {
-        cmd.env_remove(var);
-    }
-    cmd.envs(config.tool_env())
-        .stdin(Stdio::null())
+    let env = config.tool_env()?;
+    env.apply(&mut cmd);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    cmd
+    Ok((cmd, env))
 }
 
 /// `pg_restore -l -v [args] archive`.
@@ -634,7 +634,7 @@ async fn restore_prerequisites(
     warnings: &mut Vec<String>,
 ) -> Result<()> {
     let file = write_list_file(list).await?;
-    let mut cmd = tool_command(pg_restore, config);
+    let (mut cmd, _env) = tool_command(pg_restore, config)?;
     cmd.args(["--no-password", "--section=pre-data", "-d"])
         .arg(config.dbname_conninfo())
         .arg("-L")
@@ -671,7 +671,7 @@ async fn restore_prerequisites(
 }
 
 async fn run_pg_restore(pg_restore: &Path, config: &ConnConfig, args: Vec<OsString>) -> Result<()> {
-    let mut cmd = tool_command(pg_restore, config);
+    let (mut cmd, _env) = tool_command(pg_restore, config)?;
     cmd.args(args);
     let mut child = cmd
         .spawn()
