@@ -397,9 +397,19 @@ async fn restore_failures_and_table_filter() {
     let again = RestoreOptions::default().with_tables(vec![TableRef::new("public", "orders")]);
     let err = one.restore(dump.clone(), &again).await.expect_err("exists");
     assert_eq!(err.kind(), ErrorKind::TargetNotEmpty, "{err:?}");
-    one.restore(dump.clone(), &again.clone().with_clean(true))
+    let report = one
+        .restore(dump.clone(), &again.clone().with_clean(true))
         .await
         .expect("clean table restore");
+    // The trigger function is there already: kept, and said so.
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("kept") && w.contains("stamp")),
+        "{:?}",
+        report.warnings
+    );
     assert_eq!(
         rows_text(&server, "one_table", "SELECT count(*) FROM orders").await,
         ["500"]
