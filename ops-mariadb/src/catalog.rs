@@ -12,12 +12,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::conn::{number, opt_text, query_rows, query_string, text};
 use crate::format::{Encoding, StreamColumn, quote_ident, quote_str};
+use crate::keys::{self, DeferredKeys, StatRow, TableFacts};
 use ops_core::{Error, ErrorKind, Result};
 
 /// The `format` value in every schema stream header.
 pub(crate) const SCHEMA_FORMAT: &str = "dbops-mariadb-schema";
-/// The schema stream version this code writes and reads.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+/// The schema stream version this code writes (and the newest it reads). Version 2
+/// added the optional `deferred` field of table objects; version 1 streams are read
+/// as tables without it.
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 /// Name of the schema stream restored before the data.
 pub(crate) const PRE_DATA: &str = "schema/pre-data";
 /// Name of the schema stream restored after the data (triggers, events).
@@ -72,6 +75,10 @@ pub(crate) struct SchemaObject {
     pub collation_connection: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+    /// Tables (version 2): the keys the restore adds after the data, and the
+    /// `CREATE TABLE` without them. `sql` stays the full statement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<DeferredKeys>,
 }
 
 impl SchemaObject {
@@ -85,6 +92,7 @@ impl SchemaObject {
             character_set_client: None,
             collation_connection: None,
             time_zone: None,
+            deferred: None,
         }
     }
 }
@@ -181,6 +189,44 @@ pub(crate) async fn read(
         pk_first.push((text(&r, 0)?, text(&r, 1)?));
     }
 
+    // Index structure and foreign key names, for the keys a restore adds after the data.
+    let mut stats: Vec<(String, StatRow)> = Vec::new();
+    let mut foreign_keys: Vec<(String, String)> = Vec::new();
+    if with_schema {
+        for r in query_rows(
+            conn,
+            &format!(
+                "SELECT TABLE_NAME, INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME, INDEX_TYPE \
+                 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = {qdb} \
+                 ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX"
+            ),
+        )
+        .await?
+        {
+            stats.push((
+                text(&r, 0)?,
+                StatRow {
+                    index: text(&r, 1)?,
+                    non_unique: number(&r, 2)? != 0,
+                    seq: u32::try_from(number(&r, 3)?).unwrap_or(u32::MAX),
+                    column: opt_text(&r, 4)?,
+                    index_type: opt_text(&r, 5)?.unwrap_or_default(),
+                },
+            ));
+        }
+        for r in query_rows(
+            conn,
+            &format!(
+                "SELECT TABLE_NAME, CONSTRAINT_NAME FROM information_schema.REFERENTIAL_CONSTRAINTS \
+                 WHERE CONSTRAINT_SCHEMA = {qdb}"
+            ),
+        )
+        .await?
+        {
+            foreign_keys.push((text(&r, 0)?, text(&r, 1)?));
+        }
+    }
+
     let mut pre = Vec::new();
     let mut post = Vec::new();
     let mut tables = Vec::new();
@@ -251,7 +297,32 @@ pub(crate) async fn read(
                     ));
                 }
                 if with_schema {
-                    pre.push(SchemaObject::new(ObjectKind::Table, &name, create));
+                    let mut o = SchemaObject::new(ObjectKind::Table, &name, create);
+                    // InnoDB only (other engines copy the table to add a key), and not
+                    // system-versioned tables (ALTER TABLE on them has its own rules).
+                    if engine.eq_ignore_ascii_case("InnoDB") && !versioned {
+                        let facts = TableFacts {
+                            stats: stats
+                                .iter()
+                                .filter(|(t, _)| *t == name)
+                                .map(|(_, s)| s)
+                                .collect(),
+                            foreign_keys: foreign_keys
+                                .iter()
+                                .filter(|(t, _)| *t == name)
+                                .map(|(_, f)| f.as_str())
+                                .collect(),
+                            auto_increment: columns
+                                .iter()
+                                .find(|(t, _, _, _, extra)| {
+                                    *t == name
+                                        && extra.to_ascii_lowercase().contains("auto_increment")
+                                })
+                                .map(|(_, c, _, _, _)| c.as_str()),
+                        };
+                        o.deferred = keys::plan(&o.sql, &facts);
+                    }
+                    pre.push(o);
                 }
                 tables.push(TablePlan {
                     name,

@@ -227,7 +227,8 @@ impl Session {
                 "SET SESSION time_zone = '+00:00', \
                  sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', \
                  foreign_key_checks = 0, unique_checks = 0, \
-                 net_read_timeout = 3600, net_write_timeout = 3600, wait_timeout = 86400",
+                 net_read_timeout = 3600, net_write_timeout = 3600, wait_timeout = 86400, \
+                 innodb_lock_wait_timeout = 86400, lock_wait_timeout = 86400",
             ],
         }
     }

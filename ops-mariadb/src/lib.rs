@@ -6,6 +6,7 @@ mod dump;
 pub mod ephemeral;
 mod error;
 mod format;
+mod keys;
 mod restore;
 
 use std::fmt;
@@ -46,6 +47,7 @@ pub enum DefinerPolicy {
 pub struct MariaDbEngine {
     config: Arc<conn::ConnConfig>,
     definer: DefinerPolicy,
+    binlog: bool,
 }
 
 impl fmt::Debug for MariaDbEngine {
@@ -54,6 +56,7 @@ impl fmt::Debug for MariaDbEngine {
             .field("location", &self.config.redacted_url())
             .field("tls", &self.config.tls)
             .field("definer", &self.definer)
+            .field("binlog", &self.binlog)
             .finish()
     }
 }
@@ -76,6 +79,7 @@ impl MariaDbEngine {
         Ok(Self {
             config: Arc::new(conn::ConnConfig::parse(url)?),
             definer: DefinerPolicy::Keep,
+            binlog: true,
         })
     }
 
@@ -85,6 +89,7 @@ impl MariaDbEngine {
         Self {
             config: Arc::new(self.config.with_database(name)),
             definer: self.definer.clone(),
+            binlog: self.binlog,
         }
     }
 
@@ -93,6 +98,24 @@ impl MariaDbEngine {
     pub fn with_definer(mut self, policy: DefinerPolicy) -> Self {
         self.definer = policy;
         self
+    }
+
+    /// Whether restores write to the target's binary log (`true`, the default).
+    ///
+    /// `false` runs every restore session with `SET SESSION sql_log_bin = 0`: the
+    /// restore is faster on a server with the binary log on, but replicas (and
+    /// point-in-time recovery from the binlog) never see the restored schema or data.
+    /// It needs the `BINLOG ADMIN` (or `SUPER`) privilege; without it the restore fails
+    /// with `PermissionDenied` before it changes anything.
+    #[must_use]
+    pub fn with_binlog(mut self, on: bool) -> Self {
+        self.binlog = on;
+        self
+    }
+
+    /// Whether restores write to the binary log.
+    pub fn binlog(&self) -> bool {
+        self.binlog
     }
 
     /// The definer policy in force.
@@ -184,6 +207,7 @@ impl DatabaseEngine for MariaDbEngine {
             Arc::clone(&self.config),
             db,
             self.definer.clone(),
+            self.binlog,
             source,
             options.clone(),
         )

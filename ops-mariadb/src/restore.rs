@@ -17,6 +17,7 @@ use mysql_async::prelude::Queryable;
 use ops_core::{
     Error, ErrorKind, RestoreOptions, RestoreReport, Result, StreamRole, StreamSource, StreamSpec,
 };
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::DefinerPolicy;
@@ -24,6 +25,7 @@ use crate::catalog::{self, ObjectKind, SchemaHeader, SchemaObject};
 use crate::conn::{self, ConnConfig, Session};
 use crate::error::{code, db_error, server_code};
 use crate::format::{self, StreamColumn, apply_definer, load_clause, quote_ident, quote_str};
+use crate::keys::DeferredKeys;
 
 /// What to restore, decided from the options and the dump.
 struct Selection {
@@ -53,6 +55,7 @@ pub(crate) async fn restore(
     config: Arc<ConnConfig>,
     db: String,
     definer: DefinerPolicy,
+    binlog: bool,
     source: Arc<dyn StreamSource>,
     options: RestoreOptions,
 ) -> Result<RestoreReport> {
@@ -113,7 +116,7 @@ pub(crate) async fn restore(
         }
     };
 
-    let mut admin = conn::connect(&config, None, Session::Restore).await?;
+    let mut admin = open(&config, None, binlog).await?;
     let exists = !conn::query_rows(
         &mut admin,
         &format!(
@@ -188,7 +191,7 @@ pub(crate) async fn restore(
     }
 
     let result = restore_into(
-        &config, &db, &definer, &source, &specs, &selection, &pre, &post, &options,
+        &config, &db, &definer, binlog, &source, &specs, &selection, &pre, &post, &options,
     )
     .await;
     match result {
@@ -210,6 +213,28 @@ pub(crate) async fn restore(
             Err(e)
         }
     }
+}
+
+/// A restore session: [`Session::Restore`], off the binary log when asked.
+async fn open(config: &ConnConfig, db: Option<&str>, binlog: bool) -> Result<Conn> {
+    let mut c = conn::connect(config, db, Session::Restore).await?;
+    if !binlog {
+        conn::exec(&mut c, "SET SESSION sql_log_bin = 0")
+            .await
+            .map_err(|e| {
+                if e.kind() == ErrorKind::PermissionDenied {
+                    let msg = format!(
+                        "restoring without the binary log (sql_log_bin = 0) needs the BINLOG \
+                         ADMIN or SUPER privilege: {}",
+                        e.message()
+                    );
+                    e.with_message(msg)
+                } else {
+                    e
+                }
+            })?;
+    }
+    Ok(c)
 }
 
 async fn read_schema(
@@ -270,6 +295,7 @@ async fn restore_into(
     config: &Arc<ConnConfig>,
     db: &str,
     definer: &DefinerPolicy,
+    binlog: bool,
     source: &Arc<dyn StreamSource>,
     specs: &[StreamSpec],
     selection: &Selection,
@@ -277,26 +303,91 @@ async fn restore_into(
     post: &[SchemaObject],
     options: &RestoreOptions,
 ) -> Result<BTreeMap<String, u64>> {
-    let mut ddl = conn::connect(config, Some(db), Session::Restore).await?;
+    let mut ddl = open(config, Some(db), binlog).await?;
     let pre: Vec<&SchemaObject> = pre.iter().filter(|o| selection.object(o)).collect();
+    // Keys are deferred only when every table's foreign keys are: a foreign key in a
+    // CREATE TABLE needs its referenced key to exist already.
+    let defer = !pre.iter().any(|o| {
+        o.kind == ObjectKind::Table
+            && o.deferred.is_none()
+            && o.sql.to_ascii_uppercase().contains("FOREIGN KEY")
+    });
+    let deferred: BTreeMap<&str, &DeferredKeys> = if defer {
+        pre.iter()
+            .filter(|o| o.kind == ObjectKind::Table)
+            .filter_map(|o| Some((o.name.as_str(), o.deferred.as_ref()?)))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let (views, others): (Vec<_>, Vec<_>) =
         pre.into_iter().partition(|o| o.kind == ObjectKind::View);
     for o in others {
-        create_object(&mut ddl, o, definer).await?;
+        match deferred.get(o.name.as_str()) {
+            Some(d) if o.kind == ObjectKind::Table => {
+                let stripped = SchemaObject {
+                    sql: d.create.clone(),
+                    deferred: None,
+                    ..o.clone()
+                };
+                create_object(&mut ddl, &stripped, definer).await?;
+            }
+            _ => create_object(&mut ddl, o, definer).await?,
+        }
     }
     create_views(&mut ddl, &views, definer).await?;
 
-    let tasks: VecDeque<StreamSpec> = specs
+    let loads: VecDeque<StreamSpec> = specs
         .iter()
         .filter(|s| s.role == StreamRole::TableData)
         .filter(|s| s.table.as_ref().is_some_and(|t| selection.table(&t.name)))
         .cloned()
         .collect();
-    let versioned = tasks
+    let versioned = loads
         .iter()
         .any(|s| s.meta.contains_key("system_versioned"));
-    let loaded = load_all(config, db, source, tasks, options.jobs.max(1), versioned).await?;
+    let mut plan = Plan {
+        loads,
+        ready: VecDeque::new(),
+        remaining: BTreeMap::new(),
+        keys: BTreeMap::new(),
+    };
+    for (table, d) in &deferred {
+        let parts = plan
+            .loads
+            .iter()
+            .filter(|s| s.table.as_ref().is_some_and(|t| t.name == *table))
+            .count();
+        let statements = d.index_statements(table);
+        if statements.is_empty() {
+            continue;
+        }
+        plan.keys.insert((*table).to_owned(), statements);
+        if parts == 0 {
+            plan.ready.push_back((*table).to_owned());
+        } else {
+            plan.remaining.insert((*table).to_owned(), parts);
+        }
+    }
+    let loaded = run_plan(
+        config,
+        db,
+        binlog,
+        source,
+        plan,
+        options.jobs.max(1),
+        versioned,
+    )
+    .await?;
 
+    // Every key exists now, so every foreign key finds its referenced key.
+    for (table, d) in &deferred {
+        if let Some(sql) = d.foreign_key_statement(table) {
+            conn::exec(&mut ddl, &sql)
+                .await
+                .map_err(|e| e.during(format!("adding the foreign keys of table {db}.{table}")))?;
+        }
+    }
     for o in post.iter().filter(|o| selection.object(o)) {
         create_object(&mut ddl, o, definer).await?;
     }
@@ -390,21 +481,74 @@ async fn create_views(
     Ok(())
 }
 
-/// Loads every data stream, `jobs` at a time; returns rows per table.
-async fn load_all(
+/// The data phase: every stream to load, and for tables with deferred keys the
+/// `ALTER TABLE` statements that add them once all of the table's streams are in.
+struct Plan {
+    loads: VecDeque<StreamSpec>,
+    /// Tables whose keys can be built now.
+    ready: VecDeque<String>,
+    /// Streams of each deferred table not loaded yet.
+    remaining: BTreeMap<String, usize>,
+    /// The statements that add each deferred table's keys.
+    keys: BTreeMap<String, Vec<String>>,
+}
+
+enum Job {
+    Load(StreamSpec),
+    Keys(String, Vec<String>),
+}
+
+impl Plan {
+    /// The next job: key builds first (they free the server's memory for the next
+    /// table), then loads. `Err(())` when there is nothing to do yet, but other
+    /// workers' loads will make key builds ready.
+    #[allow(clippy::result_unit_err)]
+    fn next(&mut self) -> std::result::Result<Option<Job>, ()> {
+        if let Some(t) = self.ready.pop_front() {
+            let statements = self.keys.remove(&t).unwrap_or_default();
+            return Ok(Some(Job::Keys(t, statements)));
+        }
+        if let Some(s) = self.loads.pop_front() {
+            return Ok(Some(Job::Load(s)));
+        }
+        if self.remaining.is_empty() {
+            Ok(None)
+        } else {
+            Err(())
+        }
+    }
+
+    /// One stream of `table` is loaded.
+    fn loaded(&mut self, table: &str) {
+        if let Some(n) = self.remaining.get_mut(table) {
+            *n -= 1;
+            if *n == 0 {
+                self.remaining.remove(table);
+                self.ready.push_back(table.to_owned());
+            }
+        }
+    }
+}
+
+/// Loads every data stream and builds deferred keys, `jobs` at a time; returns rows
+/// per table.
+async fn run_plan(
     config: &Arc<ConnConfig>,
     db: &str,
+    binlog: bool,
     source: &Arc<dyn StreamSource>,
-    tasks: VecDeque<StreamSpec>,
+    plan: Plan,
     jobs: usize,
     versioned: bool,
 ) -> Result<BTreeMap<String, u64>> {
-    let workers_needed = jobs.min(tasks.len());
-    let queue = Arc::new(Mutex::new(tasks));
+    let workers_needed = jobs.min(plan.loads.len() + plan.ready.len());
+    let deferred: Arc<BTreeSet<String>> = Arc::new(plan.keys.keys().cloned().collect());
+    let state = Arc::new(Mutex::new(plan));
+    let wake = Arc::new(Notify::new());
     let totals = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let mut connections = Vec::new();
     for _ in 0..workers_needed {
-        let mut c = conn::connect(config, Some(db), Session::Restore).await?;
+        let mut c = open(config, Some(db), binlog).await?;
         if versioned {
             conn::exec(&mut c, "SET SESSION system_versioning_insert_history = 1")
                 .await
@@ -425,28 +569,73 @@ async fn load_all(
     // runs on two cores.
     let mut workers = JoinSet::new();
     for mut c in connections {
-        let queue = Arc::clone(&queue);
+        let state = Arc::clone(&state);
+        let wake = Arc::clone(&wake);
+        let deferred = Arc::clone(&deferred);
         let totals = Arc::clone(&totals);
         let source = Arc::clone(source);
         let db = db.to_owned();
         workers.spawn(async move {
+            // The session starts with unique_checks = 0.
+            let mut unique_checks = false;
             loop {
-                let next = queue
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .pop_front();
-                let Some(spec) = next else { break };
-                let rows = load_stream(&mut c, &db, &*source, &spec).await?;
-                let table = spec
-                    .table
-                    .as_ref()
-                    .map(|t| format!("{db}.{}", t.name))
-                    .unwrap_or_default();
-                *totals
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(table)
-                    .or_default() += rows;
+                let notified = wake.notified();
+                tokio::pin!(notified);
+                let next = {
+                    let mut plan = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    // Registered before the lock is released: no wake-up is missed.
+                    notified.as_mut().enable();
+                    plan.next()
+                };
+                let job = match next {
+                    Ok(Some(job)) => job,
+                    Ok(None) => break,
+                    Err(()) => {
+                        notified.await;
+                        continue;
+                    }
+                };
+                match job {
+                    Job::Load(spec) => {
+                        let name = spec
+                            .table
+                            .as_ref()
+                            .map(|t| t.name.clone())
+                            .unwrap_or_default();
+                        // A table loaded with only its primary key (and what must stay)
+                        // takes rows in key order fastest with unique_checks on: with
+                        // both checks off, InnoDB buffers and sorts an empty table's
+                        // rows again (MDEV-24621), measured 2x slower on sorted data.
+                        // Tables with all their keys keep that bulk path.
+                        let want = deferred.contains(&name);
+                        if want != unique_checks {
+                            conn::exec(
+                                &mut c,
+                                &format!("SET SESSION unique_checks = {}", u8::from(want)),
+                            )
+                            .await?;
+                            unique_checks = want;
+                        }
+                        let rows = load_stream(&mut c, &db, &*source, &spec).await?;
+                        *totals
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .entry(format!("{db}.{name}"))
+                            .or_default() += rows;
+                        state
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .loaded(&name);
+                        wake.notify_waiters();
+                    }
+                    Job::Keys(table, statements) => {
+                        for sql in statements {
+                            conn::exec(&mut c, &sql).await.map_err(|e| {
+                                e.during(format!("adding the keys of table {db}.{table}"))
+                            })?;
+                        }
+                    }
+                }
             }
             conn::disconnect(c).await;
             Ok::<(), Error>(())
@@ -624,6 +813,7 @@ mod tests {
             character_set_client: None,
             collation_connection: None,
             time_zone: None,
+            deferred: None,
         };
         assert!(s.object(&trig));
         trig.table = Some("b".into());
