@@ -110,6 +110,14 @@ pub(crate) const LOAD_FORMAT: &str = "CHARACTER SET binary FIELDS TERMINATED BY 
 
 /// Appends one field's bytes, escaped.
 pub(crate) fn escape_into(out: &mut BytesMut, field: &[u8]) {
+    // Most fields hold none of the five bytes: two vectorised scans and one copy
+    // instead of a branch per byte (the dump's hottest loop after the driver's).
+    if memchr::memchr3(b'\\', b'\t', b'\n', field).is_none()
+        && memchr::memchr2(b'\r', 0, field).is_none()
+    {
+        out.extend_from_slice(field);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in field.iter().enumerate() {
         let esc: &[u8] = match b {
