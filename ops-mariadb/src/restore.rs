@@ -1,10 +1,11 @@
 //! The restore: target checks (create, clean, not empty), the pre-data schema, the
 //! data through `LOAD DATA LOCAL INFILE` fed straight from the stream source by
-//! `jobs` connections, then the post-data schema (triggers, events).
+//! `jobs` connections, the deferred keys of each table as soon as its data is in,
+//! the foreign keys, then the post-data schema (triggers, events).
 //!
-//! Every load runs in its own transaction: when the source stream fails half-way the
-//! driver still ends the transfer cleanly, and the rows already sent are rolled back
-//! instead of committed. Loads are checked: the server's warnings and its row count
+//! Every load (a stream, or a 256 MiB batch of a bigger one) runs in its own
+//! transaction: when the source stream fails half-way the driver still ends the
+//! transfer cleanly, and the rows already sent are rolled back instead of committed. Loads are checked: the server's warnings and its row count
 //! against the records sent; any difference fails the restore.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -697,10 +698,99 @@ async fn load_stream(
         .open(&spec.name)
         .await
         .map_err(|e| e.during(doing()))?;
+    let sql = format!(
+        "LOAD DATA LOCAL INFILE {} INTO TABLE {} {} {}",
+        quote_str(&spec.name),
+        quote_ident(&table.name),
+        format::LOAD_FORMAT,
+        load_clause(&columns)
+    );
+    let feed = Arc::new(tokio::sync::Mutex::new(Feed {
+        stream,
+        leftover: None,
+        done: false,
+    }));
+    let mut total = 0;
+    loop {
+        total += load_batch(conn, &sql, &feed, &target, &doing).await?;
+        if feed.lock().await.done {
+            return Ok(total);
+        }
+    }
+}
+
+/// A stream being loaded, possibly over several `LOAD DATA` statements.
+struct Feed {
+    stream: ops_core::ByteStream,
+    /// Bytes read from the stream but not sent yet (after a batch's cut).
+    leftover: Option<bytes::Bytes>,
+    /// The stream has ended.
+    done: bool,
+}
+
+/// Stream bytes after which a load commits and goes on with a new transaction, at
+/// the next record boundary: the undo log of one transaction stays bounded for
+/// tables the dump could not split (a split table's parts are mostly one batch).
+const BATCH_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The next batch of `feed`: its bytes up to the first record end after `limit`
+/// bytes (or to the end of the stream, which sets `done`).
+fn batch_stream(
+    feed: Arc<tokio::sync::Mutex<Feed>>,
+    limit: u64,
+) -> impl futures::Stream<Item = Result<bytes::Bytes>> + Send + 'static {
+    futures::stream::unfold((feed, 0u64, false), move |(feed, sent, ended)| async move {
+        if ended {
+            return None;
+        }
+        let mut f = feed.lock().await;
+        let item = match f.leftover.take() {
+            Some(b) => Some(Ok(b)),
+            None => f.stream.next().await,
+        };
+        let mut bytes = match item {
+            None => {
+                f.done = true;
+                return None;
+            }
+            Some(Err(e)) => {
+                drop(f);
+                return Some((Err(e), (feed, sent, true)));
+            }
+            Some(Ok(b)) => b,
+        };
+        let mut end = false;
+        if sent + bytes.len() as u64 > limit {
+            // Cut at the first record end at or after the limit.
+            let from = usize::try_from(limit.saturating_sub(sent)).unwrap_or(usize::MAX);
+            if let Some(pos) = memchr::memchr(b'\n', &bytes[from.min(bytes.len())..]) {
+                let rest = bytes.split_off(from + pos + 1);
+                if !rest.is_empty() {
+                    f.leftover = Some(rest);
+                }
+                end = true;
+            }
+        }
+        drop(f);
+        let sent = sent + bytes.len() as u64;
+        Some((Ok(bytes), (feed, sent, end)))
+    })
+}
+
+/// One `LOAD DATA` of the next batch of a stream, in its own transaction, checked
+/// (warnings, row count) and committed. Returns the records loaded.
+async fn load_batch(
+    conn: &mut Conn,
+    sql: &str,
+    feed: &Arc<tokio::sync::Mutex<Feed>>,
+    target: &str,
+    doing: &(dyn Fn() -> String + Sync),
+) -> Result<u64> {
     let source_error: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     let records = Arc::new(AtomicU64::new(0));
     let (err_slot, counter) = (Arc::clone(&source_error), Arc::clone(&records));
-    let infile = stream
+    let batch = batch_stream(Arc::clone(feed), BATCH_BYTES);
+    let infile = batch
         .map(move |item| match item {
             Ok(bytes) => {
                 counter.fetch_add(memchr_count(&bytes), Ordering::Relaxed);
@@ -723,13 +813,6 @@ async fn load_stream(
     });
 
     conn::exec(conn, "START TRANSACTION").await?;
-    let sql = format!(
-        "LOAD DATA LOCAL INFILE {} INTO TABLE {} {} {}",
-        quote_str(&spec.name),
-        quote_ident(&table.name),
-        format::LOAD_FORMAT,
-        load_clause(&columns)
-    );
     let loaded = conn.query_drop(sql).await;
     let taken = source_error
         .lock()
@@ -753,7 +836,7 @@ async fn load_stream(
                  enable it with SET GLOBAL local_infile=1 (or start mariadbd with \
                  --local-infile=1)",
             )
-            .with_context("table", &target)
+            .with_context("table", target)
             .with_source(err));
         }
         return Err(err.during(doing()));
@@ -775,7 +858,7 @@ async fn load_stream(
                 texts.join("; ")
             ),
         )
-        .with_context("table", &target)
+        .with_context("table", target)
         .during(doing()));
     }
     if affected != sent {
@@ -784,7 +867,7 @@ async fn load_stream(
             ErrorKind::Mismatch,
             format!("the stream holds {sent} records but the server loaded {affected} rows"),
         )
-        .with_context("table", &target)
+        .with_context("table", target)
         .during(doing()));
     }
     conn::exec(conn, "COMMIT").await?;
@@ -798,6 +881,36 @@ fn memchr_count(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn batches_end_at_record_boundaries() {
+        let data: Vec<u8> = (0..200)
+            .flat_map(|i| format!("{i}\trow {i}\n").into_bytes())
+            .collect();
+        let pieces: Vec<Result<bytes::Bytes>> = data
+            .chunks(37)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        let feed = Arc::new(tokio::sync::Mutex::new(Feed {
+            stream: Box::pin(futures::stream::iter(pieces)),
+            leftover: None,
+            done: false,
+        }));
+        let mut batches = Vec::new();
+        while !feed.lock().await.done {
+            let batch: Vec<bytes::Bytes> = batch_stream(Arc::clone(&feed), 500)
+                .try_collect()
+                .await
+                .expect("no errors");
+            batches.push(batch.concat());
+        }
+        assert!(batches.len() > 4, "{} batches", batches.len());
+        for b in &batches[..batches.len() - 1] {
+            assert!(b.len() >= 500 && b.len() < 500 + 20, "{}", b.len());
+            assert_eq!(b.last(), Some(&b'\n'));
+        }
+        assert_eq!(batches.concat(), data);
+    }
 
     #[test]
     fn selection_filters_objects() {
