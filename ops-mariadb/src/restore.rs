@@ -5,8 +5,9 @@
 //!
 //! Every load (a stream, or a 256 MiB batch of a bigger one) runs in its own
 //! transaction: when the source stream fails half-way the driver still ends the
-//! transfer cleanly, and the rows already sent are rolled back instead of committed. Loads are checked: the server's warnings and its row count
-//! against the records sent; any difference fails the restore.
+//! transfer cleanly, and the rows already sent are rolled back instead of committed.
+//! Loads are checked: the server's warnings and its row count against the records
+//! sent; any difference fails the restore.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
