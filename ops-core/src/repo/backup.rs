@@ -37,6 +37,17 @@ const LIST_REFS: usize = 4096;
 const HANDOFF_BYTES: usize = 512 * 1024;
 /// Packs uploaded at once.
 const UPLOADS_IN_FLIGHT: usize = 3;
+/// Packs per index file: index files are written as packs accumulate, so the index of
+/// a large backup is never held whole in memory (restic does the same).
+const PACKS_PER_INDEX: usize = 16;
+
+/// What the uploader stored.
+struct Uploaded {
+    stored_bytes: u64,
+    packs: u64,
+    /// Stored packs not yet in an index file.
+    pending: Vec<IndexPack>,
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -406,14 +417,29 @@ async fn uploader(
     repo: Repository,
     state: Arc<State>,
     mut rx: mpsc::Receiver<SealedPack>,
-) -> Result<Vec<IndexPack>> {
+) -> Result<Uploaded> {
     let limit = Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT));
     let mut running: JoinSet<Result<IndexPack>> = JoinSet::new();
     let mut done = Vec::new();
     let mut failed: Option<Error> = None;
+    let (mut stored_bytes, mut packs) = (0u64, 0u64);
     while let Some(pack) = rx.recv().await {
         while let Some(r) = running.try_join_next() {
             collect(r, &mut done, &mut failed);
+        }
+        if failed.is_none() && done.len() >= PACKS_PER_INDEX {
+            let batch: Vec<IndexPack> = std::mem::take(&mut done);
+            stored_bytes += batch.iter().map(|p| p.size).sum::<u64>();
+            packs += batch.len() as u64;
+            if let Err(e) = repo
+                .write_index(&IndexFile {
+                    version: FORMAT_VERSION,
+                    packs: batch,
+                })
+                .await
+            {
+                failed = Some(e.during("writing an index file"));
+            }
         }
         if failed.is_some() {
             break;
@@ -449,7 +475,11 @@ async fn uploader(
             drop(rx);
             Err(e)
         }
-        None => Ok(done),
+        None => Ok(Uploaded {
+            stored_bytes: stored_bytes + done.iter().map(|p| p.size).sum::<u64>(),
+            packs: packs + done.len() as u64,
+            pending: done,
+        }),
     }
 }
 
@@ -608,16 +638,16 @@ impl Repository {
         let packs = upload
             .await
             .map_err(|e| Error::internal(format!("uploader failed: {e}")))?;
-        let packs = packs?;
+        let uploaded = packs?;
         flushed??;
 
-        let stored_bytes = packs.iter().map(|p| p.size).sum();
-        let pack_count = packs.len() as u64;
+        let stored_bytes = uploaded.stored_bytes;
+        let pack_count = uploaded.packs;
         repo_lock.ensure_held().await?;
-        if !packs.is_empty() {
+        if !uploaded.pending.is_empty() {
             self.write_index(&IndexFile {
                 version: FORMAT_VERSION,
-                packs,
+                packs: uploaded.pending,
             })
             .await
             .map_err(|e| e.during("writing the backup's index"))?;
