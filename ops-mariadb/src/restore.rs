@@ -353,6 +353,7 @@ async fn restore_into(
         ready: VecDeque::new(),
         remaining: BTreeMap::new(),
         keys: BTreeMap::new(),
+        loading: BTreeSet::new(),
     };
     for (table, d) in &deferred {
         let parts = plan
@@ -493,6 +494,10 @@ struct Plan {
     remaining: BTreeMap<String, usize>,
     /// The statements that add each deferred table's keys.
     keys: BTreeMap<String, Vec<String>>,
+    /// Tables with a stream being loaded: parts of one table load one after the
+    /// other, because concurrent LOAD DATA into one InnoDB table deadlocks on its
+    /// primary key's gap locks (seen with unique_checks on).
+    loading: BTreeSet<String>,
 }
 
 enum Job {
@@ -510,10 +515,17 @@ impl Plan {
             let statements = self.keys.remove(&t).unwrap_or_default();
             return Ok(Some(Job::Keys(t, statements)));
         }
-        if let Some(s) = self.loads.pop_front() {
+        let free = self.loads.iter().position(|s| {
+            !self
+                .loading
+                .contains(&s.table.as_ref().map(|t| t.name.clone()).unwrap_or_default())
+        });
+        if let Some(s) = free.and_then(|i| self.loads.remove(i)) {
+            self.loading
+                .insert(s.table.as_ref().map(|t| t.name.clone()).unwrap_or_default());
             return Ok(Some(Job::Load(s)));
         }
-        if self.remaining.is_empty() {
+        if self.remaining.is_empty() && self.loads.is_empty() {
             Ok(None)
         } else {
             Err(())
@@ -522,6 +534,7 @@ impl Plan {
 
     /// One stream of `table` is loaded.
     fn loaded(&mut self, table: &str) {
+        self.loading.remove(table);
         if let Some(n) = self.remaining.get_mut(table) {
             *n -= 1;
             if *n == 0 {

@@ -26,9 +26,9 @@ use super::manifest::{Manifest, StreamRecord};
 use super::pack::{Index, Location, decode_list};
 
 /// Largest single ranged read.
-const MAX_READ: u32 = 4 * 1024 * 1024;
+const MAX_READ: u32 = 2 * 1024 * 1024;
 /// Ranged reads in flight per stream.
-const PREFETCH: usize = 4;
+const PREFETCH: usize = 3;
 
 /// One ranged read: contiguous blobs of one pack.
 struct Read {
