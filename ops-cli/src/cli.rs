@@ -118,8 +118,9 @@ pub struct InitArgs {
     /// Store data unencrypted (required to do so on a remote target).
     #[arg(long)]
     pub no_encryption: bool,
-    /// zstd compression level.
-    #[arg(long, default_value_t = 3, value_name = "LEVEL")]
+    /// zstd compression level (1 is smaller and faster than 3 on typical table data
+    /// at dbops' chunk size; higher levels trade speed for size).
+    #[arg(long, default_value_t = 1, value_name = "LEVEL")]
     pub compression_level: i32,
     /// Average chunk size in KiB (min is a quarter, max eight times).
     #[arg(long, default_value_t = 8, value_name = "KIB")]

@@ -80,7 +80,7 @@ impl InitOptions {
             encryption,
             chunker: ChunkerParams::default(),
             pack_size: 8 * 1024 * 1024,
-            compression_level: 3,
+            compression_level: CompressionParams::default().level,
             kdf: KdfParams::default(),
             allow_unencrypted_remote: false,
         }

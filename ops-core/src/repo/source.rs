@@ -25,8 +25,11 @@ use super::format::{self, ChunkId};
 use super::manifest::{Manifest, StreamRecord};
 use super::pack::{Index, Location, decode_list};
 
-/// Largest single ranged read.
+/// Largest single ranged read, in stored bytes.
 const MAX_READ: u32 = 2 * 1024 * 1024;
+/// Largest single ranged read, in decoded bytes: what a read costs in memory once
+/// decompressed (highly compressible tables decode to 20x their stored size).
+const MAX_READ_RAW: u64 = 2 * 1024 * 1024;
 /// Ranged reads in flight per stream.
 const PREFETCH: usize = 3;
 
@@ -35,6 +38,7 @@ struct Read {
     pack: u32,
     start: u32,
     end: u32,
+    raw: u64,
     items: Vec<(ChunkId, Location)>,
 }
 
@@ -112,15 +116,18 @@ impl RepoSource {
                 Some(r)
                     if r.pack == loc.pack
                         && r.end == loc.offset
-                        && loc.offset + loc.length - r.start <= MAX_READ =>
+                        && loc.offset + loc.length - r.start <= MAX_READ
+                        && r.raw + u64::from(loc.raw) <= MAX_READ_RAW =>
                 {
                     r.end = loc.offset + loc.length;
+                    r.raw += u64::from(loc.raw);
                     r.items.push((*id, loc));
                 }
                 _ => reads.push(Read {
                     pack: loc.pack,
                     start: loc.offset,
                     end: loc.offset + loc.length,
+                    raw: u64::from(loc.raw),
                     items: vec![(*id, loc)],
                 }),
             }
