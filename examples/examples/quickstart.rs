@@ -14,7 +14,7 @@ use ops_core::repo::{BackupOptions, Encryption, InitOptions, Repository};
 use ops_core::testkit::engine::table_digests;
 use ops_core::{DatabaseEngine, DumpOptions, RestoreOptions, Secret};
 use ops_postgres::ephemeral::EphemeralPostgres;
-use ops_storage::{open_target, TargetOptions};
+use ops_storage::{TargetOptions, open_target};
 
 const DEMO: &str = "
 CREATE TABLE customers (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL, email text UNIQUE, created timestamptz DEFAULT now());
@@ -46,12 +46,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let repo_url = dir.path().join("repo").display().to_string();
     let target = open_target(&repo_url, &TargetOptions::default())?;
-    let repo = Repository::init(target, InitOptions::new(Encryption::Password(Secret::new("quickstart")))).await?;
+    let repo = Repository::init(
+        target,
+        InitOptions::new(Encryption::Password(Secret::new("quickstart"))),
+    )
+    .await?;
     println!("    {repo_url}");
 
     step("backing up `shop` with 2 parallel connections on one snapshot");
     let manifest = repo
-        .backup(&source, &BackupOptions::default().with_dump(DumpOptions::default().with_jobs(2)))
+        .backup(
+            &source,
+            &BackupOptions::default().with_dump(DumpOptions::default().with_jobs(2)),
+        )
         .await?;
     println!(
         "    backup {}: {} bytes in {} streams, {} stored after compression and encryption",
@@ -63,23 +70,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     step("listing the repository");
     for m in repo.list_backups().await? {
-        println!("    {}  {}  {}  {} tables", m.id, m.engine, m.database, m.tables().len());
+        println!(
+            "    {}  {}  {}  {} tables",
+            m.id,
+            m.engine,
+            m.database,
+            m.tables().len()
+        );
     }
 
     step("verifying every byte, then by restoring into a scratch database");
-    let report = repo.verify(std::slice::from_ref(&manifest), &ops_core::repo::VerifyOptions::new(true)).await?;
-    println!("    read-data: {} streams, {} bytes, {} problems", report.streams, report.bytes_read, report.problems.len());
+    let report = repo
+        .verify(
+            std::slice::from_ref(&manifest),
+            &ops_core::repo::VerifyOptions::new(true),
+        )
+        .await?;
+    println!(
+        "    read-data: {} streams, {} bytes, {} problems",
+        report.streams,
+        report.bytes_read,
+        report.problems.len()
+    );
     let scratch = pg.engine_for("shop_verify")?;
     let check = repo
-        .verify_restore(&manifest, &scratch, &RestoreOptions::default().with_create(true).with_jobs(2))
+        .verify_restore(
+            &manifest,
+            &scratch,
+            &RestoreOptions::default().with_create(true).with_jobs(2),
+        )
         .await?;
     scratch.drop_database().await?;
-    println!("    restore check: {}", if check.ok() { "every table matches" } else { "MISMATCH" });
+    println!(
+        "    restore check: {}",
+        if check.ok() {
+            "every table matches"
+        } else {
+            "MISMATCH"
+        }
+    );
 
     step("restoring as `shop_restore`");
     let restored = pg.engine_for("shop_restore")?;
-    repo.restore(&manifest, &restored, &RestoreOptions::default().with_create(true).with_jobs(2))
-        .await?;
+    repo.restore(
+        &manifest,
+        &restored,
+        &RestoreOptions::default().with_create(true).with_jobs(2),
+    )
+    .await?;
 
     step("comparing source and restored database, table by table");
     let a = table_digests(&source, 2).await?;
@@ -95,6 +133,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let all_same = comparison.iter().all(|c| c.matches) && check.ok() && report.ok();
-    println!("\n{}", if all_same { "OK: the restored database is identical to the source." } else { "FAILED: differences found." });
-    if all_same { Ok(()) } else { Err("differences found".into()) }
+    println!(
+        "\n{}",
+        if all_same {
+            "OK: the restored database is identical to the source."
+        } else {
+            "FAILED: differences found."
+        }
+    );
+    if all_same {
+        Ok(())
+    } else {
+        Err("differences found".into())
+    }
 }
