@@ -497,7 +497,7 @@ fn period_columns(create: &str) -> Option<(String, String)> {
 }
 
 /// A backtick-quoted identifier at the start of `s`, and the rest.
-fn parse_quoted(s: &str) -> Option<(String, &str)> {
+pub(crate) fn parse_quoted(s: &str) -> Option<(String, &str)> {
     let mut chars = s.char_indices();
     if chars.next()?.1 != '`' {
         return None;

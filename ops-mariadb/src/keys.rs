@@ -19,6 +19,7 @@
 //! OVERLAPS` unique keys; the key the AUTO_INCREMENT column needs) are kept, with every
 //! key printed before them.
 
+use crate::catalog::parse_quoted;
 use serde::{Deserialize, Serialize};
 
 use crate::format::quote_ident;
@@ -383,32 +384,6 @@ fn key_columns(after_open: &str) -> Option<Vec<String>> {
         }
         rest = &r[i + 1..];
     }
-}
-
-/// A backtick-quoted identifier at the start of `s`, and the rest.
-fn parse_quoted(s: &str) -> Option<(String, &str)> {
-    let mut chars = s.char_indices();
-    if chars.next()?.1 != '`' {
-        return None;
-    }
-    let mut out = String::new();
-    let mut prev_tick = false;
-    for (i, c) in chars {
-        if prev_tick {
-            if c == '`' {
-                out.push('`');
-                prev_tick = false;
-                continue;
-            }
-            return Some((out, &s[i..]));
-        }
-        if c == '`' {
-            prev_tick = true;
-        } else {
-            out.push(c);
-        }
-    }
-    prev_tick.then_some((out, ""))
 }
 
 /// Splits `CREATE TABLE name (item, item, ...) options` into the byte offset of the
