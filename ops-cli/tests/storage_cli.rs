@@ -148,6 +148,19 @@ async fn s3_backup_verify_restore_and_copy_to_another_repository() {
     );
 }
 
+/// A throwaway server with database `app` holding table `t(id, v)` of `rows` rows,
+/// `v` computed from `g` by `value`.
+async fn app_server(value: &str, rows: u32) -> EphemeralPostgres {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    pg.create_database("app").await.expect("create");
+    let sql = format!(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT g, {value} FROM generate_series(1, {rows}) g;"
+    );
+    psql(&pg, "app", &["-c", &sql]);
+    pg
+}
+
 fn fast(enc: Encryption) -> InitOptions {
     InitOptions::new(enc)
         .with_kdf(KdfParams {
@@ -160,17 +173,7 @@ fn fast(enc: Encryption) -> InitOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_through_a_failing_target_complete_and_verify_or_leave_nothing() {
-    let pg = EphemeralPostgres::start().await.expect("start postgres");
-    pg.create_database("app").await.expect("create");
-    psql(
-        &pg,
-        "app",
-        &[
-            "-c",
-            "CREATE TABLE t (id int PRIMARY KEY, v text); \
-        INSERT INTO t SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 30000) g;",
-        ],
-    );
+    let pg = app_server("repeat(md5(g::text), 8)", 30000).await;
     let engine = pg.engine_for("app").expect("engine");
     let dir = tempfile::tempdir().expect("tempdir");
     let plain = open_target(
@@ -273,17 +276,7 @@ impl RetentionPolicy for KeepNewest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_and_prunes_racing_never_lose_a_backup() {
-    let pg = EphemeralPostgres::start().await.expect("start postgres");
-    pg.create_database("app").await.expect("create");
-    psql(
-        &pg,
-        "app",
-        &[
-            "-c",
-            "CREATE TABLE t (id int PRIMARY KEY, v text); \
-        INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
-        ],
-    );
+    let pg = app_server("md5(g::text)", 20000).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let target = open_target(
         dir.path().to_str().expect("utf8"),
@@ -390,16 +383,7 @@ async fn backups_and_prunes_racing_never_lose_a_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_explains_every_decision_and_prune_keeps_what_is_kept() {
-    let pg = EphemeralPostgres::start().await.expect("start postgres");
-    pg.create_database("app").await.expect("create");
-    psql(
-        &pg,
-        "app",
-        &[
-            "-c",
-            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g;",
-        ],
-    );
+    let pg = app_server("md5(g::text)", 5000).await;
     let ctx = Ctx::new();
     ctx.init();
     let url = pg.url_for("app");

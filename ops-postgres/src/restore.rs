@@ -394,21 +394,9 @@ async fn drop_statements(archive: &Archive<'_>) -> Result<Vec<String>> {
     if let Some(list) = archive.list {
         cmd.arg("-L").arg(list);
     }
-    let out = cmd
-        .arg(archive.path)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| Error::io(format!("running {}", archive.pg_restore.display()), e))?;
-    if !out.status.success() {
-        return Err(Error::corrupt(format!(
-            "pg_restore cannot read the schema archive ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-        .with_context("tool", "pg_restore"));
-    }
-    Ok(parse_drop_script(&String::from_utf8_lossy(&out.stdout)))
+    cmd.arg(archive.path);
+    let out = read_archive(cmd, archive.pg_restore).await?;
+    Ok(parse_drop_script(&out))
 }
 
 /// The statements between pg_restore's fixed session settings and the first object it
@@ -602,17 +590,20 @@ fn tool_command(program: &Path, config: &ConnConfig) -> Result<(tokio::process::
 
 /// `pg_restore -l -v [args] archive`.
 async fn list_archive(pg_restore: &Path, archive: &Path, args: &[OsString]) -> Result<String> {
-    let out = tokio::process::Command::new(pg_restore)
-        .arg("-l")
-        .arg("-v")
-        .args(args)
-        .arg(archive)
+    let mut cmd = tokio::process::Command::new(pg_restore);
+    cmd.arg("-l").arg("-v").args(args).arg(archive);
+    read_archive(cmd, pg_restore).await
+}
+
+/// Runs a pg_restore that only reads the archive (it connects nowhere), returning its
+/// output: a failure means the archive cannot be read.
+async fn read_archive(mut cmd: tokio::process::Command, pg_restore: &Path) -> Result<String> {
+    let out = cmd
         .stdin(Stdio::null())
         .output()
         .await
         .map_err(|e| Error::io(format!("running {}", pg_restore.display()), e))?;
     if !out.status.success() {
-        // Nothing connects here: a failure means the archive cannot be read.
         return Err(Error::corrupt(format!(
             "pg_restore cannot read the schema archive ({}): {}",
             out.status,
