@@ -48,8 +48,8 @@ pub enum Command {
     Init(InitArgs),
     /// Back up a database; prints the backup id.
     Backup(BackupArgs),
-    /// List backups.
-    List,
+    /// List backups, grouped by database.
+    List(ListArgs),
     /// Show one backup in detail.
     Show(ShowArgs),
     /// Check backups: structure, every byte (--read-data), or by restoring (--restore).
@@ -64,6 +64,35 @@ pub enum Command {
     Copy(CopyArgs),
     /// Remove stale locks (left by crashed processes), or all locks with --all.
     Unlock(UnlockArgs),
+}
+
+/// Which backups a command considers. A repository can hold many databases: `latest`
+/// means the newest backup of one database, so name it when there are several.
+#[derive(Debug, Args, Default, Clone)]
+pub struct FilterArgs {
+    /// Only backups of this database.
+    #[arg(long = "database", id = "filter_database", value_name = "NAME")]
+    pub database: Option<String>,
+    /// Only backups of this engine (postgresql, mariadb).
+    #[arg(long = "engine", id = "filter_engine", value_name = "ENGINE")]
+    pub engine: Option<String>,
+    /// Only backups of the server at this address (host or host:port, as given).
+    #[arg(long = "host", id = "filter_host", value_name = "HOST")]
+    pub host: Option<String>,
+    /// Only backups with this tag (repeatable: every tag must be present).
+    #[arg(long = "tag", id = "filter_tags", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+/// `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Which backups.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Only the N newest backups of each group.
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
 }
 
 /// `prune`.
@@ -96,12 +125,15 @@ pub struct CopyArgs {
     /// Backup ids or unique prefixes to copy.
     #[arg(value_name = "ID")]
     pub ids: Vec<String>,
-    /// Copy the newest backup.
+    /// Copy the newest backup (of one group: name the database when there are several).
     #[arg(long, conflicts_with_all = ["all", "ids"])]
     pub latest: bool,
-    /// Copy every backup.
+    /// Copy every backup (that passes the filter).
     #[arg(long, conflicts_with = "ids")]
     pub all: bool,
+    /// Which backups.
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// `unlock`.
@@ -154,20 +186,26 @@ pub struct BackupArgs {
 /// `show`.
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// Backup id, a unique prefix of it, or `latest`.
+    /// Backup id, a unique part of it, `latest` or `latest:DATABASE`.
     #[arg(value_name = "ID", default_value = "latest")]
     pub id: String,
+    /// Which backups `latest` and ids choose from.
+    #[command(flatten)]
+    pub filter: FilterArgs,
 }
 
 /// `verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Backup id, prefix or `latest` (default: latest).
+    /// Backup id, a unique part of it, `latest` or `latest:DATABASE` (default: latest).
     #[arg(value_name = "ID", conflicts_with = "all")]
     pub id: Option<String>,
-    /// Verify every backup.
+    /// Verify every backup (that passes the filter).
     #[arg(long)]
     pub all: bool,
+    /// Which backups.
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Read every chunk: authenticate, decompress, re-hash.
     #[arg(long)]
     pub read_data: bool,
@@ -186,9 +224,13 @@ pub struct VerifyArgs {
 /// `restore`.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Backup id, prefix or `latest`.
+    /// Backup id, a unique part of it, `latest` or `latest:DATABASE`. With several
+    /// databases in the repository, `latest` needs `--database NAME`.
     #[arg(value_name = "ID")]
     pub id: String,
+    /// Which backups `latest` and ids choose from.
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Database to restore into (any name: restoring `shop` as `shop_restore` works).
     #[arg(value_name = "DB_URL")]
     pub database: String,
@@ -215,8 +257,9 @@ pub struct RestoreArgs {
     pub jobs: usize,
 }
 
-/// `forget`. A backup is kept when any rule keeps it; the newest complete backup is
-/// always kept.
+/// `forget`. Rules apply to each group (by default: one database of one server)
+/// separately; a backup is kept when any rule keeps it; the newest complete backup of
+/// every group is always kept.
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
     /// Keep the N newest backups.
@@ -249,7 +292,26 @@ pub struct ForgetArgs {
     /// Say what would be forgotten; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Which backups form one series that the rules count: a comma-separated list of
+    /// server, host, database, tags ('' makes the whole repository one series).
+    #[arg(long, value_name = "FIELDS", default_value = "server,database")]
+    pub group_by: String,
+    /// Only these backups are considered; others are neither kept nor forgotten.
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Prune right after forgetting.
     #[arg(long)]
     pub prune: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn arguments_are_consistent() {
+        // Catches two arguments with one id (a flattened filter's --database beside a
+        // positional DB_URL), which clap only reports when the command is built.
+        super::Cli::command().debug_assert();
+    }
 }

@@ -7,15 +7,16 @@ use std::time::Instant;
 use serde_json::json;
 
 use ops_core::repo::{
-    BackupOptions, ChunkerParams, Encryption, InitOptions, KdfParams, Manifest, Progress,
-    PruneOptions, Repository, VerifyOptions,
+    BackupFilter, BackupOptions, ChunkerParams, Encryption, ForgetOptions, GroupBy, InitOptions,
+    KdfParams, Manifest, Progress, PruneOptions, Repository, VerifyOptions, groups_of,
+    source_address,
 };
 use ops_core::{DumpOptions, Error, ErrorKind, RestoreOptions, Result, Secret, TableRef};
 use ops_storage::{TargetOptions, open_target};
 
 use crate::cli::{
-    BackupArgs, Cli, Command, CopyArgs, ForgetArgs, InitArgs, PruneArgs, RestoreArgs, ShowArgs,
-    UnlockArgs, VerifyArgs,
+    BackupArgs, Cli, Command, CopyArgs, FilterArgs, ForgetArgs, InitArgs, ListArgs, PruneArgs,
+    RestoreArgs, ShowArgs, UnlockArgs, VerifyArgs,
 };
 use crate::engines::{engine_for_url, scratch_server, with_database};
 use crate::output::{ProgressDisplay, bytes, print_json};
@@ -31,7 +32,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init(a) => init(&cli, a).await,
         Command::Backup(a) => backup(&cli, a).await,
-        Command::List => list(&cli).await,
+        Command::List(a) => list(&cli, a).await,
         Command::Show(a) => show(&cli, a).await,
         Command::Verify(a) => verify(&cli, a).await,
         Command::Restore(a) => restore(&cli, a).await,
@@ -214,7 +215,7 @@ async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn summary_json(m: &Manifest) -> serde_json::Value {
+fn summary_json(m: &Manifest, group: &ops_core::repo::BackupGroup) -> serde_json::Value {
     json!({
         "id": m.id,
         "time": m.started,
@@ -222,6 +223,9 @@ fn summary_json(m: &Manifest) -> serde_json::Value {
         "engine": m.engine,
         "database": m.database,
         "source": m.source,
+        "address": source_address(m),
+        "server_id": m.server_id,
+        "group": group,
         "server_version": m.server_version,
         "host": m.host,
         "tags": m.tags,
@@ -230,30 +234,71 @@ fn summary_json(m: &Manifest) -> serde_json::Value {
     })
 }
 
-async fn list(cli: &Cli) -> Result<ExitCode> {
+/// The filter the command-line flags describe.
+fn backup_filter(a: &FilterArgs) -> BackupFilter {
+    let mut f = BackupFilter::default();
+    if let Some(d) = &a.database {
+        f = f.with_database(d);
+    }
+    if let Some(e) = &a.engine {
+        f = f.with_engine(e);
+    }
+    if let Some(h) = &a.host {
+        f = f.with_host(h);
+    }
+    for t in &a.tags {
+        f = f.with_tag(t);
+    }
+    f
+}
+
+async fn list(cli: &Cli, a: &ListArgs) -> Result<ExitCode> {
     let repo = open_repo(cli).await?;
-    let backups = repo.list_backups().await?;
+    let backups = repo
+        .list_backups_matching(&backup_filter(&a.filter))
+        .await?;
+    let groups = groups_of(&backups, &GroupBy::default());
+    let mut by_group: std::collections::BTreeMap<_, Vec<&Manifest>> =
+        std::collections::BTreeMap::new();
+    for (m, g) in backups.iter().zip(&groups) {
+        by_group.entry(g).or_default().push(m);
+    }
+    if let Some(n) = a.last {
+        for members in by_group.values_mut() {
+            let skip = members.len().saturating_sub(n);
+            members.drain(..skip);
+        }
+    }
     if cli.json {
-        let items: Vec<_> = backups.iter().map(summary_json).collect();
+        let items: Vec<_> = by_group
+            .iter()
+            .flat_map(|(g, members)| members.iter().map(|m| summary_json(m, g)))
+            .collect();
         print_json(&json!({ "ok": true, "backups": items }));
-    } else if backups.is_empty() {
+    } else if by_group.is_empty() {
         println!("no backups in {}", repo.target().location());
     } else {
-        println!(
-            "{:<28} {:<20} {:<11} {:<20} {:>10} {:>10}  tags",
-            "ID", "TIME (UTC)", "ENGINE", "DATABASE", "SIZE", "ADDED"
-        );
-        for m in &backups {
+        for (i, (g, members)) in by_group.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            println!("{g}: {} backups", members.len());
             println!(
-                "{:<28} {:<20} {:<11} {:<20} {:>10} {:>10}  {}",
-                m.id,
-                m.started.format("%Y-%m-%d %H:%M:%S"),
-                m.engine,
-                m.database,
-                bytes(m.stats.bytes),
-                bytes(m.stats.stored_bytes),
-                m.tags.iter().cloned().collect::<Vec<_>>().join(",")
+                "  {:<28} {:<20} {:<11} {:<20} {:>10} {:>10}  tags",
+                "ID", "TIME (UTC)", "ENGINE", "DATABASE", "SIZE", "ADDED"
             );
+            for m in members {
+                println!(
+                    "  {:<28} {:<20} {:<11} {:<20} {:>10} {:>10}  {}",
+                    m.id,
+                    m.started.format("%Y-%m-%d %H:%M:%S"),
+                    m.engine,
+                    m.database,
+                    bytes(m.stats.bytes),
+                    bytes(m.stats.stored_bytes),
+                    m.tags.iter().cloned().collect::<Vec<_>>().join(",")
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -261,7 +306,7 @@ async fn list(cli: &Cli) -> Result<ExitCode> {
 
 async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
     let repo = open_repo(cli).await?;
-    let m = repo.find_backup(&a.id).await?;
+    let m = repo.select(&a.id, &backup_filter(&a.filter)).await?;
     if cli.json {
         let mut doc = serde_json::to_value(&m).map_err(|e| Error::internal(e.to_string()))?;
         if let Some(obj) = doc.as_object_mut() {
@@ -273,6 +318,7 @@ async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
     println!("backup      {}", m.id);
     println!("engine      {} {}", m.engine, m.server_version);
     println!("database    {} ({})", m.database, m.source);
+    println!("group       {}", m.group());
     println!("taken       {} – {} on {}", m.started, m.finished, m.host);
     println!("dbops       {}", m.tool_version);
     if !m.tags.is_empty() {
@@ -305,11 +351,12 @@ async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
 
 async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     let repo = open_repo(cli).await?;
+    let filter = backup_filter(&a.filter);
     let manifests = if a.all {
-        repo.list_backups().await?
+        repo.list_backups_matching(&filter).await?
     } else {
         vec![
-            repo.find_backup(a.id.as_deref().unwrap_or("latest"))
+            repo.select(a.id.as_deref().unwrap_or("latest"), &filter)
                 .await?,
         ]
     };
@@ -485,7 +532,7 @@ fn check_engine(m: &Manifest, engine: &str) -> Result<()> {
 async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     let engine = engine_for_url(&a.database)?;
     let repo = open_repo(cli).await?;
-    let m = repo.find_backup(&a.id).await?;
+    let m = repo.select(&a.id, &backup_filter(&a.filter)).await?;
     check_engine(&m, engine.name())?;
     let default_schema = if m.engine == "postgresql" {
         "public".to_owned()
@@ -522,6 +569,8 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         print_json(&json!({
             "ok": true,
             "backup": m.id,
+            "source_database": m.database,
+            "source": m.source,
             "database": report.database,
             "target": engine.location(),
             "tables": report.tables,
@@ -534,8 +583,10 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
             eprintln!("warning: {w}");
         }
         println!(
-            "restored backup {} into {}: {} tables, {rows} rows in {secs:.1} s",
+            "restored backup {} of database {} (taken {}) into {}: {} tables, {rows} rows in {secs:.1} s",
             m.id,
+            m.database,
+            m.started.format("%Y-%m-%d %H:%M:%S UTC"),
             engine.location(),
             report.tables.len()
         );
@@ -585,14 +636,15 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
     )
     .await
     .map_err(|e| e.during("opening the destination repository (--to)"))?;
+    let filter = backup_filter(&a.filter);
     let manifests = if a.all {
-        from.list_backups().await?
+        from.list_backups_matching(&filter).await?
     } else if a.latest || a.ids.is_empty() {
-        vec![from.find_backup("latest").await?]
+        vec![from.select("latest", &filter).await?]
     } else {
         let mut v = Vec::new();
         for id in &a.ids {
-            v.push(from.find_backup(id).await?);
+            v.push(from.select(id, &filter).await?);
         }
         v
     };
@@ -688,8 +740,12 @@ fn keep_rules(cli: &Cli, a: &ForgetArgs) -> Result<ops_core::retention::KeepRule
 
 async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
     let rules = keep_rules(cli, a)?;
+    let options = ForgetOptions::default()
+        .with_dry_run(a.dry_run)
+        .with_group_by(GroupBy::parse(&a.group_by)?)
+        .with_filter(backup_filter(&a.filter));
     let repo = open_repo(cli).await?;
-    let report = repo.forget(&rules, chrono::Utc::now(), a.dry_run).await?;
+    let report = repo.forget(&rules, chrono::Utc::now(), &options).await?;
     let pruned = if a.prune && !a.dry_run {
         Some(repo.prune(&PruneOptions::default()).await?)
     } else {
@@ -699,23 +755,30 @@ async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
         print_json(&json!({
             "ok": true,
             "rules": rules,
+            "group_by": options.group_by,
             "dry_run": report.dry_run,
-            "decisions": report.decisions,
+            "groups": report.groups,
+            "decisions": report.decisions().collect::<Vec<_>>(),
             "removed": report.removed,
             "prune": pruned,
         }));
     } else {
-        println!("rules: {rules}");
-        for d in &report.decisions {
-            println!(
-                "{:<7} {:<24} {}  {}",
-                if d.keep { "keep" } else { "forget" },
-                d.id,
-                d.time.format("%Y-%m-%d %H:%M:%S"),
-                d.reasons.join("; ")
-            );
+        println!("rules: {rules} (per group of {})", options.group_by);
+        for g in &report.groups {
+            println!();
+            println!("{}:", g.group);
+            for d in &g.decisions {
+                println!(
+                    "  {:<7} {:<28} {}  {}",
+                    if d.keep { "keep" } else { "forget" },
+                    d.id,
+                    d.time.format("%Y-%m-%d %H:%M:%S"),
+                    d.reasons.join("; ")
+                );
+            }
         }
-        let forgotten = report.decisions.iter().filter(|d| !d.keep).count();
+        let forgotten = report.decisions().filter(|d| !d.keep).count();
+        println!();
         if report.dry_run {
             println!("dry run: {forgotten} backups would be forgotten; nothing was changed");
         } else {

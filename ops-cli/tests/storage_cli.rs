@@ -321,7 +321,13 @@ async fn backups_and_prunes_racing_never_lose_a_backup() {
         let (prunes, locked) = (Arc::clone(&prunes), Arc::clone(&locked));
         tokio::spawn(async move {
             for _ in 0..40 {
-                let forget = repo.forget(&KeepNewest(2), Utc::now(), false).await;
+                let forget = repo
+                    .forget(
+                        &KeepNewest(2),
+                        Utc::now(),
+                        &ops_core::repo::ForgetOptions::default(),
+                    )
+                    .await;
                 match forget {
                     Ok(_) | Err(_) => {}
                 }

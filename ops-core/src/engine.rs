@@ -242,6 +242,13 @@ pub struct DumpReport {
     pub snapshot: BTreeMap<String, String>,
     /// Warnings for the operator (also recorded by [`DumpSink::warn`]).
     pub warnings: Vec<String>,
+    /// A stable identity of the server that survives renames and address changes
+    /// (PostgreSQL: `pg:` and the system identifier; MySQL: `mysql:` and
+    /// `server_uuid`), when the engine can read one. With the address and the
+    /// database it decides which backups form one group (see
+    /// [`crate::repo::BackupGroup`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
 }
 
 /// Options of a restore. `Default` restores everything into an existing empty database.

@@ -52,6 +52,13 @@ pub(crate) async fn dump(
     let mut report = DumpReport::default();
     report.server_version = server_version.clone();
     report.database = db.clone();
+    // MySQL names each server by a UUID; MariaDB has none, so its backups are grouped
+    // by the address as given.
+    report.server_id = conn::query_string(&mut leader, "SELECT @@GLOBAL.server_uuid")
+        .await
+        .ok()
+        .filter(|id| !id.is_empty())
+        .map(|id| format!("mysql:{id}"));
     let warn = |report: &mut DumpReport, message: String| {
         sink.warn(message.clone());
         report.warnings.push(message);

@@ -257,6 +257,29 @@ pub(crate) async fn dump(
     if standby {
         report.snapshot.insert("standby".into(), "true".into());
     }
+    // The system identifier names the cluster (a standby shares its primary's), so
+    // backups stay one group across a rename of the host; a server that hides
+    // pg_control_system() from this role is grouped by its address alone.
+    // The privilege is checked first: a refused call would abort the snapshot's
+    // transaction.
+    let may_read_control = leader
+        .query_one(
+            "SELECT has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')",
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|row| row.try_get::<_, bool>(0).ok())
+        .unwrap_or(false);
+    if may_read_control {
+        report.server_id = leader
+            .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+            .await
+            .map_err(|e| query_error(e, "reading the system identifier"))?
+            .try_get::<_, String>(0)
+            .ok()
+            .map(|id| format!("pg:{id}"));
+    }
 
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     if let Some((path, major)) = pg_dump {

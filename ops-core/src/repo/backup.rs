@@ -553,6 +553,7 @@ impl Repository {
                 report.database.clone()
             },
             source: engine.location(),
+            server_id: report.server_id.clone(),
             host: super::host_name(),
             tool_version: crate::VERSION.to_owned(),
             started,

@@ -20,6 +20,7 @@ use crate::{Error, ErrorKind, Result};
 
 use super::Repository;
 use super::format::{self, ChunkId, FORMAT_VERSION, PACKS_DIR};
+use super::group::{BackupFilter, GroupBy, GroupDecisions, apply_per_group};
 use super::lock::{LockGuard, LockKind, list_locks};
 use super::manifest::Manifest;
 use super::pack::{IndexFile, IndexPack, PackBuilder, decode_list, parse_pack};
@@ -96,20 +97,63 @@ pub struct PruneReport {
     pub dry_run: bool,
 }
 
+/// Options of [`Repository::forget`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ForgetOptions {
+    /// Say what would be forgotten; change nothing.
+    pub dry_run: bool,
+    /// Which backups form one series (default: server and database).
+    pub group_by: GroupBy,
+    /// Only these backups are considered; the others are neither kept nor forgotten.
+    pub filter: BackupFilter,
+}
+
+impl ForgetOptions {
+    /// Sets dry run.
+    #[must_use]
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// Sets the grouping.
+    #[must_use]
+    pub fn with_group_by(mut self, group_by: GroupBy) -> Self {
+        self.group_by = group_by;
+        self
+    }
+
+    /// Acts on the backups that pass `filter` only.
+    #[must_use]
+    pub fn with_filter(mut self, filter: BackupFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+}
+
 /// What a forget did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForgetReport {
-    /// One decision per backup, oldest first, with the reasons.
-    pub decisions: Vec<RetentionDecision>,
+    /// Per group, one decision per backup, oldest first, with the reasons.
+    pub groups: Vec<GroupDecisions>,
     /// Manifests removed (empty on a dry run).
     pub removed: Vec<String>,
     /// True when nothing was changed.
     pub dry_run: bool,
 }
 
+impl ForgetReport {
+    /// Every decision, group after group.
+    pub fn decisions(&self) -> impl Iterator<Item = &RetentionDecision> {
+        self.groups.iter().flat_map(|g| g.decisions.iter())
+    }
+}
+
 impl Repository {
-    /// Applies `policy` at `now` and removes the manifests it forgets (their data
-    /// stays until [`Repository::prune`]).
+    /// Applies `policy` at `now` to each group of backups separately (see
+    /// [`apply_per_group`]) and removes the manifests it forgets (their data stays
+    /// until [`Repository::prune`]). Backups outside `options.filter` are untouched.
     ///
     /// # Errors
     /// Storage errors; [`ErrorKind::Locked`] while a prune runs.
@@ -117,35 +161,24 @@ impl Repository {
         &self,
         policy: &dyn RetentionPolicy,
         now: DateTime<Utc>,
-        dry_run: bool,
+        options: &ForgetOptions,
     ) -> Result<ForgetReport> {
         let lock =
             LockGuard::acquire(Arc::clone(self.target()), LockKind::Shared, "forget").await?;
         let result = async {
-            let manifests = self.list_backups().await?;
-            let summaries: Vec<_> = manifests.iter().map(Manifest::summary).collect();
-            let decisions = policy.apply(&summaries, now);
-            if decisions.len() != manifests.len() {
-                return Err(Error::internal(
-                    "retention policy returned a decision count unlike its input",
-                ));
-            }
-            if !manifests.is_empty() && decisions.iter().all(|d| !d.keep) {
-                return Err(Error::internal(
-                    "retention policy would forget every backup; refusing",
-                ));
-            }
+            let manifests = self.list_backups_matching(&options.filter).await?;
+            let groups = apply_per_group(policy, &manifests, &options.group_by, now)?;
             let mut removed = Vec::new();
-            if !dry_run {
-                for d in decisions.iter().filter(|d| !d.keep) {
+            if !options.dry_run {
+                for d in groups.iter().flat_map(|g| &g.decisions).filter(|d| !d.keep) {
                     self.delete_manifest(&d.id).await?;
                     removed.push(d.id.clone());
                 }
             }
-            Ok(ForgetReport {
-                decisions,
+            Ok::<_, Error>(ForgetReport {
+                groups,
                 removed,
-                dry_run,
+                dry_run: options.dry_run,
             })
         }
         .await;

@@ -61,6 +61,11 @@ pub struct Manifest {
     pub database: String,
     /// Where from (URL with password redacted).
     pub source: String,
+    /// The server's stable identity where the engine reads one (see
+    /// [`crate::DumpReport::server_id`]); absent in manifests of dbops before 0.2,
+    /// which are grouped by `source`'s address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
     /// Host that ran the backup.
     pub host: String,
     /// dbops version.
@@ -96,6 +101,15 @@ impl Manifest {
     /// The stream with this name.
     pub fn stream(&self, name: &str) -> Option<&StreamRecord> {
         self.streams.iter().find(|s| s.spec.name == name)
+    }
+
+    /// The group this backup belongs to under the default grouping (server and
+    /// database). Grouping a single manifest cannot join it with older manifests that
+    /// lack a server identity; [`super::groups_of`] over the whole list does.
+    pub fn group(&self) -> super::BackupGroup {
+        super::groups_of(std::slice::from_ref(self), &super::GroupBy::default())
+            .pop()
+            .expect("one group per manifest")
     }
 
     /// As a retention input.

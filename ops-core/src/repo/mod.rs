@@ -9,6 +9,7 @@ mod backup;
 mod chunker;
 mod crypto;
 mod format;
+mod group;
 mod health;
 mod lock;
 mod maintain;
@@ -28,9 +29,13 @@ pub use format::{
     ChunkId, ChunkerParams, CompressionAlgorithm, CompressionParams, EncryptionScheme,
     FORMAT_VERSION, RepoConfig,
 };
+pub use group::{
+    BackupFilter, BackupGroup, GroupBy, GroupDecisions, Selector, apply_per_group, groups_of,
+    match_ids, source_address,
+};
 pub use health::LastBackupAge;
 pub use lock::{LockEntry, LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks};
-pub use maintain::{ForgetReport, PruneOptions, PruneReport};
+pub use maintain::{ForgetOptions, ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{BackupStats, Manifest, StreamRecord};
 pub use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
 pub use source::RepoSource;
@@ -369,38 +374,115 @@ impl Repository {
         Ok(manifest)
     }
 
-    /// Finds a backup by `latest`, its full id, or a unique prefix of it.
+    /// Finds a backup by `latest`, `latest:DATABASE`, its full id, or a unique prefix
+    /// of its id or of its random suffix; the same as [`Repository::select`] with no
+    /// filter.
     ///
     /// # Errors
-    /// [`ErrorKind::NotFound`] when none or several match.
+    /// As [`Repository::select`].
     pub async fn find_backup(&self, spec: &str) -> Result<Manifest> {
-        let mut ids = self.backup_ids().await?;
-        let not_found = |why: String| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "{why} in the repository at {}; `dbops list` shows the backups",
-                    self.target.location()
-                ),
-            )
-        };
-        let id = if spec == "latest" {
-            ids.pop()
-                .ok_or_else(|| not_found("there is no backup".into()))?
-        } else {
-            let matching: Vec<&String> = ids.iter().filter(|i| i.starts_with(spec)).collect();
-            match matching.as_slice() {
-                [one] => (*one).clone(),
-                [] => return Err(not_found(format!("there is no backup '{spec}'"))),
-                many => {
-                    return Err(not_found(format!(
-                        "'{spec}' matches {} backups; give more of the id",
-                        many.len()
-                    )));
+        self.select(spec, &BackupFilter::default()).await
+    }
+
+    /// Resolves a selector (see [`Selector`]) within `filter`.
+    ///
+    /// `latest` is the newest backup of ONE group: when the backups that pass the
+    /// filter belong to several groups (two databases in one repository), it is
+    /// refused with the groups listed, so that a restore can never pick another
+    /// database's backup. An id that names a backup outside the filter is refused too.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when nothing matches; [`ErrorKind::InvalidInput`] when the
+    /// selector is ambiguous (several ids, or several groups for `latest`), with the
+    /// candidates in the message; storage errors.
+    pub async fn select(&self, spec: &str, filter: &BackupFilter) -> Result<Manifest> {
+        let mut filter = filter.clone();
+        let selector = Selector::parse(spec, &mut filter)?;
+        let location = self.target.location();
+        match selector {
+            Selector::Latest => {
+                let candidates = self.list_backups_matching(&filter).await?;
+                let groups = groups_of(&candidates, &GroupBy::default());
+                let mut newest: std::collections::BTreeMap<&BackupGroup, &Manifest> =
+                    std::collections::BTreeMap::new();
+                for (m, g) in candidates.iter().zip(&groups) {
+                    let slot = newest.entry(g).or_insert(m);
+                    if m.id > slot.id {
+                        *slot = m;
+                    }
+                }
+                match newest.len() {
+                    0 if filter.is_empty() => Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("there is no backup in the repository at {location}"),
+                    )),
+                    0 => Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("there is no backup of {filter} in the repository at {location}"),
+                    )),
+                    1 => Ok(newest.into_values().next().expect("one group").clone()),
+                    _ => Err(Error::invalid(format!(
+                        "'latest' is ambiguous: the repository at {location} holds backups of {} groups{}; name the database (a database filter, or latest:NAME) or a backup id. The groups and their newest backups: {}",
+                        newest.len(),
+                        if filter.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" matching {filter}")
+                        },
+                        newest
+                            .iter()
+                            .map(|(g, m)| format!("{g}: {}", m.id))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ))),
                 }
             }
-        };
-        self.load_manifest(&id).await
+            Selector::Id(spec) => {
+                let ids = self.backup_ids().await?;
+                let matching = match_ids(&ids, &spec);
+                let id = match matching.as_slice() {
+                    [one] => (*one).clone(),
+                    [] => {
+                        return Err(Error::new(
+                            ErrorKind::NotFound,
+                            format!("there is no backup '{spec}' in the repository at {location}"),
+                        ));
+                    }
+                    many => {
+                        return Err(Error::invalid(format!(
+                            "'{spec}' is ambiguous: it matches {} backups ({}{}); give more of the id",
+                            many.len(),
+                            many.iter()
+                                .take(10)
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            if many.len() > 10 { ", …" } else { "" }
+                        )));
+                    }
+                };
+                let m = self.load_manifest(&id).await?;
+                if !filter.matches(&m) {
+                    return Err(Error::invalid(format!(
+                        "backup {id} is of database {} ({} {}), which does not match {filter}",
+                        m.database,
+                        m.engine,
+                        source_address(&m)
+                    )));
+                }
+                Ok(m)
+            }
+        }
+    }
+
+    /// The manifests that pass `filter`, oldest first.
+    ///
+    /// # Errors
+    /// As [`Repository::list_backups`].
+    pub async fn list_backups_matching(&self, filter: &BackupFilter) -> Result<Vec<Manifest>> {
+        let mut all = self.list_backups().await?;
+        all.retain(|m| filter.matches(m));
+        Ok(all)
     }
 
     /// Every index file with its key.
