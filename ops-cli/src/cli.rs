@@ -24,6 +24,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "DBOPS_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 
+    /// Local cache of the repository's index and manifests (default: DBOPS_CACHE_DIR,
+    /// else $XDG_CACHE_HOME/dbops, else ~/.cache/dbops). Only a cache: the repository
+    /// is the truth, and a missing, stale or damaged cache is rebuilt.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Use no local cache: read the index and manifests from the repository.
+    #[arg(long, global = true, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+
     /// Print one JSON document on stdout and nothing else there.
     #[arg(long, global = true)]
     pub json: bool,

@@ -101,7 +101,19 @@ fn read_password(file: Option<&std::path::Path>, env: &str) -> Result<Option<Sec
 
 async fn open_repo(cli: &Cli) -> Result<Repository> {
     let target = open_target(&repo_url(cli)?, &TargetOptions::default())?;
-    Repository::open(target, password(cli)?.as_ref()).await
+    let repo = Repository::open(target, password(cli)?.as_ref()).await?;
+    Ok(with_cache(cli, repo))
+}
+
+/// Applies `--cache-dir` / `--no-cache` (default: the usual cache folder).
+fn with_cache(cli: &Cli, repo: Repository) -> Repository {
+    if cli.no_cache {
+        return repo;
+    }
+    match cli.cache_dir.clone().or_else(Repository::default_cache_dir) {
+        Some(dir) => repo.with_cache_dir(dir),
+        None => repo,
+    }
 }
 
 async fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
@@ -626,6 +638,7 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
     let from = Repository::open(from_target, from_password.as_ref())
         .await
         .map_err(|e| e.during("opening the source repository (--from)"))?;
+    let from = with_cache(cli, from);
     let to_url = match &a.to {
         Some(u) => u.clone(),
         None => repo_url(cli)?,
@@ -636,6 +649,7 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
     )
     .await
     .map_err(|e| e.during("opening the destination repository (--to)"))?;
+    let to = with_cache(cli, to);
     let filter = backup_filter(&a.filter);
     let manifests = if a.all {
         from.list_backups_matching(&filter).await?

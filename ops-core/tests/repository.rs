@@ -473,3 +473,127 @@ async fn damage_shared_by_backups_is_reported_for_each() {
         );
     }
 }
+
+/// Every file below `dir`, recursively.
+fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_below(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// What a repository answers, to compare a cached repository with an uncached one:
+/// the listing, a verification of every byte, and the restored content.
+async fn answers(repo: &Repository, engine: &Generator) -> (Vec<String>, bool, Vec<u8>) {
+    let listed = repo.list_backups().await.expect("list");
+    let ids = listed.iter().map(|m| m.id.clone()).collect();
+    let report = repo
+        .verify(&listed, &VerifyOptions::new(true))
+        .await
+        .expect("verify");
+    let newest = listed.last().expect("a backup");
+    repo.restore(newest, engine, &RestoreOptions::default())
+        .await
+        .expect("restore");
+    let restored = engine.restored.lock().expect("lock").clone();
+    (ids, report.ok(), restored.into_values().flatten().collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_stale_or_damaged_cache_never_changes_an_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("repo").to_str().expect("utf8").to_owned();
+    let target = open_target(&url, &TargetOptions::default()).expect("fs target");
+    let plain = repo_on(target).await;
+    let cache = dir.path().join("cache");
+    let cached = plain.clone().with_cache_dir(&cache);
+    let mut engine = Generator::new(3, 8_000);
+    cached
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect("backup");
+    engine.version = 1;
+    cached
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect("backup");
+    let truth = answers(&plain, &engine).await;
+    assert!(truth.1, "the repository verifies");
+    assert_eq!(answers(&cached, &engine).await, truth);
+    let cache_dir = cached.cache_dir().expect("cache dir");
+    assert!(
+        files_below(&cache_dir.join("index"))
+            .iter()
+            .any(|p| p.ends_with("meta.json")),
+        "the index cache was written"
+    );
+    assert!(!files_below(&cache_dir.join("manifests")).is_empty());
+
+    // Damage every cached file in turn, one byte; then delete the cache.
+    let damage: Vec<std::path::PathBuf> = files_below(&cache_dir);
+    for file in &damage {
+        let mut bytes = std::fs::read(file).expect("read cache file");
+        if bytes.is_empty() {
+            continue;
+        }
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x55;
+        std::fs::write(file, &bytes).expect("damage cache file");
+        assert_eq!(
+            answers(&cached, &engine).await,
+            truth,
+            "after damaging {}",
+            file.display()
+        );
+        // An unchanged backup through the repaired cache stores nothing new, as one
+        // without a cache would.
+    }
+    std::fs::remove_dir_all(&cache).expect("delete cache");
+    assert_eq!(answers(&cached, &engine).await, truth);
+    let again = cached
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect("backup");
+    assert_eq!(
+        again.stats.new_chunks, 0,
+        "dedup works through the rebuilt cache"
+    );
+
+    // A stale cache: another host forgets the first backups and prunes (index files
+    // are replaced, packs deleted). A backup of the old content through the stale
+    // cache must store the chunks again, not reference deleted ones.
+    let listed = plain.list_backups().await.expect("list");
+    for m in &listed[..listed.len() - 1] {
+        plain.delete_manifest(&m.id).await.expect("forget");
+    }
+    plain
+        .prune(
+            &ops_core::repo::PruneOptions::default()
+                .with_max_unused(0.0)
+                .with_unindexed_grace_secs(0),
+        )
+        .await
+        .expect("prune");
+    engine.version = 0;
+    let old_content = cached
+        .backup(&engine, &BackupOptions::default())
+        .await
+        .expect("backup through a stale cache");
+    assert!(old_content.stats.new_chunks > 0);
+    let after = answers(&cached, &engine).await;
+    assert!(
+        after.1,
+        "every backup verifies after a backup through a stale cache"
+    );
+    assert_eq!(after, answers(&plain, &engine).await);
+    let restored = engine.restored.lock().expect("lock").clone();
+    assert_eq!(restored["data/s.t0/0"], engine.table_rows(0));
+}

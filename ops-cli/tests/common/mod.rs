@@ -72,6 +72,7 @@ impl Ctx {
         c.args(args)
             .env("DBOPS_REPO", &self.repo)
             .env("DBOPS_PASSWORD", &self.password)
+            .env("DBOPS_CACHE_DIR", self.dir.path().join("cache"))
             .env_remove("DBOPS_PASSWORD_FILE")
             .env_remove("PGPASSWORD")
             .env("NO_COLOR", "1")

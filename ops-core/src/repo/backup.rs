@@ -27,9 +27,10 @@ use super::Repository;
 use super::chunker::Chunker;
 use super::crypto::Keys;
 use super::format::{self, ChunkId, FORMAT_VERSION, RepoConfig};
+use super::index::Index;
 use super::lock::{LockGuard, LockKind};
 use super::manifest::{BackupStats, Manifest, StreamRecord};
-use super::pack::{BlobKind, Index, IndexFile, IndexPack, PackBuilder, SealedPack, encode_list};
+use super::pack::{BlobKind, IndexFile, IndexPack, PackBuilder, SealedPack, encode_list};
 
 /// Chunk references per list blob (36 bytes each: ~144 KiB).
 const LIST_REFS: usize = 4096;
@@ -121,8 +122,8 @@ struct State {
 
 impl State {
     /// True when `id` is new to the repository and this call claimed it for storing.
-    fn claim(&self, id: ChunkId) -> bool {
-        !self.index.contains(&id) && lock(&self.claimed).insert(id)
+    fn claim(&self, id: ChunkId) -> Result<bool> {
+        Ok(!self.index.contains(&id)? && lock(&self.claimed).insert(id))
     }
 
     fn take_pack(&self) -> PackBuilder {
@@ -359,7 +360,7 @@ impl StreamState {
         self.chunks += 1;
         state.chunks.fetch_add(1, Ordering::Relaxed);
         self.refs.push((id, len));
-        if state.claim(id) {
+        if state.claim(id)? {
             state.new_chunks.fetch_add(1, Ordering::Relaxed);
             state
                 .progress
@@ -386,7 +387,7 @@ impl StreamState {
         self.refs.clear();
         let id = state.keys.chunk_id(&plain);
         self.lists.push(id);
-        if state.claim(id) {
+        if state.claim(id)? {
             let sealed = format::encode_blob(&state.keys, compressor, &id, &plain)?;
             self.store(state, id, BlobKind::List, plain.len() as u32, &sealed)?;
         }

@@ -21,10 +21,27 @@ use crate::{Error, ErrorKind, Result};
 use super::Repository;
 use super::format::{self, ChunkId, FORMAT_VERSION, PACKS_DIR};
 use super::group::{BackupFilter, GroupBy, GroupDecisions, apply_per_group};
+use super::index::IdSetBuilder;
 use super::lock::{LockGuard, LockKind, list_locks};
 use super::manifest::Manifest;
 use super::pack::{IndexFile, IndexPack, PackBuilder, decode_list, parse_pack};
 use super::source::RepoSource;
+
+/// Index files a prune writes hold this many packs each, so that none is held whole.
+const PACKS_PER_INDEX: usize = 16;
+
+/// What prune does with one indexed pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PackFate {
+    /// Every blob in it is used (or few enough are not).
+    Keep,
+    /// Its used blobs are copied into a new pack, then it is deleted.
+    Repack,
+    /// No blob in it is used.
+    Delete,
+    /// Indexed but not in the store (its entries are dropped from the new index).
+    Gone,
+}
 
 /// Options of [`Repository::prune`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,57 +243,107 @@ impl Repository {
                 }
             }
         }
-        // Everything referenced: list blobs and the chunks they name.
+        // Everything referenced: list blobs and the chunks they name, gathered on
+        // local disk (the set can be as large as the repository). List blobs are
+        // remembered in memory to read each once: one per 4096 chunk references.
         let manifests = self.list_backups().await?;
         report.backups = manifests.len();
         let index = Arc::new(self.load_index().await?);
-        let mut used: HashSet<ChunkId> = HashSet::new();
+        let mut used = IdSetBuilder::new()?;
+        let mut lists_read: HashSet<ChunkId> = HashSet::new();
         for m in &manifests {
             let source = self.source_with_index(m, Arc::clone(&index), false);
             for s in &m.streams {
                 for list in &s.lists {
-                    if !used.insert(*list) {
+                    if !lists_read.insert(*list) {
                         continue;
                     }
+                    used.insert(list)?;
                     let plain = source.read_blob(*list).await.map_err(|e| {
                         e.during(format!(
-                            "reading the chunk list of backup {} stream {}; nothing was deleted (run `dbops verify`)",
+                            "reading the chunk list of backup {} stream {}; nothing was deleted (verify the repository)",
                             m.id, s.spec.name
                         ))
                     })?;
-                    used.extend(decode_list(&plain)?.into_iter().map(|(id, _)| id));
+                    for (id, _) in decode_list(&plain)? {
+                        used.insert(&id)?;
+                    }
                 }
             }
         }
-        report.referenced_blobs = used.len() as u64;
+        drop(lists_read);
+        let used = used.finish()?;
+        report.referenced_blobs = used.len();
 
-        // Index files, pack by pack.
-        let index_files = self.index_files().await?;
-        let index_keys: Vec<String> = index_files.iter().map(|(k, _)| k.clone()).collect();
-        let mut indexed: HashMap<String, IndexPack> = HashMap::new();
-        for (_, file) in index_files {
-            for p in file.packs {
-                indexed.entry(p.id.clone()).or_insert(p);
+        // Where each referenced blob is kept: the copy the index resolves it to. Every
+        // one must be somewhere, or the prune would lose data.
+        let mut used_bytes_by_number: HashMap<u32, u64> = HashMap::new();
+        let mut missing: Option<ChunkId> = None;
+        used.for_each(|id| {
+            match index.get(&id)? {
+                Some(loc) => {
+                    *used_bytes_by_number.entry(loc.pack).or_default() += u64::from(loc.length);
+                }
+                None => {
+                    missing.get_or_insert(id);
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(missing) = missing {
+            return Err(Error::corrupt(format!(
+                "chunk {missing} is referenced by a backup but stored in no pack; nothing was deleted (verify every backup)"
+            )));
+        }
+        let mut used_bytes: HashMap<String, u64> = HashMap::new();
+        for (number, bytes) in used_bytes_by_number {
+            *used_bytes.entry(index.pack(number)?.id).or_default() += bytes;
+        }
+
+        let stored: HashMap<String, crate::ObjectMeta> = self
+            .target()
+            .list(PACKS_DIR)
+            .await?
+            .map_ok(|m| (m.key.rsplit('/').next().unwrap_or_default().to_owned(), m))
+            .try_collect()
+            .await?;
+        report.packs_before = stored.len() as u64;
+        if let Some(id) = used_bytes.keys().find(|id| !stored.contains_key(*id)) {
+            return Err(Error::corrupt(format!(
+                "pack {id} holds chunks that backups reference but is missing from the store; nothing was deleted (verify every backup)"
+            )));
+        }
+
+        // Decide per pack, index file by index file.
+        let index_keys = self.index_keys().await?;
+        let mut decided: HashMap<String, PackFate> = HashMap::new();
+        {
+            let mut files = std::pin::pin!(self.fetch_index_files(index_keys.clone()));
+            while let Some((_, file)) = files.try_next().await? {
+                for pack in file.packs {
+                    if decided.contains_key(&pack.id) {
+                        continue;
+                    }
+                    let all: u64 = pack.blobs.iter().map(|b| u64::from(b.length)).sum();
+                    let used = used_bytes.get(&pack.id).copied().unwrap_or(0);
+                    let fate = if !stored.contains_key(&pack.id) {
+                        PackFate::Gone
+                    } else if used == 0 {
+                        PackFate::Delete
+                    } else if (all.saturating_sub(used)) as f64 > options.max_unused * all as f64 {
+                        PackFate::Repack
+                    } else {
+                        PackFate::Keep
+                    };
+                    decided.insert(pack.id, fate);
+                }
             }
         }
-        let stored: Vec<crate::ObjectMeta> =
-            self.target().list(PACKS_DIR).await?.try_collect().await?;
-        report.packs_before = stored.len() as u64;
         let now = Utc::now();
-
-        // Decide per pack. A blob is kept once: its first indexed copy that is still
-        // stored, as the in-memory index resolves it.
-        let mut keep_packs: Vec<IndexPack> = Vec::new();
         let mut delete: Vec<(String, u64)> = Vec::new();
-        let mut repack: Vec<IndexPack> = Vec::new();
-        let mut placed: HashSet<ChunkId> = HashSet::new();
-        let stored_ids: HashSet<String> = stored
-            .iter()
-            .map(|m| m.key.rsplit('/').next().unwrap_or_default().to_owned())
-            .collect();
-        for meta in &stored {
-            let id = meta.key.rsplit('/').next().unwrap_or_default().to_owned();
-            match indexed.get(&id) {
+        let mut repack: Vec<String> = Vec::new();
+        for (id, meta) in &stored {
+            match decided.get(id) {
                 None => {
                     let age = now
                         .signed_duration_since(meta.modified)
@@ -286,66 +353,42 @@ impl Repository {
                         delete.push((meta.key.clone(), meta.size));
                     }
                 }
-                Some(pack) => {
-                    let mut used_bytes = 0u64;
-                    let mut all = 0u64;
-                    for b in &pack.blobs {
-                        all += u64::from(b.length);
-                        let primary = index.get(&b.id).is_some_and(|loc| {
-                            index.pack_id(loc.pack) == id
-                                || !stored_ids.contains(index.pack_id(loc.pack))
-                        });
-                        if used.contains(&b.id) && primary && !placed.contains(&b.id) {
-                            used_bytes += u64::from(b.length);
-                        }
-                    }
-                    if used_bytes == 0 {
-                        delete.push((meta.key.clone(), meta.size));
-                    } else if (all - used_bytes) as f64 > options.max_unused * all as f64 {
-                        for b in &pack.blobs {
-                            if used.contains(&b.id) {
-                                placed.insert(b.id);
-                            }
-                        }
-                        repack.push(pack.clone());
-                    } else {
-                        for b in &pack.blobs {
-                            placed.insert(b.id);
-                        }
-                        keep_packs.push(pack.clone());
-                    }
-                }
+                Some(PackFate::Delete) => delete.push((meta.key.clone(), meta.size)),
+                Some(PackFate::Repack) => repack.push(id.clone()),
+                Some(PackFate::Keep | PackFate::Gone) => {}
             }
         }
-        // Every used blob must be placed somewhere, or the prune would lose data.
-        if let Some(missing) = used.iter().find(|id| !placed.contains(id)) {
-            return Err(Error::corrupt(format!(
-                "chunk {missing} is referenced by a backup but stored in no pack; nothing was deleted (run `dbops verify --all`)"
-            )));
-        }
+        delete.sort();
+        repack.sort();
         report.packs_deleted = delete.len() as u64;
         report.packs_repacked = repack.len() as u64;
         report.bytes_freed = delete.iter().map(|(_, s)| s).sum();
-        if options.dry_run {
+        let gone = decided.values().any(|f| matches!(f, PackFate::Gone));
+        let changed = !delete.is_empty() || !repack.is_empty() || index_keys.len() > 1 || gone;
+        if options.dry_run || !changed {
             return Ok(report);
         }
 
         // Repack: copy the used sealed blobs verbatim (their AAD is their id) into new
-        // packs, dropping blobs already kept elsewhere.
+        // packs: those whose resolved copy is in this pack, each once.
         let mut written: Vec<IndexPack> = Vec::new();
-        let mut kept_elsewhere: HashSet<ChunkId> = keep_packs
-            .iter()
-            .flat_map(|p| p.blobs.iter().map(|b| b.id))
-            .collect();
+        let mut copied: HashSet<ChunkId> = HashSet::new();
         let mut builder = PackBuilder::with_capacity(self.config.pack_size as usize);
-        for pack in &repack {
-            let key = format::pack_key(&pack.id);
+        for pack_id in &repack {
+            let key = format::pack_key(pack_id);
             let bytes = super::read_object(self.target().as_ref(), &key).await?;
-            parse_pack(&self.keys, &pack.id, &bytes)?;
-            for b in &pack.blobs {
-                if !used.contains(&b.id) || !kept_elsewhere.insert(b.id) {
+            for b in parse_pack(&self.keys, pack_id, &bytes)? {
+                if !used.contains(&b.id)? || copied.contains(&b.id) {
                     continue;
                 }
+                let resolved = match index.get(&b.id)? {
+                    Some(loc) => index.pack(loc.pack)?.id == *pack_id,
+                    None => false,
+                };
+                if !resolved {
+                    continue;
+                }
+                copied.insert(b.id);
                 let (from, to) = (b.offset as usize, b.offset as usize + b.length as usize);
                 builder.add(b.id, b.kind, b.raw, &bytes[from..to]);
                 if builder.len() >= self.config.pack_size as usize {
@@ -366,29 +409,54 @@ impl Repository {
             .bytes_freed
             .saturating_sub(written.iter().map(|p| p.size).sum());
 
-        // New index first, then old index files, then packs.
-        let mut all_packs = keep_packs;
-        all_packs.extend(written);
-        let changed = !delete.is_empty() || !repack.is_empty() || index_keys.len() > 1;
-        if changed {
-            let new_key = self
-                .write_index(&IndexFile {
-                    version: FORMAT_VERSION,
-                    packs: all_packs,
-                })
-                .await?;
-            for key in index_keys.iter().filter(|k| **k != new_key) {
-                self.target().delete(key).await?;
-                report.index_files_replaced += 1;
-            }
-            for (key, _) in &delete {
-                self.target().delete(key).await?;
-            }
-            for pack in &repack {
-                self.target().delete(&format::pack_key(&pack.id)).await?;
+        // New index first (kept packs as their index files list them, then the new
+        // packs), a few packs per file; then old index files; then packs.
+        let mut new_keys: HashSet<String> = HashSet::new();
+        let mut batch: Vec<IndexPack> = Vec::new();
+        let mut emitted: HashSet<String> = HashSet::new();
+        {
+            let mut files = std::pin::pin!(self.fetch_index_files(index_keys.clone()));
+            while let Some((_, file)) = files.try_next().await? {
+                for pack in file.packs {
+                    if matches!(decided.get(&pack.id), Some(PackFate::Keep))
+                        && emitted.insert(pack.id.clone())
+                    {
+                        batch.push(pack);
+                        if batch.len() >= PACKS_PER_INDEX {
+                            new_keys.insert(self.write_index_batch(&mut batch).await?);
+                        }
+                    }
+                }
             }
         }
+        for pack in written {
+            batch.push(pack);
+            if batch.len() >= PACKS_PER_INDEX {
+                new_keys.insert(self.write_index_batch(&mut batch).await?);
+            }
+        }
+        if !batch.is_empty() {
+            new_keys.insert(self.write_index_batch(&mut batch).await?);
+        }
+        for key in index_keys.iter().filter(|k| !new_keys.contains(*k)) {
+            self.target().delete(key).await?;
+            report.index_files_replaced += 1;
+        }
+        for (key, _) in &delete {
+            self.target().delete(key).await?;
+        }
+        for pack in &repack {
+            self.target().delete(&format::pack_key(pack)).await?;
+        }
         Ok(report)
+    }
+
+    async fn write_index_batch(&self, batch: &mut Vec<IndexPack>) -> Result<String> {
+        self.write_index(&IndexFile {
+            version: FORMAT_VERSION,
+            packs: std::mem::take(batch),
+        })
+        .await
     }
 
     async fn store_pack(&self, builder: PackBuilder) -> Result<IndexPack> {

@@ -11,6 +11,7 @@ mod crypto;
 mod format;
 mod group;
 mod health;
+mod index;
 mod lock;
 mod maintain;
 mod manifest;
@@ -18,10 +19,11 @@ mod pack;
 mod source;
 mod verify;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::TryStreamExt;
+use futures::{StreamExt as _, TryStreamExt};
 
 pub use backup::{BackupOptions, Progress};
 pub use crypto::KdfParams;
@@ -47,7 +49,6 @@ use crate::{Error, ErrorKind, Result};
 
 use crypto::{KeyFile, Keys};
 use format::{BACKUPS_DIR, CONFIG_KEY, INDEX_DIR, KEYS_DIR};
-use pack::Index;
 
 /// How a new repository protects its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +134,8 @@ pub struct Repository {
     target: Arc<dyn BackupTarget>,
     config: RepoConfig,
     keys: Keys,
+    /// Root of the local cache (its per-repository folder is below it), if any.
+    cache: Option<Arc<PathBuf>>,
 }
 
 pub(crate) fn host_name() -> String {
@@ -231,6 +234,7 @@ impl Repository {
                         target,
                         config,
                         keys,
+                        cache: None,
                     });
                 }
                 return Err(Error::new(
@@ -243,6 +247,7 @@ impl Repository {
             target,
             config,
             keys,
+            cache: None,
         })
     }
 
@@ -300,7 +305,35 @@ impl Repository {
             target,
             config,
             keys,
+            cache: None,
         })
+    }
+
+    /// Keeps a local cache of the chunk index and the manifests below `root` (in a
+    /// folder named by the repository id), so that opening a repository with years of
+    /// history does not re-read all of it. The cache is never the truth: it is checked
+    /// against the store's listing and its own checksums, and rebuilt when it is
+    /// missing, stale or damaged. Without a cache (the default) the chunk index is
+    /// built in a temporary directory for each operation that needs it.
+    #[must_use]
+    pub fn with_cache_dir(mut self, root: impl Into<PathBuf>) -> Self {
+        self.cache = Some(Arc::new(root.into()));
+        self
+    }
+
+    /// The usual cache root: `DBOPS_CACHE_DIR`, else `$XDG_CACHE_HOME/dbops`, else
+    /// `$HOME/.cache/dbops`; `None` when none of them is set.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        var("DBOPS_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("dbops")))
+            .or_else(|| var("HOME").map(|d| PathBuf::from(d).join(".cache").join("dbops")))
+    }
+
+    /// This repository's cache folder, when a cache is used.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.cache.as_ref().map(|root| root.join(&self.config.id))
     }
 
     /// The target.
@@ -337,16 +370,43 @@ impl Repository {
     /// Storage errors; a manifest that fails authentication or parsing.
     pub async fn list_backups(&self) -> Result<Vec<Manifest>> {
         let ids = self.backup_ids().await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            match self.load_manifest(&id).await {
-                Ok(m) => out.push(m),
-                // Deleted between list and get by a concurrent forget.
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+        if let Some(dir) = self.cache_dir() {
+            forget_cached_manifests(&dir.join("manifests"), &ids);
         }
-        Ok(out)
+        let loaded: Vec<Option<Manifest>> = futures::stream::iter(ids)
+            .map(|id| async move {
+                match self.load_listed_manifest(&id).await {
+                    Ok(m) => Ok(Some(m)),
+                    // Deleted between list and get by a concurrent forget.
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(8)
+            .try_collect()
+            .await?;
+        Ok(loaded.into_iter().flatten().collect())
+    }
+
+    /// Loads a manifest that the store's listing just showed, from the local cache
+    /// when it has it (manifests never change: the id names one content, and the
+    /// cached copy is checked against its BLAKE3 and authenticated like a fresh one).
+    async fn load_listed_manifest(&self, id: &str) -> Result<Manifest> {
+        let Some(dir) = self.cache_dir() else {
+            return self.load_manifest(id).await;
+        };
+        let path = dir.join("manifests").join(id);
+        let bytes = match read_cached(&path) {
+            Some(b) => b,
+            None => {
+                let b = read_object(self.target.as_ref(), &format!("{BACKUPS_DIR}{id}")).await?;
+                if let Err(e) = write_cached(&path, &b) {
+                    tracing::debug!("could not cache manifest {id}: {e}");
+                }
+                b
+            }
+        };
+        self.open_manifest(id, &bytes)
     }
 
     /// Loads one manifest by its full id.
@@ -356,10 +416,14 @@ impl Repository {
     pub async fn load_manifest(&self, id: &str) -> Result<Manifest> {
         let key = format!("{BACKUPS_DIR}{id}");
         let bytes = read_object(self.target.as_ref(), &key).await?;
+        self.open_manifest(id, &bytes)
+    }
+
+    fn open_manifest(&self, id: &str, bytes: &[u8]) -> Result<Manifest> {
         let manifest: Manifest = format::open_document(
             &self.keys,
             manifest_aad(id).as_bytes(),
-            &bytes,
+            bytes,
             &format!("manifest {id}"),
         )?;
         if manifest.format_version != FORMAT_VERSION {
@@ -461,7 +525,7 @@ impl Repository {
                         )));
                     }
                 };
-                let m = self.load_manifest(&id).await?;
+                let m = self.load_listed_manifest(&id).await?;
                 if !filter.matches(&m) {
                     return Err(Error::invalid(format!(
                         "backup {id} is of database {} ({} {}), which does not match {filter}",
@@ -483,38 +547,6 @@ impl Repository {
         let mut all = self.list_backups().await?;
         all.retain(|m| filter.matches(m));
         Ok(all)
-    }
-
-    /// Every index file with its key.
-    pub(crate) async fn index_files(&self) -> Result<Vec<(String, IndexFile)>> {
-        let keys: Vec<String> = self
-            .target
-            .list(INDEX_DIR)
-            .await?
-            .map_ok(|m| m.key)
-            .try_collect()
-            .await?;
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let bytes = read_object(self.target.as_ref(), &key).await?;
-            let file: IndexFile = format::open_document(
-                &self.keys,
-                b"dbops index",
-                &bytes,
-                &format!("index file {key}"),
-            )?;
-            out.push((key, file));
-        }
-        Ok(out)
-    }
-
-    /// Loads every index file into memory.
-    pub(crate) async fn load_index(&self) -> Result<Index> {
-        let mut index = Index::default();
-        for (_, file) in self.index_files().await? {
-            index.add_file(&file);
-        }
-        Ok(index)
     }
 
     /// Writes an index file (named by its content) and returns its key.
@@ -618,6 +650,49 @@ async fn unlock(target: &dyn BackupTarget, password: &Secret) -> Result<Keys> {
             target.location()
         ),
     ))
+}
+
+/// A cached object: its BLAKE3 then its bytes; `None` when absent or damaged.
+fn read_cached(path: &std::path::Path) -> Option<Bytes> {
+    let data = std::fs::read(path).ok()?;
+    if data.len() < 32 || blake3::hash(&data[32..]).as_bytes()[..] != data[..32] {
+        return None;
+    }
+    Some(Bytes::from(data).slice(32..))
+}
+
+/// Writes a cached object atomically (a reader sees all of it or none), owner-only.
+fn write_cached(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".tmp-{}", random_hex(8)));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(blake3::hash(bytes).as_bytes())?;
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes cached manifests of backups the store no longer lists.
+fn forget_cached_manifests(dir: &std::path::Path, listed: &[String]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".tmp-") && listed.binary_search(&name).is_err() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Reads a whole (small) object.

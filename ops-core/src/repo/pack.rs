@@ -4,10 +4,8 @@
 //! object storage, so blobs are packed (restic's model): a pack is the concatenation of
 //! sealed blobs, then a sealed header listing them, then the header's length as a
 //! little-endian u32. The pack is named by the BLAKE3 hash of its bytes. Index files
-//! (`index/…`) map every blob id to its pack, offset and lengths; the in-memory
-//! [`Index`] is the union of all of them. The header makes a lost index rebuildable.
-
-use std::collections::HashMap;
+//! (`index/…`) map every blob id to its pack, offset and lengths; the local
+//! [`super::index::Index`] is the union of all of them. The header makes a lost index rebuildable.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -80,64 +78,6 @@ pub struct IndexFile {
     pub version: u32,
     /// Packs written.
     pub packs: Vec<IndexPack>,
-}
-
-/// Where a blob is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Location {
-    pub pack: u32,
-    pub offset: u32,
-    pub length: u32,
-    pub raw: u32,
-}
-
-/// The union of all index files: blob id → location.
-#[derive(Debug, Default)]
-pub(crate) struct Index {
-    packs: Vec<(String, u64)>,
-    pack_numbers: HashMap<String, u32>,
-    blobs: HashMap<ChunkId, Location>,
-}
-
-impl Index {
-    pub(crate) fn add_file(&mut self, file: &IndexFile) {
-        for pack in &file.packs {
-            let number = *self.pack_numbers.entry(pack.id.clone()).or_insert_with(|| {
-                self.packs.push((pack.id.clone(), pack.size));
-                (self.packs.len() - 1) as u32
-            });
-            for b in &pack.blobs {
-                self.blobs.entry(b.id).or_insert(Location {
-                    pack: number,
-                    offset: b.offset,
-                    length: b.length,
-                    raw: b.raw,
-                });
-            }
-        }
-    }
-
-    pub(crate) fn get(&self, id: &ChunkId) -> Option<Location> {
-        self.blobs.get(id).copied()
-    }
-
-    pub(crate) fn contains(&self, id: &ChunkId) -> bool {
-        self.blobs.contains_key(id)
-    }
-
-    pub(crate) fn pack_id(&self, number: u32) -> &str {
-        &self.packs[number as usize].0
-    }
-
-    pub(crate) fn pack_size(&self, number: u32) -> u64 {
-        self.packs[number as usize].1
-    }
-
-    // Used by prune and index repair (and tests until they land).
-    #[allow(dead_code)]
-    pub(crate) fn ids(&self) -> impl Iterator<Item = &ChunkId> {
-        self.blobs.keys()
-    }
 }
 
 const HEADER_AAD: &[u8] = b"dbops pack header v1";

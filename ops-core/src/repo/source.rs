@@ -22,8 +22,9 @@ use crate::{Error, ErrorKind, Result};
 
 use super::Repository;
 use super::format::{self, ChunkId};
+use super::index::{Index, Location};
 use super::manifest::{Manifest, StreamRecord};
-use super::pack::{Index, Location, decode_list};
+use super::pack::decode_list;
 
 /// Largest single ranged read, in stored bytes.
 const MAX_READ: u32 = 2 * 1024 * 1024;
@@ -77,7 +78,7 @@ impl RepoSource {
 
     pub(super) async fn read_blob(&self, id: ChunkId) -> Result<Vec<u8>> {
         let loc = self.locate(&id)?;
-        let key = format::pack_key(self.index.pack_id(loc.pack));
+        let key = format::pack_key(&self.index.pack(loc.pack)?.id);
         let stored = self
             .repo
             .target()
@@ -93,7 +94,7 @@ impl RepoSource {
     }
 
     fn locate(&self, id: &ChunkId) -> Result<Location> {
-        self.index.get(id).ok_or_else(|| {
+        self.index.get(id)?.ok_or_else(|| {
             Error::corrupt(format!(
                 "chunk {id} is not in the repository's index: the repository is damaged (run `dbops verify`)"
             ))
@@ -136,7 +137,7 @@ impl RepoSource {
     }
 
     async fn fetch(&self, read: Read) -> Result<Vec<(ChunkId, Bytes)>> {
-        let pack = self.index.pack_id(read.pack).to_owned();
+        let pack = self.index.pack(read.pack)?.id;
         let key = format::pack_key(&pack);
         let data = self
             .repo

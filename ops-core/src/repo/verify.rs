@@ -20,6 +20,7 @@ use crate::{Error, Result};
 
 use super::Repository;
 use super::format::{ChunkId, PACKS_DIR};
+use super::index::Index;
 use super::manifest::Manifest;
 use super::pack::decode_list;
 
@@ -150,9 +151,10 @@ impl Repository {
             .try_collect()
             .await?;
         let mut report = VerifyReport::default();
-        // Outcomes are remembered so that a chunk or list shared by many backups is
-        // checked once but its damage is reported for every backup that needs it.
-        let mut chunk_outcome: HashMap<ChunkId, Option<(Option<String>, String)>> = HashMap::new();
+        // Outcomes are remembered per list blob (not per chunk: that would grow with the
+        // repository), so that a list shared by many backups is checked once but its
+        // damage is reported for every backup that needs it.
+        let mut list_outcome: HashMap<ChunkId, Option<(Option<String>, String)>> = HashMap::new();
         let mut list_problems: HashMap<ChunkId, Vec<(ChunkId, Option<String>, String)>> =
             HashMap::new();
         for m in manifests {
@@ -170,10 +172,14 @@ impl Repository {
                     message,
                 };
                 for list in &s.lists {
-                    let outcome = chunk_outcome
-                        .entry(*list)
-                        .or_insert_with(|| check_chunk(&index, &packs, list))
-                        .clone();
+                    let outcome = match list_outcome.get(list) {
+                        Some(o) => o.clone(),
+                        None => {
+                            let o = check_chunk(&index, &packs, list)?;
+                            list_outcome.insert(*list, o.clone());
+                            o
+                        }
+                    };
                     if let Some((pack, message)) = outcome {
                         report.problems.push(problem(list, pack, message));
                         continue;
@@ -194,11 +200,7 @@ impl Repository {
                     {
                         Ok(refs) => {
                             for (id, _) in refs {
-                                let outcome = chunk_outcome
-                                    .entry(id)
-                                    .or_insert_with(|| check_chunk(&index, &packs, &id))
-                                    .clone();
-                                if let Some((pack, message)) = outcome {
+                                if let Some((pack, message)) = check_chunk(&index, &packs, &id)? {
                                     found.push((id, pack, message));
                                 }
                             }
@@ -349,31 +351,31 @@ impl Repository {
 /// Checks that a chunk is indexed and lies inside an existing pack of the indexed size.
 /// `None` when fine, else the pack concerned and what is wrong.
 fn check_chunk(
-    index: &super::pack::Index,
+    index: &Index,
     packs: &HashMap<String, u64>,
     id: &ChunkId,
-) -> Option<(Option<String>, String)> {
-    let Some(loc) = index.get(id) else {
-        return Some((None, format!("chunk {id} is not in the index")));
+) -> Result<Option<(Option<String>, String)>> {
+    let Some(loc) = index.get(id)? else {
+        return Ok(Some((None, format!("chunk {id} is not in the index"))));
     };
-    let pack = index.pack_id(loc.pack).to_owned();
-    match packs.get(&pack) {
+    let indexed = index.pack(loc.pack)?;
+    let pack = indexed.id;
+    Ok(match packs.get(&pack) {
         None => Some((
             Some(pack.clone()),
             format!("pack {pack} holding chunk {id} is missing"),
         )),
         Some(size)
-            if *size != index.pack_size(loc.pack)
-                || u64::from(loc.offset) + u64::from(loc.length) > *size =>
+            if *size != indexed.size || u64::from(loc.offset) + u64::from(loc.length) > *size =>
         {
             Some((
                 Some(pack.clone()),
                 format!(
                     "pack {pack} has {size} bytes, not the {} its index records",
-                    index.pack_size(loc.pack)
+                    indexed.size
                 ),
             ))
         }
         Some(_) => None,
-    }
+    })
 }
