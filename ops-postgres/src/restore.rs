@@ -13,6 +13,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use ops_core::{
@@ -317,10 +318,25 @@ struct Archive<'a> {
     list: Option<&'a Path>,
 }
 
-/// Refuses a non-empty target, or cleans it when asked: only what the archive (the
-/// selected part of it) will create is dropped; what the target holds besides is left,
-/// with a warning, and anything of it that depends on what must be dropped stops the
-/// restore before anything is dropped.
+/// How long each statement of a clean waits for its lock. A DROP queued behind an
+/// application's transaction makes every later query on that object queue behind it,
+/// so the wait is short (as pg_repack's), and an object in use stops the clean with
+/// nothing dropped instead of stalling the application.
+const CLEAN_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many objects a refusal names before it says how many more there are.
+const NAMED_IN_REFUSAL: usize = 20;
+
+/// Refuses a non-empty target, or cleans it when asked.
+///
+/// A whole-database clean leaves the target holding only what the backup creates: it
+/// drops what the archive will create and everything else the target holds (its own
+/// tables, views, sequences, routines, types and schemas, and large objects), and
+/// names what the backup did not hold in a warning; only extensions, their members and
+/// kinds it does not drop stay, named in another warning. A `tables` or `schemas`
+/// clean drops only what the archive (the selected part of it) will create, and
+/// anything outside the selection that depends on that stops the restore. Either way
+/// the drops run in one transaction: nothing is dropped unless everything is.
 async fn prepare_target(
     client: &Client,
     config: &ConnConfig,
@@ -329,54 +345,255 @@ async fn prepare_target(
     archive: &Archive<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<()> {
-    let found = match selection {
-        Selection::All => target_contents(client, None, 5).await?,
+    let held: Vec<Held> = match selection {
+        Selection::All => held_objects(client).await?,
         Selection::Tables(tables) => {
             let mut present = Vec::new();
             for t in tables {
                 if table_exists(client, t).await? {
-                    present.push(format!("table {t}"));
+                    present.push(Held::kept(format!("table {t}")));
                 }
             }
             present
         }
-        Selection::Schemas(schemas) => target_contents(client, Some(schemas), 5).await?,
+        Selection::Schemas(schemas) => target_contents(client, Some(schemas), 10_000)
+            .await?
+            .into_iter()
+            .map(Held::kept)
+            .collect(),
     };
-    if found.is_empty() {
+    if held.is_empty() {
         return Ok(());
     }
     if !clean {
-        return Err(not_empty(config, &found));
+        return Err(not_empty(config, &held));
     }
-    let drops = drop_statements(archive).await?;
+    let archive_drops = drop_statements(archive).await?;
     client
-        .batch_execute("BEGIN; SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false")
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL search_path = ''; SET LOCAL check_function_bodies = false;
+             SET LOCAL lock_timeout = {}",
+            CLEAN_LOCK_TIMEOUT.as_millis()
+        ))
         .await
-        .map_err(|e| query_error(e, "starting --clean"))?;
-    match run_drops(client, &drops).await {
-        Ok(()) => {}
+        .map_err(|e| query_error(e, "starting to clean the target"))?;
+    let cleaned = async {
+        let mut steps: Vec<DropStep> = Vec::new();
+        if matches!(selection, Selection::All) {
+            // What the target holds and the archive does not drop, listed again inside
+            // the transaction (with its search_path, as pg_dump's). The statements are
+            // written as pg_restore writes its own: the same object, the same text.
+            let backup: HashSet<&str> = archive_drops.iter().map(String::as_str).collect();
+            for h in held_objects(client).await? {
+                if let Some(sql) = h.drop.filter(|sql| !backup.contains(sql.as_str())) {
+                    steps.push(DropStep { what: h.what, sql });
+                }
+            }
+        }
+        let extras: Vec<String> = steps.iter().map(|s| s.what.clone()).collect();
+        // The target's own objects first (one of its views may stand on a table the
+        // backup replaces), its schemas last, once they are empty; run_drops retries
+        // what another object still needs.
+        let schemas_at = steps
+            .iter()
+            .position(|s| s.what.starts_with("schema "))
+            .unwrap_or(steps.len());
+        let own_schemas = steps.split_off(schemas_at);
+        steps.extend(archive_drops.iter().map(|sql| DropStep {
+            what: describe_drop(sql),
+            sql: sql.clone(),
+        }));
+        steps.extend(own_schemas);
+        run_drops(client, &steps).await?;
+        let left: Vec<String> = match selection {
+            Selection::All => held_objects(client)
+                .await?
+                .into_iter()
+                .map(|h| h.what)
+                .collect(),
+            Selection::Schemas(schemas) => target_contents(client, Some(schemas), 21).await?,
+            Selection::Tables(_) => Vec::new(),
+        };
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| query_error(e, "committing the clean of the target"))?;
+        Ok::<_, Error>((extras, left))
+    }
+    .await;
+    let (extras, left) = match cleaned {
+        Ok(done) => done,
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
             return Err(e);
         }
-    }
-    let left = match selection {
-        Selection::All => target_contents(client, None, 21).await?,
-        Selection::Schemas(schemas) => target_contents(client, Some(schemas), 21).await?,
-        Selection::Tables(_) => Vec::new(),
     };
-    client
-        .batch_execute("COMMIT")
-        .await
-        .map_err(|e| query_error(e, "committing --clean"))?;
+    if !extras.is_empty() {
+        warnings.push(format!(
+            "restore with clean dropped {} object(s) the backup does not hold: {}",
+            extras.len(),
+            extras.join(", ")
+        ));
+    }
     if !left.is_empty() {
         let more = if left.len() > 20 { ", …" } else { "" };
         warnings.push(format!(
-            "--clean left what the backup does not hold in place: {}{more}",
+            "restore with clean left in place what it does not drop and the backup does \
+             not hold: {}{more}",
             left.iter().take(20).cloned().collect::<Vec<_>>().join(", ")
         ));
     }
     Ok(())
+}
+
+/// An object found in the target: how messages name it, and the statement that drops
+/// it (`None`: a clean leaves it in place).
+struct Held {
+    what: String,
+    drop: Option<String>,
+}
+
+impl Held {
+    fn kept(what: String) -> Self {
+        Self { what, drop: None }
+    }
+}
+
+/// One statement of a clean, and the object it drops as messages name it.
+struct DropStep {
+    what: String,
+    sql: String,
+}
+
+/// Everything a whole-database restore finds in the target, in the order to drop it:
+/// relations (views first; sequences owned by a column go with their table), routines
+/// (not a range type's constructors, which go with it), types and domains (not the
+/// row, array and multirange types that come with a relation or type), large objects,
+/// schemas. Objects of extensions (`pg_depend` deptype `e`) and
+/// system schemas are not listed. Extensions, objects of other kinds in user schemas
+/// (operators, collations, text search objects, base types, …) and the schemas that
+/// hold them or an extension's objects are listed without a drop: a clean leaves them.
+///
+/// The drops are written exactly as `pg_restore --clean --if-exists` writes them
+/// (`DROP FUNCTION IF EXISTS public.f(x integer);`, quoted by `quote_ident` as
+/// pg_dump's `fmtId` quotes), so a statement the archive also issues is an object of
+/// the backup. Run with `search_path = ''` (in the clean's transaction) for the
+/// type names in function signatures to be qualified as pg_dump qualifies them; run
+/// outside it, only those names differ, which only the refusal message shows.
+async fn held_objects(client: &Client) -> Result<Vec<Held>> {
+    const SQL: &str = "
+    WITH nsp AS (
+      SELECT oid, nspname FROM pg_namespace
+       WHERE nspname <> 'information_schema' AND nspname !~ '^pg_'
+    ),
+    member AS (SELECT classid, objid FROM pg_depend WHERE deptype = 'e'),
+    other AS (
+      SELECT d.refobjid AS nsp, pg_describe_object(d.classid, d.objid, 0) AS what
+        FROM pg_depend d JOIN nsp n ON n.oid = d.refobjid
+       WHERE d.refclassid = 'pg_namespace'::regclass AND d.deptype = 'n'
+         AND d.classid NOT IN ('pg_class'::regclass, 'pg_proc'::regclass,
+                               'pg_type'::regclass, 'pg_extension'::regclass)
+         AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = d.classid AND m.objid = d.objid)
+         AND NOT EXISTS (SELECT 1 FROM pg_depend a WHERE a.classid = d.classid
+                            AND a.objid = d.objid AND a.deptype IN ('a', 'i'))
+      UNION ALL
+      SELECT t.typnamespace, format('type %I.%I', n.nspname, t.typname)
+        FROM pg_type t JOIN nsp n ON n.oid = t.typnamespace
+       WHERE t.typtype IN ('b', 'p')
+         AND NOT EXISTS (SELECT 1 FROM pg_type a WHERE a.typarray = t.oid)
+         AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_type'::regclass AND m.objid = t.oid)
+    ),
+    dropped AS (
+      SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                  WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END AS kind,
+             format('%I.%I', n.nspname, c.relname) AS name,
+             CASE WHEN c.relkind IN ('v', 'm') THEN 1 ELSE 2 END AS ord
+        FROM pg_class c JOIN nsp n ON n.oid = c.relnamespace
+       WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+         AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_class'::regclass AND m.objid = c.oid)
+         AND NOT (c.relkind = 'S' AND EXISTS (
+               SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')))
+      UNION ALL
+      SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+             format('%I.%I(%s)', n.nspname, p.proname,
+                    CASE WHEN p.prokind = 'a' AND p.pronargs = 0 THEN '*'
+                         ELSE pg_get_function_identity_arguments(p.oid) END),
+             3
+        FROM pg_proc p JOIN nsp n ON n.oid = p.pronamespace
+       WHERE NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_proc'::regclass AND m.objid = p.oid)
+         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                            AND d.objid = p.oid AND d.deptype = 'i')
+      UNION ALL
+      SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+             format('%I.%I', n.nspname, t.typname), 4
+        FROM pg_type t JOIN nsp n ON n.oid = t.typnamespace
+       WHERE t.typtype IN ('c', 'd', 'e', 'r')
+         AND (t.typtype <> 'c' OR (SELECT r.relkind FROM pg_class r WHERE r.oid = t.typrelid) = 'c')
+         AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_type'::regclass AND m.objid = t.oid)
+         AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_class'::regclass AND m.objid = t.typrelid)
+         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                            AND d.objid = t.oid AND d.deptype = 'i')
+    )
+    SELECT what, drop FROM (
+      SELECT lower(kind) || ' ' || name AS what,
+             format('DROP %s IF EXISTS %s;', kind, name) AS drop, ord
+        FROM dropped
+      UNION ALL
+      SELECT 'large object ' || l.oid,
+             format('SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata WHERE oid = %L;', l.oid),
+             5
+        FROM pg_largeobject_metadata l
+      UNION ALL
+      SELECT 'schema ' || quote_ident(n.nspname),
+             CASE WHEN NOT EXISTS (SELECT 1 FROM other o WHERE o.nsp = n.oid)
+                   AND NOT EXISTS (SELECT 1 FROM pg_extension x WHERE x.extnamespace = n.oid)
+                   AND NOT EXISTS (SELECT 1 FROM member m
+                                    WHERE m.classid = 'pg_namespace'::regclass AND m.objid = n.oid)
+                   AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                     JOIN member m ON m.classid = d.classid AND m.objid = d.objid
+                                    WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid)
+                  THEN format('DROP SCHEMA IF EXISTS %I;', n.nspname) END,
+             9
+        FROM nsp n WHERE n.nspname <> 'public'
+      UNION ALL
+      SELECT what, NULL, 10 FROM other
+      UNION ALL
+      SELECT 'extension ' || quote_ident(extname), NULL, 10 FROM pg_extension
+       WHERE extname <> 'plpgsql'
+    ) held ORDER BY ord, what";
+    const DOING: &str = "listing what the target database holds";
+    let rows = client
+        .query(SQL, &[])
+        .await
+        .map_err(|e| query_error(e, DOING))?;
+    rows.iter()
+        .map(|r| {
+            Ok(Held {
+                what: column(r, 0, DOING)?,
+                drop: column(r, 1, DOING)?,
+            })
+        })
+        .collect()
+}
+
+/// How messages name the object of one of pg_restore's drop statements:
+/// `DROP MATERIALIZED VIEW IF EXISTS public.mv;` → `materialized view public.mv`; a
+/// statement of another form is shown as it is.
+fn describe_drop(sql: &str) -> String {
+    let sql = sql.trim_end_matches(';');
+    if let Some((kind, name)) = sql
+        .strip_prefix("DROP ")
+        .and_then(|rest| rest.split_once(" IF EXISTS "))
+    {
+        return format!("{} {name}", kind.to_lowercase());
+    }
+    if sql.contains("lo_unlink")
+        && let Some((_, oid)) = sql.rsplit_once("oid = '")
+    {
+        return format!("large object {}", oid.trim_end_matches('\''));
+    }
+    sql.to_owned()
 }
 
 /// The DROP statements pg_restore would issue with `--clean --if-exists` for the
@@ -435,40 +652,73 @@ fn parse_drop_script(script: &str) -> Vec<String> {
 
 /// Runs the drops in the open transaction, each under a savepoint. One that fails
 /// because something still depends on it is tried again after the others (pg_restore's
-/// order is not always right for partitions); if something outside the backup keeps
-/// depending on it, the restore stops with the dependents named.
-async fn run_drops(client: &Client, drops: &[String]) -> Result<()> {
-    let mut pending: Vec<&String> = drops.iter().collect();
+/// order is not always right for partitions, and the target's own objects come in no
+/// dependency order); if something that is not dropped keeps depending on it, the
+/// clean stops with the dependents named. A lock not granted within the transaction's
+/// `lock_timeout` stops it naming the object. The caller rolls back on an error, so
+/// nothing is dropped then.
+async fn run_drops(client: &Client, steps: &[DropStep]) -> Result<()> {
+    let mut pending: Vec<&DropStep> = steps.iter().collect();
     loop {
-        let mut blocked: Vec<(&String, bool, String)> = Vec::new();
-        for stmt in &pending {
+        let mut blocked: Vec<(&DropStep, bool, String)> = Vec::new();
+        for step in &pending {
             let attempt = client
                 .batch_execute(&format!(
-                    "SAVEPOINT dbops_clean; {stmt}; RELEASE SAVEPOINT dbops_clean"
+                    "SAVEPOINT dbops_clean; {}; RELEASE SAVEPOINT dbops_clean",
+                    step.sql
                 ))
                 .await;
             let Err(err) = attempt else { continue };
             client
                 .batch_execute("ROLLBACK TO SAVEPOINT dbops_clean; RELEASE SAVEPOINT dbops_clean")
                 .await
-                .map_err(|e| query_error(e, "recovering from a failed drop (--clean)"))?;
+                .map_err(|e| query_error(e, "recovering from a failed drop of the clean"))?;
+            let failed = |err| {
+                query_error(
+                    err,
+                    format!(
+                        "restore with clean stopped, nothing was dropped: dropping {}",
+                        step.what
+                    ),
+                )
+                .with_context("object", &step.what)
+            };
             let Some(db) = err.as_db_error() else {
-                return Err(query_error(err, format!("--clean: {stmt}")));
+                return Err(failed(err));
             };
             match db.code().code() {
                 // dependent_objects_still_exist; invalid_table_definition ("cannot drop
-                // inherited constraint": it goes with its partition).
-                "2BP01" | "42P16" => {
+                // inherited constraint": it goes with its partition); wrong_object_type
+                // (the target has a table where the backup has a view of that name: it
+                // is dropped as the target's own object first).
+                "2BP01" | "42P16" | "42809" => {
                     let mut why = db.message().to_owned();
                     if let Some(detail) = db.detail() {
                         why.push_str(": ");
                         why.push_str(&detail.replace('\n', "; "));
                     }
-                    blocked.push((stmt, db.code().code() == "2BP01", why));
+                    blocked.push((step, db.code().code() == "2BP01", why));
                 }
-                // Already gone in the target (a changed copy): nothing to drop.
+                // Already gone in the target (a changed copy, or dropped with its
+                // table): nothing to drop.
                 "42703" | "42704" | "42P01" | "3F000" => {}
-                _ => return Err(query_error(err, format!("--clean: {stmt}"))),
+                // lock_not_available: lock_timeout ran out.
+                "55P03" => {
+                    return Err(Error::new(
+                        ErrorKind::Locked,
+                        format!(
+                            "restore with clean stopped, nothing was dropped: {} is in use (its \
+                             lock was not granted within {} s); restore again when the \
+                             sessions using it are done",
+                            step.what,
+                            CLEAN_LOCK_TIMEOUT.as_secs()
+                        ),
+                    )
+                    .with_context("object", &step.what)
+                    .with_context("sqlstate", "55P03")
+                    .temporary());
+                }
+                _ => return Err(failed(err)),
             }
         }
         if blocked.is_empty() {
@@ -484,26 +734,36 @@ async fn run_drops(client: &Client, drops: &[String]) -> Result<()> {
             return Err(Error::new(
                 ErrorKind::TargetNotEmpty,
                 format!(
-                    "--clean stopped, nothing was dropped: the target holds objects that are \
-                     not in the backup and depend on objects the restore must replace ({}). \
-                     Drop or change those objects first, or restore into a new database \
-                     with --create",
+                    "restore with clean stopped, nothing was dropped: the target holds objects \
+                     that the clean does not drop and that depend on objects it must drop ({}). \
+                     Drop or change those objects first, or restore into a new database",
                     reasons.join("; ")
                 ),
             ));
         }
-        pending = blocked.into_iter().map(|(stmt, _, _)| stmt).collect();
+        pending = blocked.into_iter().map(|(step, _, _)| step).collect();
     }
 }
 
-fn not_empty(config: &ConnConfig, found: &[String]) -> Error {
+fn not_empty(config: &ConnConfig, held: &[Held]) -> Error {
+    let names: Vec<&str> = held
+        .iter()
+        .take(NAMED_IN_REFUSAL)
+        .map(|h| h.what.as_str())
+        .collect();
+    let more = held.len().saturating_sub(NAMED_IN_REFUSAL);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
     Error::new(
         ErrorKind::TargetNotEmpty,
         format!(
-            "the target database {} is not empty (it holds {}): restore with --clean to \
-             replace what it holds, or with --create into a new database",
+            "the target database {} is not empty (it holds {}{more}): restore with clean to \
+             replace what it holds, or into a new database",
             config.dbname,
-            found.join(", ")
+            names.join(", ")
         ),
     )
 }
@@ -911,6 +1171,30 @@ pub(crate) async fn drop_database(config: &ConnConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_are_named_by_their_object() {
+        for (sql, what) in [
+            (
+                "DROP MATERIALIZED VIEW IF EXISTS public.mv;",
+                "materialized view public.mv",
+            ),
+            (
+                "DROP FUNCTION IF EXISTS public.f(x integer, y text);",
+                "function public.f(x integer, y text)",
+            ),
+            (
+                "SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata WHERE oid = '42';",
+                "large object 42",
+            ),
+            (
+                "ALTER TABLE IF EXISTS ONLY public.t DROP CONSTRAINT IF EXISTS t_pkey;",
+                "ALTER TABLE IF EXISTS ONLY public.t DROP CONSTRAINT IF EXISTS t_pkey",
+            ),
+        ] {
+            assert_eq!(describe_drop(sql), what);
+        }
+    }
 
     #[test]
     fn drop_script_keeps_only_the_drops() {
