@@ -273,7 +273,10 @@ pub(crate) async fn dump(
         .unwrap_or(false);
     if may_read_control {
         report.server_id = leader
-            .query_one("SELECT system_identifier::text FROM pg_control_system()", &[])
+            .query_one(
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
             .await
             .map_err(|e| query_error(e, "reading the system identifier"))?
             .try_get::<_, String>(0)
