@@ -135,6 +135,7 @@ pub(crate) async fn restore(
         header.collation
     );
     let mut created = false;
+    let mut warnings = Vec::new();
     if options.create {
         if exists {
             return Err(Error::new(
@@ -153,18 +154,18 @@ pub(crate) async fn restore(
         let held = existing_objects(&mut admin, &db, &selection).await?;
         if !held.is_empty() {
             if !options.clean {
-                return Err(Error::new(
-                    ErrorKind::TargetNotEmpty,
-                    format!(
-                        "database '{db}' is not empty (it holds {}); restore with clean to \
-                         replace its content",
-                        held.join(", ")
-                    ),
-                ));
+                return Err(not_empty(&db, &held));
             }
             if selection.full() {
-                conn::exec(&mut admin, &format!("DROP DATABASE {}", quote_ident(&db))).await?;
-                conn::exec(&mut admin, &create_sql).await?;
+                let extras = not_in_backup(&held, &pre, &post);
+                clean_database(&mut admin, &db, &create_sql).await?;
+                if !extras.is_empty() {
+                    warnings.push(format!(
+                        "restore with clean dropped {} object(s) the backup does not hold: {}",
+                        extras.len(),
+                        extras.join(", ")
+                    ));
+                }
             } else {
                 for name in selection.tables.iter().flatten() {
                     conn::exec(
@@ -202,6 +203,7 @@ pub(crate) async fn restore(
             let mut report = RestoreReport::default();
             report.database = db;
             report.tables = tables;
+            report.warnings = warnings;
             Ok(report)
         }
         Err(e) => {
@@ -251,45 +253,223 @@ async fn read_schema(
     catalog::from_jsonl(&bytes, name)
 }
 
-/// What the target already holds that a restore of `selection` would collide with.
-async fn existing_objects(
-    admin: &mut Conn,
-    db: &str,
-    selection: &Selection,
-) -> Result<Vec<String>> {
-    let qdb = quote_str(db);
-    let mut held = Vec::new();
-    let tables = conn::query_strings(
-        admin,
-        &format!("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {qdb}"),
-    )
-    .await?;
-    let tables: Vec<String> = tables.into_iter().filter(|t| selection.table(t)).collect();
-    if !tables.is_empty() {
-        held.push(format!("{} tables or views", tables.len()));
+/// How long the clean's `DROP DATABASE` waits for the metadata locks of the
+/// database's objects. It takes every lock before it drops anything, so an object in
+/// use stops it with nothing dropped; the wait is short because a queued exclusive
+/// lock makes the application's later statements on that object queue behind it.
+const CLEAN_LOCK_TIMEOUT_SECS: u64 = 5;
+
+/// How many objects a refusal names before it says how many more there are.
+const NAMED_IN_REFUSAL: usize = 20;
+
+/// An object found in the target database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    /// `table`, `view`, `sequence`, `function`, `procedure`, `package`,
+    /// `package body`, `trigger`, `event`.
+    kind: String,
+    name: String,
+    /// The table of a trigger.
+    table: Option<String>,
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, quote_ident(&self.name))?;
+        if let Some(t) = &self.table {
+            write!(f, " on {}", quote_ident(t))?;
+        }
+        Ok(())
     }
+}
+
+/// What the target already holds that a restore of `selection` would collide with:
+/// for a full restore everything (tables, views, sequences, routines, triggers,
+/// events), for a table restore those tables.
+async fn existing_objects(admin: &mut Conn, db: &str, selection: &Selection) -> Result<Vec<Held>> {
+    let qdb = quote_str(db);
+    let mut sql = format!(
+        "SELECT CASE TABLE_TYPE WHEN 'VIEW' THEN 'view' WHEN 'SEQUENCE' THEN 'sequence' \
+                ELSE 'table' END, TABLE_NAME, NULL \
+           FROM information_schema.TABLES WHERE TABLE_SCHEMA = {qdb}"
+    );
     if selection.full() {
-        for (what, sql) in [
-            (
-                "routines",
-                format!(
-                    "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {qdb}"
-                ),
-            ),
-            (
-                "events",
-                format!(
-                    "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {qdb}"
-                ),
-            ),
-        ] {
-            let n: u64 = conn::query_string(admin, &sql).await?.parse().unwrap_or(0);
-            if n > 0 {
-                held.push(format!("{n} {what}"));
-            }
+        sql.push_str(&format!(
+            " UNION ALL SELECT LOWER(ROUTINE_TYPE), ROUTINE_NAME, NULL \
+                FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {qdb} \
+              UNION ALL SELECT 'trigger', TRIGGER_NAME, EVENT_OBJECT_TABLE \
+                FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {qdb} \
+              UNION ALL SELECT 'event', EVENT_NAME, NULL \
+                FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {qdb}"
+        ));
+    }
+    let mut held = Vec::new();
+    for row in conn::query_rows(admin, &sql).await? {
+        let h = Held {
+            kind: conn::text(&row, 0)?,
+            name: conn::text(&row, 1)?,
+            table: conn::opt_text(&row, 2)?,
+        };
+        // A table restore queried only information_schema.TABLES: of those, only the
+        // chosen names collide (views and sequences share the tables' namespace).
+        if selection.table(&h.name) {
+            held.push(h);
         }
     }
+    held.sort_by(|a, b| (&a.kind, &a.name).cmp(&(&b.kind, &b.name)));
     Ok(held)
+}
+
+/// The objects of `held` that the backup's schema does not create, as messages name
+/// them.
+fn not_in_backup(held: &[Held], pre: &[SchemaObject], post: &[SchemaObject]) -> Vec<String> {
+    let backup: BTreeSet<(&str, &str)> = pre
+        .iter()
+        .chain(post)
+        .filter_map(|o| {
+            let kind = match o.kind {
+                ObjectKind::Table => "table",
+                ObjectKind::Sequence => "sequence",
+                ObjectKind::View => "view",
+                ObjectKind::Function => "function",
+                ObjectKind::Procedure => "procedure",
+                ObjectKind::Trigger => "trigger",
+                ObjectKind::Event => "event",
+                ObjectKind::SequenceValue => return None,
+            };
+            Some((kind, o.name.as_str()))
+        })
+        .collect();
+    held.iter()
+        .filter(|h| !backup.contains(&(h.kind.as_str(), h.name.as_str())))
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn not_empty(db: &str, held: &[Held]) -> Error {
+    let names: Vec<String> = held
+        .iter()
+        .take(NAMED_IN_REFUSAL)
+        .map(ToString::to_string)
+        .collect();
+    let more = held.len().saturating_sub(NAMED_IN_REFUSAL);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    Error::new(
+        ErrorKind::TargetNotEmpty,
+        format!(
+            "database '{db}' is not empty (it holds {}{more}); restore with clean to replace \
+             its content, or into a new database",
+            names.join(", ")
+        ),
+    )
+}
+
+/// Empties the database of a full restore with clean: `DROP DATABASE` and
+/// `CREATE DATABASE` with the backup's character set and collation. Dropping the
+/// database rather than each object removes every kind of object, known to the dump
+/// or not, and takes the metadata locks of all of them before dropping any (MariaDB's
+/// DDL cannot be rolled back, so that is the only way a busy object leaves everything
+/// in place). The session runs with `foreign_key_checks = 0` (so foreign keys between
+/// the target's own tables do not matter), which would leave another database's
+/// foreign keys to these tables dangling: those stop the clean first.
+async fn clean_database(admin: &mut Conn, db: &str, create_sql: &str) -> Result<()> {
+    let qdb = quote_str(db);
+    let outside = conn::query_strings(
+        admin,
+        &format!(
+            "SELECT CONCAT(CONSTRAINT_SCHEMA, '.', TABLE_NAME, ' (foreign key ', \
+                    CONSTRAINT_NAME, ' to ', REFERENCED_TABLE_NAME, ')') \
+               FROM information_schema.REFERENTIAL_CONSTRAINTS \
+              WHERE UNIQUE_CONSTRAINT_SCHEMA = {qdb} AND CONSTRAINT_SCHEMA <> {qdb} \
+              ORDER BY 1"
+        ),
+    )
+    .await?;
+    if !outside.is_empty() {
+        return Err(Error::new(
+            ErrorKind::TargetNotEmpty,
+            format!(
+                "restore with clean stopped, nothing was dropped: tables of other databases \
+                 reference tables of '{db}' ({}). Drop those foreign keys first, or restore \
+                 into a new database",
+                outside.join(", ")
+            ),
+        ));
+    }
+    conn::exec(
+        admin,
+        &format!("SET SESSION lock_wait_timeout = {CLEAN_LOCK_TIMEOUT_SECS}"),
+    )
+    .await?;
+    let dropped = conn::exec(admin, &format!("DROP DATABASE {}", quote_ident(db))).await;
+    if let Err(e) = dropped {
+        let locked = e.context_value("code") == Some("1205");
+        let busy = if locked {
+            busy_tables(admin, db).await
+        } else {
+            Vec::new()
+        };
+        conn::exec(admin, "SET SESSION lock_wait_timeout = 86400").await?;
+        if !locked {
+            return Err(e.during(format!("dropping database '{db}' (restore with clean)")));
+        }
+        let what = if busy.is_empty() {
+            "an object of it".to_owned()
+        } else {
+            busy.join(", ")
+        };
+        return Err(Error::new(
+            ErrorKind::Locked,
+            format!(
+                "restore with clean stopped, nothing was dropped: in database '{db}', {what} \
+                 is in use (no metadata lock within {CLEAN_LOCK_TIMEOUT_SECS} s); restore \
+                 again when the sessions using it are done"
+            ),
+        )
+        .with_context("object", &what)
+        .temporary());
+    }
+    conn::exec(admin, "SET SESSION lock_wait_timeout = 86400").await?;
+    conn::exec(admin, create_sql).await
+}
+
+/// The tables of `db` another session holds a lock on, by trying to lock each without
+/// waiting; for naming them in an error (best effort: an empty list says nothing).
+async fn busy_tables(admin: &mut Conn, db: &str) -> Vec<String> {
+    let tables = conn::query_strings(
+        admin,
+        &format!(
+            "SELECT TABLE_NAME FROM information_schema.TABLES \
+              WHERE TABLE_SCHEMA = {} AND TABLE_TYPE <> 'VIEW' ORDER BY 1",
+            quote_str(db)
+        ),
+    )
+    .await
+    .unwrap_or_default();
+    if conn::exec(admin, "SET SESSION lock_wait_timeout = 0")
+        .await
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut busy = Vec::new();
+    for t in tables {
+        let name = format!("{}.{}", quote_ident(db), quote_ident(&t));
+        match conn::exec(admin, &format!("LOCK TABLES {name} WRITE")).await {
+            Ok(()) => {
+                let _ = conn::exec(admin, "UNLOCK TABLES").await;
+            }
+            Err(e) if e.context_value("code") == Some("1205") => {
+                busy.push(format!("table {}", quote_ident(&t)));
+            }
+            Err(_) => {}
+        }
+    }
+    busy
 }
 
 #[allow(clippy::too_many_arguments)]
