@@ -34,6 +34,12 @@ pub struct Cli {
     #[arg(long, global = true, conflicts_with = "cache_dir")]
     pub no_cache: bool,
 
+    /// How long to wait for a repository lock held by another process (e.g. 30s, 10m,
+    /// 1h) before giving up with exit code 4. Default: 10m for backup and copy, which
+    /// must not be lost to a prune that happens to run; no wait for the others.
+    #[arg(long, global = true, value_name = "DURATION", env = "DBOPS_LOCK_WAIT")]
+    pub lock_wait: Option<String>,
+
     /// Print one JSON document on stdout and nothing else there.
     #[arg(long, global = true)]
     pub json: bool,

@@ -29,6 +29,7 @@ const EXIT_DAMAGE: u8 = 3;
 /// # Errors
 /// Whatever the command met; `main` maps the kind to an exit code.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
+    lock_wait(&cli)?;
     match &cli.command {
         Command::Init(a) => init(&cli, a).await,
         Command::Backup(a) => backup(&cli, a).await,
@@ -65,6 +66,39 @@ fn config_file(cli: &Cli) -> Result<ConfigFile> {
             path.display()
         ))
     })
+}
+
+/// `--lock-wait`, or the command's default.
+fn lock_wait(cli: &Cli) -> Result<std::time::Duration> {
+    match &cli.lock_wait {
+        Some(text) => parse_wait(text),
+        None => Ok(match cli.command {
+            Command::Backup(_) | Command::Copy(_) => std::time::Duration::from_secs(600),
+            _ => std::time::Duration::ZERO,
+        }),
+    }
+}
+
+/// Parses `90`, `30s`, `10m`, `1h`.
+fn parse_wait(text: &str) -> Result<std::time::Duration> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = number.parse().map_err(|_| {
+        Error::invalid(format!(
+            "--lock-wait '{text}' is not a duration: write seconds or a number with s, m or h (30s, 10m, 1h)"
+        ))
+    })?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => {
+            return Err(Error::invalid(format!(
+                "--lock-wait '{text}' has an unknown unit: use s, m or h (30s, 10m, 1h)"
+            )));
+        }
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn repo_url(cli: &Cli) -> Result<String> {
@@ -105,8 +139,13 @@ async fn open_repo(cli: &Cli) -> Result<Repository> {
     Ok(with_cache(cli, repo))
 }
 
-/// Applies `--cache-dir` / `--no-cache` (default: the usual cache folder).
+/// Applies `--cache-dir` / `--no-cache` (default: the usual cache folder) and
+/// `--lock-wait`.
 fn with_cache(cli: &Cli, repo: Repository) -> Repository {
+    let repo = match lock_wait(cli) {
+        Ok(wait) => repo.with_lock_wait(wait),
+        Err(_) => repo,
+    };
     if cli.no_cache {
         return repo;
     }

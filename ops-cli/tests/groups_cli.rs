@@ -255,3 +255,132 @@ async fn retention_latest_and_restores_act_per_database() {
         .json();
     assert_eq!(verified["ok"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_of_two_databases_and_a_prune_of_a_third_run_at_once() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    for db in ["one", "two", "three"] {
+        pg.create_database(db).await.expect("create database");
+        psql(
+            &pg,
+            db,
+            &[
+                "-c",
+                &format!(
+                    "CREATE TABLE t (id int PRIMARY KEY, v text); \
+                     INSERT INTO t SELECT g, md5('{db}' || g) FROM generate_series(1, 20000) g;"
+                ),
+            ],
+        );
+    }
+    let ctx = Ctx::new();
+    ctx.init();
+    for _ in 0..3 {
+        backup(&ctx, &pg.url_for("three"));
+    }
+    for round in 0..2 {
+        psql(
+            &pg,
+            "three",
+            &[
+                "-c",
+                &format!("UPDATE t SET v = md5(v || '{round}') WHERE id % 7 = 0"),
+            ],
+        );
+        backup(&ctx, &pg.url_for("three"));
+        let spawn = |args: &[&str]| ctx.command(args).output();
+        let (a, b, c) = std::thread::scope(|s| {
+            let a = s.spawn(|| spawn(&["backup", &pg.url_for("one")]));
+            let b = s.spawn(|| spawn(&["backup", &pg.url_for("two")]));
+            let c = s.spawn(|| {
+                spawn(&[
+                    "--lock-wait",
+                    "2m",
+                    "forget",
+                    "--keep-last",
+                    "1",
+                    "--database",
+                    "three",
+                    "--prune",
+                ])
+            });
+            (
+                a.join().expect("thread"),
+                b.join().expect("thread"),
+                c.join().expect("thread"),
+            )
+        });
+        for (what, out) in [("backup one", a), ("backup two", b), ("forget --prune", c)] {
+            let out = out.expect("run dbops");
+            assert!(
+                out.status.success(),
+                "round {round}: {what} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let list = ctx.run(&["--json", "list"]).ok().json();
+    let count = |db: &str| {
+        list["backups"]
+            .as_array()
+            .expect("backups")
+            .iter()
+            .filter(|b| b["database"] == db)
+            .count()
+    };
+    assert_eq!(
+        (count("one"), count("two"), count("three")),
+        (2, 2, 1),
+        "{list}"
+    );
+    let verified = ctx
+        .run(&["--json", "--no-cache", "verify", "--all", "--read-data"])
+        .ok()
+        .json();
+    assert_eq!(verified["ok"], true, "{verified}");
+    // A restore of each group's newest backup gives that database back.
+    for db in ["one", "two", "three"] {
+        let target = format!("{db}_restored");
+        ctx.run(&[
+            "restore",
+            &format!("latest:{db}"),
+            &pg.url_for(&target),
+            "--create",
+        ])
+        .ok();
+        assert_eq!(table_checksums(&pg, &target), table_checksums(&pg, db));
+    }
+
+    // A damaged or deleted local cache gives the same answers as no cache at all.
+    let cache = ctx.dir.path().join("cache");
+    let truth = ctx.run(&["--json", "--no-cache", "list"]).ok().json();
+    assert_eq!(ctx.run(&["--json", "list"]).ok().json(), truth);
+    for file in walk(&cache) {
+        let mut bytes = std::fs::read(&file).expect("read");
+        if let Some(b) = bytes.get_mut(7) {
+            *b ^= 0x20;
+            std::fs::write(&file, &bytes).expect("damage");
+        }
+    }
+    assert_eq!(ctx.run(&["--json", "list"]).ok().json(), truth);
+    let after_damage = ctx
+        .run(&["--json", "verify", "--all", "--read-data"])
+        .ok()
+        .json();
+    assert_eq!(after_damage["ok"], true);
+    std::fs::remove_dir_all(&cache).expect("delete cache");
+    assert_eq!(ctx.run(&["--json", "list"]).ok().json(), truth);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -517,8 +517,7 @@ impl Repository {
         options: &BackupOptions,
     ) -> Result<Manifest> {
         let started = chrono::Utc::now();
-        let lock =
-            LockGuard::acquire(Arc::clone(self.target()), LockKind::Shared, "backup").await?;
+        let lock = self.lock(LockKind::Shared, "backup").await?;
         let result = self.backup_locked(engine, options, started, &lock).await;
         let released = lock.release().await;
         let manifest = result?;

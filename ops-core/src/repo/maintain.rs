@@ -180,8 +180,7 @@ impl Repository {
         now: DateTime<Utc>,
         options: &ForgetOptions,
     ) -> Result<ForgetReport> {
-        let lock =
-            LockGuard::acquire(Arc::clone(self.target()), LockKind::Shared, "forget").await?;
+        let lock = self.lock(LockKind::Shared, "forget").await?;
         let result = async {
             let manifests = self.list_backups_matching(&options.filter).await?;
             let groups = apply_per_group(policy, &manifests, &options.group_by, now)?;
@@ -215,8 +214,7 @@ impl Repository {
     /// [`ErrorKind::Corrupt`] when a manifest's chunk list cannot be read (then nothing
     /// is deleted).
     pub async fn prune(&self, options: &PruneOptions) -> Result<PruneReport> {
-        let lock =
-            LockGuard::acquire(Arc::clone(self.target()), LockKind::Exclusive, "prune").await?;
+        let lock = self.lock(LockKind::Exclusive, "prune").await?;
         let result = self.prune_locked(options, &lock).await;
         let released = lock.release().await;
         let report = result?;
@@ -489,7 +487,7 @@ impl Repository {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let lock = LockGuard::acquire(Arc::clone(self.target()), LockKind::Shared, "copy").await?;
+        let lock = self.lock(LockKind::Shared, "copy").await?;
         let result: Result<Manifest> = async {
             let source = Arc::new(from.source(manifest, false).await?);
             let ingested = self

@@ -136,6 +136,8 @@ pub struct Repository {
     keys: Keys,
     /// Root of the local cache (its per-repository folder is below it), if any.
     cache: Option<Arc<PathBuf>>,
+    /// How long to wait for a conflicting lock before giving up.
+    lock_wait: std::time::Duration,
 }
 
 pub(crate) fn host_name() -> String {
@@ -235,6 +237,7 @@ impl Repository {
                         config,
                         keys,
                         cache: None,
+                        lock_wait: std::time::Duration::ZERO,
                     });
                 }
                 return Err(Error::new(
@@ -248,6 +251,7 @@ impl Repository {
             config,
             keys,
             cache: None,
+            lock_wait: std::time::Duration::ZERO,
         })
     }
 
@@ -306,6 +310,7 @@ impl Repository {
             config,
             keys,
             cache: None,
+            lock_wait: std::time::Duration::ZERO,
         })
     }
 
@@ -319,6 +324,43 @@ impl Repository {
     pub fn with_cache_dir(mut self, root: impl Into<PathBuf>) -> Self {
         self.cache = Some(Arc::new(root.into()));
         self
+    }
+
+    /// Waits up to `wait` for a conflicting lock (a prune running while a backup
+    /// starts, a backup running while a prune starts) instead of failing at once with
+    /// [`ErrorKind::Locked`]. The wait is logged with the holder. Default: no wait.
+    #[must_use]
+    pub fn with_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Takes a repository lock, waiting up to the configured lock wait.
+    pub(crate) async fn lock(&self, kind: LockKind, purpose: &str) -> Result<LockGuard> {
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(250);
+        let mut said = false;
+        loop {
+            match LockGuard::acquire(Arc::clone(&self.target), kind, purpose).await {
+                Err(e) if e.kind() == ErrorKind::Locked && started.elapsed() < self.lock_wait => {
+                    if !said {
+                        tracing::warn!(
+                            "waiting up to {} s for the repository lock: {e}",
+                            self.lock_wait.saturating_sub(started.elapsed()).as_secs()
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(pause.min(self.lock_wait.saturating_sub(started.elapsed())))
+                        .await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) if e.kind() == ErrorKind::Locked && !self.lock_wait.is_zero() => {
+                    let message = format!("{e} (waited {} s)", started.elapsed().as_secs());
+                    return Err(e.with_message(message));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The usual cache root: `DBOPS_CACHE_DIR`, else `$XDG_CACHE_HOME/dbops`, else
@@ -547,6 +589,16 @@ impl Repository {
         let mut all = self.list_backups().await?;
         all.retain(|m| filter.matches(m));
         Ok(all)
+    }
+
+    /// Writes an index file, for tests and benchmarks that build a repository's
+    /// history without moving data (see `testkit::scale`).
+    ///
+    /// # Errors
+    /// Storage errors.
+    #[cfg(feature = "testkit")]
+    pub async fn write_index_file(&self, file: &IndexFile) -> Result<String> {
+        self.write_index(file).await
     }
 
     /// Writes an index file (named by its content) and returns its key.

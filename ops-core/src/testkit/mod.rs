@@ -6,4 +6,5 @@
 pub mod engine;
 pub mod health;
 pub mod retention;
+pub mod scale;
 pub mod target;
