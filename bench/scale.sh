@@ -26,7 +26,8 @@ PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
 [ -x "$PG_BIN/initdb" ] || bench_die "PostgreSQL server not found: apt-get install -y postgresql"
 
 bench_log "building dbops and the synthetic history tool (release)"
-cargo build --release -q -p ops-cli -p dbops-examples --example synthetic_history
+cargo build --release -q -p ops-cli
+cargo build --release -q -p dbops-examples --example synthetic_history
 WORK=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/dbops-scale-bench.XXXXXX")
 chmod 755 "$WORK"
 cp target/release/dbops "$WORK/dbops"
