@@ -269,6 +269,13 @@ pub struct RestoreOptions {
     pub schemas: Vec<String>,
     /// Restore without ownership statements (targets without the source's roles).
     pub no_owner: bool,
+    /// The target is a throwaway server made for this restore (the proof of
+    /// `verify --restore`): create there what the backup needs to stand — the roles
+    /// that own or are granted objects (without passwords, unable to log in), the
+    /// definers of views and routines — and name each in
+    /// [`RestoreReport::prepared`]. Never set for a server that matters.
+    #[serde(default)]
+    pub scratch: bool,
 }
 
 impl Default for RestoreOptions {
@@ -281,6 +288,7 @@ impl Default for RestoreOptions {
             tables: Vec::new(),
             schemas: Vec::new(),
             no_owner: false,
+            scratch: false,
         }
     }
 }
@@ -334,6 +342,13 @@ impl RestoreOptions {
         self.no_owner = no_owner;
         self
     }
+
+    /// Marks the target as a throwaway server (see [`RestoreOptions::scratch`]).
+    #[must_use]
+    pub fn with_scratch(mut self, scratch: bool) -> Self {
+        self.scratch = scratch;
+        self
+    }
 }
 
 /// What an engine reports about a finished restore.
@@ -346,6 +361,10 @@ pub struct RestoreReport {
     pub tables: BTreeMap<String, u64>,
     /// Warnings for the operator.
     pub warnings: Vec<String>,
+    /// What a scratch restore created so that the backup could stand (e.g.
+    /// `role erpgo (owner)`, `user 'app'@'%' (definer)`); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prepared: Vec<String>,
 }
 
 /// Size of one table, as `describe` reports it.
