@@ -39,7 +39,8 @@ fn main() -> ExitCode {
 /// 0 success; 1 failure; 2 bad usage; 3 damage or a mismatch found (verify, or a
 /// restore that met damaged data); 4 repository locked; 5 repository cannot be opened
 /// (missing, wrong password, unknown format); 6 a server or store is unreachable
-/// (worth retrying later).
+/// (worth retrying later); 7 the database refused the credentials or none were found
+/// (retrying will not help).
 fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::InvalidInput => 2,
@@ -47,6 +48,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Locked => 4,
         ErrorKind::NotInitialized | ErrorKind::WrongPassword | ErrorKind::UnsupportedFormat => 5,
         ErrorKind::Unreachable => 6,
+        ErrorKind::Authentication => 7,
         _ => 1,
     }
 }
