@@ -232,6 +232,11 @@ pub struct VerifyArgs {
     /// default: a throwaway local server.
     #[arg(long, value_name = "DB_URL", requires = "restore")]
     pub into: Option<String>,
+    /// With --restore: leave out ownership (a scratch database given by --into that
+    /// lacks the source's roles). The default throwaway server instead gets the roles
+    /// and definers the backup needs, and the report names them.
+    #[arg(long, requires = "restore")]
+    pub no_owner: bool,
     /// Parallel connections / streams.
     #[arg(long, short = 'j', default_value_t = 2)]
     pub jobs: usize,

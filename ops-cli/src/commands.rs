@@ -496,6 +496,15 @@ fn print_restore_check(r: &serde_json::Value) {
         "restore of {id} into {}:",
         check["database"].as_str().unwrap_or_default()
     );
+    if let Some(prepared) = check["restore"]["prepared"].as_array() {
+        for p in prepared {
+            println!(
+                "  created on the throwaway server: {}",
+                p.as_str().unwrap_or_default()
+            );
+        }
+    }
+    println!("  compared table by table: row counts and a digest of every row's content");
     if let Some(tables) = check["tables"].as_array() {
         for t in tables {
             let ok = t["matches"].as_bool().unwrap_or(false);
@@ -532,7 +541,9 @@ async fn verify_by_restore(
     m: &Manifest,
     a: &VerifyArgs,
 ) -> Result<ops_core::repo::RestoreCheck> {
-    let options = RestoreOptions::default().with_jobs(a.jobs);
+    let options = RestoreOptions::default()
+        .with_jobs(a.jobs)
+        .with_no_owner(a.no_owner);
     match &a.into {
         Some(url) => {
             let engine = engine_for_url(url)?;
@@ -562,7 +573,11 @@ async fn verify_by_restore(
             );
             let engine = engine_for_url(&with_database(&scratch.url, &name)?)?;
             let check = repo
-                .verify_restore(m, engine.as_ref(), &options.with_create(true))
+                .verify_restore(
+                    m,
+                    engine.as_ref(),
+                    &options.with_create(true).with_scratch(true),
+                )
                 .await;
             drop(scratch);
             check
