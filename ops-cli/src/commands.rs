@@ -739,37 +739,27 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
 
 async fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<ExitCode> {
     let repo = open_repo(cli).await?;
-    // Staleness by the store's clock, read from the time the store gives an object
-    // written now.
-    let probe = ops_core::repo::LockGuard::acquire(
-        std::sync::Arc::clone(repo.target()),
-        ops_core::repo::LockKind::Shared,
-        "unlock",
-    )
-    .await;
-    let store_now = match &probe {
-        Ok(g) => g.store_now(),
-        Err(_) => chrono::Utc::now(),
-    };
-    if let Ok(g) = probe {
-        g.release().await?;
-    }
-    let mut removed = Vec::new();
-    for entry in ops_core::repo::list_locks(repo.target().as_ref()).await? {
-        if a.all || entry.is_stale(store_now) {
-            repo.target().delete(&entry.key).await?;
-            removed.push(json!({
-                "lock": entry.key,
-                "purpose": entry.info.purpose,
-                "host": entry.info.host,
-                "pid": entry.info.pid,
-            }));
-        }
-    }
+    let decisions = repo.unlock(a.all).await?;
     if cli.json {
-        print_json(&json!({ "ok": true, "removed": removed }));
+        print_json(&json!({ "ok": true, "locks": decisions }));
     } else {
-        println!("removed {} locks", removed.len());
+        for d in &decisions {
+            println!(
+                "{:<7} {} ({} on {}, pid {}, since {}): {}",
+                if d.removed { "removed" } else { "kept" },
+                d.key,
+                d.info.purpose,
+                d.info.host,
+                d.info.pid,
+                d.info.created.format("%Y-%m-%d %H:%M:%S UTC"),
+                d.reason
+            );
+        }
+        println!(
+            "removed {} of {} locks",
+            decisions.iter().filter(|d| d.removed).count(),
+            decisions.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -57,6 +57,10 @@ pub struct LockInfo {
     pub created: DateTime<Utc>,
     /// Last refresh (holder's clock, for people).
     pub refreshed: DateTime<Utc>,
+    /// The holder's process start time (Linux clock ticks since boot), so that a lock
+    /// of a dead process on this host is recognised even when its pid was reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
 }
 
 /// One lock as listed: its key, content, and when the store last saw it written.
@@ -71,14 +75,55 @@ pub struct LockEntry {
 }
 
 impl LockEntry {
-    /// True when not re-written for [`STALE_AFTER`] before `store_now` (a time read
-    /// from the same store).
+    /// True when the lock holds nobody: see [`LockEntry::stale_reason`].
     pub fn is_stale(&self, store_now: DateTime<Utc>) -> bool {
-        store_now
+        self.stale_reason(store_now).is_some()
+    }
+
+    /// Why the lock is stale, or `None` while its holder may be alive: it was taken on
+    /// this host by a process that is no longer running (pid and start time, as
+    /// restic does), or it was not re-written for [`STALE_AFTER`] before `store_now` (a
+    /// time read from the same store, so that no two clocks are compared).
+    pub fn stale_reason(&self, store_now: DateTime<Utc>) -> Option<String> {
+        if self.info.host == super::host_name()
+            && !process_alive(self.info.pid, self.info.pid_start)
+        {
+            return Some(format!(
+                "its process (pid {}) on this host is no longer running",
+                self.info.pid
+            ));
+        }
+        let silent = store_now
             .signed_duration_since(self.modified)
             .to_std()
-            .unwrap_or_default()
-            > STALE_AFTER
+            .unwrap_or_default();
+        (silent > STALE_AFTER).then(|| {
+            format!(
+                "it was not refreshed for {} minutes (its holder stopped)",
+                silent.as_secs() / 60
+            )
+        })
+    }
+}
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat`, field 22).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// True when `pid` runs and, where known, started at `start`. Where `/proc` cannot
+/// tell (another OS), assumes alive: only the store-clock rule applies then.
+fn process_alive(pid: u32, start: Option<u64>) -> bool {
+    if !std::path::Path::new("/proc/self/stat").exists() {
+        return true;
+    }
+    match (process_start(pid), start) {
+        (None, _) => false,
+        (Some(now), Some(then)) => now == then,
+        (Some(_), None) => true,
     }
 }
 
@@ -110,6 +155,7 @@ impl LockGuard {
             pid: std::process::id(),
             created: now,
             refreshed: now,
+            pid_start: process_start(std::process::id()),
         };
         let key = format!(
             "{LOCKS_DIR}{}-{}",
@@ -271,4 +317,71 @@ pub async fn list_locks(target: &dyn BackupTarget) -> Result<Vec<LockEntry>> {
         }
     }
     Ok(out)
+}
+
+/// One lock as [`super::Repository::unlock`] judged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlockDecision {
+    /// Object key.
+    pub key: String,
+    /// What the lock says.
+    pub info: LockInfo,
+    /// True when removed.
+    pub removed: bool,
+    /// Why it was removed or kept.
+    pub reason: String,
+}
+
+impl super::Repository {
+    /// Removes stale locks (every lock with `all`), each with the reason; live locks
+    /// are kept and reported with why. Staleness: see [`LockEntry::stale_reason`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn unlock(&self, all: bool) -> Result<Vec<UnlockDecision>> {
+        let target = self.target();
+        // The store's clock, read from an object written now.
+        let store_now =
+            match LockGuard::acquire(Arc::clone(target), LockKind::Shared, "unlock").await {
+                Ok(g) => {
+                    let now = g.store_now();
+                    g.release().await?;
+                    now
+                }
+                Err(_) => Utc::now(),
+            };
+        let mut out = Vec::new();
+        for entry in list_locks(target.as_ref()).await? {
+            let (removed, reason) = match (entry.stale_reason(store_now), all) {
+                (Some(why), _) => (true, format!("stale: {why}")),
+                (None, true) => (
+                    true,
+                    "removed on request (all); its holder may still be running".to_owned(),
+                ),
+                (None, false) => (
+                    false,
+                    format!(
+                        "held: refreshed {} s ago by {} on {} (pid {})",
+                        store_now
+                            .signed_duration_since(entry.modified)
+                            .num_seconds()
+                            .max(0),
+                        entry.info.purpose,
+                        entry.info.host,
+                        entry.info.pid
+                    ),
+                ),
+            };
+            if removed {
+                target.delete(&entry.key).await?;
+            }
+            out.push(UnlockDecision {
+                key: entry.key,
+                info: entry.info,
+                removed,
+                reason,
+            });
+        }
+        Ok(out)
+    }
 }

@@ -36,7 +36,9 @@ pub use group::{
     match_ids, source_address,
 };
 pub use health::LastBackupAge;
-pub use lock::{LockEntry, LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, list_locks};
+pub use lock::{
+    LockEntry, LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision, list_locks,
+};
 pub use maintain::{ForgetOptions, ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{BackupStats, Manifest, StreamRecord};
 pub use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
