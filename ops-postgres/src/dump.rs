@@ -649,10 +649,21 @@ pub(crate) fn tool_failure(tool: &str, status: &std::process::ExitStatus, stderr
         message.push_str(": ");
         message.push_str(stderr);
     }
-    if stderr.contains("role") && stderr.contains("does not exist") {
-        message.push_str("\nhint: the target lacks the source's roles; restore with --no-owner");
+    let roles = crate::roles::missing_roles(stderr);
+    if !roles.is_empty() {
+        message.push_str(&format!(
+            "\nhint: the target server lacks the role(s) {} that own the backup's objects \
+             or are granted privileges on them (roles are not part of a backup): create them \
+             there first, or restore without ownership (no_owner) when only ownership names \
+             them",
+            roles.join(", ")
+        ));
     }
-    Error::new(kind, message).with_context("tool", tool)
+    let mut err = Error::new(kind, message).with_context("tool", tool);
+    for r in roles {
+        err = err.with_context("role", r);
+    }
+    err
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod dump;
 pub mod ephemeral;
 mod errors;
 mod restore;
+mod roles;
 mod session;
 mod tls;
 mod toc;

@@ -30,7 +30,7 @@ use crate::config::{ConnConfig, ToolEnv};
 use crate::dump::{META_BYTES, META_COLUMNS, tool_failure};
 use crate::errors::{column, query_error, sqlx_error};
 use crate::session::{connect_pinned, qualified, quote_ident, quote_literal};
-use crate::{toc, tools};
+use crate::{roles, toc, tools};
 
 /// Restores `source` into the database of `config`.
 pub(crate) async fn restore(
@@ -174,6 +174,10 @@ async fn restore_into(
             (Some(toc::list_file(&entries, &ids)), None)
         }
     };
+    // What a scratch restore must prepare is read from everything it will restore.
+    let script_list = list
+        .as_ref()
+        .map(|l| format!("{l}{}", needed.as_deref().unwrap_or("")));
     let list_file = match list {
         Some(text) => Some(write_list_file(&text).await?),
         None => None,
@@ -193,6 +197,17 @@ async fn restore_into(
         &mut warnings,
     )
     .await?;
+    let prepared = if options.scratch {
+        let script =
+            schema_script(&pg_restore, staged.path(), script_list, options.no_owner).await?;
+        let created = roles::create_missing(&control, &roles::needed_roles(&script)).await?;
+        for c in &created {
+            tracing::info!("scratch restore into {}: created {c}", config.dbname);
+        }
+        created
+    } else {
+        Vec::new()
+    };
     if let Some(needed) = needed {
         restore_prerequisites(
             &pg_restore,
@@ -255,6 +270,7 @@ async fn restore_into(
     report.database = config.dbname.clone();
     report.tables = tables;
     report.warnings = warnings;
+    report.prepared = prepared;
     Ok(report)
 }
 
@@ -853,6 +869,34 @@ async fn list_archive(pg_restore: &Path, archive: &Path, args: &[OsString]) -> R
     let mut cmd = tokio::process::Command::new(pg_restore);
     cmd.arg("-l").arg("-v").args(args).arg(archive);
     read_archive(cmd, pg_restore).await
+}
+
+/// The SQL pg_restore would run for the pre-data and post-data sections (of the
+/// entries of `list` only, when given): every ownership, grant, default privilege and
+/// policy, without table rows or large object contents. Printed, not run: pg_restore
+/// connects nowhere.
+async fn schema_script(
+    pg_restore: &Path,
+    archive: &Path,
+    list: Option<String>,
+    no_owner: bool,
+) -> Result<String> {
+    let list_file = match list {
+        Some(text) => Some(write_list_file(&text).await?),
+        None => None,
+    };
+    let mut cmd = tokio::process::Command::new(pg_restore);
+    cmd.args(["--section=pre-data", "--section=post-data", "-f", "-"]);
+    if no_owner {
+        cmd.arg("--no-owner");
+    }
+    if let Some(f) = &list_file {
+        cmd.arg("-L").arg(f.path());
+    }
+    cmd.arg(archive);
+    read_archive(cmd, pg_restore)
+        .await
+        .map_err(|e| e.during("reading which roles the backup names"))
 }
 
 /// Runs a pg_restore that only reads the archive (it connects nowhere), returning its

@@ -194,3 +194,195 @@ pub fn loud(message: &str) {
     let bar = "!".repeat(78);
     eprintln!("\n{bar}\n!!! {message}\n{bar}\n");
 }
+
+/// A repository target in a local directory, for tests that go through
+/// `ops_core::repo::Repository` (ops-storage's targets are not a dependency of this
+/// crate). Writes are atomic (a temporary file renamed, or hard-linked for
+/// `put_if_absent`); reads load whole objects, which is fine for test sizes.
+#[derive(Debug)]
+pub struct DirTarget {
+    root: PathBuf,
+}
+
+impl DirTarget {
+    pub fn new(root: &Path) -> std::sync::Arc<Self> {
+        std::fs::create_dir_all(root).expect("create the target directory");
+        std::sync::Arc::new(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn staged(&self, key: &str, data: &[u8]) -> ops_core::Result<tempfile::NamedTempFile> {
+        use std::io::Write;
+        let path = self.path(key);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| ops_core::Error::io("mkdir", e))?;
+        let mut file =
+            tempfile::NamedTempFile::new_in(&dir).map_err(|e| ops_core::Error::io("temp", e))?;
+        file.write_all(data)
+            .map_err(|e| ops_core::Error::io("write", e))?;
+        Ok(file)
+    }
+
+    fn read(&self, key: &str) -> ops_core::Result<Vec<u8>> {
+        std::fs::read(self.path(key)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ops_core::Error::new(ops_core::ErrorKind::NotFound, format!("no object {key}"))
+            } else {
+                ops_core::Error::io(format!("reading {key}"), e)
+            }
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ops_core::BackupTarget for DirTarget {
+    fn location(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    async fn put(&self, key: &str, data: bytes::Bytes) -> ops_core::Result<()> {
+        self.staged(key, &data)?
+            .persist(self.path(key))
+            .map_err(|e| ops_core::Error::io("rename", e.error))?;
+        Ok(())
+    }
+
+    async fn put_stream(&self, key: &str, data: ops_core::ByteStream) -> ops_core::Result<u64> {
+        use futures::StreamExt;
+        let mut all = Vec::new();
+        futures::pin_mut!(data);
+        while let Some(piece) = data.next().await {
+            all.extend_from_slice(&piece?);
+        }
+        let len = all.len() as u64;
+        self.put(key, all.into()).await?;
+        Ok(len)
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+    ) -> ops_core::Result<ops_core::PutOutcome> {
+        let staged = self.staged(key, &data)?;
+        match std::fs::hard_link(staged.path(), self.path(key)) {
+            Ok(()) => Ok(ops_core::PutOutcome::Created),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok(ops_core::PutOutcome::AlreadyExists)
+            }
+            Err(e) => Err(ops_core::Error::io("link", e)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> ops_core::Result<ops_core::ByteStream> {
+        let data = bytes::Bytes::from(self.read(key)?);
+        Ok(Box::pin(futures::stream::iter([Ok(data)])))
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> ops_core::Result<bytes::Bytes> {
+        let data = self.read(key)?;
+        let (start, end) = (range.start as usize, range.end as usize);
+        if start > end || end > data.len() {
+            return Err(ops_core::Error::invalid(format!(
+                "range {range:?} outside {key} ({} bytes)",
+                data.len()
+            )));
+        }
+        Ok(bytes::Bytes::copy_from_slice(&data[start..end]))
+    }
+
+    async fn head(&self, key: &str) -> ops_core::Result<Option<ops_core::ObjectMeta>> {
+        match std::fs::metadata(self.path(key)) {
+            Ok(m) => Ok(Some(ops_core::ObjectMeta {
+                key: key.to_owned(),
+                size: m.len(),
+                modified: m
+                    .modified()
+                    .map_err(|e| ops_core::Error::io("mtime", e))?
+                    .into(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ops_core::Error::io("stat", e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> ops_core::Result<ops_core::ObjectStream> {
+        let mut found = Vec::new();
+        let mut todo = vec![self.root.clone()];
+        while let Some(dir) = todo.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    todo.push(path);
+                    continue;
+                }
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
+                let key = rel.to_string_lossy().replace('\\', "/");
+                // Staged temporary files are not objects.
+                if key.starts_with(prefix)
+                    && !rel
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"))
+                {
+                    found.push(Ok(ops_core::ObjectMeta {
+                        key,
+                        size: meta.len(),
+                        modified: meta
+                            .modified()
+                            .map_err(|e| ops_core::Error::io("mtime", e))?
+                            .into(),
+                    }));
+                }
+            }
+        }
+        Ok(Box::pin(futures::stream::iter(found)))
+    }
+
+    async fn delete(&self, key: &str) -> ops_core::Result<()> {
+        match std::fs::remove_file(self.path(key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ops_core::Error::io("delete", e)),
+        }
+    }
+}
+
+/// A repository (password-encrypted, cheap KDF, small packs) in `dir`.
+pub async fn repository(dir: &Path) -> ops_core::repo::Repository {
+    use ops_core::repo::{ChunkerParams, Encryption, InitOptions, KdfParams, Repository};
+    let options = InitOptions::new(Encryption::Password(ops_core::Secret::new("repo-pw")))
+        .with_kdf(KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        })
+        .with_pack_size(256 * 1024)
+        .with_chunker(ChunkerParams {
+            min: 1024,
+            avg: 4096,
+            max: 16384,
+        });
+    Repository::init(DirTarget::new(&dir.join("repo")), options)
+        .await
+        .expect("init the repository")
+        .with_cache_dir(dir.join("cache"))
+}
