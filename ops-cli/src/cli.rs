@@ -80,6 +80,43 @@ pub enum Command {
     Copy(CopyArgs),
     /// Remove stale locks (left by crashed processes), or all locks with --all.
     Unlock(UnlockArgs),
+    /// Manage the repository's passwords: several can open it; a lost password that is
+    /// the only one means lost backups.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `key …`. The new password comes from --new-password-file, DBOPS_NEW_PASSWORD, or
+/// a prompt on the terminal.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List the passwords' key files (never the keys).
+    List,
+    /// Add a password.
+    Add(NewPasswordArgs),
+    /// Remove a password by its key id (not the one in use, never the last).
+    Remove(RemoveKeyArgs),
+    /// Change the password in use (add the new one, remove the old one).
+    Passwd(NewPasswordArgs),
+}
+
+/// Where a new password comes from.
+#[derive(Debug, Args)]
+pub struct NewPasswordArgs {
+    /// File holding the new password (else DBOPS_NEW_PASSWORD, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub new_password_file: Option<PathBuf>,
+    /// Argon2id memory in MiB (lower only for tests).
+    #[arg(long, default_value_t = 64, value_name = "MIB", hide = true)]
+    pub kdf_memory_mib: u32,
+}
+
+/// `key remove`.
+#[derive(Debug, Args)]
+pub struct RemoveKeyArgs {
+    /// Key id (or a unique prefix), as `key list` shows it.
+    #[arg(value_name = "KEY_ID")]
+    pub id: String,
 }
 
 /// Which backups a command considers. A repository can hold many databases: `latest`

@@ -15,8 +15,8 @@ use ops_core::{DumpOptions, Error, ErrorKind, RestoreOptions, Result, Secret, Ta
 use ops_storage::{TargetOptions, open_target};
 
 use crate::cli::{
-    BackupArgs, Cli, Command, CopyArgs, FilterArgs, ForgetArgs, InitArgs, ListArgs, PruneArgs,
-    RestoreArgs, ShowArgs, UnlockArgs, VerifyArgs,
+    BackupArgs, Cli, Command, CopyArgs, FilterArgs, ForgetArgs, InitArgs, KeyCommand, ListArgs,
+    PruneArgs, RestoreArgs, ShowArgs, UnlockArgs, VerifyArgs,
 };
 use crate::engines::{engine_for_url, scratch_server, with_database};
 use crate::output::{ProgressDisplay, bytes, print_json};
@@ -41,6 +41,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Prune(a) => prune(&cli, a).await,
         Command::Copy(a) => copy(&cli, a).await,
         Command::Unlock(a) => unlock(&cli, a).await,
+        Command::Key(k) => key(&cli, k).await,
     }
 }
 
@@ -112,7 +113,8 @@ fn repo_url(cli: &Cli) -> Result<String> {
     })
 }
 
-fn password(cli: &Cli) -> Result<Option<Secret>> {
+/// The repository password from --password-file, DBOPS_PASSWORD or the config file.
+fn given_password(cli: &Cli) -> Result<Option<Secret>> {
     match &cli.password_file {
         Some(file) => read_password(Some(file), "DBOPS_PASSWORD"),
         None => match std::env::var("DBOPS_PASSWORD") {
@@ -122,10 +124,52 @@ fn password(cli: &Cli) -> Result<Option<Secret>> {
     }
 }
 
+/// The repository password as given, else asked on the terminal.
+fn password(cli: &Cli) -> Result<Option<Secret>> {
+    match given_password(cli)? {
+        Some(p) => Ok(Some(p)),
+        None => prompt("repository password: "),
+    }
+}
+
+/// Asks on the terminal (without echo) when there is one; `None` otherwise.
+fn prompt(question: &str) -> Result<Option<Secret>> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(None);
+    }
+    rpassword::prompt_password(question)
+        .map(|p| Some(Secret::new(p)))
+        .map_err(|e| Error::io("reading the password from the terminal", e))
+}
+
+/// A new password: --new-password-file, DBOPS_NEW_PASSWORD, or asked twice.
+fn new_password(file: Option<&std::path::Path>) -> Result<Secret> {
+    if let Some(p) = read_password(file, "DBOPS_NEW_PASSWORD")? {
+        return Ok(p);
+    }
+    let first = prompt("new repository password: ")?.ok_or_else(|| {
+        Error::invalid(
+            "no new password: pass --new-password-file FILE or set DBOPS_NEW_PASSWORD (or run on a terminal to be asked)",
+        )
+    })?;
+    let again = prompt("the same password again: ")?.unwrap_or_default();
+    if again != first {
+        return Err(Error::invalid(
+            "the two passwords differ; nothing was changed",
+        ));
+    }
+    Ok(first)
+}
+
 fn read_password(file: Option<&std::path::Path>, env: &str) -> Result<Option<Secret>> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("reading the password file {}", path.display()), e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorKind::WrongPassword,
+                format!("the password file {} cannot be read: {e}", path.display()),
+            )
+        })?;
         let text = text.strip_suffix('\n').unwrap_or(&text);
         let text = text.strip_suffix('\r').unwrap_or(text);
         return Ok(Some(Secret::new(text)));
@@ -157,18 +201,18 @@ fn with_cache(cli: &Cli, repo: Repository) -> Repository {
 
 async fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
     let target = open_target(&repo_url(cli)?, &TargetOptions::default())?;
-    let encryption = match (a.no_encryption, password(cli)?) {
+    let encryption = match (a.no_encryption, given_password(cli)?) {
         (true, Some(_)) => {
             tracing::warn!("--no-encryption given: the password is not used");
             Encryption::None
         }
         (true, None) => Encryption::None,
         (false, Some(p)) => Encryption::Password(p),
-        (false, None) => {
-            return Err(Error::invalid(
-                "no password for the new repository: set DBOPS_PASSWORD or pass --password-file FILE (or --no-encryption to store data unencrypted)",
-            ));
-        }
+        (false, None) => Encryption::Password(new_password(None).map_err(|_| {
+            Error::invalid(
+                "no password for the new repository: set DBOPS_PASSWORD or pass --password-file FILE, run on a terminal to be asked (or --no-encryption to store data unencrypted)",
+            )
+        })?),
     };
     let avg = a.chunk_size_kib.saturating_mul(1024);
     let options = InitOptions::new(encryption)
@@ -199,6 +243,7 @@ async fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
             "chunker": c.chunker,
             "pack_size": c.pack_size,
             "compression": c.compression,
+            "note": repo.is_encrypted().then_some(KEEP_PASSWORD_SAFE),
         }));
     } else {
         println!(
@@ -210,9 +255,18 @@ async fn init(cli: &Cli, a: &InitArgs) -> Result<ExitCode> {
             },
             repo.config().id
         );
+        if repo.is_encrypted() {
+            eprintln!("\n{KEEP_PASSWORD_SAFE}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Said once, when an encrypted repository is created.
+const KEEP_PASSWORD_SAFE: &str = "Keep the password safe: it is the only way to read these backups. \
+A lost password cannot be recovered, by dbops or anyone else, and means lost backups. \
+Store it in a password manager or vault apart from this host, and consider a second \
+password kept elsewhere as a recovery key (`dbops key add`).";
 
 async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
     let engine = engine_for_url(&a.database)?;
@@ -849,6 +903,50 @@ async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
                 p.packs_repacked,
                 bytes(p.bytes_freed)
             );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn key(cli: &Cli, k: &KeyCommand) -> Result<ExitCode> {
+    let repo = open_repo(cli).await?;
+    let kdf = |mib: u32| KdfParams {
+        memory_kib: mib.saturating_mul(1024),
+        ..KdfParams::default()
+    };
+    let (what, keys) = match k {
+        KeyCommand::List => ("keys", repo.list_keys().await?),
+        KeyCommand::Add(a) => {
+            let p = new_password(a.new_password_file.as_deref())?;
+            (
+                "added",
+                vec![repo.add_key(&p, kdf(a.kdf_memory_mib)).await?],
+            )
+        }
+        KeyCommand::Remove(a) => ("removed", vec![repo.remove_key(&a.id).await?]),
+        KeyCommand::Passwd(a) => {
+            let p = new_password(a.new_password_file.as_deref())?;
+            (
+                "changed",
+                vec![repo.change_password(&p, kdf(a.kdf_memory_mib)).await?],
+            )
+        }
+    };
+    if cli.json {
+        print_json(&json!({ "ok": true, what: keys }));
+    } else {
+        for key in &keys {
+            println!(
+                "{:<8} {}  added {} on {}{}",
+                if what == "keys" { "" } else { what },
+                key.id,
+                key.created.format("%Y-%m-%d %H:%M:%S UTC"),
+                key.host,
+                if key.current { "  (in use)" } else { "" }
+            );
+        }
+        if what == "changed" {
+            println!("the old password no longer opens the repository; keep the new one safe");
         }
     }
     Ok(ExitCode::SUCCESS)

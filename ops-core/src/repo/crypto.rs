@@ -26,6 +26,10 @@ pub(crate) const TAG_LEN: usize = 16;
 pub(crate) struct Keys {
     cipher: Option<XChaCha20Poly1305>,
     id_key: [u8; 32],
+    /// The master key, kept (zeroized on drop) so that another password can wrap it.
+    material: Option<std::sync::Arc<zeroize::Zeroizing<[u8; 64]>>>,
+    /// The key file that opened the repository (`keys/…`), if any.
+    key_file: Option<String>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -46,7 +50,28 @@ impl Keys {
         let mut id_key = [0u8; 32];
         id_key.copy_from_slice(&material[32..]);
         let cipher = encrypted.then(|| XChaCha20Poly1305::new(material[..32].into()));
-        Self { cipher, id_key }
+        Self {
+            cipher,
+            id_key,
+            material: encrypted.then(|| std::sync::Arc::new(zeroize::Zeroizing::new(*material))),
+            key_file: None,
+        }
+    }
+
+    /// Records which key file opened the repository.
+    pub(crate) fn with_key_file(mut self, key: impl Into<String>) -> Self {
+        self.key_file = Some(key.into());
+        self
+    }
+
+    /// The key file that opened the repository.
+    pub(crate) fn key_file(&self) -> Option<&str> {
+        self.key_file.as_deref()
+    }
+
+    /// The master key (encrypted repositories only).
+    pub(crate) fn material(&self) -> Option<&[u8; 64]> {
+        self.material.as_deref().map(|m| &**m)
     }
 
     /// Unencrypted keys from a stored id key.
@@ -54,6 +79,8 @@ impl Keys {
         Self {
             cipher: None,
             id_key,
+            material: None,
+            key_file: None,
         }
     }
 

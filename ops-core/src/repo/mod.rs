@@ -12,6 +12,7 @@ mod format;
 mod group;
 mod health;
 mod index;
+mod keys;
 mod lock;
 mod maintain;
 mod manifest;
@@ -36,6 +37,7 @@ pub use group::{
     match_ids, source_address,
 };
 pub use health::LastBackupAge;
+pub use keys::KeyInfo;
 pub use lock::{
     LockEntry, LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision, list_locks,
 };
@@ -186,7 +188,7 @@ impl Repository {
                 format!("a dbops repository already exists at {}", target.location()),
             ));
         }
-        let (keys, material) = Keys::generate(encrypted);
+        let (mut keys, material) = Keys::generate(encrypted);
         let mut config = RepoConfig {
             format: "dbops-repository".into(),
             version: FORMAT_VERSION,
@@ -217,10 +219,12 @@ impl Repository {
                         })??;
                 let body = serde_json::to_vec_pretty(&key)
                     .map_err(|e| Error::internal(format!("serialize key: {e}")))?;
+                let key_file = format!("{KEYS_DIR}{}", random_hex(16));
                 target
-                    .put(&format!("{KEYS_DIR}{}", random_hex(16)), Bytes::from(body))
+                    .put(&key_file, Bytes::from(body))
                     .await
                     .map_err(|e| e.during(format!("writing the key to {}", target.location())))?;
+                keys = keys.with_key_file(key_file);
             }
             Encryption::None => {
                 config.id_key = Some(hex::encode(&material[32..]));
@@ -694,7 +698,8 @@ async fn unlock(target: &dyn BackupTarget, password: &Secret) -> Result<Keys> {
             .await
             .map_err(|e| Error::internal(format!("key derivation task failed: {e}")))??;
         if let Some(m) = material {
-            return Ok(Keys::from_material(&m, true));
+            let m = zeroize::Zeroizing::new(m);
+            return Ok(Keys::from_material(&m, true).with_key_file(key));
         }
     }
     Err(Error::new(
