@@ -11,6 +11,7 @@
 #
 #   bench/scale.sh                    # 10 million chunks
 #   CHUNKS=1000000 bench/scale.sh     # quicker
+#   DBOPS_BIN=… HISTORY_BIN=…          # measure given binaries instead of building
 #
 # Ends with one line:
 #   RESULT rss_backup_ratio=… rss_restore_ratio=… rss_prune_mb=… list_warm_s=… list_cold_s=…
@@ -25,13 +26,16 @@ PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
 [ -x /usr/bin/time ] || bench_die "/usr/bin/time not found: apt-get install -y time"
 [ -x "$PG_BIN/initdb" ] || bench_die "PostgreSQL server not found: apt-get install -y postgresql"
 
-bench_log "building dbops and the synthetic history tool (release)"
-cargo build --release -q -p ops-cli
-cargo build --release -q -p dbops-examples --example synthetic_history
+if [ -z "${DBOPS_BIN:-}" ] || [ -z "${HISTORY_BIN:-}" ]; then
+	bench_log "building dbops and the synthetic history tool (release)"
+	cargo build --release -q -p ops-cli
+	cargo build --release -q -p dbops-examples --example synthetic_history
+fi
 WORK=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/dbops-scale-bench.XXXXXX")
 chmod 755 "$WORK"
-cp target/release/dbops "$WORK/dbops"
-cp target/release/examples/synthetic_history "$WORK/synthetic_history"
+# Copies, so that other builds in the tree cannot swap them mid-run.
+cp "${DBOPS_BIN:-target/release/dbops}" "$WORK/dbops"
+cp "${HISTORY_BIN:-target/release/examples/synthetic_history}" "$WORK/synthetic_history"
 DBOPS=$WORK/dbops
 PGDATA_DIR=$WORK/pg
 cleanup() {

@@ -205,7 +205,8 @@ pub(crate) enum Session {
     /// character set (no conversion, so nothing can be lost).
     DumpData,
     /// Restore: permissive sql_mode (zero dates, `0` in AUTO_INCREMENT columns kept),
-    /// checks off while loading.
+    /// checks off while loading, and as many warnings kept as the server can list
+    /// (each warning of a load is judged).
     Restore,
 }
 
@@ -228,7 +229,8 @@ impl Session {
                  sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', \
                  foreign_key_checks = 0, unique_checks = 0, \
                  net_read_timeout = 3600, net_write_timeout = 3600, wait_timeout = 86400, \
-                 innodb_lock_wait_timeout = 86400, lock_wait_timeout = 86400",
+                 innodb_lock_wait_timeout = 86400, lock_wait_timeout = 86400, \
+                 max_error_count = 65535",
             ],
         }
     }

@@ -70,7 +70,14 @@ pub(crate) struct StreamColumn {
 }
 
 /// The column list and `SET` clause of the `LOAD DATA` statement for `columns`.
+///
+/// A table whose every column is generated has no column in its stream: each record
+/// is empty and goes into a variable, so each inserts one row of computed values.
+/// (An empty list `()` would mean every column to `LOAD DATA`.)
 pub(crate) fn load_clause(columns: &[StreamColumn]) -> String {
+    if columns.is_empty() {
+        return "(@v0)".to_owned();
+    }
     let mut list = Vec::with_capacity(columns.len());
     let mut sets = Vec::new();
     for (i, c) in columns.iter().enumerate() {
@@ -347,6 +354,7 @@ mod tests {
             load_clause(&cols),
             "(`id`, @v1, @v2) SET `g``x` = UNHEX(@v1), `b` = CAST(@v2 AS UNSIGNED)"
         );
+        assert_eq!(load_clause(&[]), "(@v0)");
     }
 
     #[test]

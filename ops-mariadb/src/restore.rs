@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::DefinerPolicy;
-use crate::catalog::{self, ObjectKind, SchemaHeader, SchemaObject};
+use crate::catalog::{self, ObjectKind, SchemaHeader, SchemaObject, parse_quoted};
 use crate::conn::{self, ConnConfig, Session};
 use crate::error::{code, db_error, server_code};
 use crate::format::{self, StreamColumn, apply_definer, load_clause, quote_ident, quote_str};
@@ -198,8 +198,9 @@ pub(crate) async fn restore(
     )
     .await;
     match result {
-        Ok(tables) => {
+        Ok((tables, notes)) => {
             conn::disconnect(admin).await;
+            warnings.extend(notes);
             let mut report = RestoreReport::default();
             report.database = db;
             report.tables = tables;
@@ -484,7 +485,7 @@ async fn restore_into(
     pre: &[SchemaObject],
     post: &[SchemaObject],
     options: &RestoreOptions,
-) -> Result<BTreeMap<String, u64>> {
+) -> Result<(BTreeMap<String, u64>, Vec<String>)> {
     let mut ddl = open(config, Some(db), binlog).await?;
     let pre: Vec<&SchemaObject> = pre.iter().filter(|o| selection.object(o)).collect();
     // Keys are deferred only when every table's foreign keys are: a foreign key in a
@@ -552,7 +553,7 @@ async fn restore_into(
             plan.remaining.insert((*table).to_owned(), parts);
         }
     }
-    let loaded = run_plan(
+    let (loaded, notes) = run_plan(
         config,
         db,
         binlog,
@@ -575,7 +576,7 @@ async fn restore_into(
         create_object(&mut ddl, o, definer).await?;
     }
     conn::disconnect(ddl).await;
-    Ok(loaded)
+    Ok((loaded, notes))
 }
 
 /// Creates one object under the session settings it was created with.
@@ -726,7 +727,7 @@ impl Plan {
 }
 
 /// Loads every data stream and builds deferred keys, `jobs` at a time; returns rows
-/// per table.
+/// per table and the report's warnings about the loads.
 async fn run_plan(
     config: &Arc<ConnConfig>,
     db: &str,
@@ -735,12 +736,13 @@ async fn run_plan(
     plan: Plan,
     jobs: usize,
     versioned: bool,
-) -> Result<BTreeMap<String, u64>> {
+) -> Result<(BTreeMap<String, u64>, Vec<String>)> {
     let workers_needed = jobs.min(plan.loads.len() + plan.ready.len());
     let deferred: Arc<BTreeSet<String>> = Arc::new(plan.keys.keys().cloned().collect());
     let state = Arc::new(Mutex::new(plan));
     let wake = Arc::new(Notify::new());
     let totals = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let notes = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut connections = Vec::new();
     for _ in 0..workers_needed {
         let mut c = open(config, Some(db), binlog).await?;
@@ -768,6 +770,7 @@ async fn run_plan(
         let wake = Arc::clone(&wake);
         let deferred = Arc::clone(&deferred);
         let totals = Arc::clone(&totals);
+        let notes = Arc::clone(&notes);
         let source = Arc::clone(source);
         let db = db.to_owned();
         workers.spawn(async move {
@@ -811,7 +814,13 @@ async fn run_plan(
                             .await?;
                             unique_checks = want;
                         }
-                        let rows = load_stream(&mut c, &db, &*source, &spec).await?;
+                        let (rows, note) = load_stream(&mut c, &db, &*source, &spec).await?;
+                        if let Some(note) = note {
+                            notes
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(note);
+                        }
                         *totals
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
@@ -849,16 +858,20 @@ async fn run_plan(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    Ok(totals)
+    let mut notes = std::mem::take(&mut *notes.lock().unwrap_or_else(PoisonError::into_inner));
+    notes.sort();
+    Ok((totals, notes))
 }
 
-/// Loads one data stream with `LOAD DATA LOCAL INFILE`, fed from the source.
+/// Loads one data stream with `LOAD DATA LOCAL INFILE`, fed from the source. Returns
+/// the records loaded and a report warning when warnings about virtual columns were
+/// let pass.
 async fn load_stream(
     conn: &mut Conn,
     db: &str,
     source: &dyn StreamSource,
     spec: &StreamSpec,
-) -> Result<u64> {
+) -> Result<(u64, Option<String>)> {
     let table = spec
         .table
         .as_ref()
@@ -904,11 +917,19 @@ async fn load_stream(
         leftover: None,
         done: false,
     }));
+    // Loads into a table with virtual columns are judged warning by warning, so
+    // they are cut into batches whose warnings the server can all list.
+    let virtual_columns = VirtualColumns::of(conn, &table.name)
+        .await
+        .map_err(|e| e.during(doing()))?;
     let mut total = 0;
+    let mut computed = Computed::default();
     loop {
-        total += load_batch(conn, &sql, &feed, &target, &doing).await?;
+        let (rows, c) = load_batch(conn, &sql, &feed, &virtual_columns, &target, &doing).await?;
+        total += rows;
+        computed.merge(c);
         if feed.lock().await.done {
-            return Ok(total);
+            return Ok((total, computed.report(&target)));
         }
     }
 }
@@ -928,12 +949,15 @@ struct Feed {
 const BATCH_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The next batch of `feed`: its bytes up to the first record end after `limit`
-/// bytes (or to the end of the stream, which sets `done`).
+/// bytes or at `max_records` records, whichever comes first (or to the end of the
+/// stream, which sets `done`).
 fn batch_stream(
     feed: Arc<tokio::sync::Mutex<Feed>>,
     limit: u64,
+    max_records: Option<u64>,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes>> + Send + 'static {
-    futures::stream::unfold((feed, 0u64, false), move |(feed, sent, ended)| async move {
+    let start = (feed, 0u64, 0u64, false);
+    futures::stream::unfold(start, move |(feed, sent, records, ended)| async move {
         if ended {
             return None;
         }
@@ -949,41 +973,60 @@ fn batch_stream(
             }
             Some(Err(e)) => {
                 drop(f);
-                return Some((Err(e), (feed, sent, true)));
+                return Some((Err(e), (feed, sent, records, true)));
             }
             Some(Ok(b)) => b,
         };
-        let mut end = false;
+        // Where this piece is cut, if it is: after the first record end at or after
+        // the byte limit, or after the record that reaches the record limit.
+        let mut cut = None;
         if sent + bytes.len() as u64 > limit {
-            // Cut at the first record end at or after the limit.
             let from = usize::try_from(limit.saturating_sub(sent)).unwrap_or(usize::MAX);
-            if let Some(pos) = memchr::memchr(b'\n', &bytes[from.min(bytes.len())..]) {
-                let rest = bytes.split_off(from + pos + 1);
-                if !rest.is_empty() {
-                    f.leftover = Some(rest);
+            let from = from.min(bytes.len());
+            cut = memchr::memchr(b'\n', &bytes[from..]).map(|pos| from + pos + 1);
+        }
+        let mut in_piece = None;
+        if let Some(max) = max_records {
+            let wanted = usize::try_from(max.saturating_sub(records)).unwrap_or(usize::MAX);
+            let ends = memchr::memchr_iter(b'\n', &bytes[..cut.unwrap_or(bytes.len())]);
+            let mut n = 0;
+            for pos in ends {
+                n += 1;
+                if n == wanted.max(1) {
+                    cut = Some(pos + 1);
+                    break;
                 }
-                end = true;
+            }
+            in_piece = Some(n as u64);
+        }
+        if let Some(at) = cut {
+            let rest = bytes.split_off(at);
+            if !rest.is_empty() {
+                f.leftover = Some(rest);
             }
         }
         drop(f);
         let sent = sent + bytes.len() as u64;
-        Some((Ok(bytes), (feed, sent, end)))
+        let records = records + in_piece.unwrap_or(0);
+        Some((Ok(bytes), (feed, sent, records, cut.is_some())))
     })
 }
 
 /// One `LOAD DATA` of the next batch of a stream, in its own transaction, checked
-/// (warnings, row count) and committed. Returns the records loaded.
+/// (warnings, row count) and committed. Returns the records loaded and the warnings
+/// about virtual columns that were let pass.
 async fn load_batch(
     conn: &mut Conn,
     sql: &str,
     feed: &Arc<tokio::sync::Mutex<Feed>>,
+    virtual_columns: &VirtualColumns,
     target: &str,
     doing: &(dyn Fn() -> String + Sync),
-) -> Result<u64> {
+) -> Result<(u64, Computed)> {
     let source_error: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     let records = Arc::new(AtomicU64::new(0));
     let (err_slot, counter) = (Arc::clone(&source_error), Arc::clone(&records));
-    let batch = batch_stream(Arc::clone(feed), BATCH_BYTES);
+    let batch = batch_stream(Arc::clone(feed), BATCH_BYTES, virtual_columns.batch_records);
     let infile = batch
         .map(move |item| match item {
             Ok(bytes) => {
@@ -1038,22 +1081,15 @@ async fn load_batch(
     let affected = conn.affected_rows();
     let warnings = conn.get_warnings();
     let sent = records.load(Ordering::Relaxed);
+    let mut computed = Computed::default();
     if warnings > 0 {
-        let shown = conn::query_rows(conn, "SHOW WARNINGS LIMIT 5").await?;
-        let mut texts = Vec::new();
-        for row in &shown {
-            texts.push(format!("{} {}", conn::text(row, 1)?, conn::text(row, 2)?));
+        match check_warnings(conn, virtual_columns, u64::from(warnings)).await {
+            Ok(c) => computed = c,
+            Err(e) => {
+                let _ = conn.query_drop("ROLLBACK").await;
+                return Err(e.with_context("table", target).during(doing()));
+            }
         }
-        let _ = conn.query_drop("ROLLBACK").await;
-        return Err(Error::new(
-            ErrorKind::Mismatch,
-            format!(
-                "loading produced {warnings} warnings, so data would not be restored exactly: {}",
-                texts.join("; ")
-            ),
-        )
-        .with_context("table", target)
-        .during(doing()));
     }
     if affected != sent {
         let _ = conn.query_drop("ROLLBACK").await;
@@ -1065,7 +1101,156 @@ async fn load_batch(
         .during(doing()));
     }
     conn::exec(conn, "COMMIT").await?;
-    Ok(sent)
+    Ok((sent, computed))
+}
+
+/// Warnings the server keeps for `SHOW WARNINGS` (restore sessions set
+/// `max_error_count` to this, its maximum).
+const WARNINGS_LISTED: u64 = 65_535;
+
+/// The virtual columns of a table being loaded, and how many records a load of it
+/// may take so that every warning it can produce is listed and judged.
+#[derive(Debug, Default)]
+struct VirtualColumns {
+    names: BTreeSet<String>,
+    batch_records: Option<u64>,
+}
+
+impl VirtualColumns {
+    /// Reads them from the target's catalog (the table as the restore created it).
+    async fn of(conn: &mut Conn, table: &str) -> Result<Self> {
+        let rows = conn::query_rows(
+            conn,
+            &format!(
+                "SELECT COLUMN_NAME, EXTRA LIKE '%VIRTUAL%' FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {}",
+                quote_str(table)
+            ),
+        )
+        .await?;
+        let mut names = BTreeSet::new();
+        for row in &rows {
+            if conn::number(row, 1)? != 0 {
+                names.insert(conn::text(row, 0)?);
+            }
+        }
+        // A row warns at most once per column, plus once for a short or long record;
+        // twice that leaves room for an expression that warns more than once. Tables
+        // without virtual columns need no limit: any warning fails their load.
+        let per_row = 2 * (rows.len() as u64 + 2);
+        let batch_records = (!names.is_empty()).then(|| (WARNINGS_LISTED / per_row).max(1));
+        Ok(Self {
+            names,
+            batch_records,
+        })
+    }
+}
+
+/// Warnings of a load about virtual columns: values the server computed while
+/// inserting (to maintain an index on them) that did not fit the column's type.
+#[derive(Debug, Default)]
+struct Computed {
+    warnings: u64,
+    columns: BTreeSet<String>,
+    first: Option<String>,
+}
+
+impl Computed {
+    fn merge(&mut self, other: Computed) {
+        self.warnings += other.warnings;
+        self.columns.extend(other.columns);
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+
+    /// The report warning for table `target`, if there were any.
+    fn report(&self, target: &str) -> Option<String> {
+        let first = self.first.as_ref()?;
+        let names: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
+        Some(format!(
+            "table {target}: {} warning(s) about virtual column(s) {} while loading (first: \
+             {first}); a virtual column is computed from the stored columns, which were \
+             restored exactly, so its values are the source's",
+            self.warnings,
+            names.join(", ")
+        ))
+    }
+}
+
+/// Judges the `total` warnings of the load into `table` that just ran: each must name
+/// a virtual column of the table (computed on insert, not stored, and computed the
+/// same way on the source), or the load fails with [`ErrorKind::Mismatch`]. A warning
+/// about a stored column, one that names no column (a conversion in the `SET` clause,
+/// a duplicate key, a short record), or more warnings than the server lists, fails it.
+async fn check_warnings(
+    conn: &mut Conn,
+    virtual_columns: &VirtualColumns,
+    total: u64,
+) -> Result<Computed> {
+    let shown = conn::query_rows(conn, "SHOW WARNINGS").await?;
+    let mut listed = Vec::with_capacity(shown.len());
+    for row in &shown {
+        let message = conn::text(row, 2)?;
+        listed.push((
+            format!("{} {message}", conn::text(row, 1)?),
+            warning_column(&message),
+        ));
+    }
+    let (computed, stored): (Vec<_>, Vec<_>) = listed.into_iter().partition(|(_, column)| {
+        column
+            .as_ref()
+            .is_some_and(|c| virtual_columns.names.contains(c))
+    });
+    let unseen = total.saturating_sub((computed.len() + stored.len()) as u64);
+    if stored.is_empty() && unseen == 0 {
+        return Ok(Computed {
+            warnings: computed.len() as u64,
+            columns: computed.iter().filter_map(|(_, c)| c.clone()).collect(),
+            first: computed.into_iter().next().map(|(text, _)| text),
+        });
+    }
+    // The warnings that touch stored data first: they are the reason.
+    let texts: Vec<String> = stored
+        .into_iter()
+        .chain(computed)
+        .take(5)
+        .map(|(text, _)| text)
+        .collect();
+    let unseen = if unseen > 0 {
+        format!(" ({unseen} more than the server lists, which could not be checked)")
+    } else {
+        String::new()
+    };
+    Err(Error::new(
+        ErrorKind::Mismatch,
+        format!(
+            "loading produced {total} warnings{unseen}, so data would not be restored \
+             exactly: {}",
+            texts.join("; ")
+        ),
+    ))
+}
+
+/// The column a warning's message names: `… for column 'v' at row 1` or
+/// ``… for column `db`.`t`.`v` at row 1``.
+fn warning_column(message: &str) -> Option<String> {
+    // The last one: a quoted value earlier in the message may hold the phrase.
+    let pos = message.rfind("for column ")?;
+    let rest = &message[pos + "for column ".len()..];
+    if rest.starts_with('`') {
+        let mut rest = rest;
+        loop {
+            let (name, tail) = parse_quoted(rest)?;
+            match tail.strip_prefix('.') {
+                Some(next) if next.starts_with('`') => rest = next,
+                _ => return Some(name),
+            }
+        }
+    }
+    let rest = rest.strip_prefix('\'')?;
+    let end = rest.rfind("' at row").or_else(|| rest.rfind('\''))?;
+    Some(rest[..end].to_owned())
 }
 
 fn memchr_count(bytes: &[u8]) -> u64 {
@@ -1092,7 +1277,7 @@ mod tests {
         }));
         let mut batches = Vec::new();
         while !feed.lock().await.done {
-            let batch: Vec<bytes::Bytes> = batch_stream(Arc::clone(&feed), 500)
+            let batch: Vec<bytes::Bytes> = batch_stream(Arc::clone(&feed), 500, None)
                 .try_collect()
                 .await
                 .expect("no errors");
@@ -1104,6 +1289,66 @@ mod tests {
             assert_eq!(b.last(), Some(&b'\n'));
         }
         assert_eq!(batches.concat(), data);
+    }
+
+    #[tokio::test]
+    async fn batches_end_at_a_record_limit() {
+        let data: Vec<u8> = (0..100)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        for piece in [1, 7, 64, 1000] {
+            let pieces: Vec<Result<bytes::Bytes>> = data
+                .chunks(piece)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect();
+            let feed = Arc::new(tokio::sync::Mutex::new(Feed {
+                stream: Box::pin(futures::stream::iter(pieces)),
+                leftover: None,
+                done: false,
+            }));
+            let mut batches = Vec::new();
+            while !feed.lock().await.done {
+                let batch: Vec<bytes::Bytes> = batch_stream(Arc::clone(&feed), 1 << 20, Some(30))
+                    .try_collect()
+                    .await
+                    .expect("no errors");
+                batches.push(batch.concat());
+            }
+            let records: Vec<u64> = batches.iter().map(|b| memchr_count(b)).collect();
+            assert_eq!(records, vec![30, 30, 30, 10], "pieces of {piece}");
+            assert_eq!(batches.concat(), data);
+        }
+    }
+
+    #[test]
+    fn warnings_name_their_column() {
+        assert_eq!(
+            warning_column("Out of range value for column 'v' at row 1").as_deref(),
+            Some("v")
+        );
+        assert_eq!(
+            warning_column("Data truncated for column 'it's' at row 12").as_deref(),
+            Some("it's")
+        );
+        assert_eq!(
+            warning_column(
+                "Incorrect integer value: 'x for column `a`' for column `db`.`t``1`.`v w` at row 1"
+            )
+            .as_deref(),
+            Some("v w")
+        );
+        assert_eq!(
+            warning_column("Duplicate entry '1' for key 'PRIMARY'"),
+            None
+        );
+        assert_eq!(
+            warning_column("Row 3 doesn't contain data for all columns"),
+            None
+        );
+        assert_eq!(
+            warning_column("Truncated incorrect INTEGER value: 'x'"),
+            None
+        );
     }
 
     #[test]
