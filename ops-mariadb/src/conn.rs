@@ -2,18 +2,21 @@
 //!
 //! Every connection dbops opens goes through [`connect`], so that the session settings
 //! the data format depends on (time zone, character sets, sql_mode) are set in one
-//! place. The password lives only in [`ConnConfig::password`] as a [`Secret`] and is
-//! handed to the driver at connect time.
+//! place. The password (from the URL or the sources of [`crate::credentials`]) lives
+//! only in [`ConnConfig::password`] as a [`Secret`] and is handed to the driver at
+//! connect time, in this process: no child program is ever given it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row, SslOpts, Value};
-use ops_core::{Error, Result, Secret, redact_url};
+use ops_core::{Error, ErrorKind, Result, Secret, redact_url};
 
-use crate::error::{db_error, is_no_tls};
+use crate::credentials::{self, Credentials, FromUrl};
+use crate::error::{code, db_error, is_no_tls, server_code};
 
 /// How a connection uses TLS (rustls; no OpenSSL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +46,27 @@ pub(crate) struct ConnConfig {
     pub(crate) tls: TlsMode,
     ca_file: Option<PathBuf>,
     socket: Option<String>,
+    /// Where the password came from, for the message of a refused login.
+    credentials: Arc<Credentials>,
     /// Set once a `prefer` connection found that the server has no TLS, so later
     /// connections skip the failing attempt.
     plain_only: AtomicBool,
 }
 
 impl ConnConfig {
+    /// Parses a URL and finds what it leaves out in the environment and option files
+    /// (see [`crate::credentials`]).
     pub(crate) fn parse(text: &str) -> Result<Self> {
+        let home = std::env::home_dir();
+        Self::parse_with(text, &|name| std::env::var(name).ok(), home.as_deref())
+    }
+
+    /// [`ConnConfig::parse`] with the environment and home directory given.
+    pub(crate) fn parse_with(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        home: Option<&Path>,
+    ) -> Result<Self> {
         let url = url::Url::parse(text).map_err(|e| {
             Error::invalid(format!(
                 "'{}' is not a MariaDB URL ({e}); write mariadb://user:password@host:port/database",
@@ -68,20 +85,21 @@ impl ConnConfig {
                 .map(|(_, v)| v.into_owned())
                 .ok_or_else(|| Error::invalid("bad percent-encoding in the URL"))
         };
-        let host = url.host_str().unwrap_or("localhost").to_owned();
-        let host = host
+        let url_host = url
+            .host_str()
+            .unwrap_or_default()
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let user = if url.username().is_empty() {
-            "root".to_owned()
+        let url_user = if url.username().is_empty() {
+            None
         } else {
-            decode(url.username())?
+            Some(decode(url.username())?)
         };
-        let mut password = Secret::new(match url.password() {
-            Some(p) => decode(p)?,
-            None => String::new(),
-        });
+        let mut from_url = FromUrl {
+            password: url.password().map(decode).transpose()?.map(Secret::new),
+            ..FromUrl::default()
+        };
         let database = decode(url.path().trim_start_matches('/'))?;
         let mut tls = TlsMode::Prefer;
         let mut ca_file = None;
@@ -105,16 +123,51 @@ impl ConnConfig {
                 }
                 "ssl-ca" | "sslrootcert" | "ssl_ca" => ca_file = Some(PathBuf::from(&*value)),
                 "socket" => socket = Some(value.into_owned()),
-                "password" => password = Secret::new(value.into_owned()),
+                "password" => from_url.password = Some(Secret::new(value.into_owned())),
+                "password_file" | "password-file" => {
+                    from_url.password_file = Some(PathBuf::from(&*value));
+                }
+                "defaults_file"
+                | "defaults-file"
+                | "defaults_extra_file"
+                | "defaults-extra-file" => from_url.defaults_file = Some(PathBuf::from(&*value)),
                 other => {
                     return Err(Error::invalid(format!(
                         "unknown parameter '{other}' in the MariaDB URL {}; known: ssl-mode, \
-                         ssl-ca, socket",
+                         ssl-ca, socket, password_file, defaults_file",
                         redact_url(text)
                     )));
                 }
             }
         }
+        let credentials = credentials::resolve(from_url, env, home)?;
+        let options = &credentials.options;
+        let user = url_user
+            .or_else(|| options.user.clone())
+            .unwrap_or_else(|| "root".to_owned());
+        let host = if url_host.is_empty() {
+            options
+                .host
+                .clone()
+                .unwrap_or_else(|| "localhost".to_owned())
+        } else {
+            url_host
+        };
+        let port = match (url.port(), &options.port) {
+            (Some(p), _) => p,
+            (None, Some(p)) => p.trim().parse().map_err(|_| {
+                Error::invalid(format!(
+                    "port '{p}' of an option file is not a port number (1-65535)"
+                ))
+            })?,
+            (None, None) => 3306,
+        };
+        // As with the mariadb client, an option file's socket is for "localhost" only:
+        // a URL naming an address means TCP to it.
+        if socket.is_none() && host == "localhost" {
+            socket.clone_from(&options.socket);
+        }
+        let password = credentials.password.clone();
         if let Some(ca) = &ca_file
             && !ca.is_file()
         {
@@ -124,7 +177,7 @@ impl ConnConfig {
             )));
         }
         Ok(Self {
-            port: url.port().unwrap_or(3306),
+            port,
             url,
             host,
             user,
@@ -133,6 +186,7 @@ impl ConnConfig {
             tls,
             ca_file,
             socket,
+            credentials: Arc::new(credentials),
             plain_only: AtomicBool::new(false),
         })
     }
@@ -150,12 +204,25 @@ impl ConnConfig {
             tls: self.tls,
             ca_file: self.ca_file.clone(),
             socket: self.socket.clone(),
+            credentials: Arc::clone(&self.credentials),
             plain_only: AtomicBool::new(self.plain_only.load(Ordering::Relaxed)),
         }
     }
 
     pub(crate) fn redacted_url(&self) -> String {
         redact_url(self.url.as_str())
+    }
+
+    /// A refused login, explained: which account, where its password came from, every
+    /// source tried, and what to do.
+    fn refused(&self, err: Error, no_password_auth: bool) -> Error {
+        let message = credentials::explain_refusal(
+            &self.user,
+            &self.credentials,
+            err.message(),
+            no_password_auth,
+        );
+        err.with_message(message)
     }
 
     fn ssl_opts(&self) -> Option<SslOpts> {
@@ -258,6 +325,16 @@ pub(crate) async fn connect(
     } else {
         config.ssl_opts()
     };
+    let failed = |e: mysql_async::Error| {
+        let no_password_auth = server_code(&e) == Some(code::ACCESS_DENIED_NO_PASSWORD);
+        let err = db_error(e);
+        let err = if err.kind() == ErrorKind::Authentication {
+            config.refused(err, no_password_auth)
+        } else {
+            err
+        };
+        err.during(format!("connecting to {location}"))
+    };
     let attempt = Conn::new(config.opts(database, tls.clone())).await;
     let mut conn = match attempt {
         Ok(c) => c,
@@ -265,9 +342,9 @@ pub(crate) async fn connect(
             config.plain_only.store(true, Ordering::Relaxed);
             Conn::new(config.opts(database, None))
                 .await
-                .map_err(|e| db_error(e).during(format!("connecting to {location}")))?
+                .map_err(failed)?
         }
-        Err(e) => return Err(db_error(e).during(format!("connecting to {location}"))),
+        Err(e) => return Err(failed(e)),
     };
     for sql in session.statements() {
         conn.query_drop(*sql)
@@ -342,23 +419,94 @@ pub(crate) fn number(row: &Row, i: usize) -> Result<u64> {
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Result<ConnConfig> {
+        ConnConfig::parse_with(url, &|_| None, None)
+    }
+
     #[test]
     fn parses_urls_and_modes() {
-        let c = ConnConfig::parse("mysql://bob:p%40ss@db:3310/shop?sslmode=verify-full")
-            .expect("valid");
+        let c = parse("mysql://bob:p%40ss@db:3310/shop?sslmode=verify-full").expect("valid");
         assert_eq!(c.host, "db");
         assert_eq!(c.port, 3310);
         assert_eq!(c.user, "bob");
         assert_eq!(c.password.expose(), "p@ss");
         assert_eq!(c.database, "shop");
         assert_eq!(c.tls, TlsMode::VerifyFull);
-        let d = ConnConfig::parse("mariadb://127.0.0.1/").expect("valid");
+        let d = parse("mariadb://127.0.0.1/").expect("valid");
         assert_eq!(d.user, "root");
         assert_eq!(d.port, 3306);
         assert_eq!(d.tls, TlsMode::Prefer);
         assert!(d.database.is_empty());
-        assert!(ConnConfig::parse("postgres://x/y").is_err());
-        assert!(ConnConfig::parse("mariadb://x/y?ssl-mode=sometimes").is_err());
+        assert!(parse("postgres://x/y").is_err());
+        assert!(parse("mariadb://x/y?ssl-mode=sometimes").is_err());
+    }
+
+    #[test]
+    fn what_the_url_leaves_out_comes_from_elsewhere() {
+        let home = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            home.path().join(".my.cnf"),
+            "[client]\nuser = filed\npassword = 'from file'\nport = 3311\n\
+             socket = /run/mysqld/mysqld.sock\nhost = filed-host\n",
+        )
+        .expect("write");
+        let env = |name: &str| (name == "MYSQL_PWD").then(|| "from-env".to_owned());
+        let no_env = |_: &str| None;
+        let h = Some(home.path());
+
+        // The URL wins; the environment beats ~/.my.cnf.
+        let c =
+            ConnConfig::parse_with("mariadb://app:in-url@db:3307/shop", &env, h).expect("valid");
+        assert_eq!((c.user.as_str(), c.password.expose()), ("app", "in-url"));
+        let c = ConnConfig::parse_with("mariadb://app@db/shop", &env, h).expect("valid");
+        assert_eq!(c.password.expose(), "from-env");
+        assert_eq!(c.port, 3311, "port from the option file");
+        assert_eq!(c.socket, None, "a socket is for localhost only");
+        let c = ConnConfig::parse_with("mariadb://db/shop", &no_env, h).expect("valid");
+        assert_eq!(
+            (c.user.as_str(), c.password.expose()),
+            ("filed", "from file")
+        );
+        // No host in the URL: the option file's.
+        let c = ConnConfig::parse_with("mariadb:///shop", &no_env, h).expect("valid");
+        assert_eq!(c.host, "filed-host");
+        let c = ConnConfig::parse_with("mariadb://localhost/shop", &no_env, h).expect("valid");
+        assert_eq!(c.socket.as_deref(), Some("/run/mysqld/mysqld.sock"));
+        // An explicit empty password: none, and nothing else is asked.
+        let c = ConnConfig::parse_with("mariadb://root@127.0.0.1:3306/x?password=", &env, h)
+            .expect("valid");
+        assert!(c.password.is_empty());
+        assert_eq!(c.credentials.password_from.as_deref(), Some("the URL"));
+
+        // password_file: its first line; defaults_file: that file first.
+        let pw = home.path().join("pw");
+        std::fs::write(&pw, "first line\nsecond\n").expect("write");
+        let url = format!("mariadb://app@db/shop?password_file={}", pw.display());
+        let c = ConnConfig::parse_with(&url, &env, h).expect("valid");
+        assert_eq!(c.password.expose(), "first line");
+        assert!(!c.redacted_url().contains("first line"));
+        let extra = home.path().join("extra.cnf");
+        std::fs::write(
+            &extra,
+            "[client-mariadb]\npassword=extra\nuser=extra-user\n",
+        )
+        .expect("write");
+        let url = format!("mariadb://db/shop?defaults_file={}", extra.display());
+        let c = ConnConfig::parse_with(&url, &env, h).expect("valid");
+        assert_eq!(
+            (c.user.as_str(), c.password.expose()),
+            ("extra-user", "extra")
+        );
+
+        let url = "mariadb://db/shop?password_file=/nonexistent/pw";
+        let err = ConnConfig::parse_with(url, &env, h)
+            .err()
+            .expect("must fail");
+        assert_eq!(err.kind(), ErrorKind::Authentication, "{err}");
+        let err = ConnConfig::parse_with("mariadb://db/shop?bogus=1", &env, h)
+            .err()
+            .expect("must fail");
+        assert!(err.to_string().contains("password_file"), "{err}");
     }
 
     #[test]
@@ -369,7 +517,7 @@ mod tests {
             "mariadb://u:topsecret@[bad/db",
             "postgres://u:topsecret@h/db",
         ] {
-            let err = ConnConfig::parse(bad).err().expect("must fail");
+            let err = parse(bad).err().expect("must fail");
             let text = format!("{err} {err:?}");
             assert!(!text.contains("topsecret"), "{text}");
         }

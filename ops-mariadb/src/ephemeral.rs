@@ -255,20 +255,24 @@ impl EphemeralMariaDb {
         Ok(())
     }
 
-    /// The server URL without a database: `mariadb://root@127.0.0.1:PORT/`.
+    /// The server URL without a database: `mariadb://root@127.0.0.1:PORT/?password=`.
+    ///
+    /// The empty `password=` says that root has no password here: without it an
+    /// engine would look for one in `MARIADB_PWD`, `MYSQL_PWD` and `~/.my.cnf`, which
+    /// hold the operator's password for their own servers, not for this one.
     pub fn url(&self) -> String {
-        format!("mariadb://root@127.0.0.1:{}/", self.port)
+        self.url_for("")
     }
 
-    /// The URL of database `db` on this server.
+    /// The URL of database `db` on this server (see [`EphemeralMariaDb::url`]).
     pub fn url_for(&self, db: &str) -> String {
-        let mut url = self.url();
-        url.push_str(
-            &url::form_urlencoded::byte_serialize(db.as_bytes())
+        format!(
+            "mariadb://root@127.0.0.1:{}/{}?password=",
+            self.port,
+            url::form_urlencoded::byte_serialize(db.as_bytes())
                 .collect::<String>()
-                .replace('+', "%20"),
-        );
-        url
+                .replace('+', "%20")
+        )
     }
 
     /// The TCP port.

@@ -11,6 +11,9 @@ use ops_core::{Error, ErrorKind};
 pub(crate) mod code {
     /// Access denied for a user (wrong password, unknown user, host not allowed).
     pub const ACCESS_DENIED: u16 = 1045;
+    /// Access denied for a user with no password given whose account authenticates
+    /// another way (unix_socket, ...).
+    pub const ACCESS_DENIED_NO_PASSWORD: u16 = 1698;
     /// Access denied to a database.
     pub const DB_ACCESS_DENIED: u16 = 1044;
     /// `RELOAD`, `SUPER` or similar privilege missing.
@@ -57,7 +60,7 @@ pub(crate) fn db_error(err: DbError) -> Error {
     match &err {
         DbError::Server(e) => {
             let kind = match e.code {
-                code::ACCESS_DENIED => ErrorKind::Authentication,
+                code::ACCESS_DENIED | code::ACCESS_DENIED_NO_PASSWORD => ErrorKind::Authentication,
                 code::DB_ACCESS_DENIED
                 | code::SPECIFIC_ACCESS_DENIED
                 | code::TABLE_ACCESS_DENIED
@@ -104,6 +107,14 @@ pub(crate) fn db_error(err: DbError) -> Error {
         DbError::Driver(DriverError::NoClientSslFlagFromServer) => Error::new(
             ErrorKind::Unreachable,
             "the server does not offer TLS but the URL requires it (ssl-mode)",
+        ),
+        DbError::Driver(
+            d @ (DriverError::UnknownAuthPlugin { .. }
+            | DriverError::MysqlOldPasswordDisabled
+            | DriverError::CleartextPluginDisabled),
+        ) => Error::new(
+            ErrorKind::Authentication,
+            format!("the server asks for a login method dbops does not use: {d}"),
         ),
         DbError::Driver(d) => Error::new(ErrorKind::Database, format!("MariaDB driver: {d}")),
         DbError::Other(o) => Error::new(ErrorKind::Database, format!("MariaDB driver: {o}")),

@@ -2,6 +2,7 @@
 
 mod catalog;
 mod conn;
+mod credentials;
 mod dump;
 pub mod ephemeral;
 mod error;
@@ -72,9 +73,16 @@ impl MariaDbEngine {
     /// connects over a Unix socket instead of TCP. The password is kept as a
     /// [`ops_core::Secret`].
     ///
+    /// When the URL has no password it comes from `password_file=/path` (first line),
+    /// the option file `defaults_file=/path`, `MARIADB_PWD`, `MYSQL_PWD` or
+    /// `~/.my.cnf`, in that order; the option files also give the user, host, port and
+    /// socket the URL leaves out (see the crate documentation). These are read here,
+    /// once.
+    ///
     /// # Errors
-    /// [`ops_core::ErrorKind::InvalidInput`] for anything that is not such a URL; the
-    /// message never contains the password.
+    /// [`ops_core::ErrorKind::InvalidInput`] for anything that is not such a URL;
+    /// [`ops_core::ErrorKind::Authentication`] when a password file or option file the
+    /// URL names cannot be read. The message never contains the password.
     pub fn new(url: &str) -> Result<Self> {
         Ok(Self {
             config: Arc::new(conn::ConnConfig::parse(url)?),
@@ -247,5 +255,17 @@ mod tests {
         assert_eq!(other.database(), "shop_copy");
         assert!(!other.location().contains("hunter2"));
         assert!(other.location().contains("/shop_copy"));
+
+        // A password from a file is as hidden as one in the URL.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cr3t-from-file\n").expect("write");
+        let e = MariaDbEngine::new(&format!(
+            "mariadb://app@db.example/shop?password_file={}",
+            file.display()
+        ))
+        .expect("valid URL");
+        let shown = format!("{e:?} {}", e.location());
+        assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 }
