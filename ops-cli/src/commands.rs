@@ -19,7 +19,7 @@ use crate::cli::{
     PruneArgs, RestoreArgs, ShowArgs, UnlockArgs, VerifyArgs,
 };
 use crate::engines::{engine_for_url, scratch_server, with_database};
-use crate::output::{ProgressDisplay, bytes, print_json};
+use crate::output::{ProgressDisplay, bytes, print_json, progress_wanted};
 
 /// Exit code when verification finds damage or a mismatch.
 const EXIT_DAMAGE: u8 = 3;
@@ -183,6 +183,20 @@ async fn open_repo(cli: &Cli) -> Result<Repository> {
     Ok(with_cache(cli, repo))
 }
 
+/// Attaches a progress display to `repo` for a long operation (only on a terminal,
+/// without --quiet and --json); dropping the display ends it.
+fn watched(cli: &Cli, repo: Repository, what: &'static str) -> (Repository, ProgressDisplay) {
+    let progress = Arc::new(Progress::default());
+    let enabled = progress_wanted(cli.quiet, cli.json);
+    let display = ProgressDisplay::start(&progress, enabled, what);
+    let repo = if enabled {
+        repo.with_progress(progress)
+    } else {
+        repo
+    };
+    (repo, display)
+}
+
 /// Applies `--cache-dir` / `--no-cache` (default: the usual cache folder) and
 /// `--lock-wait`.
 fn with_cache(cli: &Cli, repo: Repository) -> Repository {
@@ -270,8 +284,8 @@ password kept elsewhere as a recovery key (`dbops key add`).";
 
 async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
     let engine = engine_for_url(&a.database)?;
-    let repo = open_repo(cli).await?;
-    let progress = Arc::new(Progress::default());
+    let (repo, display) = watched(cli, open_repo(cli).await?, "backup");
+    let progress = repo.progress().cloned().unwrap_or_default();
     let options = BackupOptions::default()
         .with_dump(
             DumpOptions::default()
@@ -281,7 +295,6 @@ async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
         .with_tags(a.tags.iter().cloned())
         .with_progress(Arc::clone(&progress));
     let started = Instant::now();
-    let display = ProgressDisplay::start(&progress, !cli.quiet && !cli.json, "backup");
     let result = repo.backup(engine.as_ref(), &options).await;
     drop(display);
     let m = result?;
@@ -302,9 +315,7 @@ async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
             "seconds": secs,
         }));
     } else {
-        for w in &m.warnings {
-            eprintln!("warning: {w}");
-        }
+        // The warnings were logged as they happened; the manifest keeps them.
         eprintln!(
             "backup {} of {} ({} tables): {} read, {} new, {} stored in {:.1} s",
             m.id,
@@ -455,7 +466,7 @@ async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
 }
 
 async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
-    let repo = open_repo(cli).await?;
+    let (repo, display) = watched(cli, open_repo(cli).await?, "verify");
     let filter = backup_filter(&a.filter);
     let manifests = if a.all {
         repo.list_backups_matching(&filter).await?
@@ -494,6 +505,7 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
             }
         }
     }
+    drop(display);
     if cli.json {
         print_json(&json!({
             "ok": !damaged,
@@ -651,7 +663,7 @@ fn check_engine(m: &Manifest, engine: &str) -> Result<()> {
 
 async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     let engine = engine_for_url(&a.database)?;
-    let repo = open_repo(cli).await?;
+    let (repo, display) = watched(cli, open_repo(cli).await?, "restore");
     let m = repo.select(&a.id, &backup_filter(&a.filter)).await?;
     check_engine(&m, engine.name())?;
     let default_schema = if m.engine == "postgresql" {
@@ -683,6 +695,7 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
                 engine.location()
             ))
         })?;
+    drop(display);
     let secs = started.elapsed().as_secs_f64();
     let rows: u64 = report.tables.values().sum();
     if cli.json {
@@ -715,12 +728,14 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
 }
 
 async fn prune(cli: &Cli, a: &PruneArgs) -> Result<ExitCode> {
-    let repo = open_repo(cli).await?;
+    let (repo, display) = watched(cli, open_repo(cli).await?, "prune");
     let options = PruneOptions::default()
         .with_dry_run(a.dry_run)
         .with_max_unused(a.max_unused / 100.0)
         .with_unindexed_grace_secs(a.unindexed_grace);
-    let r = repo.prune(&options).await?;
+    let r = repo.prune(&options).await;
+    drop(display);
+    let r = r?;
     if cli.json {
         print_json(&json!({ "ok": true, "prune": r }));
     } else {
@@ -758,6 +773,7 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
     .await
     .map_err(|e| e.during("opening the destination repository (--to)"))?;
     let to = with_cache(cli, to);
+    let (to, display) = watched(cli, to, "copy");
     let filter = backup_filter(&a.filter);
     let manifests = if a.all {
         from.list_backups_matching(&filter).await?
@@ -773,20 +789,26 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
     let mut copied = Vec::new();
     for m in &manifests {
         let (c, new) = to.copy_backup(&from, m).await?;
-        if !cli.json {
+        copied.push((c, new));
+    }
+    drop(display);
+    if cli.json {
+        let items: Vec<_> = copied
+            .iter()
+            .map(|(c, new)| json!({ "id": c.id, "copied": new, "stats": c.stats }))
+            .collect();
+        print_json(&json!({ "ok": true, "backups": items }));
+    } else {
+        for (c, new) in &copied {
             println!(
                 "{} {}: {} new of {} ({} stored)",
-                if new { "copied" } else { "already there" },
+                if *new { "copied" } else { "already there" },
                 c.id,
-                bytes(if new { c.stats.new_bytes } else { 0 }),
+                bytes(if *new { c.stats.new_bytes } else { 0 }),
                 bytes(c.stats.bytes),
-                bytes(if new { c.stats.stored_bytes } else { 0 })
+                bytes(if *new { c.stats.stored_bytes } else { 0 })
             );
         }
-        copied.push(json!({ "id": c.id, "copied": new, "stats": c.stats }));
-    }
-    if cli.json {
-        print_json(&json!({ "ok": true, "backups": copied }));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,18 +9,28 @@ use std::time::Duration;
 use ops_core::Error;
 use ops_core::repo::Progress;
 
-/// Logs go to stderr; `-v` for info, `-vv` for debug; `RUST_LOG` overrides.
+/// Logs go to stderr; `-v` for info, `-vv` for debug; `RUST_LOG` overrides. Only
+/// dbops' own crates log at that level: the drivers' and libraries' messages (a
+/// driver's "slow statement" warning) only at error, or at `-vv`. Colour only on a
+/// terminal, never with `NO_COLOR`.
 pub fn init_logging(verbose: u8, json: bool) {
-    let default = match (verbose, json) {
-        (0, _) => "warn",
-        (1, _) => "info",
+    let _ = json;
+    let own = match verbose {
+        0 => "warn",
+        1 => "info",
         _ => "debug",
     };
+    let others = if verbose >= 2 { "warn" } else { "error" };
+    let default = format!(
+        "{others},dbops={own},ops_core={own},ops_postgres={own},ops_mariadb={own},ops_storage={own}"
+    );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .try_init();
 }
@@ -70,15 +80,74 @@ pub fn bytes(n: u64) -> String {
 pub struct ProgressDisplay {
     task: Option<tokio::task::JoinHandle<()>>,
     bar: Option<indicatif::ProgressBar>,
+    progress: Option<Arc<Progress>>,
+}
+
+/// True when progress should be shown: stderr is a terminal, and neither `--quiet`
+/// nor `--json` was given.
+pub fn progress_wanted(quiet: bool, json: bool) -> bool {
+    !quiet && !json && std::io::stderr().is_terminal()
+}
+
+/// One line of progress: done of total (when known), rate, ETA, streams, status.
+pub fn progress_line(what: &str, p: &Progress, elapsed: Duration) -> String {
+    let done = p.bytes.load(Ordering::Relaxed);
+    let total = p.total_bytes.load(Ordering::Relaxed);
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let rate = done as f64 / secs;
+    let mut line = format!("{what}: {}", bytes(done));
+    if total > 0 {
+        let about = if p.total_is_estimate.load(Ordering::Relaxed) {
+            "≈"
+        } else {
+            ""
+        };
+        let share = (done as f64 / total as f64 * 100.0).min(100.0);
+        line.push_str(&format!(" of {about}{} ({share:.0}%)", bytes(total)));
+        if rate > 0.0 && done < total {
+            let eta = ((total - done) as f64 / rate) as u64;
+            line.push_str(&format!(", {}/s, ETA {}", bytes(rate as u64), clock(eta)));
+        } else {
+            line.push_str(&format!(", {}/s", bytes(rate as u64)));
+        }
+    } else {
+        line.push_str(&format!(", {}/s", bytes(rate as u64)));
+    }
+    let streams = p.streams_done.load(Ordering::Relaxed);
+    let total_streams = p.total_streams.load(Ordering::Relaxed);
+    if total_streams > 0 {
+        line.push_str(&format!(", {streams}/{total_streams} streams"));
+    } else if streams > 0 {
+        line.push_str(&format!(", {streams} streams"));
+    }
+    let new = p.new_bytes.load(Ordering::Relaxed);
+    if new > 0 {
+        line.push_str(&format!(", {} new", bytes(new)));
+    }
+    let status = p.status();
+    if !status.is_empty() {
+        line.push_str(" — ");
+        line.push_str(&status);
+    }
+    line
+}
+
+fn clock(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+    }
 }
 
 impl ProgressDisplay {
-    /// Starts showing `progress` (a spinner with bytes read, new and stored).
+    /// Shows `progress` while it lives, when `enabled` (see [`progress_wanted`]).
     pub fn start(progress: &Arc<Progress>, enabled: bool, what: &'static str) -> Self {
-        if !enabled || !std::io::stderr().is_terminal() {
+        if !enabled {
             return Self {
                 task: None,
                 bar: None,
+                progress: None,
             };
         }
         let bar = indicatif::ProgressBar::new_spinner();
@@ -88,22 +157,20 @@ impl ProgressDisplay {
         );
         let p = Arc::clone(progress);
         let b = bar.clone();
+        let started = std::time::Instant::now();
+        b.set_message(progress_line(what, &p, started.elapsed()));
+        b.tick();
         let task = tokio::spawn(async move {
             loop {
-                b.set_message(format!(
-                    "{what}: {} read, {} new, {} stored, {} streams done",
-                    bytes(p.bytes.load(Ordering::Relaxed)),
-                    bytes(p.new_bytes.load(Ordering::Relaxed)),
-                    bytes(p.stored_bytes.load(Ordering::Relaxed)),
-                    p.streams_done.load(Ordering::Relaxed)
-                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                b.set_message(progress_line(what, &p, started.elapsed()));
                 b.tick();
-                tokio::time::sleep(Duration::from_millis(150)).await;
             }
         });
         Self {
             task: Some(task),
             bar: Some(bar),
+            progress: Some(Arc::clone(progress)),
         }
     }
 }
@@ -114,7 +181,11 @@ impl Drop for ProgressDisplay {
             t.abort();
         }
         if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
+            // The last state stays on the terminal: what was done, of what.
+            if let Some(p) = &self.progress {
+                p.set_status("");
+            }
+            b.finish();
         }
     }
 }

@@ -31,6 +31,7 @@ use super::index::Index;
 use super::lock::{LockGuard, LockKind};
 use super::manifest::{BackupStats, Manifest, StreamRecord};
 use super::pack::{BlobKind, IndexFile, IndexPack, PackBuilder, SealedPack, encode_list};
+use super::progress::Progress;
 
 /// Chunk references per list blob (36 bytes each: ~144 KiB).
 const LIST_REFS: usize = 4096;
@@ -52,19 +53,6 @@ struct Uploaded {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Live counters of a running backup, for progress display.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Plain bytes received from the engine.
-    pub bytes: AtomicU64,
-    /// Plain bytes of chunks that were new.
-    pub new_bytes: AtomicU64,
-    /// Bytes of packs stored.
-    pub stored_bytes: AtomicU64,
-    /// Streams finished.
-    pub streams_done: AtomicU64,
 }
 
 /// Options of [`Repository::backup`].
@@ -118,6 +106,8 @@ struct State {
     progress: Arc<Progress>,
     chunks: AtomicU64,
     new_chunks: AtomicU64,
+    /// This backup's own count: a shared [`Progress`] may count several operations.
+    new_bytes: AtomicU64,
 }
 
 impl State {
@@ -362,6 +352,7 @@ impl StreamState {
         self.refs.push((id, len));
         if state.claim(id)? {
             state.new_chunks.fetch_add(1, Ordering::Relaxed);
+            state.new_bytes.fetch_add(u64::from(len), Ordering::Relaxed);
             state
                 .progress
                 .new_bytes
@@ -535,10 +526,16 @@ impl Repository {
         started: chrono::DateTime<chrono::Utc>,
         lock: &LockGuard,
     ) -> Result<Manifest> {
+        let progress = options.progress.clone().or_else(|| self.progress.clone());
+        if let Some(p) = &progress {
+            // The catalog's on-disk sizes: an estimate of the dump's bytes.
+            if let Ok(info) = engine.describe().await {
+                let bytes = info.tables.iter().map(|t| t.bytes).sum();
+                p.set_totals(bytes, 0, true);
+            }
+        }
         let ingested = self
-            .ingest(options.progress.clone(), lock, |sink| {
-                engine.dump(&options.dump, sink)
-            })
+            .ingest(progress, lock, |sink| engine.dump(&options.dump, sink))
             .await
             .map_err(|e| e.during(format!("backup of {}", engine.location())))?;
         let report = ingested.report;
@@ -603,6 +600,7 @@ impl Repository {
             progress: progress.unwrap_or_default(),
             chunks: AtomicU64::new(0),
             new_chunks: AtomicU64::new(0),
+            new_bytes: AtomicU64::new(0),
         });
         let upload = tokio::spawn(uploader(self.clone(), Arc::clone(&state), rx));
 
@@ -667,7 +665,7 @@ impl Repository {
             bytes: streams.iter().map(|s| s.bytes).sum(),
             chunks: state.chunks.load(Ordering::Relaxed),
             new_chunks: state.new_chunks.load(Ordering::Relaxed),
-            new_bytes: state.progress.new_bytes.load(Ordering::Relaxed),
+            new_bytes: state.new_bytes.load(Ordering::Relaxed),
             stored_bytes,
             packs: pack_count,
         };

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -244,9 +245,14 @@ impl Repository {
         // Everything referenced: list blobs and the chunks they name, gathered on
         // local disk (the set can be as large as the repository). List blobs are
         // remembered in memory to read each once: one per 4096 chunk references.
+        self.status("reading the manifests and the index");
         let manifests = self.list_backups().await?;
         report.backups = manifests.len();
         let index = Arc::new(self.load_index().await?);
+        self.status(format!(
+            "gathering the chunks {} backups reference",
+            manifests.len()
+        ));
         let mut used = IdSetBuilder::new()?;
         let mut lists_read: HashSet<ChunkId> = HashSet::new();
         for m in &manifests {
@@ -312,6 +318,7 @@ impl Repository {
             )));
         }
 
+        self.status("deciding pack by pack");
         // Decide per pack, index file by index file.
         let index_keys = self.index_keys().await?;
         let mut decided: HashMap<String, PackFate> = HashMap::new();
@@ -369,6 +376,15 @@ impl Repository {
 
         // Repack: copy the used sealed blobs verbatim (their AAD is their id) into new
         // packs: those whose resolved copy is in this pack, each once.
+        if let Some(p) = self.progress() {
+            let total = repack
+                .iter()
+                .filter_map(|id| stored.get(id))
+                .map(|m| m.size)
+                .sum();
+            p.set_totals(total, repack.len() as u64, false);
+        }
+        self.status(format!("repacking {} packs", repack.len()));
         let mut written: Vec<IndexPack> = Vec::new();
         let mut copied: HashSet<ChunkId> = HashSet::new();
         let mut builder = PackBuilder::with_capacity(self.config.pack_size as usize);
@@ -398,11 +414,19 @@ impl Repository {
                 }
             }
             report.bytes_freed += bytes.len() as u64;
+            if let Some(p) = self.progress() {
+                p.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                p.streams_done.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if !builder.is_empty() {
             written.push(self.store_pack(builder).await?);
         }
         report.packs_written = written.len() as u64;
+        self.status(format!(
+            "writing the new index, then deleting {} packs",
+            delete.len() + repack.len()
+        ));
         report.bytes_freed = report
             .bytes_freed
             .saturating_sub(written.iter().map(|p| p.size).sum());
@@ -490,8 +514,12 @@ impl Repository {
         let lock = self.lock(LockKind::Shared, "copy").await?;
         let result: Result<Manifest> = async {
             let source = Arc::new(from.source(manifest, false).await?);
+            if let Some(p) = self.progress() {
+                p.set_totals(manifest.stats.bytes, manifest.streams.len() as u64, false);
+                p.set_status(format!("copying backup {}", manifest.id));
+            }
             let ingested = self
-                .ingest(None, &lock, |sink| replay(source, sink))
+                .ingest(self.progress.clone(), &lock, |sink| replay(source, sink))
                 .await
                 .map_err(|e| e.during(format!("copying backup {}", manifest.id)))?;
             let copy = Manifest {

@@ -17,6 +17,7 @@ mod lock;
 mod maintain;
 mod manifest;
 mod pack;
+mod progress;
 mod source;
 mod verify;
 
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt as _, TryStreamExt};
 
-pub use backup::{BackupOptions, Progress};
+pub use backup::BackupOptions;
 pub use crypto::KdfParams;
 pub use format::{
     ChunkId, ChunkerParams, CompressionAlgorithm, CompressionParams, EncryptionScheme,
@@ -44,6 +45,7 @@ pub use lock::{
 pub use maintain::{ForgetOptions, ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{BackupStats, Manifest, StreamRecord};
 pub use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
+pub use progress::Progress;
 pub use source::RepoSource;
 pub use verify::{Problem, RestoreCheck, VerifyOptions, VerifyReport};
 
@@ -142,6 +144,8 @@ pub struct Repository {
     cache: Option<Arc<PathBuf>>,
     /// How long to wait for a conflicting lock before giving up.
     lock_wait: std::time::Duration,
+    /// Counters that long operations update, if anyone watches.
+    progress: Option<Arc<Progress>>,
 }
 
 pub(crate) fn host_name() -> String {
@@ -244,6 +248,7 @@ impl Repository {
                         keys,
                         cache: None,
                         lock_wait: std::time::Duration::ZERO,
+                        progress: None,
                     });
                 }
                 return Err(Error::new(
@@ -258,6 +263,7 @@ impl Repository {
             keys,
             cache: None,
             lock_wait: std::time::Duration::ZERO,
+            progress: None,
         })
     }
 
@@ -317,6 +323,7 @@ impl Repository {
             keys,
             cache: None,
             lock_wait: std::time::Duration::ZERO,
+            progress: None,
         })
     }
 
@@ -341,6 +348,28 @@ impl Repository {
         self
     }
 
+    /// Counters that restore, verify, copy, prune (and backup, unless its options
+    /// bring their own) update while they run, for a progress display.
+    #[must_use]
+    pub fn with_progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// The progress counters, when set.
+    pub fn progress(&self) -> Option<&Arc<Progress>> {
+        self.progress.as_ref()
+    }
+
+    /// Says what the operation is doing, to the progress display and the debug log.
+    pub(crate) fn status(&self, status: impl Into<String>) {
+        let status = status.into();
+        tracing::debug!("{status}");
+        if let Some(p) = &self.progress {
+            p.set_status(status);
+        }
+    }
+
     /// Takes a repository lock, waiting up to the configured lock wait.
     pub(crate) async fn lock(&self, kind: LockKind, purpose: &str) -> Result<LockGuard> {
         let started = std::time::Instant::now();
@@ -349,12 +378,19 @@ impl Repository {
         loop {
             match LockGuard::acquire(Arc::clone(&self.target), kind, purpose).await {
                 Err(e) if e.kind() == ErrorKind::Locked && started.elapsed() < self.lock_wait => {
+                    let waiting = format!(
+                        "waiting up to {} s for the repository lock: {e}",
+                        self.lock_wait.saturating_sub(started.elapsed()).as_secs()
+                    );
                     if !said {
-                        tracing::warn!(
-                            "waiting up to {} s for the repository lock: {e}",
-                            self.lock_wait.saturating_sub(started.elapsed()).as_secs()
-                        );
+                        // Logged once (cron mails, journals); the display keeps it current.
+                        match &self.progress {
+                            Some(p) => p.set_status(waiting),
+                            None => tracing::warn!("{waiting}"),
+                        }
                         said = true;
+                    } else if let Some(p) = &self.progress {
+                        p.set_status(waiting);
                     }
                     tokio::time::sleep(pause.min(self.lock_wait.saturating_sub(started.elapsed())))
                         .await;
@@ -364,7 +400,12 @@ impl Repository {
                     let message = format!("{e} (waited {} s)", started.elapsed().as_secs());
                     return Err(e.with_message(message));
                 }
-                other => return other,
+                other => {
+                    if said {
+                        self.status("");
+                    }
+                    return other;
+                }
             }
         }
     }

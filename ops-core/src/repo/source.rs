@@ -242,6 +242,7 @@ impl StreamSource for RepoSource {
             _ => None,
         };
         let checked = Checked {
+            progress: self.repo.progress.clone(),
             inner: Box::pin(chunks),
             pending: std::collections::VecDeque::new(),
             digest: self.repo.keys.digest_hasher(),
@@ -266,6 +267,7 @@ type ChunkBatches = Pin<Box<dyn Stream<Item = Result<Vec<(ChunkId, Bytes)>>> + S
 
 /// Yields a stream's plain bytes and checks its length and digest at the end.
 struct Checked {
+    progress: Option<Arc<super::Progress>>,
     inner: ChunkBatches,
     pending: std::collections::VecDeque<Bytes>,
     digest: blake3::Hasher,
@@ -319,6 +321,10 @@ impl Stream for Checked {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
             if let Some(b) = self.pending.pop_front() {
+                if let Some(p) = &self.progress {
+                    p.bytes
+                        .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Poll::Ready(Some(Ok(b)));
             }
             if self.done {
@@ -346,6 +352,10 @@ impl Stream for Checked {
                     self.done = true;
                     if let Err(e) = self.finish() {
                         return Poll::Ready(Some(Err(e)));
+                    }
+                    if let Some(p) = &self.progress {
+                        p.streams_done
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     return Poll::Ready(None);
                 }

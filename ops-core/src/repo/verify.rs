@@ -221,6 +221,18 @@ impl Repository {
             }
         }
         if options.read_data {
+            if let Some(p) = self.progress() {
+                let mut seen = std::collections::HashSet::new();
+                let (mut bytes, mut streams) = (0u64, 0u64);
+                for s in manifests.iter().flat_map(|m| &m.streams) {
+                    if seen.insert((s.digest.as_str(), s.bytes)) {
+                        bytes += s.bytes;
+                        streams += 1;
+                    }
+                }
+                p.set_totals(bytes, streams, false);
+                p.set_status("reading and checking every chunk");
+            }
             let mut stream_outcome: HashMap<String, Option<Problem>> = HashMap::new();
             for m in manifests {
                 let source = Arc::new(self.source_with_index(m, Arc::clone(&index), false));
@@ -292,9 +304,11 @@ impl Repository {
         options: &RestoreOptions,
     ) -> Result<RestoreCheck> {
         let source = Arc::new(self.source(manifest, true).await?);
+        self.expect_restore(manifest);
         let restore = scratch
             .restore(Arc::clone(&source) as Arc<dyn StreamSource>, options)
             .await?;
+        self.status(format!("comparing every table of backup {}", manifest.id));
         let expected = source.table_digests();
         let mut problems = Vec::new();
         for (table, rows) in manifest.tables() {
@@ -341,10 +355,29 @@ impl Repository {
         engine: &dyn DatabaseEngine,
         options: &RestoreOptions,
     ) -> Result<RestoreReport> {
+        self.status(format!("loading the index for backup {}", manifest.id));
         let source = Arc::new(self.source(manifest, false).await?);
-        engine
+        self.expect_restore(manifest);
+        let report = engine
             .restore(source as Arc<dyn StreamSource>, options)
-            .await
+            .await;
+        self.status("");
+        report
+    }
+
+    /// Sets the progress totals of restoring `manifest`.
+    fn expect_restore(&self, manifest: &Manifest) {
+        if let Some(p) = self.progress() {
+            p.set_totals(
+                manifest.streams.iter().map(|s| s.bytes).sum(),
+                manifest.streams.len() as u64,
+                false,
+            );
+            p.set_status(format!(
+                "restoring backup {} of database {}",
+                manifest.id, manifest.database
+            ));
+        }
     }
 }
 
