@@ -11,10 +11,15 @@
 //! The runs live in a directory: the local cache (`<cache>/<repository id>/index/`),
 //! kept between runs and refreshed from the store's listing of `index/` (new index
 //! files become a new run; runs are merged when there are more than [`MAX_RUNS`]), or
-//! a temporary directory removed afterwards. The cache is never the truth: every file
-//! is checked against the BLAKE3 recorded for it before use, and a cache whose index
-//! files are no longer all in the store (a prune replaced them) is rebuilt, so a
-//! missing, stale or damaged cache costs time, never a wrong answer.
+//! a temporary directory removed afterwards. The cache is never the truth: a cache
+//! whose index files are no longer all in the store (a prune replaced them) is
+//! rebuilt, and every file is checked before use — the pack table and the fences
+//! against their BLAKE3, a run against its BLAKE3 unless its size, inode and
+//! modification time are as recorded when it was written (git's index trusts stat
+//! data the same way, so that opening does not hash 480 MB for 10 million chunks).
+//! Damage that kept a run's stat data could only make a lookup miss (a chunk stored
+//! again) or point a restore at wrong bytes, which authentication rejects: a missing,
+//! stale or damaged cache costs time, never a wrong answer.
 //!
 //! What must not live here: anything about pack contents or manifests.
 
@@ -530,6 +535,96 @@ struct RunMeta {
     blake3: String,
     /// The index files (`index/…` keys) whose blobs this run holds.
     index_keys: Vec<String>,
+    /// How the run file looked when written, and its fences: while size, inode and
+    /// modification time are unchanged, the run opens by reading its fences (one
+    /// 8-byte prefix per 85 records) instead of hashing all of it, so that opening
+    /// does not grow with the repository. A file that changed is hashed whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seal: Option<RunSeal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RunSeal {
+    len: u64,
+    inode: u64,
+    modified_ns: i128,
+    fences_blake3: String,
+}
+
+fn stat_of(path: &Path) -> Result<(u64, u64, i128)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::metadata(path).map_err(|e| io_error("reading", path, e))?;
+    Ok((
+        m.len(),
+        m.ino(),
+        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    ))
+}
+
+fn fences_path(dir: &Path, run_file: &str) -> PathBuf {
+    dir.join(format!("{run_file}.fences"))
+}
+
+/// Describes a run just written: writes its fences beside it and records its stat.
+fn run_meta(
+    dir: &Path,
+    file: &str,
+    run: &Run,
+    blake3: String,
+    index_keys: Vec<String>,
+) -> Result<RunMeta> {
+    let bytes: Vec<u8> = run.fences.iter().flat_map(|f| f.to_le_bytes()).collect();
+    let path = fences_path(dir, file);
+    let _ = fs::remove_file(&path);
+    let mut f = create_private(&path)?;
+    f.write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io_error("writing", &path, e))?;
+    let (len, inode, modified_ns) = stat_of(&dir.join(file))?;
+    Ok(RunMeta {
+        file: file.to_owned(),
+        records: run.records,
+        blake3,
+        index_keys,
+        seal: Some(RunSeal {
+            len,
+            inode,
+            modified_ns,
+            fences_blake3: blake3::hash(&bytes).to_hex().to_string(),
+        }),
+    })
+}
+
+/// Opens a run of the cache: by its fences while the file is as written, else by
+/// hashing it whole.
+fn open_run(dir: &Path, meta: &RunMeta) -> Result<Run> {
+    let path = dir.join(&meta.file);
+    if let Some(seal) = &meta.seal
+        && stat_of(&path)? == (seal.len, seal.inode, seal.modified_ns)
+        && seal.len == meta.records * RECORD as u64
+    {
+        let fpath = fences_path(dir, &meta.file);
+        let bytes = fs::read(&fpath).map_err(|e| io_error("reading", &fpath, e))?;
+        let blocks = (meta.records as usize).div_ceil(BLOCK_RECORDS);
+        if bytes.len() == blocks * 8 && blake3::hash(&bytes).to_hex().as_str() == seal.fences_blake3
+        {
+            let fences = bytes
+                .chunks_exact(8)
+                .map(|b| {
+                    let mut x = [0u8; 8];
+                    x.copy_from_slice(b);
+                    u64::from_le_bytes(x)
+                })
+                .collect();
+            return Ok(Run {
+                file: File::open(&path).map_err(|e| io_error("opening", &path, e))?,
+                path,
+                records: meta.records,
+                fences,
+            });
+        }
+    }
+    Run::open_checked(&path, meta.records, &meta.blake3)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -778,12 +873,13 @@ impl Repository {
         })
         .await?;
         let replaced = meta.clone();
-        meta.runs.push(RunMeta {
-            file: built.run_name.clone(),
-            records: built.run.records,
-            blake3: built.run_hash.clone(),
-            index_keys: new,
-        });
+        meta.runs.push(run_meta(
+            dir,
+            &built.run_name,
+            &built.run,
+            built.run_hash.clone(),
+            new,
+        )?);
         meta.packs = FileMeta {
             file: built.packs_name.clone(),
             records: built.packs.count,
@@ -820,12 +916,13 @@ impl Repository {
         let meta = CacheMeta {
             version: CACHE_VERSION,
             repository: self.config().id.clone(),
-            runs: vec![RunMeta {
-                file: built.run_name.clone(),
-                records: built.run.records,
-                blake3: built.run_hash.clone(),
-                index_keys: keys.to_vec(),
-            }],
+            runs: vec![run_meta(
+                dir,
+                &built.run_name,
+                &built.run,
+                built.run_hash.clone(),
+                keys.to_vec(),
+            )?],
             packs: FileMeta {
                 file: built.packs_name.clone(),
                 records: built.packs.count,
@@ -855,7 +952,7 @@ fn open_cache(dir: &Path, repository: &str) -> Result<Option<(CacheMeta, Vec<Run
     }
     let mut runs = Vec::with_capacity(meta.runs.len());
     for r in &meta.runs {
-        runs.push(Run::open_checked(&dir.join(&r.file), r.records, &r.blake3)?);
+        runs.push(open_run(dir, r)?);
     }
     let packs = PackTable::open_checked(
         &dir.join(&meta.packs.file),
@@ -870,17 +967,13 @@ fn compact(dir: &Path, meta: &CacheMeta) -> Result<(Run, RunMeta)> {
     let inputs: Vec<PathBuf> = meta.runs.iter().rev().map(|r| dir.join(&r.file)).collect();
     let name = random_name("run");
     let (run, hash) = merge(&inputs, dir.join(&name))?;
-    let run_meta = RunMeta {
-        file: name,
-        records: run.records,
-        blake3: hash,
-        index_keys: meta
-            .runs
-            .iter()
-            .flat_map(|r| r.index_keys.iter().cloned())
-            .collect(),
-    };
-    Ok((run, run_meta))
+    let keys = meta
+        .runs
+        .iter()
+        .flat_map(|r| r.index_keys.iter().cloned())
+        .collect();
+    let described = run_meta(dir, &name, &run, hash, keys)?;
+    Ok((run, described))
 }
 
 /// Replaces the table of contents atomically, then removes the files it no longer
@@ -917,7 +1010,8 @@ fn write_meta(dir: &Path, meta: &CacheMeta, replaced: Option<&CacheMeta>) -> Res
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if keep.contains(name.as_str()) {
+        let owner = name.strip_suffix(".fences").unwrap_or(&name);
+        if keep.contains(owner) {
             continue;
         }
         let stale = entry
@@ -926,7 +1020,7 @@ fn write_meta(dir: &Path, meta: &CacheMeta, replaced: Option<&CacheMeta>) -> Res
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age.as_secs() > 3600);
-        if old.contains(name.as_str()) || stale {
+        if old.contains(owner) || stale {
             let _ = fs::remove_file(entry.path());
         }
     }
