@@ -1,5 +1,7 @@
-//! Connection settings: a `postgres://` URL completed by the standard `PG*` environment
-//! variables, the way libpq does it.
+//! Connection settings: a `postgres://` URL completed, the way libpq does it, by a
+//! connection service (`service=` or `PGSERVICE`), the standard `PG*` environment
+//! variables and libpq's defaults; the password, when none is given, comes from the
+//! password file (`passfile=`, `PGPASSFILE` or `~/.pgpass`).
 //!
 //! Everything that leaves this module for display goes through
 //! [`ConnConfig::redacted_url`], which never contains the password. The password itself
@@ -10,7 +12,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ops_core::{Error, Result, Secret};
+use ops_core::{Error, ErrorKind, Result, Secret};
+
+use crate::credentials::{self, PassKey, PassfileOutcome};
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,6 +100,66 @@ pub(crate) struct ConnConfig {
     pub sslkey: Option<PathBuf>,
     pub application_name: String,
     pub connect_timeout: Duration,
+    /// Where `password` came from, or what was tried.
+    pub password_source: PasswordSource,
+    /// The password file consulted when no password is given.
+    passfile: Option<Passfile>,
+    /// The database was named (URL, `dbname=`, service, `PGDATABASE`), not libpq's
+    /// default (the user's name).
+    pub dbname_given: bool,
+    /// The connection service used, and the file defining it.
+    service: Option<(String, PathBuf)>,
+}
+
+/// The password file to consult, and how it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Passfile {
+    path: PathBuf,
+    /// `passfile=`, `PGPASSFILE` or `~/.pgpass`, for messages.
+    named_by: &'static str,
+}
+
+/// Where the password came from (for messages; never the password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PasswordSource {
+    /// The URL (userinfo or `password=`).
+    Url,
+    /// A connection service's `password`.
+    Service { name: String, file: PathBuf },
+    /// `PGPASSWORD`.
+    Environment,
+    /// A password file line.
+    File {
+        path: PathBuf,
+        named_by: &'static str,
+        line: usize,
+    },
+    /// None was found; the password file's lookup, if one was made.
+    Missing {
+        file: Option<(PathBuf, &'static str, PassfileOutcome)>,
+        key: String,
+    },
+}
+
+impl PasswordSource {
+    fn describe(&self) -> String {
+        match self {
+            Self::Url => "the URL".to_owned(),
+            Self::Service { name, file } => {
+                format!("service '{name}' in {}", file.display())
+            }
+            Self::Environment => "PGPASSWORD".to_owned(),
+            Self::File {
+                path,
+                named_by,
+                line,
+            } => format!(
+                "line {line} of the password file {} ({named_by})",
+                path.display()
+            ),
+            Self::Missing { .. } => "nowhere".to_owned(),
+        }
+    }
 }
 
 impl fmt::Debug for ConnConfig {
@@ -119,10 +183,54 @@ const KNOWN_PARAMS: &[&str] = &[
     "sslkey",
     "application_name",
     "connect_timeout",
+    "passfile",
+    "service",
 ];
 
+/// The settings a URL or a service gives, as text, before defaults.
+#[derive(Default)]
+struct Given {
+    host: Option<String>,
+    port: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    dbname: Option<String>,
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+    sslcert: Option<String>,
+    sslkey: Option<String>,
+    application_name: Option<String>,
+    connect_timeout: Option<String>,
+    passfile: Option<String>,
+    service: Option<String>,
+}
+
+impl Given {
+    /// The setting named by libpq's keyword `key`.
+    fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
+        Some(match key {
+            "host" => &mut self.host,
+            "port" => &mut self.port,
+            "user" => &mut self.user,
+            "password" => &mut self.password,
+            "dbname" => &mut self.dbname,
+            "sslmode" => &mut self.sslmode,
+            "sslrootcert" => &mut self.sslrootcert,
+            "sslcert" => &mut self.sslcert,
+            "sslkey" => &mut self.sslkey,
+            "application_name" => &mut self.application_name,
+            "connect_timeout" => &mut self.connect_timeout,
+            "passfile" => &mut self.passfile,
+            "service" => &mut self.service,
+            _ => return None,
+        })
+    }
+}
+
 impl ConnConfig {
-    /// Parses `url`, filling what it lacks from `env` (a lookup of `PG*` variables).
+    /// Parses `url`, filling what it lacks from its connection service, then from `env`
+    /// (a lookup of `PG*` variables and `HOME`), then libpq's defaults; a missing
+    /// password is looked up in the password file.
     pub(crate) fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
         // Every error below names the redacted URL, never the URL itself.
         let shown = ops_core::redact_url(url);
@@ -152,103 +260,165 @@ impl ConnConfig {
                 .map_err(|_| bad("a percent-encoded part is not UTF-8"))
         };
 
-        let mut host = match parsed.host_str() {
-            Some("") | Some(NO_HOST) | None => None,
-            Some(h) => {
-                let h = decode(h)?;
-                let h = h.trim_start_matches('[').trim_end_matches(']').to_owned();
-                Some(h)
-            }
-        };
-        let mut port = parsed.port();
-        let mut user = if parsed.username().is_empty() {
-            None
-        } else {
-            Some(decode(parsed.username())?)
-        };
-        let mut password = match parsed.password() {
-            Some(p) => Some(Secret::new(decode(p)?)),
-            None => None,
-        };
-        let mut dbname = match parsed.path().trim_start_matches('/') {
+        let mut given = Given::default();
+        if let Some(h) = parsed.host_str().filter(|h| !h.is_empty() && *h != NO_HOST) {
+            let h = decode(h)?;
+            given.host = Some(h.trim_start_matches('[').trim_end_matches(']').to_owned());
+        }
+        given.port = parsed.port().map(|p| p.to_string());
+        if !parsed.username().is_empty() {
+            given.user = Some(decode(parsed.username())?);
+        }
+        if let Some(p) = parsed.password() {
+            given.password = Some(decode(p)?);
+        }
+        given.dbname = match parsed.path().trim_start_matches('/') {
             "" => None,
             p => Some(decode(p)?),
         };
-        let mut sslmode = None;
-        let mut sslrootcert = None;
-        let mut sslcert = None;
-        let mut sslkey = None;
-        let mut application_name = None;
-        let mut connect_timeout = None;
         for pair in parsed.query().unwrap_or("").split('&') {
             if pair.is_empty() {
                 continue;
             }
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let (key, value) = (decode(key)?, decode(value)?);
-            match key.as_str() {
-                "host" => host = Some(value),
-                "port" => {
-                    port = Some(value.parse().map_err(|_| bad("the port is not a number"))?);
-                }
-                "user" => user = Some(value),
-                "password" => password = Some(Secret::new(value)),
-                "dbname" => dbname = Some(value),
-                "sslmode" => sslmode = Some(SslMode::parse(&value)?),
-                "sslrootcert" => sslrootcert = Some(value),
-                "sslcert" => sslcert = Some(PathBuf::from(value)),
-                "sslkey" => sslkey = Some(PathBuf::from(value)),
-                "application_name" => application_name = Some(value),
-                "connect_timeout" => {
-                    connect_timeout = Some(
-                        value
-                            .parse()
-                            .map_err(|_| bad("connect_timeout is not a number"))?,
-                    );
-                }
-                other => {
+            match given.slot(&key) {
+                Some(slot) => *slot = Some(value),
+                None => {
                     return Err(bad(&format!(
-                        "unknown parameter '{other}' (known: {})",
+                        "unknown parameter '{key}' (known: {})",
                         KNOWN_PARAMS.join(", ")
                     )));
                 }
             }
         }
 
-        let host = match host.or_else(|| env("PGHOST")).filter(|h| !h.is_empty()) {
+        // A service fills what the URL leaves open, before the environment does.
+        let mut from_service: Vec<&'static str> = Vec::new();
+        let service = match given.service.clone().or_else(|| env("PGSERVICE")) {
+            Some(name) if !name.is_empty() => Some(credentials::find_service(&name, env)?),
+            _ => None,
+        };
+        if let Some(service) = &service {
+            for (key, value, line) in &service.settings {
+                let Some(known) = KNOWN_PARAMS.iter().find(|k| **k == key.as_str()) else {
+                    return Err(Error::invalid(format!(
+                        "service '{}' in {}, line {line}: '{key}' is not a setting dbops \
+                         supports (known: {})",
+                        service.name,
+                        service.file.display(),
+                        KNOWN_PARAMS
+                            .iter()
+                            .filter(|k| **k != "service")
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                };
+                if let Some(slot) = given.slot(known)
+                    && slot.is_none()
+                {
+                    *slot = Some(value.clone());
+                    from_service.push(known);
+                }
+            }
+        }
+        // An invalid value names where it came from.
+        let invalid = |key: &str, why: &str| match &service {
+            Some(s) if from_service.contains(&key) => Error::invalid(format!(
+                "service '{}' in {}: {why}",
+                s.name,
+                s.file.display()
+            )),
+            _ => bad(why),
+        };
+
+        let host = match given
+            .host
+            .or_else(|| env("PGHOST"))
+            .filter(|h| !h.is_empty())
+        {
             Some(h) if h.contains(',') => {
-                return Err(bad("several hosts are not supported; give one"));
+                return Err(invalid("host", "several hosts are not supported; give one"));
             }
             Some(h) => Host::parse(&h),
-            None if Path::new("/var/run/postgresql").is_dir() => {
-                Host::Socket(PathBuf::from("/var/run/postgresql"))
+            None if Path::new(credentials::DEFAULT_SOCKET_DIR).is_dir() => {
+                Host::Socket(PathBuf::from(credentials::DEFAULT_SOCKET_DIR))
             }
             None => Host::Tcp("localhost".to_owned()),
         };
-        let port = match port {
-            Some(p) => p,
+        let port = match given.port {
+            Some(p) => p
+                .parse()
+                .map_err(|_| invalid("port", "the port is not a number"))?,
             None => match env("PGPORT") {
                 Some(p) => p.parse().map_err(|_| bad("PGPORT is not a number"))?,
                 None => 5432,
             },
         };
-        let user = match user.or_else(|| env("PGUSER")) {
+        let user = match given.user.or_else(|| env("PGUSER")) {
             Some(u) => u,
             None => os_user_name()?,
         };
-        let password = password.or_else(|| env("PGPASSWORD").map(Secret::new));
-        let dbname = dbname
+        // An empty password is no password, as in libpq: the password file is asked.
+        let (password, password_source) = match given.password.filter(|p| !p.is_empty()) {
+            Some(p) => {
+                let source = match &service {
+                    Some(s) if from_service.contains(&"password") => PasswordSource::Service {
+                        name: s.name.clone(),
+                        file: s.file.clone(),
+                    },
+                    _ => PasswordSource::Url,
+                };
+                (Some(Secret::new(p)), source)
+            }
+            None => match env("PGPASSWORD").filter(|p| !p.is_empty()) {
+                Some(p) => (Some(Secret::new(p)), PasswordSource::Environment),
+                None => (
+                    None,
+                    PasswordSource::Missing {
+                        file: None,
+                        key: String::new(),
+                    },
+                ),
+            },
+        };
+        let passfile = match given.passfile.filter(|f| !f.is_empty()) {
+            Some(f) => Some(Passfile {
+                path: PathBuf::from(f),
+                named_by: if from_service.contains(&"passfile") {
+                    "the service's passfile"
+                } else {
+                    "passfile in the URL"
+                },
+            }),
+            None => match env("PGPASSFILE").filter(|f| !f.is_empty()) {
+                Some(f) => Some(Passfile {
+                    path: PathBuf::from(f),
+                    named_by: "PGPASSFILE",
+                }),
+                None => credentials::home_dir(env).map(|h| Passfile {
+                    path: h.join(".pgpass"),
+                    named_by: "~/.pgpass",
+                }),
+            },
+        };
+        let dbname_given = given.dbname.is_some() || env("PGDATABASE").is_some();
+        let dbname = given
+            .dbname
             .or_else(|| env("PGDATABASE"))
             .unwrap_or_else(|| user.clone());
-        let sslmode = match sslmode {
-            Some(m) => m,
+        let sslmode = match given.sslmode {
+            Some(m) => SslMode::parse(&m)?,
             None => match env("PGSSLMODE") {
                 Some(m) => SslMode::parse(&m)?,
                 None => SslMode::default(),
             },
         };
-        let connect_timeout = match connect_timeout {
-            Some(t) => t,
+        let connect_timeout: u64 = match given.connect_timeout {
+            Some(t) => t
+                .parse()
+                .map_err(|_| invalid("connect_timeout", "connect_timeout is not a number"))?,
             None => match env("PGCONNECT_TIMEOUT") {
                 Some(t) => t
                     .parse()
@@ -256,29 +426,160 @@ impl ConnConfig {
                 None => 30,
             },
         };
-        Ok(Self {
+        let mut config = Self {
             host,
             port,
             user,
             password,
             dbname,
             sslmode,
-            sslrootcert: sslrootcert.or_else(|| env("PGSSLROOTCERT")),
-            sslcert: sslcert.or_else(|| env("PGSSLCERT").map(PathBuf::from)),
-            sslkey: sslkey.or_else(|| env("PGSSLKEY").map(PathBuf::from)),
-            application_name: application_name
+            sslrootcert: given.sslrootcert.or_else(|| env("PGSSLROOTCERT")),
+            sslcert: given
+                .sslcert
+                .or_else(|| env("PGSSLCERT"))
+                .map(PathBuf::from),
+            sslkey: given.sslkey.or_else(|| env("PGSSLKEY")).map(PathBuf::from),
+            application_name: given
+                .application_name
                 .or_else(|| env("PGAPPNAME"))
                 .unwrap_or_else(|| "dbops".to_owned()),
             connect_timeout: Duration::from_secs(connect_timeout.max(2)),
-        })
+            password_source,
+            passfile,
+            dbname_given,
+            service: service.map(|s| (s.name, s.file)),
+        };
+        config.password_from_file();
+        Ok(config)
+    }
+
+    /// Without a given password: the password file's, for this host, port, database
+    /// and user (looked up again when the database changes, as the file may say).
+    fn password_from_file(&mut self) {
+        if !matches!(
+            self.password_source,
+            PasswordSource::Missing { .. } | PasswordSource::File { .. }
+        ) {
+            return;
+        }
+        let key = PassKey {
+            host: match &self.host {
+                Host::Tcp(h) => h.clone(),
+                // libpq: the default socket directory is `localhost` in the file.
+                Host::Socket(p) if p == Path::new(credentials::DEFAULT_SOCKET_DIR) => {
+                    "localhost".to_owned()
+                }
+                Host::Socket(p) => p.display().to_string(),
+            },
+            port: self.port.to_string(),
+            dbname: self.dbname.clone(),
+            user: self.user.clone(),
+        };
+        let Some(file) = &self.passfile else {
+            self.password = None;
+            self.password_source = PasswordSource::Missing {
+                file: None,
+                key: key.to_string(),
+            };
+            return;
+        };
+        let found = credentials::lookup_passfile(&file.path, &key);
+        self.password = found.password;
+        self.password_source = match found.outcome {
+            PassfileOutcome::Found { line } => PasswordSource::File {
+                path: file.path.clone(),
+                named_by: file.named_by,
+                line,
+            },
+            other => PasswordSource::Missing {
+                file: Some((file.path.clone(), file.named_by, other)),
+                key: key.to_string(),
+            },
+        };
+    }
+
+    /// Refuses a backup or restore of a database nobody named: libpq would pick the
+    /// user's name (often `postgres`), which is rarely what was meant.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] saying how to name it.
+    pub(crate) fn require_database(&self, doing: &str) -> Result<()> {
+        if self.dbname_given {
+            return Ok(());
+        }
+        let server = match &self.host {
+            Host::Tcp(h) => format!("{h}:{}", self.port),
+            Host::Socket(p) => format!("the socket in {} (port {})", p.display(), self.port),
+        };
+        Err(Error::invalid(format!(
+            "{doing} needs a database, and the connection to {server} names none: put it in \
+             the URL's path (postgres://host:port/DATABASE), or give it as dbname=, in the \
+             connection service or in PGDATABASE (libpq would take the user's name, \
+             '{}')",
+            self.dbname
+        )))
+    }
+
+    /// Adds to an authentication failure where the password came from, or which
+    /// sources were tried and what to do; other errors are returned as they are.
+    pub(crate) fn explain_auth(&self, err: Error) -> Error {
+        if err.kind() != ErrorKind::Authentication {
+            return err;
+        }
+        let refused = err.context_value("sqlstate") == Some("28P01")
+            || err.message().contains("password authentication failed");
+        let more = match (&self.password_source, &self.password) {
+            (PasswordSource::Missing { file, key }, _) => {
+                let mut tried = vec!["the URL".to_owned()];
+                if let Some((name, file)) = &self.service {
+                    tried.push(format!("service '{name}' in {}", file.display()));
+                }
+                tried.push("PGPASSWORD (not set)".to_owned());
+                tried.push(match file {
+                    Some((path, named_by, outcome)) => format!(
+                        "the password file {} ({named_by}), which {}",
+                        path.display(),
+                        match outcome {
+                            PassfileOutcome::Missing => "does not exist".to_owned(),
+                            PassfileOutcome::NoMatch => format!("has no line matching {key}"),
+                            PassfileOutcome::NotAFile => "is not a plain file".to_owned(),
+                            PassfileOutcome::Insecure { mode } => format!(
+                                "was ignored: its mode {mode:04o} lets group or others read it \
+                                 (chmod 0600 it)"
+                            ),
+                            PassfileOutcome::Unreadable(why) => format!("cannot be read: {why}"),
+                            PassfileOutcome::Found { .. } => "matched".to_owned(),
+                        }
+                    ),
+                    None => "no password file (no home directory; set PGPASSFILE)".to_owned(),
+                });
+                format!(
+                    "no password was found (tried {}): add the line \
+                     host:port:database:user:password (here {key}:PASSWORD; `*` matches \
+                     anything) to a password file of mode 0600, ~/.pgpass or the file \
+                     PGPASSFILE names, or set PGPASSWORD",
+                    tried.join(", ")
+                )
+            }
+            (source, Some(_)) if refused => format!(
+                "the password from {} was refused: correct it there",
+                source.describe()
+            ),
+            (source, _) => format!("(the password came from {})", source.describe()),
+        };
+        let message = format!("{}; {more}", err.message());
+        err.with_message(message)
     }
 
     /// The same server, another database.
     pub(crate) fn with_dbname(&self, dbname: &str) -> Self {
-        Self {
+        let mut config = Self {
             dbname: dbname.to_owned(),
+            dbname_given: true,
             ..self.clone()
-        }
+        };
+        config.password_from_file();
+        config
     }
 
     /// `postgres://user@host:port/db?sslmode=…`, never with the password.
@@ -293,7 +594,13 @@ impl ConnConfig {
             Host::Tcp(h) => (enc(h), None),
             Host::Socket(p) => (String::new(), Some(p.display().to_string())),
         };
-        let pw = if self.password.is_some() {
+        // Only a password that is part of the URL (or PGPASSWORD, which stands for
+        // it) shows as `******`: one from a file is not part of the location.
+        let pw = if self.password.is_some()
+            && matches!(
+                self.password_source,
+                PasswordSource::Url | PasswordSource::Environment
+            ) {
             format!(":{}", ops_core::secret::REDACTED)
         } else {
             String::new()
@@ -358,8 +665,12 @@ impl ConnConfig {
         )
         .await
         {
-            Ok(connected) => connected
-                .map_err(|e| crate::errors::sqlx_error(e, format!("connecting to {location}"))),
+            Ok(connected) => connected.map_err(|e| {
+                self.explain_auth(crate::errors::sqlx_error(
+                    e,
+                    format!("connecting to {location}"),
+                ))
+            }),
             Err(_) => Err(connect_timed_out(&location, self.connect_timeout)),
         }
     }
@@ -555,8 +866,287 @@ fn os_user_name() -> Result<String> {
 mod tests {
     use super::*;
 
-    fn no_env(_: &str) -> Option<String> {
-        None
+    /// No `PG*` variables, and a home without `.pgpass` or `.pg_service.conf`.
+    fn no_env(name: &str) -> Option<String> {
+        (name == "HOME").then(|| "/nonexistent/dbops-test-home".to_owned())
+    }
+
+    /// A directory with a password file (mode 0600) and a service file.
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    impl Files {
+        fn new(pgpass: &str, services: &str) -> Self {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pass = dir.path().join("pgpass");
+            std::fs::write(&pass, pgpass).expect("write pgpass");
+            std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            std::fs::write(dir.path().join("services.conf"), services).expect("write services");
+            Self { dir }
+        }
+
+        fn pgpass(&self) -> String {
+            self.dir.path().join("pgpass").display().to_string()
+        }
+
+        /// `env` with PGPASSFILE and PGSERVICEFILE pointing here, plus `vars`.
+        fn env<'a>(
+            &'a self,
+            vars: &'a [(&'a str, &'a str)],
+        ) -> impl Fn(&str) -> Option<String> + 'a {
+            move |name: &str| {
+                if let Some((_, v)) = vars.iter().find(|(k, _)| *k == name) {
+                    return Some((*v).to_owned());
+                }
+                match name {
+                    "PGPASSFILE" => Some(self.pgpass()),
+                    "PGSERVICEFILE" => {
+                        Some(self.dir.path().join("services.conf").display().to_string())
+                    }
+                    "PGSYSCONFDIR" => Some(self.dir.path().join("nothing").display().to_string()),
+                    other => no_env(other),
+                }
+            }
+        }
+    }
+
+    const PGPASS: &str = "# host:port:database:user:password\n\
+        db.example:5432:shop:app:shop-pw\n\
+        db.example:*:*:app:any-db-pw\n\
+        localhost:5432:*:app:socket-pw\n\
+        *:*:*:other:ot\\:her\n";
+
+    #[test]
+    fn password_file_when_the_url_has_none() {
+        let files = Files::new(PGPASS, "");
+        let env = files.env(&[]);
+        let c = ConnConfig::parse("postgres://app@db.example/shop", &env).expect("valid");
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("shop-pw"));
+        assert!(
+            matches!(
+                &c.password_source,
+                PasswordSource::File {
+                    line: 2,
+                    named_by: "PGPASSFILE",
+                    ..
+                }
+            ),
+            "{:?}",
+            c.password_source
+        );
+        // Another database: the file is asked again, and its first match wins.
+        let other = c.with_dbname("stock");
+        assert_eq!(
+            other.password.as_ref().map(Secret::expose),
+            Some("any-db-pw")
+        );
+        // The default socket is `localhost` in the file, as in libpq.
+        let c = ConnConfig::parse("postgres://app@/shop?host=/var/run/postgresql", &env)
+            .expect("valid");
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("socket-pw"));
+        let c = ConnConfig::parse("postgres://other@h/db", &env).expect("valid");
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("ot:her"));
+        // Not part of the location, and the tools get it in their own file.
+        let shown = format!("{} {c:?}", c.redacted_url());
+        assert!(
+            !shown.contains("ot:her") && !shown.contains("******"),
+            "{shown}"
+        );
+        let tool = c.tool_env().expect("tool env");
+        let passfile = tool.get("PGPASSFILE").expect("PGPASSFILE");
+        assert_ne!(
+            passfile,
+            files.pgpass(),
+            "a private copy, not the user's file"
+        );
+        assert_eq!(
+            std::fs::read_to_string(passfile).expect("read"),
+            "*:*:*:other:ot\\:her\n"
+        );
+        // No line for this user: no password, and the lookup is remembered.
+        let c = ConnConfig::parse("postgres://nobody@db.example/shop", &env).expect("valid");
+        assert!(c.password.is_none());
+        assert!(
+            matches!(&c.password_source, PasswordSource::Missing { file: Some((_, "PGPASSFILE", PassfileOutcome::NoMatch)), key } if key == "db.example:5432:shop:nobody"),
+            "{:?}",
+            c.password_source
+        );
+        // ~/.pgpass without PGPASSFILE.
+        let home = tempfile::tempdir().expect("home");
+        std::fs::copy(files.pgpass(), home.path().join(".pgpass")).expect("copy");
+        let home_env = |name: &str| match name {
+            "HOME" => Some(home.path().display().to_string()),
+            _ => None,
+        };
+        let c = ConnConfig::parse("postgres://app@db.example/shop", &home_env).expect("valid");
+        assert!(
+            matches!(
+                &c.password_source,
+                PasswordSource::File {
+                    named_by: "~/.pgpass",
+                    ..
+                }
+            ),
+            "{:?}",
+            c.password_source
+        );
+    }
+
+    #[test]
+    fn given_passwords_win_over_the_file() {
+        let files = Files::new(
+            PGPASS,
+            "[shop]\nhost=db.example\ndbname=shop\nuser=app\npassword=service-pw\n",
+        );
+        let env = files.env(&[("PGPASSWORD", "env-pw")]);
+        let c = ConnConfig::parse("postgres://app:url-pw@db.example/shop", &env).expect("valid");
+        assert_eq!(c.password_source, PasswordSource::Url);
+        assert!(c.redacted_url().contains("******"));
+        let c = ConnConfig::parse("postgres:///?service=shop", &env).expect("valid");
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("service-pw"));
+        let c = ConnConfig::parse("postgres://app@db.example/shop", &env).expect("valid");
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("env-pw"));
+        assert_eq!(c.password_source, PasswordSource::Environment);
+        // An empty password is none: the next source is asked.
+        let env = files.env(&[("PGPASSWORD", "")]);
+        let c = ConnConfig::parse("postgres://app:@db.example/shop", &env).expect("valid");
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("shop-pw"));
+        // passfile= names another file.
+        let c = ConnConfig::parse(
+            "postgres://app@db.example/shop?passfile=/nonexistent/pgpass",
+            &env,
+        )
+        .expect("valid");
+        assert!(c.password.is_none());
+    }
+
+    #[test]
+    fn an_open_password_file_is_ignored() {
+        use std::os::unix::fs::PermissionsExt;
+        let files = Files::new(PGPASS, "");
+        std::fs::set_permissions(files.pgpass(), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let c =
+            ConnConfig::parse("postgres://app@db.example/shop", &files.env(&[])).expect("valid");
+        assert!(c.password.is_none());
+        let err = c.explain_auth(Error::new(
+            ErrorKind::Authentication,
+            "connecting to x: the server asks for a password",
+        ));
+        assert!(err.message().contains("mode 0644"), "{err}");
+        assert!(err.message().contains("chmod 0600"), "{err}");
+    }
+
+    #[test]
+    fn authentication_errors_say_where_the_password_came_from() {
+        let files = Files::new(PGPASS, "");
+        let env = files.env(&[]);
+        let refused = || {
+            Error::new(
+                ErrorKind::Authentication,
+                "connecting to x: password authentication failed for user \"app\"",
+            )
+            .with_context("sqlstate", "28P01")
+        };
+        let c = ConnConfig::parse("postgres://app@db.example/shop", &env).expect("valid");
+        let err = c.explain_auth(refused());
+        assert!(
+            err.message()
+                .contains(&format!("line 2 of the password file {}", files.pgpass())),
+            "{err}"
+        );
+        assert!(!err.message().contains("shop-pw"), "{err}");
+        let c = ConnConfig::parse("postgres://app:url-pw@db.example/shop", &env).expect("valid");
+        let err = c.explain_auth(refused());
+        assert!(
+            err.message()
+                .contains("the password from the URL was refused"),
+            "{err}"
+        );
+        assert!(!err.message().contains("url-pw"), "{err}");
+        let c = ConnConfig::parse("postgres://nobody@db.example/shop", &no_env).expect("valid");
+        let err = c.explain_auth(refused());
+        for part in [
+            "no password was found",
+            "PGPASSWORD (not set)",
+            "/nonexistent/dbops-test-home/.pgpass (~/.pgpass), which does not exist",
+            "db.example:5432:shop:nobody:PASSWORD",
+            "PGPASSFILE",
+        ] {
+            assert!(err.message().contains(part), "{part}: {err}");
+        }
+        // Other kinds pass through untouched.
+        let other = c.explain_auth(Error::invalid("x"));
+        assert_eq!(other.message(), "x");
+    }
+
+    #[test]
+    fn services_fill_what_the_url_leaves_open() {
+        let files = Files::new(
+            "",
+            "[shop]\nhost=db.example\nport=6543\ndbname=shop\nuser=app\nsslmode=require\n\
+             [bad]\nhost=h\noptions=-c x=y\n[badport]\nport=many\n",
+        );
+        let env = files.env(&[("PGHOST", "envhost"), ("PGDATABASE", "envdb")]);
+        let c = ConnConfig::parse("postgres:///?service=shop", &env).expect("valid");
+        assert_eq!(c.host, Host::Tcp("db.example".into()));
+        assert_eq!(
+            (c.port, c.user.as_str(), c.dbname.as_str()),
+            (6543, "app", "shop")
+        );
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert!(c.dbname_given);
+        // The URL wins over the service, the service over the environment.
+        let c = ConnConfig::parse("postgres://u@other/db2?service=shop", &env).expect("valid");
+        assert_eq!(c.host, Host::Tcp("other".into()));
+        assert_eq!(
+            (c.port, c.user.as_str(), c.dbname.as_str()),
+            (6543, "u", "db2")
+        );
+        let env_service = files.env(&[("PGSERVICE", "shop"), ("PGHOST", "envhost")]);
+        let c = ConnConfig::parse("postgres://", &env_service).expect("valid");
+        assert_eq!(c.host, Host::Tcp("db.example".into()));
+        assert_eq!(c.dbname, "shop");
+        // What a service may not say is refused, naming the file and line.
+        let err = ConnConfig::parse("postgres:///?service=bad", &env).expect_err("options");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(
+            err.message().contains("line 9") && err.message().contains("'options'"),
+            "{err}"
+        );
+        let err = ConnConfig::parse("postgres:///?service=badport", &env).expect_err("port");
+        assert!(err.message().contains("service 'badport'"), "{err}");
+        let err = ConnConfig::parse("postgres:///?service=none", &env).expect_err("undefined");
+        assert!(err.message().contains("'none'"), "{err}");
+    }
+
+    #[test]
+    fn a_database_must_be_named() {
+        for url in [
+            "postgres://u:pw@h",
+            "postgres://u:pw@h/",
+            "postgresql://u:pw@h:5/?sslmode=disable",
+        ] {
+            let c = ConnConfig::parse(url, &no_env).expect("valid");
+            assert!(!c.dbname_given, "{url}");
+            let err = c.require_database("a backup").expect_err(url);
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+            assert!(
+                err.message().contains("postgres://host:port/DATABASE"),
+                "{err}"
+            );
+            assert!(!err.message().contains("pw"), "{err}");
+            assert!(c.with_dbname("x").require_database("a backup").is_ok());
+        }
+        for url in ["postgres://u@h/shop", "postgres://u@h?dbname=shop"] {
+            let c = ConnConfig::parse(url, &no_env).expect("valid");
+            assert!(c.require_database("a backup").is_ok(), "{url}");
+        }
+        let env = |k: &str| (k == "PGDATABASE").then(|| "shop".to_owned());
+        let c = ConnConfig::parse("postgres://u@h", &env).expect("valid");
+        assert!(c.require_database("a backup").is_ok());
     }
 
     #[test]

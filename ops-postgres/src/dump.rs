@@ -595,7 +595,7 @@ async fn dump_schema(
     drop(env);
     let stderr = stderr_task.await.unwrap_or_default();
     if !status.success() {
-        return Err(tool_failure("pg_dump", &status, &stderr));
+        return Err(config.explain_auth(tool_failure("pg_dump", &status, &stderr)));
     }
     if !buf.is_empty() {
         writer.write(Bytes::from(buf)).await?;

@@ -33,6 +33,14 @@ pub(crate) fn connect_error(err: tokio_postgres::Error, location: &str) -> Error
         return query_error(err, format!("connecting to {location}"));
     }
     let text = chain_text(&err);
+    if text.contains("password missing") {
+        // tokio-postgres, asked for a password it was not given: not a network fault,
+        // and trying again will not help.
+        return Error::new(
+            ErrorKind::Authentication,
+            format!("connecting to {location}: the server asks for a password"),
+        );
+    }
     Error::new(
         ErrorKind::Unreachable,
         format!("could not connect to {location}: {text}"),

@@ -2,6 +2,7 @@
 
 mod catalog;
 mod config;
+mod credentials;
 mod dump;
 pub mod ephemeral;
 mod errors;
@@ -54,14 +55,18 @@ impl fmt::Debug for PostgresEngine {
 }
 
 impl PostgresEngine {
-    /// Parses a `postgres://` or `postgresql://` URL; what it lacks comes from the
-    /// `PG*` environment variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`,
-    /// `PGDATABASE`, `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGAPPNAME`,
-    /// `PGCONNECT_TIMEOUT`), then libpq's defaults. Does not connect.
+    /// Parses a `postgres://` or `postgresql://` URL; what it lacks comes from its
+    /// connection service (`service=`, `PGSERVICE`), then the `PG*` environment
+    /// variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+    /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, `PGAPPNAME`,
+    /// `PGCONNECT_TIMEOUT`), then libpq's defaults; without a password, the password
+    /// file's (`passfile=`, `PGPASSFILE`, `~/.pgpass`). Does not connect. See the crate
+    /// documentation for the rules.
     ///
     /// # Errors
-    /// [`ops_core::ErrorKind::InvalidInput`] for a malformed URL, an unknown parameter
-    /// or an unknown `sslmode`; the message shows the URL redacted.
+    /// [`ops_core::ErrorKind::InvalidInput`] for a malformed URL, an unknown parameter,
+    /// an unknown `sslmode`, or a service that is defined nowhere or holds a setting
+    /// not supported; the message shows the URL redacted.
     pub fn new(url: &str) -> Result<Self> {
         let config = ConnConfig::parse(url, &|name| std::env::var(name).ok())?;
         Ok(Self {
@@ -162,6 +167,7 @@ impl DatabaseEngine for PostgresEngine {
     }
 
     async fn dump(&self, options: &DumpOptions, sink: Arc<dyn DumpSink>) -> Result<DumpReport> {
+        self.config.require_database("a backup")?;
         dump::dump(
             &self.config,
             self.bin_dir.clone(),
@@ -177,10 +183,12 @@ impl DatabaseEngine for PostgresEngine {
         source: Arc<dyn StreamSource>,
         options: &RestoreOptions,
     ) -> Result<RestoreReport> {
+        self.config.require_database("a restore")?;
         restore::restore(&self.config, self.bin_dir.clone(), source, options).await
     }
 
     async fn drop_database(&self) -> Result<()> {
+        self.config.require_database("dropping a database")?;
         restore::drop_database(&self.config).await
     }
 }

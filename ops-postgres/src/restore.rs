@@ -948,7 +948,8 @@ async fn restore_prerequisites(
         .filter(|l| l.contains("ERROR:"))
         .partition(|l| l.contains("already exists"));
     if !real_errors.is_empty() || (!out.status.success() && existing.is_empty()) {
-        return Err(tool_failure("pg_restore", &out.status, stderr.trim())
+        return Err(config
+            .explain_auth(tool_failure("pg_restore", &out.status, stderr.trim()))
             .during("restoring the types and functions the chosen tables need"));
     }
     if !existing.is_empty() {
@@ -983,7 +984,7 @@ async fn run_pg_restore(pg_restore: &Path, config: &ConnConfig, args: Vec<OsStri
     let _ = out_task.await;
     let stderr = err_task.await.unwrap_or_default();
     if !status.success() {
-        return Err(tool_failure("pg_restore", &status, &stderr));
+        return Err(config.explain_auth(tool_failure("pg_restore", &status, &stderr)));
     }
     Ok(())
 }

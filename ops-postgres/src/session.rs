@@ -36,7 +36,7 @@ pub(crate) async fn connect(config: &ConnConfig) -> Result<Client> {
         tokio::time::timeout(config.connect_timeout, config.tokio_config().connect(tls))
             .await
             .map_err(|_| connect_timed_out(&location, config.connect_timeout))?
-            .map_err(|e| connect_error(e, &location))?;
+            .map_err(|e| config.explain_auth(connect_error(e, &location)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("PostgreSQL connection ended: {e}");
