@@ -221,6 +221,106 @@ pub(crate) fn apply_definer(sql: &str, policy: &DefinerPolicy) -> String {
     }
 }
 
+/// The account of the `DEFINER=` clause in the head of a CREATE statement as
+/// `SHOW CREATE` prints it: the user and the host, or no host for a role. `None`
+/// without a clause, or for `CURRENT_USER`.
+pub(crate) fn definer_of(sql: &str) -> Option<(String, Option<String>)> {
+    let (start, end) = definer_span(sql)?;
+    let text = &sql[start + "DEFINER=".len()..end];
+    let (user, rest) = account_part(text)?;
+    if user.eq_ignore_ascii_case("CURRENT_USER") || user.eq_ignore_ascii_case("CURRENT_USER()") {
+        return None;
+    }
+    match rest.strip_prefix('@') {
+        Some(host) => Some((user, Some(account_part(host)?.0))),
+        None => Some((user, None)),
+    }
+}
+
+/// One part of an account (quoted with backticks or quotes, or bare) and the rest.
+fn account_part(text: &str) -> Option<(String, &str)> {
+    let mut chars = text.char_indices();
+    let (_, first) = chars.next()?;
+    if !matches!(first, '`' | '\'' | '"') {
+        let end = text.find('@').unwrap_or(text.len());
+        return Some((text[..end].to_owned(), &text[end..]));
+    }
+    let mut out = String::new();
+    let mut pending_quote = false;
+    for (i, c) in chars {
+        if pending_quote {
+            if c == first {
+                out.push(c);
+                pending_quote = false;
+                continue;
+            }
+            return Some((out, &text[i..]));
+        }
+        if c == first {
+            pending_quote = true;
+        } else {
+            out.push(c);
+        }
+    }
+    pending_quote.then_some((out, ""))
+}
+
+/// `sql` without the `` `db`. `` qualifiers of names in database `db`, outside
+/// string literals: the form `SHOW CREATE VIEW` prints when it can open the view. A
+/// view whose definer does not exist cannot be opened, and the server prints the text
+/// it stored, with every column qualified by the database (`` `shop`.`t`.`c` ``),
+/// which does not resolve in a database of another name.
+pub(crate) fn unqualify(sql: &str, db: &str) -> String {
+    let qualifier = format!("{}.", quote_ident(db));
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'\'' | b'"') => {
+                // A string: to its closing quote (doubled quotes and `\` escapes stay).
+                i += 1;
+                while i < bytes.len() {
+                    let doubled = bytes[i] == q && bytes.get(i + 1) == Some(&q);
+                    if bytes[i] == b'\\' || doubled {
+                        i += 2;
+                    } else if bytes[i] == q {
+                        i += 1;
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'`' => {
+                let first_part = i == 0 || bytes[i - 1] != b'.';
+                if first_part && sql[i..].starts_with(&qualifier) {
+                    out.push_str(&sql[copied..i]);
+                    i += qualifier.len();
+                    copied = i;
+                    continue;
+                }
+                // Past this identifier (a doubled backtick is part of it).
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == b'`' && bytes.get(i + 1) == Some(&b'`') {
+                        i += 2;
+                    } else if bytes[i] == b'`' {
+                        i += 1;
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&sql[copied.min(sql.len())..]);
+    out
+}
+
 /// `user@host` → `` `user`@`host` ``; text with backticks is taken as quoted.
 fn quote_account(account: &str) -> String {
     if account.contains('`') || account.eq_ignore_ascii_case("CURRENT_USER") {
@@ -388,5 +488,52 @@ mod tests {
         );
         let none = "CREATE TABLE `t` (`DEFINER=` int)";
         assert_eq!(apply_definer(none, &DefinerPolicy::Drop), none);
+    }
+
+    #[test]
+    fn database_qualifiers_go() {
+        let view = "CREATE ALGORITHM=UNDEFINED DEFINER=`shop`@`%` SQL SECURITY DEFINER VIEW \
+                    `v` AS select `shop`.`items`.`id` AS `id`,'`shop`.x' AS `s`,\
+                    `other`.`t`.`shop` AS `o`,`a``shop`.`b` AS `b`,`shop`.`f`(1) AS `f` \
+                    from (`items` join `other`.`t`)";
+        assert_eq!(
+            unqualify(view, "shop"),
+            "CREATE ALGORITHM=UNDEFINED DEFINER=`shop`@`%` SQL SECURITY DEFINER VIEW \
+             `v` AS select `items`.`id` AS `id`,'`shop`.x' AS `s`,\
+             `other`.`t`.`shop` AS `o`,`a``shop`.`b` AS `b`,`f`(1) AS `f` \
+             from (`items` join `other`.`t`)"
+        );
+        assert_eq!(
+            unqualify("select `we``ird`.`t`.`c` from `t`", "we`ird"),
+            "select `t`.`c` from `t`"
+        );
+        assert_eq!(
+            unqualify("select 'it''s `shop`.'", "shop"),
+            "select 'it''s `shop`.'"
+        );
+    }
+
+    #[test]
+    fn definer_accounts() {
+        let view = "CREATE ALGORITHM=UNDEFINED DEFINER=`app`@`%` SQL SECURITY DEFINER VIEW `v` AS select 1";
+        assert_eq!(definer_of(view), Some(("app".into(), Some("%".into()))));
+        let proc_ = "CREATE DEFINER=`we``ird`@`local@host` PROCEDURE `p`() SELECT 1";
+        assert_eq!(
+            definer_of(proc_),
+            Some(("we`ird".into(), Some("local@host".into())))
+        );
+        let role =
+            "CREATE DEFINER=`reporting` TRIGGER `t` BEFORE INSERT ON `x` FOR EACH ROW SET @a=1";
+        assert_eq!(definer_of(role), Some(("reporting".into(), None)));
+        let quoted = "CREATE DEFINER='o''k'@'10.0.%' EVENT `e` ON SCHEDULE EVERY 1 DAY DO SELECT 1";
+        assert_eq!(
+            definer_of(quoted),
+            Some(("o'k".into(), Some("10.0.%".into())))
+        );
+        assert_eq!(
+            definer_of("CREATE DEFINER=CURRENT_USER() VIEW v AS SELECT 1"),
+            None
+        );
+        assert_eq!(definer_of("CREATE VIEW `v` AS select 1"), None);
     }
 }

@@ -193,18 +193,43 @@ pub(crate) async fn restore(
         }
     }
 
-    let result = restore_into(
-        &config, &db, &definer, binlog, &source, &specs, &selection, &pre, &post, &options,
-    )
-    .await;
+    let prepared = if options.scratch {
+        let objects: Vec<&SchemaObject> = pre
+            .iter()
+            .chain(&post)
+            .filter(|o| selection.object(o))
+            .collect();
+        prepare_definers(&mut admin, &db, &definer, &objects).await
+    } else {
+        Ok(Vec::new())
+    };
+    let result = match prepared {
+        Ok(prepared) => restore_into(
+            &config,
+            &db,
+            &header.database,
+            &definer,
+            binlog,
+            &source,
+            &specs,
+            &selection,
+            &pre,
+            &post,
+            &options,
+        )
+        .await
+        .map(|(tables, notes)| (tables, notes, prepared)),
+        Err(e) => Err(e),
+    };
     match result {
-        Ok((tables, notes)) => {
+        Ok((tables, notes, prepared)) => {
             conn::disconnect(admin).await;
             warnings.extend(notes);
             let mut report = RestoreReport::default();
             report.database = db;
             report.tables = tables;
             report.warnings = warnings;
+            report.prepared = prepared;
             Ok(report)
         }
         Err(e) => {
@@ -218,6 +243,118 @@ pub(crate) async fn restore(
             Err(e)
         }
     }
+}
+
+/// On a throwaway server (a scratch restore), creates the definers of the views,
+/// routines, triggers and events to restore that do not exist there, and returns one
+/// line per account for [`RestoreReport::prepared`].
+///
+/// Creating the accounts, rather than rewriting the `DEFINER=` clauses, restores the
+/// backup as it is: every object keeps the definer and `SQL SECURITY` it was dumped
+/// with, so `SHOW CREATE` on the throwaway server prints the source's text, and views
+/// and routines run with their definer's rights as on the source instead of failing
+/// with "the user specified as a definer does not exist". The proof is then of the
+/// backup, not of an edited copy. The accounts cannot log in (`ACCOUNT LOCK`, no
+/// password), get every privilege on the restored database only (what the objects
+/// reach there), and exist only on the throwaway server. A definer without a host is
+/// a role, and is created as one (otherwise the server would read it as `'name'@'%'`).
+async fn prepare_definers(
+    admin: &mut Conn,
+    db: &str,
+    policy: &DefinerPolicy,
+    objects: &[&SchemaObject],
+) -> Result<Vec<String>> {
+    // Per account, in first-seen order: how many objects of each kind it defines.
+    type Account = (String, Option<String>);
+    let mut accounts: Vec<(Account, BTreeMap<&'static str, usize>)> = Vec::new();
+    for o in objects {
+        let kind = match o.kind {
+            ObjectKind::View => "view",
+            ObjectKind::Function | ObjectKind::Procedure => "routine",
+            ObjectKind::Trigger => "trigger",
+            ObjectKind::Event => "event",
+            ObjectKind::Table | ObjectKind::Sequence | ObjectKind::SequenceValue => continue,
+        };
+        let Some(account) = format::definer_of(&apply_definer(&o.sql, policy)) else {
+            continue;
+        };
+        match accounts.iter_mut().find(|(a, _)| *a == account) {
+            Some((_, kinds)) => *kinds.entry(kind).or_default() += 1,
+            None => accounts.push((account, BTreeMap::from([(kind, 1)]))),
+        }
+    }
+    let mut prepared = Vec::new();
+    for ((user, host), kinds) in accounts {
+        let (what, exists_sql, create, name) = match &host {
+            Some(host) => (
+                "user",
+                format!(
+                    "SELECT COUNT(*) FROM mysql.user WHERE User = {} AND Host = {}",
+                    quote_str(&user),
+                    quote_str(host)
+                ),
+                "CREATE USER",
+                format!("{}@{}", quote_str(&user), quote_str(host)),
+            ),
+            None => (
+                "role",
+                format!(
+                    "SELECT COUNT(*) FROM mysql.user WHERE User = {} AND Host = ''",
+                    quote_str(&user)
+                ),
+                "CREATE ROLE",
+                quote_str(&user),
+            ),
+        };
+        let doing = || format!("preparing the definer {what} {name} on the throwaway server");
+        let exists = conn::query_string(admin, &exists_sql)
+            .await
+            .map_err(|e| e.during(doing()))?;
+        let grant = format!("GRANT ALL PRIVILEGES ON {}.* TO {name}", quote_ident(db));
+        let counts: Vec<String> = ["view", "routine", "trigger", "event"]
+            .iter()
+            .filter_map(|k| {
+                let n = *kinds.get(k)?;
+                Some(format!("{n} {k}{}", if n == 1 { "" } else { "s" }))
+            })
+            .collect();
+        let defines = format!("definer of {}", counts.join(", "));
+        if exists.trim() == "0" {
+            let lock = if host.is_some() { " ACCOUNT LOCK" } else { "" };
+            conn::exec(admin, &format!("{create} {name}{lock}"))
+                .await
+                .map_err(|e| e.during(doing()))?;
+            conn::exec(admin, &grant)
+                .await
+                .map_err(|e| e.during(doing()))?;
+            prepared.push(format!("{what} {name} ({defines})"));
+            continue;
+        }
+        // An account that exists (made by an earlier scratch restore into another
+        // database of the same server) gets the new database, unless it has global
+        // privileges (root and the like).
+        let grantee = format!("'{user}'@'{}'", host.as_deref().unwrap_or_default());
+        let global = conn::query_string(
+            admin,
+            &format!(
+                "SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES \
+                 WHERE GRANTEE = {} AND PRIVILEGE_TYPE <> 'USAGE'",
+                quote_str(&grantee)
+            ),
+        )
+        .await
+        .map_err(|e| e.during(doing()))?;
+        if global.trim() == "0" {
+            conn::exec(admin, &grant)
+                .await
+                .map_err(|e| e.during(doing()))?;
+            prepared.push(format!(
+                "{what} {name} existed: all privileges on {} granted ({defines})",
+                quote_ident(db)
+            ));
+        }
+    }
+    Ok(prepared)
 }
 
 /// A restore session: [`Session::Restore`], off the binary log when asked.
@@ -477,6 +614,7 @@ async fn busy_tables(admin: &mut Conn, db: &str) -> Vec<String> {
 async fn restore_into(
     config: &Arc<ConnConfig>,
     db: &str,
+    source_db: &str,
     definer: &DefinerPolicy,
     binlog: bool,
     source: &Arc<dyn StreamSource>,
@@ -505,6 +643,17 @@ async fn restore_into(
     };
     let (views, others): (Vec<_>, Vec<_>) =
         pre.into_iter().partition(|o| o.kind == ObjectKind::View);
+    // A view the source could not open (its definer missing there) was printed with
+    // every column qualified by the source database; without the qualifiers it reads
+    // as the server prints any other view, and resolves in the target database.
+    let views: Vec<SchemaObject> = views
+        .into_iter()
+        .map(|v| SchemaObject {
+            sql: format::unqualify(&v.sql, source_db),
+            ..v.clone()
+        })
+        .collect();
+    let views: Vec<&SchemaObject> = views.iter().collect();
     for o in others {
         match deferred.get(o.name.as_str()) {
             Some(d) if o.kind == ObjectKind::Table => {
