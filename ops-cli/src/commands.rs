@@ -350,6 +350,18 @@ fn summary_json(m: &Manifest, group: &ops_core::repo::BackupGroup) -> serde_json
     })
 }
 
+/// Resolves a backup selector; a miss says where to look.
+async fn pick(repo: &Repository, spec: &str, filter: &BackupFilter) -> Result<Manifest> {
+    repo.select(spec, filter).await.map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            let message = format!("{}; `dbops list` shows the backups", e.message());
+            e.with_message(message)
+        } else {
+            e
+        }
+    })
+}
+
 /// The filter the command-line flags describe.
 fn backup_filter(a: &FilterArgs) -> BackupFilter {
     let mut f = BackupFilter::default();
@@ -422,7 +434,7 @@ async fn list(cli: &Cli, a: &ListArgs) -> Result<ExitCode> {
 
 async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
     let repo = open_repo(cli).await?;
-    let m = repo.select(&a.id, &backup_filter(&a.filter)).await?;
+    let m = pick(&repo, &a.id, &backup_filter(&a.filter)).await?;
     if cli.json {
         let mut doc = serde_json::to_value(&m).map_err(|e| Error::internal(e.to_string()))?;
         if let Some(obj) = doc.as_object_mut() {
@@ -471,10 +483,7 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     let manifests = if a.all {
         repo.list_backups_matching(&filter).await?
     } else {
-        vec![
-            repo.select(a.id.as_deref().unwrap_or("latest"), &filter)
-                .await?,
-        ]
+        vec![pick(&repo, a.id.as_deref().unwrap_or("latest"), &filter).await?]
     };
     let level = if a.read_data {
         "read-data"
@@ -664,7 +673,7 @@ fn check_engine(m: &Manifest, engine: &str) -> Result<()> {
 async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     let engine = engine_for_url(&a.database)?;
     let (repo, display) = watched(cli, open_repo(cli).await?, "restore");
-    let m = repo.select(&a.id, &backup_filter(&a.filter)).await?;
+    let m = pick(&repo, &a.id, &backup_filter(&a.filter)).await?;
     check_engine(&m, engine.name())?;
     let default_schema = if m.engine == "postgresql" {
         "public".to_owned()
@@ -689,6 +698,17 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         .restore(&m, engine.as_ref(), &options)
         .await
         .map_err(|e| {
+            let e = match e.kind() {
+                // The library says what to do in its own words; here they are flags.
+                ErrorKind::TargetNotEmpty => {
+                    let message = format!(
+                        "{} (dbops: --clean replaces the content; or restore into a new database with --create)",
+                        e.message()
+                    );
+                    e.with_message(message)
+                }
+                _ => e,
+            };
             e.during(format!(
                 "restore of backup {} into {}",
                 m.id,
@@ -778,11 +798,11 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
     let manifests = if a.all {
         from.list_backups_matching(&filter).await?
     } else if a.latest || a.ids.is_empty() {
-        vec![from.select("latest", &filter).await?]
+        vec![pick(&from, "latest", &filter).await?]
     } else {
         let mut v = Vec::new();
         for id in &a.ids {
-            v.push(from.select(id, &filter).await?);
+            v.push(pick(&from, id, &filter).await?);
         }
         v
     };

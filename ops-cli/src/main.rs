@@ -8,12 +8,15 @@ mod output;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 
 use ops_core::ErrorKind;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     output::init_logging(cli.verbose, cli.json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -51,4 +54,35 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Authentication => 7,
         _ => 1,
     }
+}
+
+/// A command line clap refused: its own text, and with `--json` also the JSON error
+/// document, so that a script reading stdout always gets one. Help and version go to
+/// stdout as usual.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    if matches!(
+        e.kind(),
+        Clap::DisplayHelp | Clap::DisplayVersion | Clap::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if std::env::args().skip(1).any(|a| a == "--json") {
+        // clap's text up to its usage block, on one line.
+        let text = e.to_string();
+        let message = text
+            .lines()
+            .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+            .map(|l| l.trim().trim_start_matches("error: "))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let doc = serde_json::json!({
+            "ok": false,
+            "error": { "kind": ErrorKind::InvalidInput.as_str(), "message": message, "context": {} },
+        });
+        println!("{doc}");
+    }
+    let _ = e.print();
+    ExitCode::from(2)
 }

@@ -454,3 +454,39 @@ async fn forget_explains_every_decision_and_prune_keeps_what_is_kept() {
     ctx.run(&["restore", &ids[0], &pg.url_for("first"), "--create"])
         .ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_errors_name_the_bucket_the_endpoint_and_the_fix() {
+    let server = S3TestServer::start().expect("start the S3 test server");
+    let ctx = Ctx::new();
+    let missing = server.url("no-such-bucket-here");
+    for args in [&["init", "--kdf-memory-mib", "8"][..], &["list"][..]] {
+        let r = with_s3(&ctx, &server, &missing, args);
+        assert_ne!(r.code, 0);
+        assert!(
+            r.stderr.contains("no-such-bucket-here")
+                && r.stderr.contains(&server.endpoint())
+                && r.stderr.contains("does not exist"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("<?xml") && !r.stderr.contains("<Error>"),
+            "{}",
+            r.stderr
+        );
+    }
+    // A plain-HTTP endpoint without the opt-in: what is wrong and what to do.
+    let mut c = ctx.command(&["list"]);
+    c.envs(server.env())
+        .env("DBOPS_REPO", server.url("dbops-test"))
+        .env_remove("AWS_ALLOW_HTTP");
+    let o = c.output().expect("run dbops");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("AWS_ALLOW_HTTP") && stderr.contains(&server.endpoint()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("builder error"), "{stderr}");
+}

@@ -56,14 +56,65 @@ pub(crate) fn from_store(
         ),
         _ => classify_chain(&err),
     };
+    let text = err.to_string();
     let mut out = Error::new(kind, format!("{doing} failed: {what}"))
         .with_context("object", key)
-        .with_context("target", location)
-        .with_source(err);
+        .with_context("target", location);
+    // An S3 error page is XML: keep its code and message, not the page.
+    out = match s3_error_page(&text) {
+        Some((code, message)) => {
+            let endpoint = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|e| !e.is_empty()))
+                .unwrap_or_else(|| "AWS S3 (no AWS_ENDPOINT_URL set)".to_owned());
+            let hint = match code.as_str() {
+                "NoSuchBucket" => format!(
+                    "; the bucket of {location} does not exist at {endpoint}: create it, or check the bucket name, AWS_REGION and AWS_ENDPOINT_URL"
+                ),
+                "InvalidAccessKeyId" | "SignatureDoesNotMatch" => format!(
+                    "; {endpoint} does not accept these credentials: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                ),
+                "AccessDenied" => format!(
+                    "; {endpoint} denies this to these credentials: check the bucket policy and the key's rights"
+                ),
+                _ => format!(" (endpoint {endpoint})"),
+            };
+            let kind = if code == "NoSuchBucket" {
+                ErrorKind::NotFound
+            } else {
+                out.kind()
+            };
+            let mut e = Error::new(
+                kind,
+                format!("{doing} failed: S3 error {code}: {message}{hint}"),
+            )
+            .with_context("object", key)
+            .with_context("target", location)
+            .with_context("s3_code", &code);
+            // ops-core's open tells "no repository here" from "no store here" by this.
+            if code == "NoSuchBucket" {
+                e = e.with_context("store_missing", "bucket");
+            }
+            e
+        }
+        None => out.with_source(err),
+    };
     if temporary {
         out = out.temporary();
     }
     out
+}
+
+/// The `<Code>` and `<Message>` of an S3 XML error page inside an error's text.
+fn s3_error_page(text: &str) -> Option<(String, String)> {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(text[start..end].trim().to_owned())
+    };
+    let code = tag("Code")?;
+    Some((code, tag("Message").unwrap_or_default()))
 }
 
 /// S3 error codes of a 409 that means "a conflicting request is in progress, try

@@ -367,8 +367,29 @@ fn http_retry(max_retries: usize) -> object_store::RetryConfig {
     }
 }
 
+/// The S3 endpoint in force: the option, else `AWS_ENDPOINT_URL` / `AWS_ENDPOINT`.
+pub(crate) fn s3_endpoint(options: &TargetOptions) -> Option<String> {
+    options.endpoint.clone().or_else(|| {
+        ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|e| !e.is_empty()))
+    })
+}
+
 fn s3(bucket: &str, options: &TargetOptions) -> Result<Stores> {
     use object_store::aws::AmazonS3Builder;
+    // object_store refuses a plain-HTTP endpoint only when the first request is sent,
+    // as "HTTP error: builder error": say what is wrong and what to do, up front.
+    if let Some(endpoint) = s3_endpoint(options).filter(|e| e.starts_with("http://")) {
+        let allowed = options.allow_http.unwrap_or_else(|| {
+            std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        });
+        if !allowed {
+            return Err(Error::invalid(format!(
+                "the S3 endpoint {endpoint} for bucket {bucket} is plain HTTP, which is refused unless allowed: use https://, or set AWS_ALLOW_HTTP=true for a store on a trusted network (a MinIO on this host)"
+            )));
+        }
+    }
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     if let Some(client) = client_options(options, "AWS_")? {
         builder = builder.with_client_options(client);

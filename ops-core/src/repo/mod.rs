@@ -277,6 +277,14 @@ impl Repository {
     pub async fn open(target: Arc<dyn BackupTarget>, password: Option<&Secret>) -> Result<Self> {
         let config_bytes = match read_object(target.as_ref(), CONFIG_KEY).await {
             Ok(b) => b,
+            Err(e)
+                if e.kind() == ErrorKind::NotFound
+                    && e.context_value("store_missing").is_some() =>
+            {
+                // The store itself is missing (an S3 bucket, as the target marks it):
+                // its own words say which and what to do.
+                return Err(Error::new(ErrorKind::NotInitialized, e.to_string()));
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(Error::new(
                     ErrorKind::NotInitialized,
