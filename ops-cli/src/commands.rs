@@ -178,9 +178,31 @@ fn read_password(file: Option<&std::path::Path>, env: &str) -> Result<Option<Sec
 }
 
 async fn open_repo(cli: &Cli) -> Result<Repository> {
-    let target = open_target(&repo_url(cli)?, &TargetOptions::default())?;
-    let repo = Repository::open(target, password(cli)?.as_ref()).await?;
+    let url = repo_url(cli)?;
+    let target = open_target(&url, &TargetOptions::default())?;
+    let repo = Repository::open(target, password(cli)?.as_ref())
+        .await
+        .map_err(|e| with_cli_hint(e, &url))?;
     Ok(with_cache(cli, repo))
+}
+
+/// Adds what to do in this CLI's words to a library error about opening a repository.
+fn with_cli_hint(e: Error, url: &str) -> Error {
+    let hint = match e.kind() {
+        ErrorKind::NotInitialized if e.context_value("store_missing").is_none() => {
+            format!(
+                "dbops --repo {} init creates one",
+                ops_core::redact_url(url)
+            )
+        }
+        ErrorKind::WrongPassword => {
+            "set DBOPS_PASSWORD or pass --password-file FILE (or run on a terminal to be asked)"
+                .to_owned()
+        }
+        _ => return e,
+    };
+    let message = format!("{}; {hint}", e.message());
+    e.with_message(message)
 }
 
 /// Attaches a progress display to `repo` for a long operation (only on a terminal,
@@ -207,7 +229,15 @@ fn with_cache(cli: &Cli, repo: Repository) -> Repository {
     if cli.no_cache {
         return repo;
     }
-    match cli.cache_dir.clone().or_else(Repository::default_cache_dir) {
+    let from_env = std::env::var_os("DBOPS_CACHE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
+    match cli
+        .cache_dir
+        .clone()
+        .or(from_env)
+        .or_else(Repository::default_cache_dir)
+    {
         Some(dir) => repo.with_cache_dir(dir),
         None => repo,
     }
@@ -780,7 +810,7 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
     let from_password = read_password(a.from_password_file.as_deref(), "DBOPS_FROM_PASSWORD")?;
     let from = Repository::open(from_target, from_password.as_ref())
         .await
-        .map_err(|e| e.during("opening the source repository (--from)"))?;
+        .map_err(|e| with_cli_hint(e, &a.from).during("opening the source repository (--from)"))?;
     let from = with_cache(cli, from);
     let to_url = match &a.to {
         Some(u) => u.clone(),

@@ -325,7 +325,10 @@ async fn wrong_or_missing_password_is_refused_up_front() {
         .await
         .expect_err("missing");
     assert_eq!(missing.kind(), ErrorKind::WrongPassword);
-    assert!(missing.to_string().contains("DBOPS_PASSWORD"));
+    assert!(
+        missing.to_string().contains("no password was given"),
+        "{missing}"
+    );
     Repository::open(target, Some(&Secret::new("pw")))
         .await
         .expect("right password");
@@ -339,7 +342,7 @@ async fn uninitialised_and_unknown_versions_are_clear() {
         .expect_err("empty");
     assert_eq!(err.kind(), ErrorKind::NotInitialized);
     assert!(
-        err.to_string().contains("dbops") && err.to_string().contains("init"),
+        err.to_string().contains("no dbops repository") && err.to_string().contains("create one"),
         "{err}"
     );
     target

@@ -195,17 +195,24 @@ impl LockGuard {
             if kind == LockKind::Exclusive || other.info.kind == LockKind::Exclusive {
                 let location = target.location();
                 let _ = guard.release().await;
+                // Temporary: the holder ends, so a caller that retries (or waits, see
+                // Repository::with_lock_wait) gets through.
                 return Err(Error::new(
                     ErrorKind::Locked,
                     format!(
-                        "the repository at {location} is locked by a {} on {} (pid {}) since {}; try again when it ends. A lock not refreshed for {} minutes is stale and ignored; `dbops unlock` removes stale locks",
+                        "the repository at {location} is locked by a {} on {} (pid {}) since {}; try again when it ends, or wait for it. A lock not refreshed for {} minutes, or whose process on its host is gone, is stale and ignored (Repository::unlock removes stale locks)",
                         other.info.purpose,
                         other.info.host,
                         other.info.pid,
                         other.info.created.format("%Y-%m-%d %H:%M:%S UTC"),
                         STALE_AFTER.as_secs() / 60
                     ),
-                ));
+                )
+                .temporary()
+                .with_context("holder", &other.info.purpose)
+                .with_context("holder_host", &other.info.host)
+                .with_context("holder_pid", other.info.pid)
+                .with_context("since", other.info.created.to_rfc3339()));
             }
         }
         let refresh_target = Arc::clone(&target);
@@ -259,7 +266,7 @@ impl LockGuard {
         if self.target.head(&self.key).await?.is_none() {
             return Err(Error::new(
                 ErrorKind::Locked,
-                "this process's repository lock was removed (by `dbops unlock` or a prune that judged it stale); stopping without recording anything",
+                "this process's repository lock was removed (by an unlock, or a prune that judged it stale); stopping without recording anything",
             ));
         }
         Ok(())

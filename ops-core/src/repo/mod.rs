@@ -182,7 +182,7 @@ impl Repository {
         let encrypted = matches!(options.encryption, Encryption::Password(_));
         if !encrypted && target.is_remote() && !options.allow_unencrypted_remote {
             return Err(Error::invalid(format!(
-                "refusing to create an unencrypted repository on the remote target {}: data would leave this machine in the clear; set a password (DBOPS_PASSWORD or --password-file), or pass --no-encryption to accept it",
+                "refusing to create an unencrypted repository on the remote target {}: data would leave this machine in the clear; give a password (Encryption::Password), or accept it explicitly (InitOptions::with_allow_unencrypted_remote)",
                 target.location()
             )));
         }
@@ -289,8 +289,7 @@ impl Repository {
                 return Err(Error::new(
                     ErrorKind::NotInitialized,
                     format!(
-                        "there is no dbops repository at {}; create one with `dbops --repo {} init`",
-                        target.location(),
+                        "there is no dbops repository at {}; create one first",
                         target.location()
                     ),
                 ));
@@ -317,7 +316,7 @@ impl Repository {
                     Error::new(
                         ErrorKind::WrongPassword,
                         format!(
-                            "the repository at {} is encrypted and no password was given: set DBOPS_PASSWORD or pass --password-file FILE",
+                            "the repository at {} is encrypted and no password was given: give its password",
                             target.location()
                         ),
                     )
@@ -418,13 +417,12 @@ impl Repository {
         }
     }
 
-    /// The usual cache root: `DBOPS_CACHE_DIR`, else `$XDG_CACHE_HOME/dbops`, else
-    /// `$HOME/.cache/dbops`; `None` when none of them is set.
+    /// The usual cache root: `$XDG_CACHE_HOME/dbops`, else `$HOME/.cache/dbops`; `None`
+    /// when neither is set.
     pub fn default_cache_dir() -> Option<PathBuf> {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        var("DBOPS_CACHE_DIR")
-            .map(PathBuf::from)
-            .or_else(|| var("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("dbops")))
+        var("XDG_CACHE_HOME")
+            .map(|d| PathBuf::from(d).join("dbops"))
             .or_else(|| var("HOME").map(|d| PathBuf::from(d).join(".cache").join("dbops")))
     }
 
@@ -688,7 +686,7 @@ impl Repository {
             Err(_) => match self.target.delete(&key).await {
                 Ok(()) => Err(put_error),
                 Err(_) => Err(put_error.with_message(format!(
-                    "storing the manifest {key} failed and its state is unknown; `dbops list` shows whether backup {} exists",
+                    "storing the manifest {key} failed and its state is unknown; the list of backups shows whether backup {} exists",
                     manifest.id
                 ))),
             },
@@ -754,7 +752,7 @@ async fn unlock(target: &dyn BackupTarget, password: &Secret) -> Result<Keys> {
     Err(Error::new(
         ErrorKind::WrongPassword,
         format!(
-            "the password does not open the repository at {}: check DBOPS_PASSWORD or --password-file",
+            "the password does not open the repository at {}: check that it is this repository's password",
             target.location()
         ),
     ))

@@ -96,7 +96,7 @@ impl RepoSource {
     fn locate(&self, id: &ChunkId) -> Result<Location> {
         self.index.get(id)?.ok_or_else(|| {
             Error::corrupt(format!(
-                "chunk {id} is not in the repository's index: the repository is damaged (run `dbops verify`)"
+                "chunk {id} is not in the repository's index: the repository is damaged (verify it to see what else is)"
             ))
             .with_context("chunk", id.hex())
         })
