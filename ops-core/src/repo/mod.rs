@@ -39,12 +39,13 @@ pub use group::{
 };
 pub use health::LastBackupAge;
 pub use keys::KeyInfo;
-pub use lock::{
-    LockEntry, LockGuard, LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision, list_locks,
-};
+pub(crate) use lock::LockGuard;
+pub use lock::{LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision};
 pub use maintain::{ForgetOptions, ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{BackupStats, Manifest, StreamRecord};
-pub use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
+// Pack and index-file layouts are the format's business, not an embedder's: a program
+// reads and writes backups through the Repository only (docs/FORMAT.md describes them).
+pub(crate) use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
 pub use progress::Progress;
 pub use source::RepoSource;
 pub use verify::{Problem, RestoreCheck, VerifyOptions, VerifyReport};
@@ -134,7 +135,52 @@ impl InitOptions {
     }
 }
 
-/// An open repository.
+/// A backup repository: the front door for everything dbops does with backups.
+///
+/// Open one on any [`BackupTarget`] (a directory, S3, memory: see the `ops-storage`
+/// crate, or the `dbops` facade's `target(url)`), then:
+///
+/// | to | call |
+/// |---|---|
+/// | create / open | [`Repository::init`], [`Repository::open`] (+ [`Repository::with_cache_dir`], [`Repository::with_lock_wait`], [`Repository::with_progress`]) |
+/// | back up a database | [`Repository::backup`] with any [`crate::DatabaseEngine`] |
+/// | list, choose | [`Repository::list_backups`], [`Repository::list_backups_matching`], [`Repository::select`] (`latest`, `latest:DB`, ids) |
+/// | restore | [`Repository::restore`] |
+/// | prove | [`Repository::verify`] (structure, every byte), [`Repository::verify_restore`] (restore and compare every table) |
+/// | keep | [`Repository::forget`] with a [`crate::RetentionPolicy`] such as [`crate::retention::KeepRules`], per group; [`Repository::prune`] |
+/// | copy offsite | [`Repository::copy_backup`] |
+/// | passwords, locks | [`Repository::add_key`], [`Repository::list_keys`], [`Repository::remove_key`], [`Repository::change_password`], [`Repository::unlock`] |
+///
+/// Clones share the target and keys; a clone is cheap and can move to another task.
+/// The whole job with a real database is the `dbops` facade crate's first example
+/// and `examples/quickstart.rs`; without one:
+///
+/// ```
+/// # async fn demo() -> ops_core::Result<()> {
+/// use std::sync::Arc;
+/// use ops_core::repo::{Encryption, ForgetOptions, InitOptions, KdfParams, Repository};
+/// use ops_core::retention::KeepRules;
+/// use ops_core::Secret;
+///
+/// let target = ops_storage::open_target("memory://", &Default::default())?;
+/// let password = Secret::new("correct horse battery staple");
+/// let options = InitOptions::new(Encryption::Password(password.clone()))
+///     .with_kdf(KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 });
+/// Repository::init(Arc::clone(&target), options).await?;
+///
+/// let repo = Repository::open(target, Some(&password))
+///     .await?
+///     .with_lock_wait(std::time::Duration::from_secs(600));
+/// assert!(repo.list_backups().await?.is_empty());
+/// let rules = KeepRules::default().with_daily(7).with_weekly(4);
+/// let report = repo
+///     .forget(&rules, chrono::Utc::now(), &ForgetOptions::default().with_dry_run(true))
+///     .await?;
+/// assert!(report.groups.is_empty());
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new().expect("runtime").block_on(demo()).expect("demo");
+/// ```
 #[derive(Clone, Debug)]
 pub struct Repository {
     target: Arc<dyn BackupTarget>,
@@ -650,7 +696,7 @@ impl Repository {
     /// # Errors
     /// Storage errors.
     #[cfg(feature = "testkit")]
-    pub async fn write_index_file(&self, file: &IndexFile) -> Result<String> {
+    pub(crate) async fn write_index_file(&self, file: &IndexFile) -> Result<String> {
         self.write_index(file).await
     }
 
