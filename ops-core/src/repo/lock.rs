@@ -341,7 +341,9 @@ pub struct UnlockDecision {
 
 impl super::Repository {
     /// Removes stale locks (every lock with `all`), each with the reason; live locks
-    /// are kept and reported with why. Staleness: see [`LockEntry::stale_reason`].
+    /// are kept and reported with why. A lock is stale when its process on this host
+    /// is gone (pid and start time), or when it was not refreshed for
+    /// [`STALE_AFTER`] by the store's clock.
     ///
     /// # Errors
     /// Storage errors.
