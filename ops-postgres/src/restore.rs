@@ -1171,7 +1171,8 @@ pub(crate) async fn create_database(config: &ConnConfig) -> Result<()> {
             ErrorKind::AlreadyExists,
             format!(
                 "database {} already exists: choose another name, drop it, or restore into \
-                 it without --create (with --clean to replace its content)",
+                 it without creating it (RestoreOptions::create off; with \
+                 RestoreOptions::clean to replace its content)",
                 config.dbname
             ),
         ));

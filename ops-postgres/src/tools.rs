@@ -25,7 +25,8 @@ fn missing(program: &str, searched: &str) -> Error {
         ErrorKind::MissingTool,
         format!(
             "{program} not found ({searched}): install it with `apt-get install {}` \
-             (Debian/Ubuntu), or point DBOPS_PG_BINDIR at the directory holding it",
+             (Debian/Ubuntu), or give the directory holding it \
+             (PostgresEngine::with_bin_dir, or the DBOPS_PG_BINDIR environment variable)",
             package_for(program)
         ),
     )
@@ -161,7 +162,8 @@ pub(crate) fn check_client_version(tool: &str, tool_major: u32, server_major: u3
             format!(
                 "{tool} {tool_major} is older than the server {server_major}: install \
                  postgresql-client-{server_major} (`apt-get install \
-                 postgresql-client-{server_major}`) or point DBOPS_PG_BINDIR at its bin directory"
+                 postgresql-client-{server_major}`) or give its bin directory \
+                 (PostgresEngine::with_bin_dir, or the DBOPS_PG_BINDIR environment variable)"
             ),
         ));
     }
