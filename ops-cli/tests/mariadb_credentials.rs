@@ -166,7 +166,7 @@ fn command(ctx: &Ctx, home: &Path, args: &[&str]) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_passwords_stay_off_command_lines() {
     let server = EphemeralMariaDb::start().await.expect("start mariadb");
-    server.execute(SCHEMA).await.expect("schema");
+    server.execute("", SCHEMA).await.expect("schema");
     let port = server.port();
     let ctx = Ctx::new();
     ctx.init();

@@ -2,6 +2,7 @@
 
 pub mod digest;
 pub mod engine;
+pub mod ephemeral;
 pub mod error;
 pub mod health;
 pub mod repo;
@@ -15,11 +16,19 @@ pub use engine::{
     DatabaseEngine, DumpOptions, DumpReport, DumpSink, RestoreOptions, RestoreReport, ServerInfo,
     StreamRole, StreamSource, StreamSpec, StreamSummary, StreamWriter, TableInfo, TableRef,
 };
+pub use ephemeral::EphemeralServer;
 pub use error::{Error, ErrorKind, ErrorStatus, Result};
 pub use health::{HealthCheck, HealthReport, HealthStatus};
 pub use retention::{BackupSummary, RetentionDecision, RetentionPolicy};
 pub use secret::{Secret, redact_url};
 pub use target::{BackupTarget, ByteStream, ObjectMeta, ObjectStream, PutOutcome};
+
+// Third-party crates whose types appear in the public API (timestamps, byte buffers,
+// streams, the async traits' macro), so that users name exactly the versions we use.
+pub use async_trait;
+pub use bytes;
+pub use chrono;
+pub use futures;
 
 /// The dbops version, recorded in every manifest.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

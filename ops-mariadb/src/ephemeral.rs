@@ -13,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
+use ops_core::ephemeral::EphemeralServer;
 use ops_core::{Error, ErrorKind, Result};
 
 /// The Debian package that holds the server binaries.
@@ -231,21 +233,24 @@ impl EphemeralMariaDb {
     /// Makes root usable from any loopback address, as the docs promise.
     async fn prepare_accounts(&self) -> Result<()> {
         self.execute(
+            "",
             "CREATE USER IF NOT EXISTS 'root'@'%' IDENTIFIED BY ''; \
              GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION",
         )
         .await
     }
 
-    /// Runs SQL (several statements allowed) as root, with no default database.
+    /// Runs SQL (several statements allowed) as root with `db` as the default
+    /// database; an empty `db` means none.
     ///
     /// # Errors
     /// Connection and database errors.
-    pub async fn execute(&self, sql: &str) -> Result<()> {
+    pub async fn execute(&self, db: &str, sql: &str) -> Result<()> {
         let opts = mysql_async::OptsBuilder::default()
             .ip_or_hostname("127.0.0.1")
             .tcp_port(self.port)
             .user(Some("root"))
+            .db_name((!db.is_empty()).then_some(db))
             .prefer_socket(false);
         let mut conn = mysql_async::Conn::new(opts)
             .await
@@ -253,6 +258,18 @@ impl EphemeralMariaDb {
         conn.query_drop(sql).await.map_err(crate::error::db_error)?;
         let _ = conn.disconnect().await;
         Ok(())
+    }
+
+    /// Creates database `name` (the server's default character set, utf8mb4).
+    ///
+    /// # Errors
+    /// Connection and database errors, e.g. when it exists.
+    pub async fn create_database(&self, name: &str) -> Result<()> {
+        self.execute(
+            "",
+            &format!("CREATE DATABASE {}", crate::format::quote_ident(name)),
+        )
+        .await
     }
 
     /// The server URL without a database: `mariadb://root@127.0.0.1:PORT/?password=`.
@@ -305,6 +322,36 @@ impl EphemeralMariaDb {
         if let Some(mut child) = self.child.take() {
             stop(&mut child);
         }
+    }
+}
+
+/// The engine-neutral shape (for callers that pick the engine at run time); every
+/// method is the inherent one of the same name.
+#[deny(clippy::missing_trait_methods)]
+#[async_trait]
+impl EphemeralServer for EphemeralMariaDb {
+    fn engine(&self) -> &'static str {
+        "mariadb"
+    }
+
+    fn url(&self) -> String {
+        EphemeralMariaDb::url(self)
+    }
+
+    fn url_for(&self, db: &str) -> String {
+        EphemeralMariaDb::url_for(self, db)
+    }
+
+    fn port(&self) -> u16 {
+        EphemeralMariaDb::port(self)
+    }
+
+    async fn create_database(&self, name: &str) -> Result<()> {
+        EphemeralMariaDb::create_database(self, name).await
+    }
+
+    async fn execute(&self, db: &str, sql: &str) -> Result<()> {
+        EphemeralMariaDb::execute(self, db, sql).await
     }
 }
 

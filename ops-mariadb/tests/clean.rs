@@ -56,7 +56,7 @@ async fn count(server: &EphemeralMariaDb, db: &str, table: &str) -> u64 {
 }
 
 async fn source_and_dump(server: &EphemeralMariaDb) -> std::sync::Arc<dyn ops_core::StreamSource> {
-    server.execute("CREATE DATABASE src").await.unwrap();
+    server.execute("", "CREATE DATABASE src").await.unwrap();
     common::exec(server, "src", SOURCE).await;
     let source = MariaDbEngine::new(&server.url_for("src")).unwrap();
     let (dump, _) = dump_to_memory(&source, &DumpOptions::default()).await;
@@ -71,7 +71,7 @@ async fn clean_leaves_exactly_what_the_backup_holds() {
     // The target: a table of the backup's name but another shape, and objects of
     // every kind the backup lacks; extra tables with foreign keys between them and to
     // a table of the backup's name; a trigger on that table.
-    server.execute("CREATE DATABASE tgt").await.unwrap();
+    server.execute("", "CREATE DATABASE tgt").await.unwrap();
     common::exec(
         &server,
         "tgt",
@@ -181,7 +181,7 @@ async fn clean_leaves_exactly_what_the_backup_holds() {
 async fn clean_stops_with_nothing_dropped() {
     let server = common::server().await;
     let dump = source_and_dump(&server).await;
-    server.execute("CREATE DATABASE tgt").await.unwrap();
+    server.execute("", "CREATE DATABASE tgt").await.unwrap();
     common::exec(
         &server,
         "tgt",
@@ -195,7 +195,7 @@ async fn clean_stops_with_nothing_dropped() {
     let clean = RestoreOptions::default().with_clean(true);
 
     // A table of another database references one of the target's.
-    server.execute("CREATE DATABASE other").await.unwrap();
+    server.execute("", "CREATE DATABASE other").await.unwrap();
     common::exec(
         &server,
         "other",
@@ -217,7 +217,7 @@ async fn clean_stops_with_nothing_dropped() {
         before,
         "something was dropped"
     );
-    server.execute("DROP DATABASE other").await.unwrap();
+    server.execute("", "DROP DATABASE other").await.unwrap();
 
     // An application reads the extra table in an open transaction.
     let mut app = common::connect(&server, "tgt").await;
@@ -264,7 +264,7 @@ async fn clean_stops_with_nothing_dropped() {
 async fn table_clean_keeps_unrelated_objects() {
     let server = common::server().await;
     let dump = source_and_dump(&server).await;
-    server.execute("CREATE DATABASE tgt").await.unwrap();
+    server.execute("", "CREATE DATABASE tgt").await.unwrap();
     common::exec(
         &server,
         "tgt",

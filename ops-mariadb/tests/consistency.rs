@@ -19,7 +19,7 @@ const START_BALANCE: u64 = 1_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dump_under_concurrent_transfers_is_consistent() {
     let server = common::server().await;
-    server.execute("CREATE DATABASE bank").await.unwrap();
+    server.execute("", "CREATE DATABASE bank").await.unwrap();
     common::exec(
         &server,
         "bank",

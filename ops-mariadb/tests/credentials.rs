@@ -22,6 +22,7 @@ async fn passwords_from_files_and_refusals() {
     let server = common::server().await;
     server
         .execute(
+            "",
             "CREATE DATABASE shop; CREATE TABLE shop.items (id int PRIMARY KEY); \
              INSERT INTO shop.items VALUES (1), (2); \
              CREATE USER 'app'@'%' IDENTIFIED BY 'Right#Pass word'; \

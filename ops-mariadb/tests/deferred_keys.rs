@@ -154,7 +154,7 @@ async fn binlog_position(server: &ops_mariadb::ephemeral::EphemeralMariaDb) -> (
 async fn deferred_keys_restore_the_exact_schema() {
     let server = common::server().await;
     server
-        .execute("CREATE DATABASE dk")
+        .execute("", "CREATE DATABASE dk")
         .await
         .expect("create db");
     common::exec(&server, "dk", SCHEMA).await;
@@ -234,7 +234,10 @@ async fn deferred_keys_restore_the_exact_schema() {
 
     // A table filter: the child's foreign keys are added although its parent is not
     // restored (foreign_key_checks is off).
-    server.execute("CREATE DATABASE dk_child").await.unwrap();
+    server
+        .execute("", "CREATE DATABASE dk_child")
+        .await
+        .unwrap();
     source
         .with_database("dk_child")
         .restore(
@@ -294,7 +297,10 @@ async fn deferred_keys_restore_the_exact_schema() {
 
     // ... and it needs the privilege to turn the binlog off.
     server
-        .execute("CREATE USER plain@'%' IDENTIFIED BY 'pw'; GRANT ALL ON `dk_plain`.* TO plain@'%'")
+        .execute(
+            "",
+            "CREATE USER plain@'%' IDENTIFIED BY 'pw'; GRANT ALL ON `dk_plain`.* TO plain@'%'",
+        )
         .await
         .unwrap();
     let plain = MariaDbEngine::new(&format!(

@@ -20,7 +20,7 @@ use ops_mariadb::ephemeral::EphemeralMariaDb;
 
 async fn server_with_data(rows: u64) -> EphemeralMariaDb {
     let server = common::server().await;
-    server.execute("CREATE DATABASE shop").await.unwrap();
+    server.execute("", "CREATE DATABASE shop").await.unwrap();
     common::exec(
         &server,
         "shop",
@@ -53,6 +53,7 @@ async fn privileges_passwords_and_targets() {
     let server = server_with_data(100).await;
     server
         .execute(
+            "",
             "CREATE USER 'reader'@'%' IDENTIFIED BY 'right-password'; \
              GRANT SELECT, SHOW VIEW, TRIGGER, EVENT ON shop.* TO 'reader'@'%'; \
              CREATE USER 'nobody_here'@'%' IDENTIFIED BY 'pw2';",

@@ -79,7 +79,7 @@ impl StreamSource for Tampered {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_columns_round_trip() {
     let server = common::server().await;
-    server.execute("CREATE DATABASE gen").await.unwrap();
+    server.execute("", "CREATE DATABASE gen").await.unwrap();
     common::exec(&server, "gen", SCHEMA).await;
     let source = MariaDbEngine::new(&server.url_for("gen")).unwrap();
 

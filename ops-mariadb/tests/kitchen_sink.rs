@@ -15,7 +15,10 @@ use ops_mariadb::{DefinerPolicy, MariaDbEngine};
 async fn kitchen_sink_round_trip() {
     let server = common::server().await;
     server
-        .execute("CREATE DATABASE kitchen CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+        .execute(
+            "",
+            "CREATE DATABASE kitchen CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+        )
         .await
         .expect("create db");
     common::mariadb_cli(
@@ -150,7 +153,7 @@ async fn kitchen_sink_round_trip() {
 
     // A table filter restores just that table (with its triggers) into another database.
     server
-        .execute("CREATE DATABASE only_audited")
+        .execute("", "CREATE DATABASE only_audited")
         .await
         .unwrap();
     let only = source

@@ -127,7 +127,7 @@ fn random_rows_survive_the_round_trip() {
                 let src = format!("prop_src_{case}");
                 let dst = format!("prop_dst_{case}");
                 server
-                    .execute(&format!("CREATE DATABASE {src}"))
+                    .execute("", &format!("CREATE DATABASE {src}"))
                     .await
                     .unwrap();
                 let mut c = common::connect(&server, &src).await;
@@ -174,7 +174,7 @@ fn random_rows_survive_the_round_trip() {
                 assert_eq!(a, b, "rows differ after the round trip: {rows:?}");
                 assert_eq!(a["t"].0, rows.len() as u64);
                 server
-                    .execute(&format!("DROP DATABASE {src}; DROP DATABASE {dst}"))
+                    .execute("", &format!("DROP DATABASE {src}; DROP DATABASE {dst}"))
                     .await
                     .unwrap();
             });

@@ -40,7 +40,7 @@ DROP ROLE reporting;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scratch_restores_create_missing_definers() {
     let server = common::server().await;
-    server.execute("CREATE DATABASE shop").await.unwrap();
+    server.execute("", "CREATE DATABASE shop").await.unwrap();
     common::exec(&server, "shop", SCHEMA).await;
     let source = MariaDbEngine::new(&server.url_for("shop")).unwrap();
     let (dump, _) = dump_to_memory(&source, &DumpOptions::default()).await;

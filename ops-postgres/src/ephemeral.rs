@@ -19,8 +19,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::{Gid, Pid, Uid};
+use ops_core::ephemeral::EphemeralServer;
 use ops_core::{Error, ErrorKind, Result, Secret};
 
 use crate::PostgresEngine;
@@ -445,6 +447,36 @@ impl EphemeralPostgres {
                 .map_err(|e| Error::io("removing the server directory", e))?;
         }
         Ok(())
+    }
+}
+
+/// The engine-neutral shape (for callers that pick the engine at run time); every
+/// method is the inherent one of the same name.
+#[deny(clippy::missing_trait_methods)]
+#[async_trait]
+impl EphemeralServer for EphemeralPostgres {
+    fn engine(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn url(&self) -> String {
+        EphemeralPostgres::url(self)
+    }
+
+    fn url_for(&self, db: &str) -> String {
+        EphemeralPostgres::url_for(self, db)
+    }
+
+    fn port(&self) -> u16 {
+        EphemeralPostgres::port(self)
+    }
+
+    async fn create_database(&self, name: &str) -> Result<()> {
+        EphemeralPostgres::create_database(self, name).await
+    }
+
+    async fn execute(&self, db: &str, sql: &str) -> Result<()> {
+        EphemeralPostgres::execute(self, db, sql).await
     }
 }
 
