@@ -1,0 +1,154 @@
+#![doc = include_str!("../README.md")]
+
+// What lives here: re-exports, and the glue that picks an adapter from a URL or an
+// engine name at run time. Nothing else: logic belongs in ops-core or an adapter, and
+// words that name the command-line tool's flags or commands belong in ops-cli.
+
+use std::sync::Arc;
+
+pub use ops_core::repo::{
+    BackupFilter, BackupGroup, BackupOptions, BackupStats, ChunkerParams, Encryption,
+    ForgetOptions, ForgetReport, GroupBy, GroupDecisions, InitOptions, KdfParams, LastBackupAge,
+    Manifest, Problem, Progress, PruneOptions, PruneReport, Repository, RestoreCheck, StreamRecord,
+    VerifyOptions, VerifyReport,
+};
+pub use ops_core::retention::KeepRules;
+pub use ops_core::{
+    BackupSummary, BackupTarget, ByteStream, DatabaseEngine, DumpOptions, DumpReport, DumpSink,
+    EphemeralServer, Error, ErrorKind, ErrorStatus, HealthCheck, HealthReport, HealthStatus,
+    ObjectMeta, ObjectStream, PutOutcome, RestoreOptions, RestoreReport, Result, RetentionDecision,
+    RetentionPolicy, Secret, ServerInfo, StreamRole, StreamSource, StreamSpec, StreamSummary,
+    StreamWriter, TableInfo, TableRef, VERSION, redact_url,
+};
+pub use ops_storage::TargetOptions;
+
+// The rest of ops-core, by module, for what the root leaves out.
+#[cfg(feature = "testkit")]
+pub use ops_core::testkit;
+pub use ops_core::{digest, health, repo, retention, secret};
+
+/// The PostgreSQL engine, its throwaway server and its health checks (`ops-postgres`).
+pub use ops_postgres as postgres;
+
+/// The MariaDB (and MySQL) engine, its throwaway server and its health checks
+/// (`ops-mariadb`).
+pub use ops_mariadb as mariadb;
+
+/// Storage targets: local directory, memory, S3 (GCS and Azure behind features),
+/// retries and fault injection (`ops-storage`).
+pub use ops_storage as storage;
+
+// Third-party crates whose types appear in the public API, at the versions dbops uses.
+pub use ops_core::{async_trait, bytes, chrono, futures};
+
+/// The engine for a database URL, by scheme: `postgres://` and `postgresql://` are
+/// PostgreSQL, `mariadb://` and `mysql://` are MariaDB (and MySQL).
+///
+/// Creating an engine only parses the URL (and reads the engine's password sources);
+/// every operation connects anew.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] for another scheme; the engine's own URL errors.
+pub fn engine(url: &str) -> Result<Arc<dyn DatabaseEngine>> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgres" | "postgresql") => Ok(Arc::new(postgres::PostgresEngine::new(url)?)),
+        Some("mariadb" | "mysql") => Ok(Arc::new(mariadb::MariaDbEngine::new(url)?)),
+        _ => Err(Error::invalid(format!(
+            "'{}' is not a database URL dbops knows: use postgres://…, postgresql://…, mariadb://… or mysql://…",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// The storage target at `url` (a directory, `memory://`, `s3://…`; see
+/// [`storage::open_target`]), with retries of idempotent calls unless `options` turn
+/// them off.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] for a URL no target serves or one that carries
+/// credentials; the store's configuration errors.
+pub fn target(url: &str, options: &TargetOptions) -> Result<Arc<dyn BackupTarget>> {
+    storage::open_target(url, options)
+}
+
+/// Starts a throwaway local server for `engine`, named as a manifest names it
+/// (`postgresql`, `mariadb`), from the binaries installed on this machine. Dropping
+/// it stops the server and removes its files.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] for an engine without a throwaway server;
+/// [`ErrorKind::MissingTool`] (naming the package) when the server binaries are not
+/// installed; the server's start-up errors.
+pub async fn scratch_server(engine: &str) -> Result<Box<dyn EphemeralServer>> {
+    match engine {
+        "postgresql" => Ok(Box::new(
+            postgres::ephemeral::EphemeralPostgres::start().await?,
+        )),
+        "mariadb" => Ok(Box::new(
+            mariadb::ephemeral::EphemeralMariaDb::start().await?,
+        )),
+        other => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("no throwaway server for engine '{other}': restore into a database you give"),
+        )),
+    }
+}
+
+/// The URL of database `name` on the server of `url` (the path replaced; user,
+/// password, host and query kept).
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] when `url` does not parse.
+pub fn with_database(url: &str, name: &str) -> Result<String> {
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| Error::invalid(format!("bad database URL {}: {e}", redact_url(url))))?;
+    parsed.set_path(&format!("/{name}"));
+    Ok(parsed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_by_scheme() {
+        for (url, name) in [
+            ("postgres://u@h/db", "postgresql"),
+            ("PostgreSQL://u@h/db", "postgresql"),
+            ("mariadb://u@h/db", "mariadb"),
+            ("mysql://u@h/db", "mariadb"),
+        ] {
+            assert_eq!(engine(url).map(|e| e.name()).ok(), Some(name), "{url}");
+        }
+        let err = engine("oracle://scott:tiger@h/db").err();
+        let err = err.as_ref().map(|e| (e.kind(), e.to_string()));
+        assert!(
+            matches!(&err, Some((ErrorKind::InvalidInput, m)) if !m.contains("tiger")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_engine_has_no_scratch_server_and_names_no_flag() {
+        let err = scratch_server("oracle").await.err();
+        let err = err.as_ref().map(|e| (e.kind(), e.to_string()));
+        assert!(
+            matches!(&err, Some((ErrorKind::InvalidInput, m)) if m.contains("oracle") && !m.contains("--")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn with_database_keeps_credentials_and_query() {
+        assert_eq!(
+            with_database("mariadb://root@127.0.0.1:3306/?password=", "shop").ok(),
+            Some("mariadb://root@127.0.0.1:3306/shop?password=".to_owned())
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:5/postgres?sslmode=disable", "x").ok(),
+            Some("postgres://u:p@h:5/x?sslmode=disable".to_owned())
+        );
+        assert!(with_database("not a url", "x").is_err());
+    }
+}
