@@ -3,7 +3,6 @@
 
 mod cli;
 mod commands;
-mod engines;
 mod output;
 
 use std::process::ExitCode;
