@@ -238,6 +238,28 @@ impl StreamWriter for DigestWriter {
     }
 }
 
+/// Re-dumps the data of `engine` and returns, per table (`schema.name`), its row count
+/// and an order-independent digest of its rows: what `verify --restore` compares with
+/// what a backup stored, and what a program can compare between two databases.
+///
+/// # Errors
+/// The engine's dump errors.
+pub async fn table_digests(
+    engine: &dyn crate::DatabaseEngine,
+    jobs: usize,
+) -> crate::Result<std::collections::BTreeMap<String, TableDigest>> {
+    let sink = std::sync::Arc::new(TableDigestSink::new());
+    engine
+        .dump(
+            &crate::DumpOptions::default()
+                .with_jobs(jobs)
+                .with_data_only(true),
+            std::sync::Arc::clone(&sink) as std::sync::Arc<dyn crate::DumpSink>,
+        )
+        .await?;
+    Ok(sink.digests())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,26 +300,4 @@ mod tests {
         assert!(!r[1].matches);
         assert!(!r[2].matches && r[2].actual_rows.is_none());
     }
-}
-
-/// Re-dumps the data of `engine` and returns, per table (`schema.name`), its row count
-/// and an order-independent digest of its rows: what `verify --restore` compares with
-/// what a backup stored, and what a program can compare between two databases.
-///
-/// # Errors
-/// The engine's dump errors.
-pub async fn table_digests(
-    engine: &dyn crate::DatabaseEngine,
-    jobs: usize,
-) -> crate::Result<std::collections::BTreeMap<String, TableDigest>> {
-    let sink = std::sync::Arc::new(TableDigestSink::new());
-    engine
-        .dump(
-            &crate::DumpOptions::default()
-                .with_jobs(jobs)
-                .with_data_only(true),
-            std::sync::Arc::clone(&sink) as std::sync::Arc<dyn crate::DumpSink>,
-        )
-        .await?;
-    Ok(sink.digests())
 }

@@ -18,6 +18,7 @@ const LIBRARY_SOURCES: &[&str] = &[
     "ops-postgres/src",
     "ops-mariadb/src",
     "ops-storage/src",
+    "dbops/src",
 ];
 
 /// The CLI's own flags. Underlying tools' flags (pg_dump's `--snapshot`,

@@ -45,6 +45,8 @@ pub use maintain::{ForgetOptions, ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{BackupStats, Manifest, StreamRecord};
 // Pack and index-file layouts are the format's business, not an embedder's: a program
 // reads and writes backups through the Repository only (docs/FORMAT.md describes them).
+// The testkit's synthetic history writes index files.
+#[cfg(feature = "testkit")]
 pub(crate) use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
 pub use progress::Progress;
 pub use source::RepoSource;
@@ -701,7 +703,7 @@ impl Repository {
     }
 
     /// Writes an index file (named by its content) and returns its key.
-    pub(crate) async fn write_index(&self, file: &IndexFile) -> Result<String> {
+    pub(crate) async fn write_index(&self, file: &pack::IndexFile) -> Result<String> {
         let body = format::seal_document(&self.keys, b"dbops index", file)?;
         let key = format!("{INDEX_DIR}{}", blake3::hash(&body).to_hex());
         self.target.put(&key, Bytes::from(body)).await?;
