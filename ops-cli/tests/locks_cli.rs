@@ -9,9 +9,22 @@ use std::time::{Duration, Instant};
 use common::{Ctx, psql};
 use ops_postgres::ephemeral::EphemeralPostgres;
 
+/// The lock objects: complete files (the local store writes through a temporary
+/// `name#n` file, which a process killed mid-write leaves behind, unlisted).
 fn lock_files(ctx: &Ctx) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(std::path::Path::new(&ctx.repo).join("locks"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| !p.to_string_lossy().contains('#'))
+                .filter(|p| {
+                    std::fs::read(p)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .is_some()
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
