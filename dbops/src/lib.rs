@@ -107,6 +107,85 @@ pub fn with_database(url: &str, name: &str) -> Result<String> {
     Ok(parsed.to_string())
 }
 
+/// The restore proof: restores `manifest` into a scratch database and compares every
+/// table with what the backup stored (row counts and a digest of every row).
+///
+/// With `into`, the scratch database is that URL's: created for the proof and dropped
+/// after when it did not exist, used as it is (it must be empty) when it did. Without,
+/// a throwaway local server of the backup's engine is started, the restore creates
+/// there what the backup needs to stand (roles, definers: see
+/// [`RestoreOptions::scratch`]), and the server is removed afterwards.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] when `into` is another engine's database, or no
+/// throwaway server exists for the engine; [`ErrorKind::MissingTool`] when the server
+/// binaries are not installed; the restore's errors (damaged data is
+/// [`ErrorKind::Corrupt`]).
+pub async fn prove_restore(
+    repo: &Repository,
+    manifest: &Manifest,
+    into: Option<&str>,
+    options: &RestoreOptions,
+) -> Result<RestoreCheck> {
+    match into {
+        Some(url) => {
+            let engine = engine(url)?;
+            same_engine(manifest, engine.name())?;
+            match repo
+                .verify_restore(
+                    manifest,
+                    engine.as_ref(),
+                    &options.clone().with_create(true),
+                )
+                .await
+            {
+                Ok(check) => {
+                    if let Err(e) = engine.drop_database().await {
+                        tracing::warn!("could not drop the scratch database: {e}");
+                    }
+                    Ok(check)
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    repo.verify_restore(manifest, engine.as_ref(), options)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        None => {
+            let server = scratch_server(&manifest.engine).await?;
+            let name = format!(
+                "dbops_verify_{}",
+                manifest.id.replace(['-', '.'], "_").to_ascii_lowercase()
+            );
+            let engine = engine(&with_database(&server.url(), &name)?)?;
+            let check = repo
+                .verify_restore(
+                    manifest,
+                    engine.as_ref(),
+                    &options.clone().with_create(true).with_scratch(true),
+                )
+                .await;
+            drop(server);
+            check
+        }
+    }
+}
+
+/// Refuses to restore `manifest` into another engine's database.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] naming both engines.
+pub fn same_engine(manifest: &Manifest, engine: &str) -> Result<()> {
+    if manifest.engine != engine {
+        return Err(Error::invalid(format!(
+            "backup {} is a {} backup; it cannot be restored into a {engine} database",
+            manifest.id, manifest.engine
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

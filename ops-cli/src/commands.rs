@@ -648,73 +648,27 @@ async fn verify_by_restore(
     let options = RestoreOptions::default()
         .with_jobs(a.jobs)
         .with_no_owner(a.no_owner);
-    match &a.into {
-        Some(url) => {
-            let engine = dbops::engine(url)?;
-            check_engine(m, engine.name())?;
-            match repo
-                .verify_restore(m, engine.as_ref(), &options.clone().with_create(true))
-                .await
-            {
-                Ok(c) => {
-                    let dropped = engine.drop_database().await;
-                    if let Err(e) = dropped {
-                        tracing::warn!("could not drop the scratch database: {e}");
-                    }
-                    Ok(c)
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    repo.verify_restore(m, engine.as_ref(), &options).await
-                }
-                Err(e) => Err(e),
+    dbops::prove_restore(repo, m, a.into.as_deref(), &options)
+        .await
+        .map_err(|e| {
+            // The library says it in its own words; here the way out is a flag.
+            if a.into.is_none() && e.message().starts_with("no throwaway server") {
+                let message = format!(
+                    "no throwaway server for engine '{}': pass --into DB_URL",
+                    m.engine
+                );
+                e.with_message(message)
+            } else {
+                e
             }
-        }
-        None => {
-            let scratch = dbops::scratch_server(&m.engine).await.map_err(|e| {
-                // The library says it in its own words; here the way out is a flag.
-                if e.kind() == ErrorKind::InvalidInput {
-                    let message = format!(
-                        "no throwaway server for engine '{}': pass --into DB_URL",
-                        m.engine
-                    );
-                    e.with_message(message)
-                } else {
-                    e
-                }
-            })?;
-            let name = format!(
-                "dbops_verify_{}",
-                m.id.replace(['-', '.'], "_").to_ascii_lowercase()
-            );
-            let engine = dbops::engine(&dbops::with_database(&scratch.url(), &name)?)?;
-            let check = repo
-                .verify_restore(
-                    m,
-                    engine.as_ref(),
-                    &options.with_create(true).with_scratch(true),
-                )
-                .await;
-            drop(scratch);
-            check
-        }
-    }
-}
-
-fn check_engine(m: &Manifest, engine: &str) -> Result<()> {
-    if m.engine != engine {
-        return Err(Error::invalid(format!(
-            "backup {} is a {} backup; it cannot be restored into a {engine} database",
-            m.id, m.engine
-        )));
-    }
-    Ok(())
+        })
 }
 
 async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     let engine = dbops::engine(&a.database)?;
     let (repo, display) = watched(cli, open_repo(cli).await?, "restore");
     let m = pick(&repo, &a.id, &backup_filter(&a.filter)).await?;
-    check_engine(&m, engine.name())?;
+    dbops::same_engine(&m, engine.name())?;
     let default_schema = if m.engine == "postgresql" {
         "public".to_owned()
     } else {
