@@ -209,6 +209,21 @@ impl ConnConfig {
         }
     }
 
+    /// The same settings with `password`, which wins over every other source.
+    pub(crate) fn with_password(&self, password: Secret) -> Self {
+        let mut credentials = (*self.credentials).clone();
+        credentials.password = password.clone();
+        credentials.password_from = Some("the password given to the engine".to_owned());
+        credentials
+            .trail
+            .insert(0, "the password given to the engine: used".to_owned());
+        Self {
+            password,
+            credentials: Arc::new(credentials),
+            ..self.with_database(&self.database)
+        }
+    }
+
     pub(crate) fn redacted_url(&self) -> String {
         redact_url(self.url.as_str())
     }

@@ -161,7 +161,7 @@ pub(crate) struct FromUrl {
 }
 
 /// The credentials and connection settings found outside the URL.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Credentials {
     pub password: Secret,
     /// The source of the password, as messages name it; `None` when no source gave

@@ -91,6 +91,17 @@ impl MariaDbEngine {
         })
     }
 
+    /// Uses `password` for every connection, whatever the URL, the environment or the
+    /// option files say: for programs that keep credentials elsewhere than in a URL.
+    #[must_use]
+    pub fn with_password(&self, password: ops_core::Secret) -> Self {
+        Self {
+            config: Arc::new(self.config.with_password(password)),
+            definer: self.definer.clone(),
+            binlog: self.binlog,
+        }
+    }
+
     /// The same server bound to another database (for example a restore target).
     #[must_use]
     pub fn with_database(&self, name: &str) -> Self {

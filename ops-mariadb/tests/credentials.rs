@@ -90,3 +90,38 @@ async fn passwords_from_files_and_refusals() {
         .expect_err("missing file");
     assert_eq!(err.kind(), ErrorKind::Authentication, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_given_to_the_engine_wins() {
+    let server = ops_mariadb::ephemeral::EphemeralMariaDb::start()
+        .await
+        .expect("start mariadb");
+    ops_core::EphemeralServer::execute(
+        &server,
+        "",
+        "CREATE DATABASE shop; CREATE USER 'app'@'%' IDENTIFIED BY 'given-Pa55'; \
+         GRANT ALL ON shop.* TO 'app'@'%';",
+    )
+    .await
+    .expect("create user");
+    let url = format!(
+        "mariadb://app:wrong@127.0.0.1:{}/shop?ssl-mode=disabled",
+        server.port()
+    );
+    let engine = ops_mariadb::MariaDbEngine::new(&url)
+        .expect("valid URL")
+        .with_password(ops_core::Secret::new("given-Pa55"));
+    assert!(!format!("{engine:?}").contains("given-Pa55"));
+    ops_core::DatabaseEngine::describe(&engine)
+        .await
+        .expect("the given password wins over the URL's");
+    let err = ops_core::DatabaseEngine::describe(
+        &ops_mariadb::MariaDbEngine::new(&url)
+            .expect("valid URL")
+            .with_password(ops_core::Secret::new("not-it")),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(err.kind(), ops_core::ErrorKind::Authentication, "{err:?}");
+    assert!(!err.to_string().contains("not-it"), "{err}");
+}

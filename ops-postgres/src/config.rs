@@ -128,6 +128,8 @@ pub(crate) enum PasswordSource {
     Service { name: String, file: PathBuf },
     /// `PGPASSWORD`.
     Environment,
+    /// Given by the program ([`crate::PostgresEngine::with_password`]).
+    Given,
     /// A password file line.
     File {
         path: PathBuf,
@@ -149,6 +151,7 @@ impl PasswordSource {
                 format!("service '{name}' in {}", file.display())
             }
             Self::Environment => "PGPASSWORD".to_owned(),
+            Self::Given => "the password given to the engine".to_owned(),
             Self::File {
                 path,
                 named_by,
@@ -572,6 +575,15 @@ impl ConnConfig {
     }
 
     /// The same server, another database.
+    /// The same settings with `password`, which wins over every other source.
+    pub(crate) fn with_password(&self, password: Secret) -> Self {
+        Self {
+            password: Some(password),
+            password_source: PasswordSource::Given,
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn with_dbname(&self, dbname: &str) -> Self {
         let mut config = Self {
             dbname: dbname.to_owned(),

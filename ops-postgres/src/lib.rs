@@ -86,6 +86,18 @@ impl PostgresEngine {
         }
     }
 
+    /// Uses `password` for every connection (and for pg_dump and pg_restore, through
+    /// a private password file), whatever the URL, the environment or the password
+    /// file say: for programs that keep credentials elsewhere than in a URL.
+    #[must_use]
+    pub fn with_password(&self, password: ops_core::Secret) -> Self {
+        Self {
+            config: self.config.with_password(password),
+            bin_dir: self.bin_dir.clone(),
+            lock_wait_timeout: self.lock_wait_timeout,
+        }
+    }
+
     /// Takes pg_dump and pg_restore from `dir` only, instead of searching
     /// (`DBOPS_PG_BINDIR`, `pg_config --bindir`, `/usr/lib/postgresql/*/bin`, `PATH`).
     #[must_use]

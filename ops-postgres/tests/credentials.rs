@@ -149,3 +149,41 @@ async fn a_backup_needs_a_database_name() {
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_given_to_the_engine_wins_and_never_shows() {
+    let password = "given-Pa55word";
+    let server =
+        EphemeralPostgres::start_with(EphemeralOptions::default().with_password_auth(password))
+            .await
+            .expect("ephemeral server");
+    server.create_database("shop").await.expect("create shop");
+    server
+        .execute("shop", "CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .expect("fill");
+    // The URL's own password is wrong: the given one must win over it.
+    let url = format!(
+        "postgres://postgres:wrong@127.0.0.1:{}/shop?sslmode=disable",
+        server.port()
+    );
+    let engine = PostgresEngine::new(&url)
+        .expect("valid URL")
+        .with_password(ops_core::Secret::new(password));
+    assert!(!format!("{engine:?}").contains(password));
+    assert!(!engine.location().contains(password));
+    engine.describe().await.expect("our connection uses it");
+    let (dump, _) = dump_to_memory(&engine, &DumpOptions::default()).await;
+    assert_eq!(
+        dump.table_digests()["public.t"].rows,
+        1,
+        "pg_dump and COPY use it"
+    );
+    let wrong = PostgresEngine::new(&url)
+        .expect("valid URL")
+        .with_password(ops_core::Secret::new("not-it"));
+    let err = wrong.describe().await.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Authentication, "{err:?}");
+    assert!(err.to_string().contains("given to the engine"), "{err}");
+    assert!(!err.to_string().contains("not-it"), "{err}");
+}
