@@ -95,3 +95,28 @@ bench_tree_cpu() {
 bench_machine_busy() {
 	awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz }' /proc/stat
 }
+
+# bench_start_pg PG_BIN DATADIR PORT [SETTING ...]: initdb into DATADIR (as the server
+# user when root) and start a PostgreSQL on 127.0.0.1:PORT with its socket in DATADIR,
+# each SETTING ("name = value") appended to postgresql.conf. Stop it with
+# bench_stop_pg PG_BIN DATADIR.
+bench_start_pg() {
+	local bin=$1 data=$2 port=$3
+	shift 3
+	install -d -m 700 "$data"
+	[ "$(id -u)" = 0 ] && chown "$(bench_server_user)": "$data"
+	bench_as_server_user "$bin/initdb" -D "$data" -U postgres -A trust -E UTF8 --locale=C >"$data.initdb.log" 2>&1 ||
+		{ cat "$data.initdb.log" >&2; bench_die "initdb failed"; }
+	{
+		printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\n" "$port" "$data"
+		for setting in "$@"; do printf '%s\n' "$setting"; done
+	} >>"$data/postgresql.conf"
+	bench_as_server_user "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 120 start >/dev/null
+}
+
+# bench_stop_pg PG_BIN DATADIR: stops a server bench_start_pg started, if it runs.
+bench_stop_pg() {
+	if [ -f "$2/postmaster.pid" ]; then
+		bench_as_server_user "$1/pg_ctl" -D "$2" -m immediate stop >/dev/null 2>&1 || true
+	fi
+}

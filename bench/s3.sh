@@ -27,22 +27,14 @@ PGDATA_DIR=$WORK/pg
 cleanup() {
 	local rc=$?
 	[ -n "${MOTO_PID:-}" ] && kill "$MOTO_PID" 2>/dev/null || true
-	if [ -f "$PGDATA_DIR/postmaster.pid" ]; then
-		bench_as_server_user "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m immediate stop >/dev/null 2>&1 || true
-	fi
+	bench_stop_pg "$PG_BIN" "$PGDATA_DIR"
 	rm -rf "$WORK"
 	exit "$rc"
 }
 trap cleanup EXIT
 
 PORT=$(bench_free_port)
-install -d -m 700 "$PGDATA_DIR"
-[ "$(id -u)" = 0 ] && chown nobody: "$PGDATA_DIR"
-bench_as_server_user "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust -E UTF8 --locale=C >"$WORK/initdb.log" 2>&1 ||
-	{ cat "$WORK/initdb.log" >&2; bench_die "initdb failed"; }
-printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\nmax_wal_size = 4GB\nsynchronous_commit = off\n" \
-	"$PORT" "$PGDATA_DIR" >>"$PGDATA_DIR/postgresql.conf"
-bench_as_server_user "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGDATA_DIR/server.log" -w -t 120 start >/dev/null
+bench_start_pg "$PG_BIN" "$PGDATA_DIR" "$PORT" "max_wal_size = 4GB" "synchronous_commit = off"
 unset PGSERVICE PGPASSFILE PGPASSWORD PGDATABASE PGOPTIONS PGSSLMODE
 export PGHOST=127.0.0.1 PGPORT=$PORT PGUSER=postgres
 psql() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -At "$@"; }

@@ -182,7 +182,7 @@ async fn open_repo(cli: &Cli) -> Result<Repository> {
     let repo = Repository::open(target, password(cli)?.as_ref())
         .await
         .map_err(|e| with_cli_hint(e, &url))?;
-    Ok(with_cache(cli, repo))
+    Ok(configured(cli, repo))
 }
 
 /// Adds what to do in this CLI's words to a library error about opening a repository.
@@ -220,7 +220,7 @@ fn watched(cli: &Cli, repo: Repository, what: &'static str) -> (Repository, Prog
 
 /// Applies `--cache-dir` / `--no-cache` (default: the usual cache folder) and
 /// `--lock-wait`.
-fn with_cache(cli: &Cli, repo: Repository) -> Repository {
+fn configured(cli: &Cli, repo: Repository) -> Repository {
     let repo = match lock_wait(cli) {
         Ok(wait) => repo.with_lock_wait(wait),
         Err(_) => repo,
@@ -314,15 +314,14 @@ password kept elsewhere as a recovery key (`dbops key add`).";
 async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
     let engine = dbops::engine(&a.database)?;
     let (repo, display) = watched(cli, open_repo(cli).await?, "backup");
-    let progress = repo.progress().cloned().unwrap_or_default();
+    // The repository's progress (set by `watched` on a terminal) is the backup's too.
     let options = BackupOptions::default()
         .with_dump(
             DumpOptions::default()
                 .with_jobs(a.jobs)
                 .with_split_bytes(a.split_mib.saturating_mul(1024 * 1024)),
         )
-        .with_tags(a.tags.iter().cloned())
-        .with_progress(Arc::clone(&progress));
+        .with_tags(a.tags.iter().cloned());
     let started = Instant::now();
     let result = repo.backup(engine.as_ref(), &options).await;
     drop(display);
@@ -775,7 +774,7 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
     let from = Repository::open(from_target, from_password.as_ref())
         .await
         .map_err(|e| with_cli_hint(e, &a.from).during("opening the source repository (--from)"))?;
-    let from = with_cache(cli, from);
+    let from = configured(cli, from);
     let to_url = match &a.to {
         Some(u) => u.clone(),
         None => repo_url(cli)?,
@@ -786,7 +785,7 @@ async fn copy(cli: &Cli, a: &CopyArgs) -> Result<ExitCode> {
     )
     .await
     .map_err(|e| e.during("opening the destination repository (--to)"))?;
-    let to = with_cache(cli, to);
+    let to = configured(cli, to);
     let (to, display) = watched(cli, to, "copy");
     let filter = backup_filter(&a.filter);
     let manifests = if a.all {

@@ -13,8 +13,7 @@ use ops_core::repo::Progress;
 /// dbops' own crates log at that level: the drivers' and libraries' messages (a
 /// driver's "slow statement" warning) only at error, or at `-vv`. Colour only on a
 /// terminal, never with `NO_COLOR`.
-pub fn init_logging(verbose: u8, json: bool) {
-    let _ = json;
+pub fn init_logging(verbose: u8) {
     let own = match verbose {
         0 => "warn",
         1 => "info",

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Ctx, psql, table_checksums};
+use common::{Ctx, database_with_rows, psql, table_checksums};
 use ops_postgres::ephemeral::EphemeralPostgres;
 use serde_json::Value;
 
@@ -260,18 +260,7 @@ async fn retention_latest_and_restores_act_per_database() {
 async fn backups_of_two_databases_and_a_prune_of_a_third_run_at_once() {
     let pg = EphemeralPostgres::start().await.expect("start postgres");
     for db in ["one", "two", "three"] {
-        pg.create_database(db).await.expect("create database");
-        psql(
-            &pg,
-            db,
-            &[
-                "-c",
-                &format!(
-                    "CREATE TABLE t (id int PRIMARY KEY, v text); \
-                     INSERT INTO t SELECT g, md5('{db}' || g) FROM generate_series(1, 20000) g;"
-                ),
-            ],
-        );
+        database_with_rows(&pg, db, 20_000, 1).await;
     }
     let ctx = Ctx::new();
     ctx.init();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Ctx, psql};
+use common::{Ctx, database_with_rows};
 use ops_postgres::ephemeral::EphemeralPostgres;
 
 /// The lock objects: complete files (the local store writes through a temporary
@@ -54,16 +54,7 @@ fn hold_exclusive_lock(ctx: &Ctx) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_wait_for_locks_and_dead_holders_do_not_block() {
     let pg = EphemeralPostgres::start().await.expect("start postgres");
-    pg.create_database("shop").await.expect("create database");
-    psql(
-        &pg,
-        "shop",
-        &[
-            "-c",
-            "CREATE TABLE t (id int PRIMARY KEY, v text); \
-             INSERT INTO t SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 300000) g;",
-        ],
-    );
+    database_with_rows(&pg, "shop", 300_000, 4).await;
     let ctx = Ctx::new();
     ctx.init();
     let url = pg.url_for("shop");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Ctx, psql};
+use common::{Ctx, database_with_rows};
 use ops_mariadb::ephemeral::EphemeralMariaDb;
 use ops_postgres::ephemeral::EphemeralPostgres;
 
@@ -31,16 +31,7 @@ fn on_terminal(ctx: &Ctx, args: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_on_a_terminal_and_plain_logs_elsewhere() {
     let pg = EphemeralPostgres::start().await.expect("start postgres");
-    pg.create_database("shop").await.expect("create database");
-    psql(
-        &pg,
-        "shop",
-        &[
-            "-c",
-            "CREATE TABLE t (id int PRIMARY KEY, v text); \
-             INSERT INTO t SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 100000) g;",
-        ],
-    );
+    database_with_rows(&pg, "shop", 100_000, 8).await;
     let ctx = Ctx::new();
     ctx.init();
     ctx.run(&["backup", &pg.url_for("shop")]).ok();

@@ -229,3 +229,21 @@ pub fn database_exists(pg: &EphemeralPostgres, db: &str) -> bool {
     .trim()
         == "1"
 }
+
+/// Creates database `db` on `pg` with one table `t (id int PRIMARY KEY, v text)` of
+/// `rows` rows, each `v` being `width` md5 digests (32 characters each).
+pub async fn database_with_rows(pg: &EphemeralPostgres, db: &str, rows: u32, width: u32) {
+    pg.create_database(db).await.expect("create database");
+    psql(
+        pg,
+        db,
+        &[
+            "-c",
+            &format!(
+                "CREATE TABLE t (id int PRIMARY KEY, v text); \
+                 INSERT INTO t SELECT g, repeat(md5('{db}' || g), {width}) \
+                 FROM generate_series(1, {rows}) g;"
+            ),
+        ],
+    );
+}
