@@ -5,8 +5,10 @@ pub mod engine;
 pub mod ephemeral;
 pub mod error;
 pub mod health;
+pub mod jobs;
 pub mod repo;
 pub mod retention;
+pub mod schedule;
 pub mod secret;
 pub mod target;
 #[cfg(feature = "testkit")]
@@ -19,6 +21,7 @@ pub use engine::{
 pub use ephemeral::EphemeralServer;
 pub use error::{Error, ErrorKind, ErrorStatus, Result};
 pub use health::{HealthCheck, HealthReport, HealthStatus};
+pub use jobs::{Event, EventKind, JobKind, Notifier, RunRecord, RunStatus, Trigger};
 pub use retention::{BackupSummary, RetentionDecision, RetentionPolicy};
 pub use secret::{Secret, redact_url};
 pub use target::{BackupTarget, ByteStream, ObjectMeta, ObjectStream, PutOutcome};
