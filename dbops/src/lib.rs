@@ -61,6 +61,25 @@ pub fn engine(url: &str) -> Result<Arc<dyn DatabaseEngine>> {
     }
 }
 
+/// The engine for a database URL, with a password given apart from the URL: it wins
+/// over every other source (the URL, the engine's environment variables and files)
+/// and never shows in a message.
+///
+/// # Errors
+/// As [`engine`].
+pub fn engine_with_password(url: &str, password: Secret) -> Result<Arc<dyn DatabaseEngine>> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgres" | "postgresql") => Ok(Arc::new(
+            postgres::PostgresEngine::new(url)?.with_password(password),
+        )),
+        Some("mariadb" | "mysql") => Ok(Arc::new(
+            mariadb::MariaDbEngine::new(url)?.with_password(password),
+        )),
+        _ => engine(url),
+    }
+}
+
 /// The storage target at `url` (a directory, `memory://`, `s3://…`; see
 /// [`storage::open_target`]), with retries of idempotent calls unless `options` turn
 /// them off.

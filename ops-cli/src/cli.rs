@@ -14,9 +14,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "DBOPS_REPO", value_name = "URL")]
     pub repo: Option<String>,
 
-    /// Config file (TOML): `repo`, `password_file`, and a `[retention]` table with
-    /// `last`, `hourly`, `daily`, `weekly`, `monthly`, `yearly`, `within`, `tags`,
-    /// `utc_offset`. Flags win over it.
+    /// Config file (TOML): the deployment's repositories, databases, notifications and
+    /// jobs (see docs/OPERATIONS.md); also `repo`, `password_file` and `[retention]`
+    /// for one-shot commands. Flags win over it.
     #[arg(long, global = true, env = "DBOPS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -84,6 +84,54 @@ pub enum Command {
     /// the only one means lost backups.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run jobs from the config once, now, and exit with their result (for cron,
+    /// systemd timers and Kubernetes CronJobs).
+    Run(RunArgs),
+    /// Run the config's schedule until stopped: SIGTERM or SIGINT stop it cleanly
+    /// (running jobs get `shutdown_grace`), SIGHUP reloads the config.
+    Daemon,
+    /// List the config's jobs with their next run times.
+    Jobs(JobsArgs),
+    /// Show the run history, newest first.
+    History(HistoryArgs),
+    /// Work with the config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check the config and print it resolved (defaults filled in), every secret
+    /// redacted.
+    Check,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The jobs to run, by name (in this order).
+    #[arg(value_name = "JOB", required = true)]
+    pub jobs: Vec<String>,
+}
+
+/// `jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// How many next run times to show per job.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub next: usize,
+}
+
+/// `history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this job's runs.
+    #[arg(value_name = "JOB")]
+    pub job: Option<String>,
+    /// How many runs to show.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub last: usize,
 }
 
 /// `key …`. The new password comes from --new-password-file, DBOPS_NEW_PASSWORD, or

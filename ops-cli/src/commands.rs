@@ -41,31 +41,44 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Copy(a) => copy(&cli, a).await,
         Command::Unlock(a) => unlock(&cli, a).await,
         Command::Key(k) => key(&cli, k).await,
+        Command::Run(a) => crate::agent::run_jobs(&cli, required_config(&cli)?, a).await,
+        Command::Daemon => crate::agent::daemon(&cli, required_config(&cli)?).await,
+        Command::Jobs(a) => crate::agent::jobs(&cli, &required_config(&cli)?, a),
+        Command::History(a) => crate::agent::history(&cli, &required_config(&cli)?, a).await,
+        Command::Config(crate::cli::ConfigCommand::Check) => {
+            crate::agent::check(&cli, &required_config(&cli)?)
+        }
     }
 }
 
-/// The config file's content (see `--config`).
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    repo: Option<String>,
-    password_file: Option<std::path::PathBuf>,
-    #[serde(default)]
-    retention: Option<ops_core::retention::KeepRules>,
+/// The config file (`--config` or `DBOPS_CONFIG`), checked; `None` when there is none.
+fn config_file(cli: &Cli) -> Result<Option<ops_agent::Config>> {
+    match ops_agent::config::config_path(cli.config.as_deref()) {
+        Some(path) => ops_agent::Config::load(&path).map(Some),
+        None => Ok(None),
+    }
 }
 
-fn config_file(cli: &Cli) -> Result<ConfigFile> {
-    let Some(path) = &cli.config else {
-        return Ok(ConfigFile::default());
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading the config file {}", path.display()), e))?;
-    toml::from_str(&text).map_err(|e| {
-        Error::invalid(format!(
-            "the config file {} is not valid: {e}",
-            path.display()
-        ))
+/// The config file, which the command cannot do without.
+fn required_config(cli: &Cli) -> Result<ops_agent::Config> {
+    config_file(cli)?.ok_or_else(|| {
+        Error::invalid(
+            "this command needs a config file: pass --config FILE or set DBOPS_CONFIG (see docs/OPERATIONS.md)",
+        )
     })
+}
+
+/// The config's repository for one-shot commands: `repo`, else its only
+/// `[repositories.NAME]`.
+fn config_repository(config: &ops_agent::Config) -> Option<(String, Option<Secret>)> {
+    if let Some(r) = &config.repo {
+        return Some((r.clone(), None));
+    }
+    let mut repos = config.repositories.values();
+    match (repos.next(), repos.next()) {
+        (Some(r), None) => Some((r.url.clone(), r.password.clone())),
+        _ => None,
+    }
 }
 
 /// `--lock-wait`, or the command's default.
@@ -105,11 +118,15 @@ fn repo_url(cli: &Cli) -> Result<String> {
     if let Some(url) = &cli.repo {
         return Ok(url.clone());
     }
-    config_file(cli)?.repo.ok_or_else(|| {
-        Error::invalid(
-            "no repository given: pass --repo URL, set DBOPS_REPO, or set `repo` in the config file",
-        )
-    })
+    config_file(cli)?
+        .as_ref()
+        .and_then(config_repository)
+        .map(|(url, _)| url)
+        .ok_or_else(|| {
+            Error::invalid(
+                "no repository given: pass --repo URL, set DBOPS_REPO, or set `repo` (or a single [repositories.NAME]) in the config file",
+            )
+        })
 }
 
 /// The repository password from --password-file, DBOPS_PASSWORD or the config file.
@@ -118,7 +135,13 @@ fn given_password(cli: &Cli) -> Result<Option<Secret>> {
         Some(file) => read_password(Some(file), "DBOPS_PASSWORD"),
         None => match std::env::var("DBOPS_PASSWORD") {
             Ok(p) => Ok(Some(Secret::new(p))),
-            Err(_) => read_password(config_file(cli)?.password_file.as_deref(), "DBOPS_PASSWORD"),
+            Err(_) => match config_file(cli)? {
+                Some(c) if c.password_file.is_some() => {
+                    read_password(c.password_file.as_deref(), "DBOPS_PASSWORD")
+                }
+                Some(c) if cli.repo.is_none() => Ok(config_repository(&c).and_then(|(_, p)| p)),
+                _ => Ok(None),
+            },
         },
     }
 }
@@ -855,7 +878,9 @@ async fn unlock(cli: &Cli, a: &UnlockArgs) -> Result<ExitCode> {
 
 fn keep_rules(cli: &Cli, a: &ForgetArgs) -> Result<ops_core::retention::KeepRules> {
     use ops_core::retention::{KeepRules, parse_duration, parse_utc_offset};
-    let mut rules = config_file(cli)?.retention.unwrap_or_default();
+    let mut rules = config_file(cli)?
+        .and_then(|c| c.retention)
+        .unwrap_or_default();
     let mut r = KeepRules::default()
         .with_last(a.keep_last.unwrap_or(rules.last))
         .with_hourly(a.keep_hourly.unwrap_or(rules.hourly))

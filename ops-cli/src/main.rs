@@ -1,6 +1,7 @@
 //! The `dbops` binary: parses arguments, calls the library, prints. No backup logic
 //! lives here.
 
+mod agent;
 mod cli;
 mod commands;
 mod output;
@@ -16,7 +17,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    output::init_logging(cli.verbose);
+    let agent = matches!(cli.command, cli::Command::Run(_) | cli::Command::Daemon);
+    output::init_logging(cli.verbose, agent);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

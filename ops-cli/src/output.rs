@@ -13,7 +13,13 @@ use ops_core::repo::Progress;
 /// dbops' own crates log at that level: the drivers' and libraries' messages (a
 /// driver's "slow statement" warning) only at error, or at `-vv`. Colour only on a
 /// terminal, never with `NO_COLOR`.
-pub fn init_logging(verbose: u8) {
+pub fn init_logging(verbose: u8, agent: bool) {
+    // The agent's commands (run, daemon) log each job's outcome: info by default.
+    let agent = if agent || verbose >= 1 {
+        if verbose >= 2 { "debug" } else { "info" }
+    } else {
+        "warn"
+    };
     let own = match verbose {
         0 => "warn",
         1 => "info",
@@ -21,7 +27,7 @@ pub fn init_logging(verbose: u8) {
     };
     let others = if verbose >= 2 { "warn" } else { "error" };
     let default = format!(
-        "{others},dbops={own},ops_core={own},ops_postgres={own},ops_mariadb={own},ops_storage={own}"
+        "{others},dbops={own},ops_core={own},ops_postgres={own},ops_mariadb={own},ops_storage={own},ops_agent={agent}"
     );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

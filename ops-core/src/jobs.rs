@@ -204,7 +204,12 @@ pub struct RunRecord {
 
 impl RunRecord {
     /// A run starting now (status `running`).
-    pub fn start(job: impl Into<String>, kind: JobKind, trigger: Trigger, now: DateTime<Utc>) -> Self {
+    pub fn start(
+        job: impl Into<String>,
+        kind: JobKind,
+        trigger: Trigger,
+        now: DateTime<Utc>,
+    ) -> Self {
         Self {
             id: 0,
             job: job.into(),
@@ -220,9 +225,7 @@ impl RunRecord {
             new_bytes: None,
             stored_bytes: None,
             error: None,
-            host: hostname::get()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            host: crate::repo::host_name(),
             pid: std::process::id(),
         }
     }
@@ -441,8 +444,14 @@ mod tests {
             EventKind::for_outcome(Some(S::Failure), S::Success),
             vec![E::Success, E::Recovered]
         );
-        assert_eq!(EventKind::for_outcome(Some(S::Success), S::Success), vec![E::Success]);
-        assert_eq!(EventKind::for_outcome(Some(S::Success), S::Failure), vec![E::Failure]);
+        assert_eq!(
+            EventKind::for_outcome(Some(S::Success), S::Success),
+            vec![E::Success]
+        );
+        assert_eq!(
+            EventKind::for_outcome(Some(S::Success), S::Failure),
+            vec![E::Failure]
+        );
         assert!(EventKind::for_outcome(None, S::Skipped).is_empty());
     }
 

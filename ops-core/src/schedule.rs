@@ -15,7 +15,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, Duration as Span, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono::{
+    DateTime, Datelike, Duration as Span, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc,
+};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -134,7 +136,9 @@ impl Cron {
         let local = after.with_timezone(&tz).naive_local();
         // Start from the local minute after `after`, minus an hour: a repeated hour
         // (fall-back) can hold a run whose local time is earlier than `after`'s.
-        let start = (local - Span::hours(1)).with_second(0)?.with_nanosecond(0)?;
+        let start = (local - Span::hours(1))
+            .with_second(0)?
+            .with_nanosecond(0)?;
         let mut date = start.date();
         let last = date + Span::days(CRON_SEARCH_DAYS);
         while date <= last {
@@ -194,13 +198,17 @@ impl Cron {
 /// Parses one cron field into a bit set.
 fn field(text: &str, name: &str, spec: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64> {
     let bad = |why: String| {
-        Error::invalid(format!("schedule '{text}': the {name} field '{spec}' {why}"))
+        Error::invalid(format!(
+            "schedule '{text}': the {name} field '{spec}' {why}"
+        ))
     };
     let value = |v: &str| -> Result<u32> {
         let lower = v.to_ascii_lowercase();
         if let Some(i) = names.iter().position(|n| *n == lower) {
             // Month names count from 1, day names from 0.
-            return Ok(u32::try_from(i).unwrap_or(0) + lo.max(if names.len() == 12 { 1 } else { 0 }));
+            return Ok(
+                u32::try_from(i).unwrap_or(0) + lo.max(if names.len() == 12 { 1 } else { 0 })
+            );
         }
         let n: u32 = v
             .parse()
@@ -214,11 +222,9 @@ fn field(text: &str, name: &str, spec: &str, lo: u32, hi: u32, names: &[&str]) -
     for part in spec.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => {
-                let step: u32 = s
-                    .parse()
-                    .ok()
-                    .filter(|s| *s > 0)
-                    .ok_or_else(|| bad(format!("has step '{s}', which is not a positive number")))?;
+                let step: u32 = s.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    bad(format!("has step '{s}', which is not a positive number"))
+                })?;
                 (r, step)
             }
             None => (part, 1),
@@ -233,7 +239,9 @@ fn field(text: &str, name: &str, spec: &str, lo: u32, hi: u32, names: &[&str]) -
             (v, if step > 1 { hi } else { v })
         };
         if from > to {
-            return Err(bad(format!("has the range {from}-{to}, which runs backwards")));
+            return Err(bad(format!(
+                "has the range {from}-{to}, which runs backwards"
+            )));
         }
         let mut v = from;
         while v <= to {
@@ -368,13 +376,17 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = t;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -525,7 +537,11 @@ impl Timing {
             return None;
         }
         let (low, high) = self.backoff_window(failed_attempt);
-        let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let delay = low + (high - low).mul_f64(unit);
         let at = failed_at + Span::from_std(delay).ok()?;
         match next_slot {
@@ -603,7 +619,9 @@ impl fmt::Display for SkipReason {
                 "skipped: the previous run (started {}) was still running",
                 since.format("%Y-%m-%d %H:%M:%S UTC")
             ),
-            SkipReason::Missed => f.write_str("missed: nothing was running the schedule at this time"),
+            SkipReason::Missed => {
+                f.write_str("missed: nothing was running the schedule at this time")
+            }
         }
     }
 }
@@ -655,10 +673,7 @@ pub fn plan(timing: &Timing, job: &str, state: &JobState, now: DateTime<Utc>) ->
     let mut more_missed = 0usize;
     let mut cursor = state.handled;
     let mut wake = None;
-    loop {
-        let Some(slot) = timing.schedule.next_after(cursor) else {
-            break;
-        };
+    while let Some(slot) = timing.schedule.next_after(cursor) {
         let start = timing.start_of(job, slot);
         if start > now {
             wake = Some(start);
@@ -716,6 +731,7 @@ pub fn plan(timing: &Timing, job: &str, state: &JobState, now: DateTime<Utc>) ->
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -740,14 +756,26 @@ mod tests {
         );
         let sunday = Schedule::cron("0 3 * * sun", "UTC").unwrap_or_else(|e| panic!("{e}"));
         // 2026-01-04 is a Sunday.
-        assert_eq!(sunday.next_after(t("2026-01-01T00:00:00Z")), Some(t("2026-01-04T03:00:00Z")));
+        assert_eq!(
+            sunday.next_after(t("2026-01-01T00:00:00Z")),
+            Some(t("2026-01-04T03:00:00Z"))
+        );
         let seven = Schedule::cron("0 3 * * 7", "UTC").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(seven.next_after(t("2026-01-01T00:00:00Z")), Some(t("2026-01-04T03:00:00Z")));
+        assert_eq!(
+            seven.next_after(t("2026-01-01T00:00:00Z")),
+            Some(t("2026-01-04T03:00:00Z"))
+        );
         let monthly = Schedule::cron("@monthly", "UTC").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(monthly.next_after(t("2026-01-15T00:00:00Z")), Some(t("2026-02-01T00:00:00Z")));
+        assert_eq!(
+            monthly.next_after(t("2026-01-15T00:00:00Z")),
+            Some(t("2026-02-01T00:00:00Z"))
+        );
         // Both day fields restricted: either matches (the 13th or any Friday).
         let either = Schedule::cron("0 0 13 * fri", "UTC").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(either.next_after(t("2026-01-01T00:00:00Z")), Some(t("2026-01-02T00:00:00Z")));
+        assert_eq!(
+            either.next_after(t("2026-01-01T00:00:00Z")),
+            Some(t("2026-01-02T00:00:00Z"))
+        );
         let list = Schedule::cron("5,35 1-2 * jan-feb *", "UTC").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             list.upcoming(t("2026-01-01T00:00:00Z"), 5),
@@ -760,7 +788,10 @@ mod tests {
             ]
         );
         let leap = Schedule::cron("0 0 29 2 *", "UTC").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(leap.next_after(t("2026-01-01T00:00:00Z")), Some(t("2028-02-29T00:00:00Z")));
+        assert_eq!(
+            leap.next_after(t("2026-01-01T00:00:00Z")),
+            Some(t("2028-02-29T00:00:00Z"))
+        );
     }
 
     #[test]
@@ -774,19 +805,34 @@ mod tests {
             ("0 0 30 2 *", "never fires"),
             ("@fortnightly", "shorthand"),
         ] {
-            let e = Schedule::cron(expr, "UTC").map(|_| ()).unwrap_err().to_string();
+            let e = Schedule::cron(expr, "UTC")
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(words), "{expr}: {e}");
         }
-        let e = Schedule::cron("0 0 * * *", "Mars/Olympus").map(|_| ()).unwrap_err().to_string();
+        let e = Schedule::cron("0 0 * * *", "Mars/Olympus")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("time zone"), "{e}");
     }
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("6h").ok(), Some(Duration::from_secs(6 * 3600)));
-        assert_eq!(parse_duration("1h30m").ok(), Some(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("6h").ok(),
+            Some(Duration::from_secs(6 * 3600))
+        );
+        assert_eq!(
+            parse_duration("1h30m").ok(),
+            Some(Duration::from_secs(5400))
+        );
         assert_eq!(parse_duration("90").ok(), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms").ok(), Some(Duration::from_millis(500)));
+        assert_eq!(
+            parse_duration("500ms").ok(),
+            Some(Duration::from_millis(500))
+        );
         assert!(parse_duration("6 hours").is_err());
         assert!(parse_duration("h").is_err());
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
@@ -796,8 +842,14 @@ mod tests {
     #[test]
     fn every_is_epoch_aligned() {
         let s = Schedule::every(Duration::from_secs(6 * 3600)).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s.next_after(t("2026-01-01T05:59:59Z")), Some(t("2026-01-01T06:00:00Z")));
-        assert_eq!(s.next_after(t("2026-01-01T06:00:00Z")), Some(t("2026-01-01T12:00:00Z")));
+        assert_eq!(
+            s.next_after(t("2026-01-01T05:59:59Z")),
+            Some(t("2026-01-01T06:00:00Z"))
+        );
+        assert_eq!(
+            s.next_after(t("2026-01-01T06:00:00Z")),
+            Some(t("2026-01-01T12:00:00Z"))
+        );
         assert!(Schedule::every(Duration::from_millis(500)).is_err());
     }
 }

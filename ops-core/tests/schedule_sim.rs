@@ -138,7 +138,10 @@ impl<F: FnMut(usize) -> Attempt> Sim<F> {
         for a in &p.actions {
             match a {
                 Action::Start { slot, trigger } => {
-                    assert!(self.running.is_none(), "planner started a run while one runs");
+                    assert!(
+                        self.running.is_none(),
+                        "planner started a run while one runs"
+                    );
                     self.running = Some(Running {
                         slot: *slot,
                         trigger: *trigger,
@@ -169,7 +172,11 @@ impl<F: FnMut(usize) -> Attempt> Sim<F> {
             steps += 1;
             assert!(steps < 1_000_000, "simulation does not advance");
             self.step_running();
-            let wake = if self.now <= end { self.plan_now() } else { None };
+            let wake = if self.now <= end {
+                self.plan_now()
+            } else {
+                None
+            };
             let next = [wake, self.running.as_ref().map(|r| r.next_event)]
                 .into_iter()
                 .flatten()
@@ -267,7 +274,10 @@ fn a_run_that_takes_7_hours_never_overlaps_and_every_skipped_slot_is_recorded() 
     }
     slots.sort();
     let expected: Vec<_> = (1..=28).map(|i| start + hours(6 * i)).collect();
-    assert_eq!(slots, expected, "every slot is either run or recorded skipped, once");
+    assert_eq!(
+        slots, expected,
+        "every slot is either run or recorded skipped, once"
+    );
     assert!(overlaps >= 5, "the 7-hour runs made skips: {overlaps}");
     // A skipped slot is recorded at its own time, not queued to run later: the run
     // after a skip starts on its own slot.
@@ -307,7 +317,11 @@ fn temporary_failures_retry_with_backoff_within_bounds_and_never_past_the_next_s
             for (n, w) in attempts.windows(2).enumerate() {
                 let wait = (w[1].0 - w[0].1).to_std().unwrap();
                 let (lo, hi) = timing.backoff_window(u32::try_from(n + 1).unwrap());
-                assert!(wait >= lo && wait <= hi, "retry {}: waited {wait:?}, window {lo:?}..{hi:?}", n + 1);
+                assert!(
+                    wait >= lo && wait <= hi,
+                    "retry {}: waited {wait:?}, window {lo:?}..{hi:?}",
+                    n + 1
+                );
             }
             assert_eq!(
                 timing.backoff_window(2),
@@ -337,7 +351,10 @@ fn temporary_failures_retry_with_backoff_within_bounds_and_never_past_the_next_s
         let next_slot = *slot + Span::minutes(10);
         assert!(attempts.len() < 6, "retries stop before the next slot");
         for a in attempts {
-            assert!(a.0 < next_slot, "an attempt started past the next slot: {a:?}");
+            assert!(
+                a.0 < next_slot,
+                "an attempt started past the next slot: {a:?}"
+            );
         }
     }
     // Permanent errors are not retried: the runner asks only for temporary ones; with
@@ -355,14 +372,30 @@ fn a_daemon_down_for_10_hours_catches_up_exactly_once() {
     let catch_ups: Vec<_> = sim
         .records
         .iter()
-        .filter(|r| matches!(r, Rec::Run { trigger: Trigger::CatchUp, .. }))
+        .filter(|r| {
+            matches!(
+                r,
+                Rec::Run {
+                    trigger: Trigger::CatchUp,
+                    ..
+                }
+            )
+        })
         .collect();
     assert_eq!(catch_ups.len(), 1, "{:#?}", sim.records);
     let Rec::Run { slot, started, .. } = catch_ups[0] else {
         unreachable!()
     };
-    assert_eq!(*slot, t("2026-03-02T12:00:00Z"), "the newest missed slot runs");
-    assert_eq!(*started, t("2026-03-02T15:00:00Z"), "at once when the daemon is back");
+    assert_eq!(
+        *slot,
+        t("2026-03-02T12:00:00Z"),
+        "the newest missed slot runs"
+    );
+    assert_eq!(
+        *started,
+        t("2026-03-02T15:00:00Z"),
+        "at once when the daemon is back"
+    );
     let missed: Vec<_> = sim
         .records
         .iter()
@@ -403,7 +436,12 @@ fn a_daemon_down_for_10_hours_catches_up_exactly_once() {
 
     // A frequent job down for a long time walks a bounded number of slots.
     let s = Schedule::every(Duration::from_secs(1)).unwrap();
-    let p = plan(&Timing::new(s), "j", &JobState::new(start), start + Span::days(2));
+    let p = plan(
+        &Timing::new(s),
+        "j",
+        &JobState::new(start),
+        start + Span::days(2),
+    );
     assert_eq!(p.actions.len(), 10_000);
     assert_eq!(p.more_missed, 2 * 86_400 - 10_000);
     assert_eq!(p.handled, Some(start + Span::days(2)));
@@ -413,7 +451,11 @@ fn daily_starts(schedule: Schedule, from: DateTime<Utc>, days: i64) -> Vec<DateT
     starts_between(schedule, from, from + Span::days(days))
 }
 
-fn starts_between(schedule: Schedule, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+fn starts_between(
+    schedule: Schedule,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<DateTime<Utc>> {
     let mut sim = Sim::new(Timing::new(schedule), from, |_| Attempt {
         takes: Span::minutes(10),
         ok: true,
@@ -455,9 +497,17 @@ fn daylight_saving_changes_in_a_time_zone() {
     // An hourly job follows the wall clock: 23 runs on the short day, 25 on the long
     // (local midnight to local midnight).
     let hourly = || Schedule::cron("0 * * * *", "Europe/Berlin").unwrap();
-    let short_day = starts_between(hourly(), t("2026-03-28T22:59:00Z"), t("2026-03-29T21:59:00Z"));
+    let short_day = starts_between(
+        hourly(),
+        t("2026-03-28T22:59:00Z"),
+        t("2026-03-29T21:59:00Z"),
+    );
     assert_eq!(short_day.len(), 23, "{short_day:?}");
-    let long_day = starts_between(hourly(), t("2026-10-24T21:59:00Z"), t("2026-10-25T22:59:00Z"));
+    let long_day = starts_between(
+        hourly(),
+        t("2026-10-24T21:59:00Z"),
+        t("2026-10-25T22:59:00Z"),
+    );
     assert_eq!(long_day.len(), 25, "{long_day:?}");
     for w in long_day.windows(2) {
         assert_eq!(w[1] - w[0], hours(1), "one run per real hour");
@@ -492,7 +542,11 @@ fn jitter_spreads_starts_and_is_stable() {
         };
         let delay = (*started - *slot).to_std().unwrap();
         assert!(delay < Duration::from_secs(600));
-        assert_eq!(*started, timing.start_of("erp-backup", *slot), "the same every time");
+        assert_eq!(
+            *started,
+            timing.start_of("erp-backup", *slot),
+            "the same every time"
+        );
         distinct.insert(delay);
     }
     assert!(distinct.len() > 1, "jitter varies between slots");

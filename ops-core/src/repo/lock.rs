@@ -107,7 +107,7 @@ impl LockEntry {
 }
 
 /// A process's start time in clock ticks since boot (`/proc/PID/stat`, field 22).
-fn process_start(pid: u32) -> Option<u64> {
+pub fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -116,7 +116,7 @@ fn process_start(pid: u32) -> Option<u64> {
 
 /// True when `pid` runs and, where known, started at `start`. Where `/proc` cannot
 /// tell (another OS), assumes alive: only the store-clock rule applies then.
-fn process_alive(pid: u32, start: Option<u64>) -> bool {
+pub fn process_alive(pid: u32, start: Option<u64>) -> bool {
     if !std::path::Path::new("/proc/self/stat").exists() {
         return true;
     }

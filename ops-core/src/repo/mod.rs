@@ -40,7 +40,9 @@ pub use group::{
 pub use health::LastBackupAge;
 pub use keys::KeyInfo;
 pub(crate) use lock::LockGuard;
-pub use lock::{LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision};
+pub use lock::{
+    LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision, process_alive, process_start,
+};
 pub use maintain::{ForgetOptions, ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{BackupStats, Manifest, StreamRecord};
 // Pack and index-file layouts are the format's business, not an embedder's: a program
@@ -196,7 +198,8 @@ pub struct Repository {
     progress: Option<Arc<Progress>>,
 }
 
-pub(crate) fn host_name() -> String {
+/// This host's name as locks, manifests and run records record it.
+pub fn host_name() -> String {
     hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".into())

@@ -247,16 +247,20 @@ impl Repository {
                             ..p.clone()
                         }),
                         Some(None) => {}
-                        None => todo.push(s),
+                        None => todo.push((
+                            key(s),
+                            s.spec.name.clone(),
+                            s.spec.table.as_ref().map(ToString::to_string),
+                        )),
                     }
                 }
                 let results: Vec<(String, String, Option<String>, Result<u64>)> =
                     futures::stream::iter(todo)
-                        .map(|s| {
+                        .map(|(k, name, table)| {
                             let source = Arc::clone(&source);
                             async move {
                                 let read = async {
-                                    let mut stream = source.open(&s.spec.name).await?;
+                                    let mut stream = source.open(&name).await?;
                                     let mut n = 0u64;
                                     while let Some(b) = stream.try_next().await? {
                                         n += b.len() as u64;
@@ -264,12 +268,7 @@ impl Repository {
                                     Ok(n)
                                 }
                                 .await;
-                                (
-                                    key(s),
-                                    s.spec.name.clone(),
-                                    s.spec.table.as_ref().map(ToString::to_string),
-                                    read,
-                                )
+                                (k, name, table, read)
                             }
                         })
                         .buffer_unordered(options.jobs.max(1))

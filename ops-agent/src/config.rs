@@ -1,0 +1,1500 @@
+//! The deployment config (`dbops.toml`): repositories, databases, notifications and
+//! jobs, parsed into typed components and checked before anything runs.
+//!
+//! Errors name the file, the line and the key (and suggest the key that was probably
+//! meant); `${VAR}` takes a value from the environment; secrets are held as
+//! [`Secret`]s and [`Config::redacted`] is the only way the config is printed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use toml::Spanned;
+
+use ops_core::jobs::{EventKind, JobKind, Notifier};
+use ops_core::repo::{BackupFilter, GroupBy};
+use ops_core::retention::KeepRules;
+use ops_core::schedule::{Schedule, Timing, format_duration, parse_duration};
+use ops_core::{Error, Result, Secret, redact_url};
+
+/// Where the run history and caches go when the config does not say.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/dbops";
+
+// ---------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<Spanned<String>>,
+    max_concurrent_jobs: Option<Spanned<usize>>,
+    shutdown_grace: Option<Spanned<String>>,
+    hook_timeout: Option<Spanned<String>>,
+    /// One-shot commands' repository when `--repo` is not given (older configs).
+    repo: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    retention: Option<KeepRules>,
+    #[serde(default)]
+    repositories: BTreeMap<String, Spanned<RawRepository>>,
+    #[serde(default)]
+    databases: BTreeMap<String, Spanned<RawDatabase>>,
+    #[serde(default)]
+    notifications: BTreeMap<String, Spanned<RawNotification>>,
+    #[serde(default)]
+    jobs: BTreeMap<String, Spanned<RawJob>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    url: Spanned<String>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    lock_wait: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Spanned<String>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+}
+
+/// `starttls = true | false | "tls"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StartTls {
+    Flag(bool),
+    Word(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotification {
+    kind: Spanned<String>,
+    url: Option<Spanned<String>>,
+    on: Option<Vec<Spanned<String>>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+    smtp_host: Option<Spanned<String>>,
+    smtp_port: Option<u16>,
+    starttls: Option<Spanned<StartTls>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    from: Option<Spanned<String>>,
+    #[serde(default)]
+    to: Vec<Spanned<String>>,
+    command: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    kind: Spanned<String>,
+    // Schedule.
+    schedule: Option<Spanned<String>>,
+    every: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    jitter: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<u32>>,
+    retry_backoff: Option<Spanned<String>>,
+    catch_up: Option<bool>,
+    // Hooks and notifications.
+    #[serde(default)]
+    before: Vec<String>,
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(default)]
+    on_failure: Vec<String>,
+    hook_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    notify: Vec<Spanned<String>>,
+    // What the job works on.
+    database: Option<Spanned<String>>,
+    repository: Option<Spanned<String>>,
+    to: Option<Spanned<String>>,
+    #[serde(default)]
+    tags: Vec<String>,
+    parallel: Option<usize>,
+    backups: Option<Spanned<String>>,
+    read_data: Option<bool>,
+    restore: Option<bool>,
+    keep_last: Option<u32>,
+    keep_hourly: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+    keep_yearly: Option<u32>,
+    keep_within: Option<Spanned<String>>,
+    #[serde(default)]
+    keep_tags: Vec<String>,
+    group_by: Option<Spanned<String>>,
+    prune: Option<bool>,
+    max_unused: Option<f64>,
+}
+
+// ---------------------------------------------------------------------------------
+// The config as dbops uses it.
+
+/// A whole deployment's config, checked.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub origin: String,
+    /// Run history, caches.
+    pub state_dir: PathBuf,
+    /// How many jobs the daemon runs at once.
+    pub max_concurrent_jobs: usize,
+    /// How long the daemon waits for running jobs on SIGTERM before cancelling them.
+    pub shutdown_grace: Duration,
+    /// Repositories by name.
+    pub repositories: BTreeMap<String, RepositoryConfig>,
+    /// Databases by name.
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    /// Notifiers by name.
+    pub notifications: BTreeMap<String, Arc<dyn Notifier>>,
+    /// Jobs by name.
+    pub jobs: BTreeMap<String, JobConfig>,
+    /// Top-level `repo` (for one-shot commands without `--repo`).
+    pub repo: Option<String>,
+    /// Top-level `password_file` (for one-shot commands).
+    pub password_file: Option<PathBuf>,
+    /// Top-level `[retention]` (the default rules of `forget`).
+    pub retention: Option<KeepRules>,
+    secrets: Secrets,
+}
+
+/// The values and environment variables the config took secrets from: scrubbed from
+/// every message and from hook environments.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    values: Vec<Secret>,
+    env: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secrets({} values, env {:?})",
+            self.values.len(),
+            self.env
+        )
+    }
+}
+
+impl Secrets {
+    fn add(&mut self, value: &str) {
+        // Very short values would scrub ordinary words out of messages.
+        if value.len() >= 4 && !self.values.iter().any(|s| s.expose() == value) {
+            self.values.push(Secret::new(value));
+        }
+    }
+
+    /// `text` with every known secret value replaced by `******`.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.values {
+            if out.contains(s.expose()) {
+                out = out.replace(s.expose(), ops_core::secret::REDACTED);
+            }
+        }
+        out
+    }
+
+    /// Environment variables that hold secrets (named by `${VAR}` in a secret field,
+    /// `password_env`, and the ones every engine and store reads).
+    pub fn env_names(&self) -> impl Iterator<Item = &str> {
+        self.env.iter().map(String::as_str)
+    }
+}
+
+/// Variables that hold secrets in every deployment, whatever the config says.
+const SECRET_ENV: &[&str] = &[
+    "DBOPS_PASSWORD",
+    "DBOPS_NEW_PASSWORD",
+    "DBOPS_FROM_PASSWORD",
+    "PGPASSWORD",
+    "MYSQL_PWD",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+];
+
+/// A repository's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RepositoryConfig {
+    /// Its URL.
+    pub url: String,
+    /// Its password, if the config gives one (else `DBOPS_PASSWORD`, else none).
+    pub password: Option<Secret>,
+    /// How long a backup waits for the repository's lock.
+    pub lock_wait: Duration,
+    password_source: String,
+}
+
+/// A database's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DatabaseConfig {
+    /// Its URL.
+    pub url: String,
+    /// A password apart from the URL.
+    pub password: Option<Secret>,
+    password_source: Option<String>,
+}
+
+impl DatabaseConfig {
+    /// The engine for this database.
+    ///
+    /// # Errors
+    /// The URL's errors.
+    pub fn engine(&self) -> Result<Arc<dyn ops_core::DatabaseEngine>> {
+        match &self.password {
+            Some(p) => dbops::engine_with_password(&self.url, p.clone()),
+            None => dbops::engine(&self.url),
+        }
+    }
+
+    /// The backups of this database: its name and server.
+    pub fn filter(&self) -> BackupFilter {
+        let mut f = BackupFilter::default();
+        if let Ok(u) = url::Url::parse(&self.url) {
+            let db = u.path().trim_start_matches('/');
+            if !db.is_empty() {
+                f = f.with_database(db);
+            }
+            let scheme = u.scheme();
+            f = f.with_engine(if scheme.starts_with("postgres") {
+                "postgresql"
+            } else {
+                "mariadb"
+            });
+        }
+        f
+    }
+}
+
+/// Which backups a verify or copy job takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Which {
+    /// The newest (per database filter).
+    Latest,
+    /// Every one.
+    All,
+}
+
+/// What a job does, with its own settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Work {
+    /// Back up `database` into `repository`.
+    Backup {
+        /// The database's name in the config.
+        database: String,
+        /// The repository's name in the config.
+        repository: String,
+        /// Tags for the backup.
+        tags: Vec<String>,
+        /// Parallel streams.
+        parallel: usize,
+    },
+    /// Verify backups.
+    Verify {
+        /// The repository's name.
+        repository: String,
+        /// Restrict to this database's backups.
+        database: Option<String>,
+        /// Which backups.
+        which: Which,
+        /// Read every chunk.
+        read_data: bool,
+        /// Prove the newest by restoring it on a throwaway server.
+        restore: bool,
+    },
+    /// Apply retention rules.
+    Forget {
+        /// The repository's name.
+        repository: String,
+        /// Restrict to this database's backups.
+        database: Option<String>,
+        /// The rules.
+        rules: KeepRules,
+        /// How backups are grouped.
+        group_by: GroupBy,
+        /// Prune afterwards.
+        prune: bool,
+    },
+    /// Delete unused data.
+    Prune {
+        /// The repository's name.
+        repository: String,
+        /// Unused share tolerated in packs (0–1).
+        max_unused: f64,
+    },
+    /// Copy backups to another repository.
+    Copy {
+        /// The source repository's name.
+        repository: String,
+        /// The destination repository's name.
+        to: String,
+        /// Restrict to this database's backups.
+        database: Option<String>,
+        /// Which backups.
+        which: Which,
+    },
+}
+
+impl Work {
+    /// The repository the job works on (for a copy: the destination's is `to`).
+    pub fn repository(&self) -> &str {
+        match self {
+            Work::Backup { repository, .. }
+            | Work::Verify { repository, .. }
+            | Work::Forget { repository, .. }
+            | Work::Prune { repository, .. }
+            | Work::Copy { repository, .. } => repository,
+        }
+    }
+}
+
+/// Hook commands and their time limit.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Hooks {
+    /// Run before; a failure aborts the job, exit 75 skips the run.
+    pub before: Vec<String>,
+    /// Run after, whenever `before` ran (failure included).
+    pub after: Vec<String>,
+    /// Run when the job failed.
+    pub on_failure: Vec<String>,
+    /// Each command's time limit.
+    pub timeout: Duration,
+}
+
+/// One job.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JobConfig {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    pub kind: JobKind,
+    /// When it runs; `None` for a job only run by hand.
+    pub timing: Option<Timing>,
+    /// The whole run's time limit (attempts and backoff included; hooks apart).
+    pub timeout: Option<Duration>,
+    /// Its hooks.
+    pub hooks: Hooks,
+    /// Notifier names.
+    pub notify: Vec<String>,
+    /// Its work.
+    pub work: Work,
+    /// The retries (also in `timing`, for jobs without a schedule).
+    pub retries: u32,
+    /// The first retry's backoff.
+    pub retry_backoff: Duration,
+}
+
+impl JobConfig {
+    /// The job's timing, or one that never fires for a job run only by hand (retries
+    /// still apply).
+    pub fn timing_or_manual(&self) -> Timing {
+        self.timing.clone().unwrap_or_else(|| {
+            Timing::new(
+                Schedule::every(Duration::from_secs(u64::MAX / 4)).unwrap_or(Schedule::Every {
+                    period: Duration::from_secs(u64::MAX / 4),
+                }),
+            )
+            .with_retries(self.retries)
+            .with_backoff(self.retry_backoff, self.retry_backoff.saturating_mul(20))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Loading.
+
+/// Where the config file is: `path`, else `DBOPS_CONFIG`.
+pub fn config_path(path: Option<&Path>) -> Option<PathBuf> {
+    path.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os("DBOPS_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
+impl Config {
+    /// Reads and checks the config at `path`, with `${VAR}` from the process
+    /// environment.
+    ///
+    /// # Errors
+    /// [`ops_core::ErrorKind::InvalidInput`] naming the file, line and key for a
+    /// config that does not parse or check; I/O errors reading it or a password file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading the config file {}", path.display()), e))?;
+        Self::parse(&text, &path.display().to_string(), &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Parses and checks config text; `origin` names it in messages, `env` looks up
+    /// `${VAR}`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(text: &str, origin: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
+        Resolver {
+            text,
+            origin,
+            env,
+            secrets: Secrets::default(),
+        }
+        .resolve(raw)
+    }
+
+    /// The secrets the config took (to scrub messages and hook environments).
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// A job by name.
+    ///
+    /// # Errors
+    /// [`ops_core::ErrorKind::InvalidInput`] naming the jobs there are.
+    pub fn job(&self, name: &str) -> Result<&JobConfig> {
+        self.jobs.get(name).ok_or_else(|| {
+            let names: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+            let hint = suggest(name, &names)
+                .map(|s| format!("; did you mean '{s}'?"))
+                .unwrap_or_default();
+            Error::invalid(format!(
+                "no job '{name}' in {}{hint} (jobs: {})",
+                self.origin,
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ))
+        })
+    }
+
+    /// The notifiers a job names.
+    pub fn notifiers_of(&self, job: &JobConfig) -> Vec<Arc<dyn Notifier>> {
+        job.notify
+            .iter()
+            .filter_map(|n| self.notifications.get(n).cloned())
+            .collect()
+    }
+
+    /// The config as `dbops config check` prints it: every default filled in, every
+    /// secret replaced by `******` (URLs keep their host, never a password or a
+    /// webhook path).
+    pub fn redacted(&self) -> Value {
+        let repositories: BTreeMap<_, _> = self
+            .repositories
+            .iter()
+            .map(|(n, r)| {
+                (
+                    n.clone(),
+                    json!({
+                        "url": redact_url(&r.url),
+                        "password": r.password_source,
+                        "lock_wait": format_duration(r.lock_wait),
+                    }),
+                )
+            })
+            .collect();
+        let databases: BTreeMap<_, _> = self
+            .databases
+            .iter()
+            .map(|(n, d)| {
+                let mut v = json!({ "url": self.secrets.scrub(&redact_url(&d.url)) });
+                if let Some(src) = &d.password_source {
+                    v["password"] = json!(src);
+                }
+                (n.clone(), v)
+            })
+            .collect();
+        let notifications: BTreeMap<_, _> = self
+            .notifications
+            .iter()
+            .map(|(n, x)| {
+                let on: Vec<&str> = EventKind::ALL
+                    .into_iter()
+                    .filter(|k| x.wants(*k))
+                    .map(EventKind::as_str)
+                    .collect();
+                (
+                    n.clone(),
+                    json!({ "destination": self.secrets.scrub(&x.destination()), "on": on }),
+                )
+            })
+            .collect();
+        let jobs: BTreeMap<_, _> = self
+            .jobs
+            .iter()
+            .map(|(n, j)| (n.clone(), self.job_json(j)))
+            .collect();
+        let mut v = json!({
+            "state_dir": self.state_dir,
+            "max_concurrent_jobs": self.max_concurrent_jobs,
+            "shutdown_grace": format_duration(self.shutdown_grace),
+            "repositories": repositories,
+            "databases": databases,
+            "notifications": notifications,
+            "jobs": jobs,
+        });
+        if let Some(r) = &self.repo {
+            v["repo"] = json!(redact_url(r));
+        }
+        v
+    }
+
+    fn job_json(&self, j: &JobConfig) -> Value {
+        let mut v = json!({ "kind": j.kind });
+        match &j.timing {
+            Some(t) => {
+                match &t.schedule {
+                    Schedule::Cron { cron, tz } => {
+                        v["schedule"] = json!(cron.to_string());
+                        v["timezone"] = json!(tz.name());
+                    }
+                    Schedule::Every { period } => v["every"] = json!(format_duration(*period)),
+                    _ => v["schedule"] = json!(t.schedule.to_string()),
+                }
+                v["jitter"] = json!(format_duration(t.jitter));
+                v["catch_up"] = json!(t.catch_up);
+            }
+            None => v["schedule"] = json!("none (run by hand: dbops run)"),
+        }
+        v["retries"] = json!(j.retries);
+        v["retry_backoff"] = json!(format_duration(j.retry_backoff));
+        if let Some(t) = j.timeout {
+            v["timeout"] = json!(format_duration(t));
+        }
+        // Hook commands are printed as written (never interpolated), so they hold only
+        // what the operator typed.
+        v["before"] = json!(j.hooks.before);
+        v["after"] = json!(j.hooks.after);
+        v["on_failure"] = json!(j.hooks.on_failure);
+        v["hook_timeout"] = json!(format_duration(j.hooks.timeout));
+        v["notify"] = json!(j.notify);
+        match &j.work {
+            Work::Backup {
+                database,
+                repository,
+                tags,
+                parallel,
+            } => {
+                v["database"] = json!(database);
+                v["repository"] = json!(repository);
+                v["tags"] = json!(tags);
+                v["parallel"] = json!(parallel);
+            }
+            Work::Verify {
+                repository,
+                database,
+                which,
+                read_data,
+                restore,
+            } => {
+                v["repository"] = json!(repository);
+                v["database"] = json!(database);
+                v["backups"] = json!(if *which == Which::All {
+                    "all"
+                } else {
+                    "latest"
+                });
+                v["read_data"] = json!(read_data);
+                v["restore"] = json!(restore);
+            }
+            Work::Forget {
+                repository,
+                database,
+                rules,
+                group_by,
+                prune,
+            } => {
+                v["repository"] = json!(repository);
+                v["database"] = json!(database);
+                v["rules"] = json!(rules.to_string());
+                v["group_by"] = json!(group_by.to_string());
+                v["prune"] = json!(prune);
+            }
+            Work::Prune {
+                repository,
+                max_unused,
+            } => {
+                v["repository"] = json!(repository);
+                v["max_unused"] = json!(max_unused);
+            }
+            Work::Copy {
+                repository,
+                to,
+                database,
+                which,
+            } => {
+                v["repository"] = json!(repository);
+                v["to"] = json!(to);
+                v["database"] = json!(database);
+                v["backups"] = json!(if *which == Which::All {
+                    "all"
+                } else {
+                    "latest"
+                });
+            }
+        }
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Errors with file, line and key.
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// The `[table]` header in force at line `line`.
+fn section_at(text: &str, line: usize) -> Option<String> {
+    text.lines()
+        .take(line)
+        .filter_map(|l| {
+            let l = l.trim();
+            (l.starts_with('[') && l.ends_with(']')).then(|| l.to_owned())
+        })
+        .last()
+}
+
+/// The key written on line `line`, if it holds `key = value`.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let (k, _) = l.split_once('=')?;
+    let k = k.trim().trim_matches('"');
+    (!k.is_empty() && !k.starts_with('[')).then(|| k.to_owned())
+}
+
+fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> Error {
+    let line = e.span().map(|s| line_of(text, s.start));
+    let at = match line {
+        Some(l) => format!("{origin}:{l}"),
+        None => origin.to_owned(),
+    };
+    let section = line
+        .and_then(|l| section_at(text, l))
+        .map(|s| format!(" in {s}"))
+        .unwrap_or_default();
+    let message = e.message().trim();
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (key, tail) = rest.split_once('`').unwrap_or((rest, ""));
+        let expected: Vec<&str> = tail
+            .split('`')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, s)| s)
+            .collect();
+        let hint = suggest(key, &expected)
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        return Error::invalid(format!(
+            "{at}: unknown key `{key}`{section}{hint} (keys here: {})",
+            expected.join(", ")
+        ))
+        .with_context("file", origin)
+        .with_context("key", key);
+    }
+    let key = line
+        .and_then(|l| key_at(text, l))
+        .map(|k| format!(" key `{k}`"))
+        .unwrap_or_default();
+    Error::invalid(format!("{at}:{section}{key}: {message}")).with_context("file", origin)
+}
+
+/// The candidate closest to `word` by edit distance, if close enough to be a typo.
+pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+// ---------------------------------------------------------------------------------
+// Resolving: interpolation, defaults, references, checks.
+
+struct Resolver<'a> {
+    text: &'a str,
+    origin: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+}
+
+impl Resolver<'_> {
+    fn at<T>(&self, s: &Spanned<T>) -> String {
+        format!("{}:{}", self.origin, line_of(self.text, s.span().start))
+    }
+
+    fn err<T>(&self, s: &Spanned<T>, what: &str, why: impl std::fmt::Display) -> Error {
+        Error::invalid(format!("{}: {what}: {why}", self.at(s))).with_context("file", self.origin)
+    }
+
+    /// `${VAR}` replaced from the environment (`$${` writes a literal `${`). Values of
+    /// a secret field, and the variables they came from, are remembered as secrets.
+    fn interpolate(&mut self, s: &Spanned<String>, what: &str, secret: bool) -> Result<String> {
+        let raw = s.get_ref();
+        let mut out = String::with_capacity(raw.len());
+        let mut rest = raw.as_str();
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i..];
+            if let Some(after) = rest.strip_prefix("$${") {
+                out.push_str("${");
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix("${") {
+                let Some(end) = after.find('}') else {
+                    return Err(self.err(s, what, "`${` without a closing `}`"));
+                };
+                let name = &after[..end];
+                let (name, default) = match name.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (name, None),
+                };
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(self.err(s, what, format!("`${{{name}}}` is not a variable name")));
+                }
+                let value = match ((self.env)(name), default) {
+                    (Some(v), _) => v,
+                    (None, Some(d)) => d.to_owned(),
+                    (None, None) => {
+                        return Err(self.err(
+                            s,
+                            what,
+                            format!(
+                                "the environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+                            ),
+                        ));
+                    }
+                };
+                if secret {
+                    self.secrets.env.insert(name.to_owned());
+                    self.secrets.add(&value);
+                }
+                out.push_str(&value);
+                rest = &after[end + 1..];
+            } else {
+                out.push('$');
+                rest = &rest[1..];
+            }
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn duration(
+        &mut self,
+        s: &Option<Spanned<String>>,
+        what: &str,
+        default: Duration,
+    ) -> Result<Duration> {
+        match s {
+            None => Ok(default),
+            Some(s) => {
+                let text = self.interpolate(s, what, false)?;
+                parse_duration(&text).map_err(|e| self.err(s, what, e.message()))
+            }
+        }
+    }
+
+    /// A password from exactly one of `password`, `password_file`, `password_env`.
+    fn password(
+        &mut self,
+        what: &str,
+        inline: &Option<Spanned<String>>,
+        file: &Option<Spanned<String>>,
+        env: &Option<Spanned<String>>,
+    ) -> Result<Option<(Secret, String)>> {
+        let given = [inline.is_some(), file.is_some(), env.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if given > 1 {
+            let s = inline.as_ref().or(file.as_ref()).or(env.as_ref());
+            return Err(match s {
+                Some(s) => self.err(
+                    s,
+                    what,
+                    "give one of password, password_file and password_env",
+                ),
+                None => Error::invalid(format!(
+                    "{what}: give one of password, password_file and password_env"
+                )),
+            });
+        }
+        if let Some(p) = inline {
+            if !p.get_ref().contains("${") {
+                return Err(self.err(
+                    p,
+                    &format!("{what} password"),
+                    "a password written into the config is refused: use password = \"${VAR}\", password_file or password_env",
+                ));
+            }
+            let value = self.interpolate(p, what, true)?;
+            return Ok(Some((
+                Secret::new(value),
+                "****** (from the environment)".to_owned(),
+            )));
+        }
+        if let Some(f) = file {
+            let path = self.interpolate(f, what, false)?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                self.err(
+                    f,
+                    &format!("{what} password_file"),
+                    format!("{path} cannot be read: {e}"),
+                )
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let text = text.strip_suffix('\r').unwrap_or(text);
+            self.secrets.add(text);
+            return Ok(Some((
+                Secret::new(text),
+                format!("****** (from the file {path})"),
+            )));
+        }
+        if let Some(e) = env {
+            let name = e.get_ref().clone();
+            self.secrets.env.insert(name.clone());
+            let value = (self.env)(&name).ok_or_else(|| {
+                self.err(
+                    e,
+                    &format!("{what} password_env"),
+                    format!("the environment variable {name} is not set"),
+                )
+            })?;
+            self.secrets.add(&value);
+            return Ok(Some((Secret::new(value), format!("****** (from ${name})"))));
+        }
+        Ok(None)
+    }
+
+    fn resolve(mut self, raw: RawConfig) -> Result<Config> {
+        for name in SECRET_ENV {
+            self.secrets.env.insert((*name).to_owned());
+            if let Some(v) = (self.env)(name) {
+                self.secrets.add(&v);
+            }
+        }
+        let state_dir = match &raw.state_dir {
+            Some(s) => PathBuf::from(self.interpolate(s, "state_dir", false)?),
+            None => PathBuf::from(DEFAULT_STATE_DIR),
+        };
+        let max_concurrent_jobs = match &raw.max_concurrent_jobs {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(self.err(n, "max_concurrent_jobs", "must be at least 1"));
+            }
+            Some(n) => *n.get_ref(),
+            None => 2,
+        };
+        let shutdown_grace = self.duration(
+            &raw.shutdown_grace,
+            "shutdown_grace",
+            Duration::from_secs(300),
+        )?;
+        let hook_timeout =
+            self.duration(&raw.hook_timeout, "hook_timeout", Duration::from_secs(300))?;
+
+        let mut repositories = BTreeMap::new();
+        for (name, r) in &raw.repositories {
+            let what = format!("[repositories.{name}]");
+            let url = self.interpolate(&r.get_ref().url, &what, false)?;
+            let rr = r.get_ref();
+            let password =
+                self.password(&what, &rr.password, &rr.password_file, &rr.password_env)?;
+            let lock_wait = self.duration(&rr.lock_wait, &what, Duration::from_secs(600))?;
+            let (password, password_source) = match password {
+                Some((p, src)) => (Some(p), src),
+                None => (
+                    None,
+                    "from DBOPS_PASSWORD if set, else none (unencrypted)".to_owned(),
+                ),
+            };
+            repositories.insert(
+                name.clone(),
+                RepositoryConfig {
+                    url,
+                    password,
+                    lock_wait,
+                    password_source,
+                },
+            );
+        }
+
+        let mut databases = BTreeMap::new();
+        for (name, d) in &raw.databases {
+            let what = format!("[databases.{name}]");
+            let dd = d.get_ref();
+            let url = self.interpolate(&dd.url, &what, false)?;
+            if let Ok(u) = url::Url::parse(&url)
+                && let Some(p) = u.password()
+            {
+                self.secrets.add(p);
+                if let Ok(decoded) = percent_decode(p) {
+                    self.secrets.add(&decoded);
+                }
+            }
+            // Checks the scheme and the URL now, not at 2 a.m.
+            dbops::engine(&url)
+                .map_err(|e| self.err(&dd.url, &format!("{what} url"), e.message()))?;
+            let password =
+                self.password(&what, &dd.password, &dd.password_file, &dd.password_env)?;
+            let (password, password_source) = match password {
+                Some((p, s)) => (Some(p), Some(s)),
+                None => (None, None),
+            };
+            databases.insert(
+                name.clone(),
+                DatabaseConfig {
+                    url,
+                    password,
+                    password_source,
+                },
+            );
+        }
+
+        let mut notifications = BTreeMap::new();
+        for (name, n) in &raw.notifications {
+            let built = self.notifier(name, n)?;
+            notifications.insert(name.clone(), built);
+        }
+
+        let mut jobs = BTreeMap::new();
+        for (name, j) in &raw.jobs {
+            let job = self.job(
+                name,
+                j,
+                hook_timeout,
+                &repositories,
+                &databases,
+                &notifications,
+            )?;
+            jobs.insert(name.clone(), job);
+        }
+
+        let repo = raw
+            .repo
+            .as_ref()
+            .map(|r| self.interpolate(r, "repo", false))
+            .transpose()?;
+        let password_file = raw
+            .password_file
+            .as_ref()
+            .map(|p| {
+                self.interpolate(p, "password_file", false)
+                    .map(PathBuf::from)
+            })
+            .transpose()?;
+        Ok(Config {
+            origin: self.origin.to_owned(),
+            state_dir,
+            max_concurrent_jobs,
+            shutdown_grace,
+            repositories,
+            databases,
+            notifications,
+            jobs,
+            repo,
+            password_file,
+            retention: raw.retention,
+            secrets: self.secrets,
+        })
+    }
+
+    fn notifier(&mut self, name: &str, n: &Spanned<RawNotification>) -> Result<Arc<dyn Notifier>> {
+        use crate::notify::{
+            Channel, CommandOptions, EmailOptions, NotifierSpec, PingOptions, SlackOptions,
+            SmtpSecurity, WebhookOptions,
+        };
+        let what = format!("[notifications.{name}]");
+        let r = n.get_ref();
+        let kind = r.kind.get_ref().as_str();
+        let url = |this: &mut Self| -> Result<Secret> {
+            let Some(u) = &r.url else {
+                return Err(this.err(&r.kind, &what, format!("a {kind} notification needs `url`")));
+            };
+            // A webhook's URL is its credential: held and scrubbed as a secret.
+            let value = this.interpolate(u, &format!("{what} url"), true)?;
+            this.secrets.add(&value);
+            Ok(Secret::new(value))
+        };
+        let channel = match kind {
+            "webhook" => {
+                let mut o = WebhookOptions::new(url(self)?);
+                for (k, v) in &r.headers {
+                    let value = self.interpolate(v, &format!("{what} headers.{k}"), true)?;
+                    self.secrets.add(&value);
+                    o = o.with_header(k.clone(), Secret::new(value));
+                }
+                Channel::Webhook(o)
+            }
+            "slack" => Channel::Slack(SlackOptions::new(url(self)?)),
+            "ping" => Channel::Ping(PingOptions::new(url(self)?)),
+            "command" => {
+                let Some(c) = &r.command else {
+                    return Err(self.err(&r.kind, &what, "a command notification needs `command`"));
+                };
+                Channel::Command(CommandOptions::new(c.clone()))
+            }
+            "email" => {
+                let Some(host) = &r.smtp_host else {
+                    return Err(self.err(
+                        &r.kind,
+                        &what,
+                        "an email notification needs `smtp_host`",
+                    ));
+                };
+                let Some(from) = &r.from else {
+                    return Err(self.err(&r.kind, &what, "an email notification needs `from`"));
+                };
+                if r.to.is_empty() {
+                    return Err(self.err(
+                        &r.kind,
+                        &what,
+                        "an email notification needs `to` (a list of addresses)",
+                    ));
+                }
+                let host = self.interpolate(host, &format!("{what} smtp_host"), false)?;
+                let from = self.interpolate(from, &format!("{what} from"), false)?;
+                let mut to = Vec::new();
+                for t in &r.to {
+                    to.push(self.interpolate(t, &format!("{what} to"), false)?);
+                }
+                let mut o = EmailOptions::new(host, from, to);
+                if let Some(p) = r.smtp_port {
+                    o = o.with_port(p);
+                }
+                if let Some(st) = &r.starttls {
+                    let security = match st.get_ref() {
+                        StartTls::Flag(true) => SmtpSecurity::StartTls,
+                        StartTls::Flag(false) => SmtpSecurity::None,
+                        StartTls::Word(w) if w == "tls" => SmtpSecurity::Tls,
+                        StartTls::Word(w) => {
+                            return Err(self.err(
+                                st,
+                                &format!("{what} starttls"),
+                                format!("'{w}': use true, false or \"tls\""),
+                            ));
+                        }
+                    };
+                    o = o.with_security(security);
+                }
+                let password = self.password(&what, &r.password, &r.password_file, &None)?;
+                match (&r.username, password) {
+                    (Some(u), Some((p, _))) => {
+                        let user = self.interpolate(u, &format!("{what} username"), false)?;
+                        o = o.with_login(user, p);
+                    }
+                    (None, None) => {}
+                    _ => {
+                        return Err(self.err(&r.kind, &what, "give both `username` and a password (password = \"${VAR}\" or password_file), or neither"));
+                    }
+                }
+                Channel::Email(o)
+            }
+            other => {
+                let kinds = ["webhook", "slack", "email", "command", "ping"];
+                let hint = suggest(other, &kinds)
+                    .map(|s| format!("; did you mean '{s}'?"))
+                    .unwrap_or_default();
+                return Err(self.err(
+                    &r.kind,
+                    &format!("{what} kind"),
+                    format!(
+                        "unknown notification kind '{other}'{hint} (kinds: {})",
+                        kinds.join(", ")
+                    ),
+                ));
+            }
+        };
+        let mut spec = NotifierSpec::new(channel);
+        if let Some(on) = &r.on {
+            let mut events = Vec::new();
+            for e in on {
+                events.push(
+                    EventKind::parse(e.get_ref())
+                        .map_err(|x| self.err(e, &format!("{what} on"), x.message()))?,
+                );
+            }
+            spec = spec.with_on(events);
+        }
+        if r.timeout.is_some() {
+            spec = spec.with_timeout(self.duration(
+                &r.timeout,
+                &format!("{what} timeout"),
+                crate::notify::DEFAULT_TIMEOUT,
+            )?);
+        }
+        if let Some(n) = r.retries {
+            spec = spec.with_retries(n);
+        }
+        crate::notify::build(name, spec).map_err(|e| self.err(&r.kind, &what, e.message()))
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn job(
+        &mut self,
+        name: &str,
+        j: &Spanned<RawJob>,
+        hook_timeout: Duration,
+        repositories: &BTreeMap<String, RepositoryConfig>,
+        databases: &BTreeMap<String, DatabaseConfig>,
+        notifications: &BTreeMap<String, Arc<dyn Notifier>>,
+    ) -> Result<JobConfig> {
+        let what = format!("[jobs.{name}]");
+        let r = j.get_ref();
+        let kind = JobKind::parse(r.kind.get_ref())
+            .map_err(|e| self.err(&r.kind, &format!("{what} kind"), e.message()))?;
+
+        let tz = match &r.timezone {
+            Some(t) => t.get_ref().clone(),
+            None => "UTC".to_owned(),
+        };
+        let schedule = match (&r.schedule, &r.every) {
+            (Some(s), Some(_)) => {
+                return Err(self.err(s, &what, "give `schedule` (cron) or `every`, not both"));
+            }
+            (Some(s), None) => Some(
+                Schedule::cron(s.get_ref(), &tz)
+                    .map_err(|e| self.err(s, &format!("{what} schedule"), e.message()))?,
+            ),
+            (None, Some(e)) => {
+                let d = parse_duration(e.get_ref())
+                    .map_err(|x| self.err(e, &format!("{what} every"), x.message()))?;
+                Some(
+                    Schedule::every(d)
+                        .map_err(|x| self.err(e, &format!("{what} every"), x.message()))?,
+                )
+            }
+            (None, None) => {
+                if let Some(t) = &r.timezone {
+                    return Err(self.err(
+                        t,
+                        &what,
+                        "a timezone without a schedule: add `schedule`",
+                    ));
+                }
+                None
+            }
+        };
+        if schedule.is_some()
+            && let Some(t) = &r.timezone
+        {
+            ops_core::schedule::parse_tz(t.get_ref())
+                .map_err(|e| self.err(t, &format!("{what} timezone"), e.message()))?;
+        }
+        let retries = r.retries.as_ref().map(|s| *s.get_ref()).unwrap_or(0);
+        let retry_backoff = self.duration(
+            &r.retry_backoff,
+            &format!("{what} retry_backoff"),
+            Duration::from_secs(30),
+        )?;
+        let jitter = self.duration(&r.jitter, &format!("{what} jitter"), Duration::ZERO)?;
+        let timeout = match &r.timeout {
+            Some(_) => {
+                Some(self.duration(&r.timeout, &format!("{what} timeout"), Duration::ZERO)?)
+            }
+            None => None,
+        };
+        let timing = schedule.map(|s| {
+            Timing::new(s)
+                .with_jitter(jitter)
+                .with_retries(retries)
+                .with_backoff(
+                    retry_backoff,
+                    retry_backoff
+                        .saturating_mul(20)
+                        .max(Duration::from_secs(600)),
+                )
+                .with_catch_up(r.catch_up.unwrap_or(true))
+        });
+        let hooks = Hooks {
+            before: r.before.clone(),
+            after: r.after.clone(),
+            on_failure: r.on_failure.clone(),
+            timeout: self.duration(
+                &r.hook_timeout,
+                &format!("{what} hook_timeout"),
+                hook_timeout,
+            )?,
+        };
+        let mut notify = Vec::new();
+        for n in &r.notify {
+            if !notifications.contains_key(n.get_ref()) {
+                let names: Vec<&str> = notifications.keys().map(String::as_str).collect();
+                let hint = suggest(n.get_ref(), &names)
+                    .map(|s| format!("; did you mean '{s}'?"))
+                    .unwrap_or_default();
+                return Err(self.err(
+                    n,
+                    &format!("{what} notify"),
+                    format!("no [notifications.{}] in the config{hint}", n.get_ref()),
+                ));
+            }
+            notify.push(n.get_ref().clone());
+        }
+
+        let repository =
+            |this: &Self, key: &Option<Spanned<String>>, field: &str| -> Result<String> {
+                let Some(s) = key else {
+                    let only: Vec<&String> = repositories.keys().collect();
+                    if only.len() == 1 {
+                        return Ok(only[0].clone());
+                    }
+                    return Err(this.err(
+                        j,
+                        &what,
+                        format!("a {} job needs `{field}` (a [repositories.NAME])", kind),
+                    ));
+                };
+                if repositories.contains_key(s.get_ref()) {
+                    return Ok(s.get_ref().clone());
+                }
+                let names: Vec<&str> = repositories.keys().map(String::as_str).collect();
+                let hint = suggest(s.get_ref(), &names)
+                    .map(|x| format!("; did you mean '{x}'?"))
+                    .unwrap_or_default();
+                Err(this.err(
+                    s,
+                    &format!("{what} {field}"),
+                    format!("no [repositories.{}] in the config{hint}", s.get_ref()),
+                ))
+            };
+        let database = |this: &Self,
+                        key: &Option<Spanned<String>>,
+                        required: bool|
+         -> Result<Option<String>> {
+            let Some(s) = key else {
+                if required {
+                    return Err(this.err(
+                        j,
+                        &what,
+                        "a backup job needs `database` (a [databases.NAME])",
+                    ));
+                }
+                return Ok(None);
+            };
+            if databases.contains_key(s.get_ref()) {
+                return Ok(Some(s.get_ref().clone()));
+            }
+            let names: Vec<&str> = databases.keys().map(String::as_str).collect();
+            let hint = suggest(s.get_ref(), &names)
+                .map(|x| format!("; did you mean '{x}'?"))
+                .unwrap_or_default();
+            Err(this.err(
+                s,
+                &format!("{what} database"),
+                format!("no [databases.{}] in the config{hint}", s.get_ref()),
+            ))
+        };
+        let which = |this: &Self| -> Result<Which> {
+            match r.backups.as_ref() {
+                None => Ok(Which::Latest),
+                Some(s) => match s.get_ref().as_str() {
+                    "latest" => Ok(Which::Latest),
+                    "all" => Ok(Which::All),
+                    other => Err(this.err(
+                        s,
+                        &format!("{what} backups"),
+                        format!("'{other}': use \"latest\" or \"all\""),
+                    )),
+                },
+            }
+        };
+        // Keys that belong to other kinds are mistakes, not silently ignored.
+        let mut foreign: Vec<&str> = Vec::new();
+        let mut not_for = |present: bool, key: &'static str, kinds: &[JobKind]| {
+            if present && !kinds.contains(&kind) {
+                foreign.push(key);
+            }
+        };
+        use JobKind as K;
+        not_for(
+            r.database.is_some(),
+            "database",
+            &[K::Backup, K::Verify, K::Forget, K::Copy],
+        );
+        not_for(r.to.is_some(), "to", &[K::Copy]);
+        not_for(!r.tags.is_empty(), "tags", &[K::Backup]);
+        not_for(r.parallel.is_some(), "parallel", &[K::Backup]);
+        not_for(r.backups.is_some(), "backups", &[K::Verify, K::Copy]);
+        not_for(r.read_data.is_some(), "read_data", &[K::Verify]);
+        not_for(r.restore.is_some(), "restore", &[K::Verify]);
+        let keeps = r.keep_last.is_some()
+            || r.keep_hourly.is_some()
+            || r.keep_daily.is_some()
+            || r.keep_weekly.is_some()
+            || r.keep_monthly.is_some()
+            || r.keep_yearly.is_some()
+            || r.keep_within.is_some()
+            || !r.keep_tags.is_empty();
+        not_for(keeps, "keep_*", &[K::Forget]);
+        not_for(r.group_by.is_some(), "group_by", &[K::Forget]);
+        not_for(r.prune.is_some(), "prune", &[K::Forget]);
+        not_for(r.max_unused.is_some(), "max_unused", &[K::Prune]);
+        if !foreign.is_empty() {
+            return Err(self.err(
+                &r.kind,
+                &what,
+                format!("{} do(es) not apply to a {kind} job", foreign.join(", ")),
+            ));
+        }
+
+        let work = match kind {
+            K::Backup => Work::Backup {
+                database: database(self, &r.database, true)?.unwrap_or_default(),
+                repository: repository(self, &r.repository, "repository")?,
+                tags: r.tags.clone(),
+                parallel: r.parallel.unwrap_or(2).max(1),
+            },
+            K::Verify => Work::Verify {
+                repository: repository(self, &r.repository, "repository")?,
+                database: database(self, &r.database, false)?,
+                which: which(self)?,
+                read_data: r.read_data.unwrap_or(false),
+                restore: r.restore.unwrap_or(false),
+            },
+            K::Forget => {
+                let mut rules = KeepRules::default()
+                    .with_last(r.keep_last.unwrap_or(0))
+                    .with_hourly(r.keep_hourly.unwrap_or(0))
+                    .with_daily(r.keep_daily.unwrap_or(0))
+                    .with_weekly(r.keep_weekly.unwrap_or(0))
+                    .with_monthly(r.keep_monthly.unwrap_or(0))
+                    .with_yearly(r.keep_yearly.unwrap_or(0))
+                    .with_tags(r.keep_tags.iter().cloned());
+                if let Some(w) = &r.keep_within {
+                    let d = ops_core::retention::parse_duration(w.get_ref())
+                        .map_err(|e| self.err(w, &format!("{what} keep_within"), e.message()))?;
+                    rules = rules.with_within(d);
+                }
+                if rules.is_empty() {
+                    return Err(self.err(
+                        &r.kind,
+                        &what,
+                        "a forget job needs a rule: keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_hourly, keep_within or keep_tags",
+                    ));
+                }
+                let group_by = match &r.group_by {
+                    Some(g) => GroupBy::parse(g.get_ref())
+                        .map_err(|e| self.err(g, &format!("{what} group_by"), e.message()))?,
+                    None => GroupBy::default(),
+                };
+                Work::Forget {
+                    repository: repository(self, &r.repository, "repository")?,
+                    database: database(self, &r.database, false)?,
+                    rules,
+                    group_by,
+                    prune: r.prune.unwrap_or(false),
+                }
+            }
+            K::Prune => Work::Prune {
+                repository: repository(self, &r.repository, "repository")?,
+                max_unused: r.max_unused.unwrap_or(5.0) / 100.0,
+            },
+            K::Copy => {
+                let Some(to) = &r.to else {
+                    return Err(self.err(
+                        &r.kind,
+                        &what,
+                        "a copy job needs `to` (the destination [repositories.NAME])",
+                    ));
+                };
+                let to = repository(self, &Some(to.clone()), "to")?;
+                let from = repository(self, &r.repository, "repository")?;
+                if to == from {
+                    return Err(self.err(
+                        &r.kind,
+                        &what,
+                        "`repository` and `to` are the same repository",
+                    ));
+                }
+                Work::Copy {
+                    repository: from,
+                    to,
+                    database: database(self, &r.database, false)?,
+                    which: which(self)?,
+                }
+            }
+            _ => {
+                return Err(self.err(&r.kind, &what, format!("{kind} jobs are not supported yet")));
+            }
+        };
+        Ok(JobConfig {
+            name: name.to_owned(),
+            kind,
+            timing,
+            timeout,
+            hooks,
+            notify,
+            work,
+            retries,
+            retry_backoff,
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> std::result::Result<String, std::str::Utf8Error> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            suggest("schedul", &["schedule", "timeout"]),
+            Some("schedule")
+        );
+        assert_eq!(suggest("retires", &["retries", "timeout"]), Some("retries"));
+        assert_eq!(suggest("zzzzzz", &["retries", "timeout"]), None);
+    }
+}

@@ -1,0 +1,757 @@
+//! `dbops` running itself, in real time against real parts: the daemon on a 2-second
+//! schedule against a throwaway PostgreSQL, hooks, `dbops run` in separate processes
+//! writing one history, notifications to a webhook receiver written here and to an
+//! SMTP server (Python's aiosmtpd), and config errors. Timing logic itself is tested
+//! on a simulated clock in ops-core (tests/schedule_sim.rs).
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Ctx, Run};
+use ops_postgres::ephemeral::EphemeralPostgres;
+
+/// A config file in the context's directory; returns its path.
+fn write_config(ctx: &Ctx, name: &str, text: &str) -> PathBuf {
+    let path = ctx.dir.path().join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn dbops(ctx: &Ctx, config: &Path, args: &[&str]) -> Command {
+    let mut c = ctx.command(args);
+    c.env("DBOPS_CONFIG", config).env_remove("DBOPS_REPO");
+    c
+}
+
+fn run(ctx: &Ctx, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut c = dbops(ctx, config, args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().expect("run dbops");
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+async fn shop(pg: &EphemeralPostgres) {
+    pg.create_database("shop").await.expect("create db");
+    pg.execute(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, note text); \
+         INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 2000) g;",
+    )
+    .await
+    .expect("load");
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s.code().unwrap_or(-1);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("dbops did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_runs_backups_every_2s_skips_overlaps_and_stops_on_sigterm() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    shop(&pg).await;
+    let ctx = Ctx::new();
+    ctx.init();
+    let db_url = pg.url_for("shop");
+    let config = write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+shutdown_grace = "30s"
+
+[repositories.main]
+url = "{repo}"
+password_env = "DBOPS_PASSWORD"
+
+[databases.shop]
+url = "{db_url}"
+
+[jobs.shop-backup]
+kind = "backup"
+database = "shop"
+every = "2s"
+
+[jobs.slow]
+kind = "backup"
+database = "shop"
+every = "2s"
+tags = ["slow"]
+before = ["sleep 5"]
+"#,
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+        ),
+    );
+    let log = ctx.dir.path().join("daemon.log");
+    let mut child = dbops(&ctx, &config, &["daemon"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start daemon");
+    // Let it run until the quick job has made at least three backups.
+    let state = ctx.dir.path().join("state");
+    wait_for(
+        "three backups by the daemon",
+        Duration::from_secs(60),
+        || {
+            run(&ctx, &config, &["--json", "history", "shop-backup"], &[]).json()["runs"]
+                .as_array()
+                .is_some_and(|r| r.iter().filter(|x| x["status"] == "success").count() >= 3)
+        },
+    );
+    // Long enough for the slow job's 5 s hook to have covered slots.
+    std::thread::sleep(Duration::from_secs(4));
+    sigterm(&child);
+    let code = wait_exit(&mut child, Duration::from_secs(60));
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, 0, "the daemon stops cleanly on SIGTERM:\n{log_text}");
+    assert!(log_text.contains("dbops daemon stopped"), "{log_text}");
+    assert!(state.join("history.sqlite").is_file());
+
+    // `list` shows the backups it made, and none is half-written.
+    let list = run(&ctx, &config, &["--json", "list"], &[]).ok().json();
+    let backups = list["backups"].as_array().expect("backups");
+    assert!(backups.len() >= 3, "{list}");
+    let history = run(&ctx, &config, &["--json", "history", "--last", "1000"], &[])
+        .ok()
+        .json();
+    let runs = history["runs"].as_array().expect("runs");
+    let made: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| r["backup_id"].as_str())
+        .collect();
+    for b in backups {
+        let id = b["id"].as_str().expect("id");
+        assert!(made.contains(&id), "backup {id} is in the history");
+    }
+    ctx.run(&["verify", "latest"]).ok();
+
+    // The slow job: its hook outlasts its interval, so slots are skipped and
+    // recorded, never stacked: its runs do not overlap each other.
+    let slow: Vec<&serde_json::Value> = runs.iter().filter(|r| r["job"] == "slow").collect();
+    let skipped = slow
+        .iter()
+        .filter(|r| r["status"] == "skipped")
+        .collect::<Vec<_>>();
+    assert!(!skipped.is_empty(), "{slow:#?}");
+    assert!(
+        skipped.iter().all(|r| r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("still running"))),
+        "{skipped:#?}"
+    );
+    let mut spans: Vec<(String, String)> = slow
+        .iter()
+        .filter(|r| r["status"] != "skipped")
+        .map(|r| {
+            (
+                r["started"].as_str().expect("started").to_owned(),
+                r["ended"].as_str().unwrap_or("9999").to_owned(),
+            )
+        })
+        .collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0, "runs of one job overlapped: {w:?}");
+    }
+    // The database URL's password is a secret: not in the log or the history.
+    let password = url::Url::parse(&db_url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+        .expect("the throwaway server's URL carries a password");
+    assert!(!log_text.contains(&password));
+    assert!(!history.to_string().contains(&password));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_hook_runs_when_the_database_stops_mid_run() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    shop(&pg).await;
+    let ctx = Ctx::new();
+    ctx.init();
+    let marks = ctx.dir.path().join("marks");
+    std::fs::create_dir(&marks).expect("marks");
+    let config = write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+[repositories.main]
+url = "{repo}"
+password_env = "DBOPS_PASSWORD"
+[databases.shop]
+url = "{db}"
+[jobs.nightly]
+kind = "backup"
+database = "shop"
+before = ["echo on > {m}/maintenance; touch {m}/started; while [ ! -f {m}/go ]; do sleep 0.1; done"]
+after = ["echo \"$DBOPS_STATUS $DBOPS_JOB $DBOPS_KIND\" > {m}/after; rm -f {m}/maintenance"]
+on_failure = ["echo \"$DBOPS_ERROR\" > {m}/failure"]
+"#,
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+            db = pg.url_for("shop"),
+            m = marks.display(),
+        ),
+    );
+    let mut child = dbops(&ctx, &config, &["run", "nightly"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dbops run");
+    wait_for("the before hook", Duration::from_secs(30), || {
+        marks.join("started").exists()
+    });
+    // The database goes away while the job is running.
+    pg.kill().expect("kill postgres");
+    std::fs::write(marks.join("go"), "").expect("go");
+    let code = wait_exit(&mut child, Duration::from_secs(60));
+    let mut err = String::new();
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    assert_eq!(code, 1, "a failed job fails the run: {err}");
+    let after = std::fs::read_to_string(marks.join("after")).expect("the after hook ran");
+    assert_eq!(after.trim(), "failure nightly backup");
+    assert!(
+        !marks.join("maintenance").exists(),
+        "maintenance mode is off again"
+    );
+    let failure = std::fs::read_to_string(marks.join("failure")).expect("on_failure ran");
+    assert!(!failure.trim().is_empty());
+    let h = run(&ctx, &config, &["--json", "history", "nightly"], &[])
+        .ok()
+        .json();
+    assert_eq!(h["runs"][0]["status"], "failure", "{h}");
+    assert_eq!(
+        ctx.run(&["--json", "list"]).ok().json()["backups"],
+        serde_json::json!([])
+    );
+}
+
+/// An HTTP receiver: records each request's path and body, answers 200.
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                g.lock()
+                    .expect("lock")
+                    .push((path, String::from_utf8_lossy(&body).into_owned()));
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            }
+        });
+        Self { port, got }
+    }
+
+    fn bodies(&self) -> Vec<(String, String)> {
+        self.got.lock().expect("lock").clone()
+    }
+}
+
+const SMTP: &str = r#"
+import os, sys, asyncio
+from aiosmtpd.controller import Controller
+port, outdir = int(sys.argv[1]), sys.argv[2]
+class Box:
+    n = 0
+    async def handle_DATA(self, server, session, envelope):
+        Box.n += 1
+        p = os.path.join(outdir, "%04d.eml" % Box.n)
+        with open(p + ".tmp", "wb") as f:
+            f.write(envelope.original_content or envelope.content)
+        os.rename(p + ".tmp", p)
+        return "250 OK"
+c = Controller(Box(), hostname="127.0.0.1", port=port)
+c.start()
+print("ready", flush=True)
+sys.stdin.read()
+c.stop()
+"#;
+
+/// Python's aiosmtpd on a free loopback port, writing each message to a file.
+struct Smtp {
+    child: Child,
+    port: u16,
+    mail: tempfile::TempDir,
+}
+
+impl Smtp {
+    fn start() -> Self {
+        let ok = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "these tests need Python's aiosmtpd as their SMTP server: run `pip install aiosmtpd` (scripts/test installs it)"
+        );
+        let mail = tempfile::tempdir().expect("tempdir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                SMTP,
+                &port.to_string(),
+                mail.path().to_str().expect("utf8"),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start aiosmtpd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        assert_eq!(line.trim(), "ready");
+        Self { child, port, mail }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.mail.path())
+            .expect("mail dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_notifies_once_and_again_when_it_recovers() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    shop(&pg).await;
+    let ctx = Ctx::new();
+    ctx.init();
+    let hook = Receiver::start();
+    let smtp = Smtp::start();
+    let token = "T0KEN-webhook-secret-42";
+    let hook_url = format!("http://127.0.0.1:{}/hooks/{token}", hook.port);
+    let good = pg.url_for("shop");
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let bad = format!("postgres://backup:wrong-but-secret@127.0.0.1:{closed}/shop");
+    let config = write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+[repositories.main]
+url = "{repo}"
+password_env = "DBOPS_PASSWORD"
+[databases.shop]
+url = "${{SHOP_URL}}"
+[notifications.hook]
+kind = "webhook"
+url = "${{HOOK_URL}}"
+on = ["failure", "recovered"]
+timeout = "5s"
+[notifications.mail]
+kind = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {smtp}
+starttls = false
+from = "dbops@example.test"
+to = ["ops@example.test"]
+on = ["failure", "recovered"]
+[jobs.nightly]
+kind = "backup"
+database = "shop"
+notify = ["hook", "mail"]
+"#,
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+            smtp = smtp.port,
+        ),
+    );
+    let env_bad = [("SHOP_URL", bad.as_str()), ("HOOK_URL", hook_url.as_str())];
+    let env_good = [("SHOP_URL", good.as_str()), ("HOOK_URL", hook_url.as_str())];
+
+    let first = run(&ctx, &config, &["run", "nightly"], &env_bad);
+    assert_eq!(first.code, 1, "{}", first.all());
+    let second = run(&ctx, &config, &["run", "nightly"], &env_bad);
+    assert_eq!(second.code, 1, "{}", second.all());
+    let third = run(&ctx, &config, &["run", "nightly"], &env_good);
+    assert_eq!(third.code, 0, "{}", third.all());
+
+    let bodies = hook.bodies();
+    let events: Vec<String> = bodies
+        .iter()
+        .map(|(_, b)| {
+            serde_json::from_str::<serde_json::Value>(b).expect("JSON body")["event"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(events, vec!["failure", "recovered"], "{bodies:#?}");
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert!(mails[0].contains("fail"), "{}", mails[0]);
+    assert!(mails[1].contains("recovered"), "{}", mails[1]);
+    let failure: serde_json::Value = serde_json::from_str(&bodies[0].1).expect("json");
+    assert_eq!(failure["job"], "nightly");
+    assert_eq!(failure["kind"], "backup");
+    assert_eq!(failure["status"], "failure");
+    assert!(failure["error"].as_str().is_some_and(|e| !e.is_empty()));
+    let recovered: serde_json::Value = serde_json::from_str(&bodies[1].1).expect("json");
+    assert!(recovered["backup_id"].is_string());
+    assert!(recovered["stored_bytes"].as_u64().is_some());
+
+    // No secret anywhere: not in the webhook bodies, mails, output, or history.
+    let history = run(&ctx, &config, &["--json", "history"], &env_good).ok();
+    let pg_password = url::Url::parse(&good)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+        .expect("password");
+    // (The request paths hold the token, of course: only the bodies are checked.)
+    let body_text: Vec<&String> = bodies.iter().map(|(_, b)| b).collect();
+    let everything = format!(
+        "{body_text:?}{mails:?}{}{}{}{}",
+        first.all(),
+        second.all(),
+        third.all(),
+        history.all()
+    );
+    for secret in [
+        token,
+        "wrong-but-secret",
+        pg_password.as_str(),
+        ctx.password.as_str(),
+    ] {
+        assert!(!everything.contains(secret), "secret {secret} leaked");
+    }
+    // Deliveries are recorded; the repeated failure delivered nothing.
+    let runs = history.json()["runs"].as_array().expect("runs").clone();
+    assert_eq!(
+        runs.iter()
+            .map(|r| r["status"].as_str().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        vec!["success", "failure", "failure"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_run_processes_leave_three_runs_in_the_history() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    shop(&pg).await;
+    let ctx = Ctx::new();
+    ctx.init();
+    let config = write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+[repositories.main]
+url = "{repo}"
+password_env = "DBOPS_PASSWORD"
+[databases.shop]
+url = "{db}"
+[databases.gone]
+url = "{gone}"
+[jobs.a]
+kind = "backup"
+database = "shop"
+[jobs.b]
+kind = "verify"
+[jobs.broken]
+kind = "backup"
+database = "gone"
+"#,
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+            db = pg.url_for("shop"),
+            gone = pg.url_for("no_such_database"),
+        ),
+    );
+    run(&ctx, &config, &["run", "a"], &[]).ok();
+    // Three processes at once, writing one history.
+    let children: Vec<(String, Child)> = ["a", "b", "broken"]
+        .iter()
+        .map(|job| {
+            let child = dbops(&ctx, &config, &["run", job])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn");
+            ((*job).to_owned(), child)
+        })
+        .collect();
+    let mut codes = std::collections::BTreeMap::new();
+    for (job, mut child) in children {
+        codes.insert(job, wait_exit(&mut child, Duration::from_secs(120)));
+    }
+    assert_eq!(codes["a"], 0);
+    assert_eq!(codes["b"], 0);
+    assert_eq!(codes["broken"], 1);
+    let h = run(&ctx, &config, &["--json", "history"], &[]).ok().json();
+    let mut statuses: Vec<(String, String)> = h["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| {
+            (
+                r["job"].as_str().unwrap_or("").to_owned(),
+                r["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![
+            ("a".to_owned(), "success".to_owned()),
+            ("a".to_owned(), "success".to_owned()),
+            ("b".to_owned(), "success".to_owned()),
+            ("broken".to_owned(), "failure".to_owned()),
+        ],
+        "{h}"
+    );
+    let broken = h["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .find(|r| r["job"] == "broken")
+        .cloned()
+        .expect("broken run");
+    assert!(
+        broken["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no_such_database")),
+        "{broken}"
+    );
+    // `jobs` lists them; jobs without a schedule run by hand.
+    let jobs = run(&ctx, &config, &["--json", "jobs"], &[]).ok().json();
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn config_errors_name_file_line_and_key_and_check_redacts_secrets() {
+    let ctx = Ctx::new();
+    let typo = write_config(
+        &ctx,
+        "typo.toml",
+        "state_dir = \"/tmp/x\"\n\n[repositories.main]\nurl = \"/tmp/r\"\n\n[jobs.erp-backup]\nkind = \"prune\"\nschedul = \"0 */6 * * *\"\n",
+    );
+    let r = run(&ctx, &typo, &["config", "check"], &[]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    let path = typo.display().to_string();
+    assert!(r.stderr.contains(&format!("{path}:8")), "{}", r.stderr);
+    assert!(r.stderr.contains("schedul"), "{}", r.stderr);
+    assert!(r.stderr.contains("did you mean `schedule`"), "{}", r.stderr);
+    assert!(r.stderr.contains("[jobs.erp-backup]"), "{}", r.stderr);
+
+    // Bad values name their line too.
+    let bad = write_config(
+        &ctx,
+        "bad.toml",
+        "[repositories.main]\nurl = \"/tmp/r\"\n[jobs.p]\nkind = \"prune\"\nschedule = \"0 */6 * *\"\n",
+    );
+    let r = run(&ctx, &bad, &["config", "check"], &[]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains(&format!("{}:5", bad.display())),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("five"), "{}", r.stderr);
+
+    // A full config prints resolved, with no secret in it.
+    let pass = ctx.dir.path().join("repo.pass");
+    std::fs::write(&pass, "repo-password-secret\n").expect("pass");
+    let good = write_config(
+        &ctx,
+        "good.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+[repositories.main]
+url = "{repo}"
+password_file = "{pass}"
+[databases.erp]
+url = "postgres://backup:db-pass-secret@db1/erp"
+[notifications.ops]
+kind = "slack"
+url = "${{SLACK_WEBHOOK_URL}}"
+[notifications.mail]
+kind = "email"
+smtp_host = "smtp.example.test"
+username = "ops"
+password = "${{SMTP_PASSWORD}}"
+from = "dbops@example.test"
+to = ["ops@example.test"]
+[jobs.erp-backup]
+kind = "backup"
+database = "erp"
+repository = "main"
+schedule = "0 */6 * * *"
+timezone = "UTC"
+timeout = "2h"
+retries = 2
+before = ["php artisan down"]
+after = ["php artisan up"]
+notify = ["ops", "mail"]
+[jobs.cleanup]
+kind = "forget"
+keep_daily = 7
+schedule = "@daily"
+"#,
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+            pass = pass.display(),
+        ),
+    );
+    let env = [
+        (
+            "SLACK_WEBHOOK_URL",
+            "https://hooks.slack.test/services/T000/B000/slack-path-secret",
+        ),
+        ("SMTP_PASSWORD", "smtp-pass-secret"),
+    ];
+    for args in [
+        &["config", "check"][..],
+        &["--json", "config", "check"][..],
+        &["-vv", "jobs"][..],
+    ] {
+        let r = run(&ctx, &good, args, &env);
+        assert_eq!(r.code, 0, "{}", r.all());
+        let all = r.all();
+        for secret in [
+            "repo-password-secret",
+            "db-pass-secret",
+            "slack-path-secret",
+            "smtp-pass-secret",
+        ] {
+            assert!(!all.contains(secret), "{args:?} shows {secret}:\n{all}");
+        }
+    }
+    let r = run(&ctx, &good, &["--json", "config", "check"], &env).json();
+    assert_eq!(r["config"]["jobs"]["erp-backup"]["schedule"], "0 */6 * * *");
+    assert_eq!(r["config"]["jobs"]["erp-backup"]["retries"], 2);
+    assert_eq!(
+        r["config"]["databases"]["erp"]["url"],
+        "postgres://backup:******@db1/erp"
+    );
+    assert!(
+        r["config"]["notifications"]["ops"]["destination"]
+            .as_str()
+            .is_some_and(|d| d.contains("hooks.slack.test")),
+        "{r}"
+    );
+    let jobs = run(&ctx, &good, &["--json", "jobs"], &env).ok().json();
+    let erp = jobs["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["job"] == "erp-backup")
+        .cloned()
+        .expect("erp-backup");
+    let next = erp["next"].as_array().expect("next");
+    assert_eq!(next.len(), 5);
+    // Every 6 hours on the hour.
+    for t in next {
+        let t = t.as_str().expect("time");
+        assert!(t.contains(":00:00"), "{t}");
+    }
+
+    // A variable that is not set is an error naming it.
+    let r = run(&ctx, &good, &["config", "check"], &[("SMTP_PASSWORD", "x")]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("SLACK_WEBHOOK_URL"), "{}", r.stderr);
+    // An unknown job for `run` names the near one.
+    let r = run(&ctx, &good, &["run", "erp-bakup"], &env);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("did you mean 'erp-backup'"),
+        "{}",
+        r.stderr
+    );
+}
