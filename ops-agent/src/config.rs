@@ -129,6 +129,7 @@ struct RawJob {
     backups: Option<Spanned<String>>,
     read_data: Option<bool>,
     restore: Option<bool>,
+    restore_into: Option<Spanned<String>>,
     keep_last: Option<u32>,
     keep_hourly: Option<u32>,
     keep_daily: Option<u32>,
@@ -227,6 +228,7 @@ const SECRET_ENV: &[&str] = &[
     "DBOPS_FROM_PASSWORD",
     "PGPASSWORD",
     "MYSQL_PWD",
+    "MARIADB_PWD",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AZURE_STORAGE_ACCOUNT_KEY",
@@ -324,8 +326,11 @@ pub enum Work {
         which: Which,
         /// Read every chunk.
         read_data: bool,
-        /// Prove the newest by restoring it on a throwaway server.
+        /// Prove the newest by restoring it (on a throwaway server, or into
+        /// `restore_into`).
         restore: bool,
+        /// A scratch database URL for the restore proof (created and dropped).
+        restore_into: Option<String>,
     },
     /// Apply retention rules.
     Forget {
@@ -616,7 +621,9 @@ impl Config {
                 which,
                 read_data,
                 restore,
+                restore_into,
             } => {
+                v["restore_into"] = json!(restore_into.as_deref().map(redact_url));
                 v["repository"] = json!(repository);
                 v["database"] = json!(database);
                 v["backups"] = json!(if *which == Which::All {
@@ -1364,6 +1371,7 @@ impl Resolver<'_> {
         not_for(r.backups.is_some(), "backups", &[K::Verify, K::Copy]);
         not_for(r.read_data.is_some(), "read_data", &[K::Verify]);
         not_for(r.restore.is_some(), "restore", &[K::Verify]);
+        not_for(r.restore_into.is_some(), "restore_into", &[K::Verify]);
         let keeps = r.keep_last.is_some()
             || r.keep_hourly.is_some()
             || r.keep_daily.is_some()
@@ -1391,13 +1399,29 @@ impl Resolver<'_> {
                 tags: r.tags.clone(),
                 parallel: r.parallel.unwrap_or(2).max(1),
             },
-            K::Verify => Work::Verify {
-                repository: repository(self, &r.repository, "repository")?,
-                database: database(self, &r.database, false)?,
-                which: which(self)?,
-                read_data: r.read_data.unwrap_or(false),
-                restore: r.restore.unwrap_or(false),
-            },
+            K::Verify => {
+                let restore_into = match &r.restore_into {
+                    Some(u) => {
+                        let url = self.interpolate(u, &format!("{what} restore_into"), false)?;
+                        if let Ok(parsed) = url::Url::parse(&url)
+                            && let Some(p) = parsed.password()
+                        {
+                            self.secrets.add(p);
+                        }
+                        dbops::engine(&url).map_err(|e| self.err(u, &format!("{what} restore_into"), e.message()))?;
+                        Some(url)
+                    }
+                    None => None,
+                };
+                Work::Verify {
+                    repository: repository(self, &r.repository, "repository")?,
+                    database: database(self, &r.database, false)?,
+                    which: which(self)?,
+                    read_data: r.read_data.unwrap_or(false),
+                    restore: r.restore.unwrap_or(false) || restore_into.is_some(),
+                    restore_into,
+                }
+            }
             K::Forget => {
                 let mut rules = KeepRules::default()
                     .with_last(r.keep_last.unwrap_or(0))

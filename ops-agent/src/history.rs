@@ -36,6 +36,7 @@ const SCHEMA: &[&str] = &[
         new_bytes INTEGER,
         stored_bytes INTEGER,
         error TEXT,
+        error_kind TEXT,
         host TEXT NOT NULL,
         pid INTEGER NOT NULL,
         pid_start INTEGER
@@ -169,8 +170,8 @@ impl RunHistory {
         let pid_start = process_start(r.pid).and_then(|v| i64::try_from(v).ok());
         let row = sqlx::query(
             "INSERT INTO runs (job, kind, trigger, slot_ms, started_ms, ended_ms, status, attempts,
-                backup_id, bytes, new_bytes, stored_bytes, error, host, pid, pid_start)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                backup_id, bytes, new_bytes, stored_bytes, error, error_kind, host, pid, pid_start)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&r.job)
         .bind(r.kind.as_str())
@@ -185,6 +186,7 @@ impl RunHistory {
         .bind(opt_i64(r.new_bytes))
         .bind(opt_i64(r.stored_bytes))
         .bind(&r.error)
+        .bind(&r.error_kind)
         .bind(&r.host)
         .bind(i64::from(r.pid))
         .bind(pid_start)
@@ -201,7 +203,7 @@ impl RunHistory {
     pub async fn update(&self, r: &RunRecord) -> Result<()> {
         sqlx::query(
             "UPDATE runs SET ended_ms = ?, status = ?, attempts = ?, backup_id = ?, bytes = ?,
-                new_bytes = ?, stored_bytes = ?, error = ? WHERE id = ?",
+                new_bytes = ?, stored_bytes = ?, error = ?, error_kind = ? WHERE id = ?",
         )
         .bind(r.ended.map(ms))
         .bind(r.status.as_str())
@@ -211,6 +213,7 @@ impl RunHistory {
         .bind(opt_i64(r.new_bytes))
         .bind(opt_i64(r.stored_bytes))
         .bind(&r.error)
+        .bind(&r.error_kind)
         .bind(r.id)
         .execute(&self.pool)
         .await
@@ -349,7 +352,7 @@ impl RunHistory {
             if process_alive(pid, start) {
                 continue;
             }
-            sqlx::query("UPDATE runs SET status = 'failure', ended_ms = ?, error = ? WHERE id = ? AND status = 'running'")
+            sqlx::query("UPDATE runs SET status = 'failure', ended_ms = ?, error = ?, error_kind = 'interrupted' WHERE id = ? AND status = 'running'")
                 .bind(ms(now))
                 .bind(format!(
                     "interrupted: the process running it (pid {pid}) ended without recording an outcome (crash, kill or power loss); nothing it half-wrote is listed as a backup"
@@ -371,7 +374,7 @@ impl RunHistory {
 
 const SELECT_RUN: &str =
     "SELECT id, job, kind, trigger, slot_ms, started_ms, ended_ms, status, attempts,
-    backup_id, bytes, new_bytes, stored_bytes, error, host, pid FROM runs";
+    backup_id, bytes, new_bytes, stored_bytes, error, host, pid, error_kind FROM runs";
 
 fn run_from_row(r: &SqliteRow) -> Result<RunRecord> {
     let mut rec = RunRecord::start(
@@ -392,6 +395,7 @@ fn run_from_row(r: &SqliteRow) -> Result<RunRecord> {
     rec.error = r.get(13);
     rec.host = r.get(14);
     rec.pid = u32::try_from(r.get::<i64, _>(15)).unwrap_or(0);
+    rec.error_kind = r.get(16);
     Ok(rec)
 }
 

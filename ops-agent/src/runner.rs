@@ -101,6 +101,7 @@ impl Runner {
                     break;
                 }
                 HookOutcome::Failed(why) => {
+                    rec.error_kind = Some("hook".to_owned());
                     outcome = Err((
                         RunStatus::Failure,
                         format!("the before hook `{cmd}` failed ({why}); the job did not run"),
@@ -117,6 +118,7 @@ impl Runner {
         }
         match &outcome {
             Ok(w) => {
+                rec.error_kind = None;
                 rec.backup_id.clone_from(&w.backup_id);
                 rec.bytes = w.bytes;
                 rec.new_bytes = w.new_bytes;
@@ -161,6 +163,7 @@ impl Runner {
             }
             rec.status = RunStatus::Failure;
             rec.error = Some(scrub(why));
+            rec.error_kind.get_or_insert_with(|| "hook".to_owned());
         }
 
         let status = rec.status;
@@ -297,9 +300,11 @@ impl Runner {
             let result = tokio::select! {
                 r = work => r,
                 () = cancel.clone().cancelled_owned() => {
+                    rec.error_kind = Some("interrupted".to_owned());
                     return Err("cancelled: dbops was asked to stop and the grace period ran out; nothing half-written is listed as a backup".to_owned());
                 }
                 () = sleep_until(deadline) => {
+                    rec.error_kind = Some("timeout".to_owned());
                     return Err(format!(
                         "timed out after {} and was stopped; nothing half-written is listed as a backup",
                         ops_core::schedule::format_duration(job.timeout.unwrap_or_default())
@@ -311,6 +316,7 @@ impl Runner {
                 Err(e) => e,
             };
             let message = e.to_string();
+            rec.error_kind = Some(e.kind().as_str().to_owned());
             if !e.is_temporary() {
                 return Err(message);
             }
@@ -419,6 +425,7 @@ impl Runner {
                 which,
                 read_data,
                 restore,
+                restore_into,
             } => {
                 let repo = self.open_repo(repository).await?;
                 let manifests = self.pick(&repo, database.as_ref(), *which).await?;
@@ -442,7 +449,12 @@ impl Runner {
                 let newest = manifests.iter().max_by_key(|m| m.finished).cloned();
                 if *restore && let Some(m) = &newest {
                     let check =
-                        dbops::prove_restore(&repo, m, None, &RestoreOptions::default()).await?;
+                        dbops::prove_restore(
+                        &repo,
+                        m,
+                        restore_into.as_deref(),
+                        &RestoreOptions::default(),
+                    ).await?;
                     if !check.ok() {
                         return Err(Error::new(
                             ErrorKind::Mismatch,

@@ -65,11 +65,19 @@ pub async fn run_jobs(cli: &Cli, config: Config, a: &RunArgs) -> Result<ExitCode
     if cli.json {
         print_json(&json!({ "ok": !failed, "runs": records }));
     }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    // The exit code of the first failed job's error, as the one-shot command would
+    // have exited (3 damage, 4 locked, 6 unreachable, 7 refused credentials, else 1).
+    let code = records
+        .iter()
+        .find(|r| r.status == RunStatus::Failure)
+        .map(|r| {
+            r.error_kind
+                .as_deref()
+                .and_then(ops_core::ErrorKind::parse)
+                .map_or(1, crate::exit_code)
+        })
+        .unwrap_or(u8::from(failed));
+    Ok(ExitCode::from(code))
 }
 
 fn print_run_line(r: &ops_core::RunRecord) {

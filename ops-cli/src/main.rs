@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 /// (missing, wrong password, unknown format); 6 a server or store is unreachable
 /// (worth retrying later); 7 the database refused the credentials or none were found
 /// (retrying will not help).
-fn exit_code(kind: ErrorKind) -> u8 {
+pub(crate) fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::InvalidInput => 2,
         ErrorKind::Corrupt | ErrorKind::Mismatch => 3,

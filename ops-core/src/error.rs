@@ -80,6 +80,33 @@ impl ErrorKind {
             Self::Internal => "internal",
         }
     }
+
+    /// The kind named by [`ErrorKind::as_str`], if any (run records keep the name).
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::NotFound,
+            Self::AlreadyExists,
+            Self::PermissionDenied,
+            Self::Authentication,
+            Self::WrongPassword,
+            Self::NotInitialized,
+            Self::Unreachable,
+            Self::Database,
+            Self::Storage,
+            Self::Corrupt,
+            Self::UnsupportedFormat,
+            Self::InvalidInput,
+            Self::TargetNotEmpty,
+            Self::MissingTool,
+            Self::Locked,
+            Self::Mismatch,
+            Self::Io,
+            Self::Interrupted,
+            Self::Internal,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
 }
 
 impl fmt::Display for ErrorKind {

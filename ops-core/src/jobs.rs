@@ -196,6 +196,10 @@ pub struct RunRecord {
     pub stored_bytes: Option<u64>,
     /// Why it failed or was skipped.
     pub error: Option<String>,
+    /// The kind of the error that failed it (`unreachable`, `corrupt`, …), so that a
+    /// caller can tell a server that was down from damage found.
+    #[serde(default)]
+    pub error_kind: Option<String>,
     /// The host that ran it.
     pub host: String,
     /// The process that ran it.
@@ -225,6 +229,7 @@ impl RunRecord {
             new_bytes: None,
             stored_bytes: None,
             error: None,
+            error_kind: None,
             host: crate::repo::host_name(),
             pid: std::process::id(),
         }
