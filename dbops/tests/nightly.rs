@@ -50,8 +50,14 @@ async fn three_simulated_days_of_the_nightly_loop() {
     // Friday 00:00 to Monday 00:00, one step an hour.
     let start: DateTime<Utc> = "2026-11-27T00:00:00Z".parse().expect("time");
     let (mut backups, mut weekly) = (0, 0);
+    let timing = nightly::nightly().expect("schedule");
+    let mut state = dbops::schedule::JobState::new(start);
     for hour in 0..72 {
-        let step = nightly::step(&repo, &databases, &rules, start + TimeDelta::hours(hour))
+        let now = start + TimeDelta::hours(hour);
+        let Some(slot) = nightly::due(&timing, &mut state, now) else {
+            continue;
+        };
+        let step = nightly::step(&repo, &databases, &rules, slot)
             .await
             .unwrap_or_else(|e| panic!("step at hour {hour}: {e}"));
         backups += step.backups.len();

@@ -1,8 +1,12 @@
 //! A scheduler loop of one's own: back up several databases into one repository on a
 //! schedule, apply retention per database (one group each), prune once a week, and
-//! prove the newest backup of each by a restore once a week. Time is an argument of
-//! the loop's step, so the step is tested with a simulated clock
-//! (`dbops/tests/nightly.rs` runs three simulated days in seconds).
+//! prove the newest backup of each by a restore once a week. When to run is the
+//! library's planner (`dbops::schedule`: a cron expression in a time zone, catch-up
+//! after downtime, never two runs of one slot); time is an argument of both the
+//! planner and the step, so the loop is tested with a simulated clock
+//! (`dbops/tests/nightly.rs` runs three simulated days in seconds). A deployment that
+//! wants hooks, retries, notifications and a run history uses `ops-agent` (the
+//! `dbops daemon` command) instead.
 //!
 //! ```sh
 //! DBOPS_PASSWORD=… cargo run --release --example nightly -- REPO_DIR postgres://…/erp postgres://…/portal
@@ -11,8 +15,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dbops::chrono::{DateTime, Datelike as _, Timelike as _, Utc, Weekday};
+use dbops::chrono::{DateTime, Datelike as _, Utc, Weekday};
+use dbops::schedule::{Action, JobState, Schedule, Timing, plan};
 use dbops::{BackupOptions, ForgetOptions, KeepRules, PruneOptions, Repository, RestoreOptions};
+
+/// Every night at 02:00 UTC.
+pub fn nightly() -> dbops::Result<Timing> {
+    Ok(Timing::new(Schedule::cron("0 2 * * *", "UTC")?))
+}
+
+/// The slot to run at `now`, if one is due (the planner's answer, taken as handled).
+pub fn due(timing: &Timing, state: &mut JobState, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let p = plan(timing, "nightly", state, now);
+    state.apply(&p);
+    p.actions.iter().find_map(|a| match a {
+        Action::Start { slot, .. } => Some(*slot),
+        _ => None,
+    })
+}
 
 /// What one step did, for the log (or a test).
 #[derive(Debug, Default)]
@@ -25,8 +45,9 @@ pub struct Step {
     pub weekly: bool,
 }
 
-/// Runs what is due at `now`: a backup of every database at 02:00, retention after
-/// them, and on Sundays a prune and a restore proof of each database's newest backup.
+/// Runs the nightly work for the slot `now`: a backup of every database, retention
+/// after them, and on Sundays a prune and a restore proof of each database's newest
+/// backup.
 pub async fn step(
     repo: &Repository,
     databases: &[String],
@@ -34,9 +55,6 @@ pub async fn step(
     now: DateTime<Utc>,
 ) -> dbops::Result<Step> {
     let mut done = Step::default();
-    if now.hour() != 2 {
-        return Ok(done);
-    }
     for url in databases {
         let engine = dbops::engine(url)?;
         let manifest = repo
@@ -89,23 +107,21 @@ async fn main() -> dbops::Result<()> {
         .with_daily(7)
         .with_weekly(4)
         .with_monthly(12);
+    let timing = nightly()?;
+    let mut state = JobState::new(Utc::now());
     loop {
         let now = Utc::now();
-        // A failed step is logged and the loop goes on: the next slot may succeed.
-        match step(&repo, &databases, &rules, now).await {
-            Ok(s) if !s.backups.is_empty() => println!("{now}: {s:?}"),
-            Ok(_) => {}
-            Err(e) => eprintln!("{now}: {e}"),
+        if let Some(slot) = due(&timing, &mut state, now) {
+            // A failed step is logged and the loop goes on: the next slot may succeed.
+            match step(&repo, &databases, &rules, slot).await {
+                Ok(s) => println!("{now}: {s:?}"),
+                Err(e) => eprintln!("{now}: {e}"),
+            }
         }
-        let next_hour = (now + dbops::chrono::TimeDelta::hours(1))
-            .with_minute(0)
-            .and_then(|t| t.with_second(0))
-            .unwrap_or(now + dbops::chrono::TimeDelta::hours(1));
-        tokio::time::sleep(
-            (next_hour - now)
-                .to_std()
-                .unwrap_or(Duration::from_secs(60)),
-        )
-        .await;
+        let wake = plan(&timing, "nightly", &state, Utc::now()).wake;
+        let wait = wake
+            .and_then(|w| (w - Utc::now()).to_std().ok())
+            .unwrap_or(Duration::from_secs(60));
+        tokio::time::sleep(wait.min(Duration::from_secs(300))).await;
     }
 }

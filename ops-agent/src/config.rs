@@ -79,6 +79,7 @@ enum StartTls {
 struct RawNotification {
     kind: Spanned<String>,
     url: Option<Spanned<String>>,
+    url_file: Option<Spanned<String>>,
     on: Option<Vec<Spanned<String>>>,
     timeout: Option<Spanned<String>>,
     retries: Option<u32>,
@@ -833,6 +834,33 @@ impl Resolver<'_> {
         Ok(out)
     }
 
+    /// A URL, interpolated: its password (if any) becomes a secret, and so do the
+    /// variables it was built from (they are taken out of hook environments).
+    fn interpolate_url(&mut self, s: &Spanned<String>, what: &str) -> Result<String> {
+        let url = self.interpolate(s, what, false)?;
+        let password = url::Url::parse(&url)
+            .ok()
+            .and_then(|u| u.password().map(str::to_owned))
+            .filter(|p| !p.is_empty());
+        if let Some(p) = password {
+            self.secrets.add(&p);
+            if let Ok(decoded) = percent_decode(&p) {
+                self.secrets.add(&decoded);
+            }
+            let mut rest = s.get_ref().as_str();
+            while let Some(i) = rest.find("${") {
+                let after = &rest[i + 2..];
+                let end = after.find('}').unwrap_or(after.len());
+                let name = after[..end].split(":-").next().unwrap_or_default();
+                if !name.is_empty() {
+                    self.secrets.env.insert(name.to_owned());
+                }
+                rest = &after[end..];
+            }
+        }
+        Ok(url)
+    }
+
     fn duration(
         &mut self,
         s: &Option<Spanned<String>>,
@@ -949,7 +977,7 @@ impl Resolver<'_> {
         let mut repositories = BTreeMap::new();
         for (name, r) in &raw.repositories {
             let what = format!("[repositories.{name}]");
-            let url = self.interpolate(&r.get_ref().url, &what, false)?;
+            let url = self.interpolate_url(&r.get_ref().url, &what)?;
             let rr = r.get_ref();
             let password =
                 self.password(&what, &rr.password, &rr.password_file, &rr.password_env)?;
@@ -976,15 +1004,7 @@ impl Resolver<'_> {
         for (name, d) in &raw.databases {
             let what = format!("[databases.{name}]");
             let dd = d.get_ref();
-            let url = self.interpolate(&dd.url, &what, false)?;
-            if let Ok(u) = url::Url::parse(&url)
-                && let Some(p) = u.password()
-            {
-                self.secrets.add(p);
-                if let Ok(decoded) = percent_decode(p) {
-                    self.secrets.add(&decoded);
-                }
-            }
+            let url = self.interpolate_url(&dd.url, &what)?;
             // Checks the scheme and the URL now, not at 2 a.m.
             dbops::engine(&url)
                 .map_err(|e| self.err(&dd.url, &format!("{what} url"), e.message()))?;
@@ -1061,11 +1081,31 @@ impl Resolver<'_> {
         let r = n.get_ref();
         let kind = r.kind.get_ref().as_str();
         let url = |this: &mut Self| -> Result<Secret> {
-            let Some(u) = &r.url else {
-                return Err(this.err(&r.kind, &what, format!("a {kind} notification needs `url`")));
+            let value = match (&r.url, &r.url_file) {
+                (Some(_), Some(f)) => {
+                    return Err(this.err(f, &what, "give `url` or `url_file`, not both"));
+                }
+                // A webhook's URL is its credential: held and scrubbed as a secret.
+                (Some(u), None) => this.interpolate(u, &format!("{what} url"), true)?,
+                (None, Some(f)) => {
+                    let path = this.interpolate(f, &format!("{what} url_file"), false)?;
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        this.err(
+                            f,
+                            &format!("{what} url_file"),
+                            format!("{path} cannot be read: {e}"),
+                        )
+                    })?;
+                    text.trim().to_owned()
+                }
+                (None, None) => {
+                    return Err(this.err(
+                        &r.kind,
+                        &what,
+                        format!("a {kind} notification needs `url` (or `url_file`)"),
+                    ));
+                }
             };
-            // A webhook's URL is its credential: held and scrubbed as a secret.
-            let value = this.interpolate(u, &format!("{what} url"), true)?;
             this.secrets.add(&value);
             Ok(Secret::new(value))
         };
@@ -1402,13 +1442,10 @@ impl Resolver<'_> {
             K::Verify => {
                 let restore_into = match &r.restore_into {
                     Some(u) => {
-                        let url = self.interpolate(u, &format!("{what} restore_into"), false)?;
-                        if let Ok(parsed) = url::Url::parse(&url)
-                            && let Some(p) = parsed.password()
-                        {
-                            self.secrets.add(p);
-                        }
-                        dbops::engine(&url).map_err(|e| self.err(u, &format!("{what} restore_into"), e.message()))?;
+                        let url = self.interpolate_url(u, &format!("{what} restore_into"))?;
+                        dbops::engine(&url).map_err(|e| {
+                            self.err(u, &format!("{what} restore_into"), e.message())
+                        })?;
                         Some(url)
                     }
                     None => None,
