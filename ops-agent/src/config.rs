@@ -238,7 +238,7 @@ const SECRET_ENV: &[&str] = &[
 ];
 
 /// A repository's settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct RepositoryConfig {
     /// Its URL.
@@ -251,7 +251,7 @@ pub struct RepositoryConfig {
 }
 
 /// A database's settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct DatabaseConfig {
     /// Its URL.
@@ -259,6 +259,25 @@ pub struct DatabaseConfig {
     /// A password apart from the URL.
     pub password: Option<Secret>,
     password_source: Option<String>,
+}
+
+impl std::fmt::Debug for RepositoryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepositoryConfig")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password)
+            .field("lock_wait", &self.lock_wait)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password)
+            .finish()
+    }
 }
 
 impl DatabaseConfig {
@@ -330,8 +349,9 @@ pub enum Work {
         /// Prove the newest by restoring it (on a throwaway server, or into
         /// `restore_into`).
         restore: bool,
-        /// A scratch database URL for the restore proof (created and dropped).
-        restore_into: Option<String>,
+        /// A scratch database URL for the restore proof (created and dropped); a
+        /// secret, as it may carry a password.
+        restore_into: Option<Secret>,
     },
     /// Apply retention rules.
     Forget {
@@ -624,7 +644,7 @@ impl Config {
                 restore,
                 restore_into,
             } => {
-                v["restore_into"] = json!(restore_into.as_deref().map(redact_url));
+                v["restore_into"] = json!(restore_into.as_ref().map(|u| redact_url(u.expose())));
                 v["repository"] = json!(repository);
                 v["database"] = json!(database);
                 v["backups"] = json!(if *which == Which::All {
@@ -1125,7 +1145,10 @@ impl Resolver<'_> {
                 let Some(c) = &r.command else {
                     return Err(self.err(&r.kind, &what, "a command notification needs `command`"));
                 };
-                Channel::Command(CommandOptions::new(c.clone()))
+                Channel::Command(
+                    CommandOptions::new(c.clone())
+                        .with_env_remove(self.secrets.env_names().map(str::to_owned)),
+                )
             }
             "email" => {
                 let Some(host) = &r.smtp_host else {
@@ -1446,7 +1469,7 @@ impl Resolver<'_> {
                         dbops::engine(&url).map_err(|e| {
                             self.err(u, &format!("{what} restore_into"), e.message())
                         })?;
-                        Some(url)
+                        Some(Secret::new(url))
                     }
                     None => None,
                 };
@@ -1546,8 +1569,157 @@ fn percent_decode(s: &str) -> std::result::Result<String, std::str::Utf8Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn parse(text: &str, vars: &[(&str, &str)]) -> Result<Config> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::parse(text, "t.toml", &move |name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    const BASE: &str = "[repositories.main]\nurl = \"/tmp/r\"\n";
+
+    #[test]
+    fn interpolation_defaults_and_escapes() {
+        let c = parse(
+            &format!("state_dir = \"${{HOME_DIR}}/dbops-$${{literal}}\"\n{BASE}"),
+            &[("HOME_DIR", "/srv")],
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/srv/dbops-${literal}"));
+        let c = parse(&format!("state_dir = \"${{NOPE:-/var/x}}\"\n{BASE}"), &[]).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/x"));
+        let e = parse(&format!("state_dir = \"${{NOPE}}\"\n{BASE}"), &[])
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("t.toml:1") && e.to_string().contains("NOPE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_remembered_scrubbed_and_kept_out_of_hooks() {
+        let text = format!(
+            "{BASE}[databases.erp]\nurl = \"postgres://u:${{DB_PW}}@db1/erp\"\n\
+             [notifications.ops]\nkind = \"slack\"\nurl = \"${{SLACK}}\"\n"
+        );
+        let c = parse(
+            &text,
+            &[
+                ("DB_PW", "s3cret-db"),
+                ("SLACK", "https://hooks.slack.test/T/B/xyz-secret"),
+            ],
+        )
+        .unwrap();
+        let scrubbed = c.secrets().scrub(
+            "failed at postgres://u:s3cret-db@db1 and https://hooks.slack.test/T/B/xyz-secret",
+        );
+        assert!(
+            !scrubbed.contains("s3cret-db") && !scrubbed.contains("xyz-secret"),
+            "{scrubbed}"
+        );
+        let env: Vec<&str> = c.secrets().env_names().collect();
+        for name in ["DB_PW", "SLACK", "PGPASSWORD", "DBOPS_PASSWORD"] {
+            assert!(
+                env.contains(&name),
+                "{name} not removed from hooks: {env:?}"
+            );
+        }
+        let shown = c.redacted().to_string();
+        assert!(
+            !shown.contains("s3cret-db") && !shown.contains("xyz-secret"),
+            "{shown}"
+        );
+        assert!(!format!("{c:?}").contains("s3cret-db"));
+    }
+
+    #[test]
+    fn a_written_password_is_refused() {
+        let e = parse(
+            &format!(
+                "{BASE}[databases.erp]\nurl = \"postgres://u@h/erp\"\npassword = \"hunter22\"\n"
+            ),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("t.toml:5") && e.contains("${VAR}") && !e.contains("hunter22"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn keys_of_another_kind_and_unknown_references_are_errors() {
+        let e = parse(
+            &format!("{BASE}[jobs.p]\nkind = \"prune\"\nkeep_daily = 7\n"),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("keep_*") && e.contains("prune job"), "{e}");
+        let e = parse(
+            &format!("{BASE}[jobs.b]\nkind = \"backup\"\ndatabase = \"erpp\"\n[databases.erp]\nurl = \"postgres://h/erp\"\n"),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("t.toml:5") && e.contains("did you mean 'erp'"),
+            "{e}"
+        );
+        let e = parse(&format!("{BASE}[jobs.f]\nkind = \"forget\"\n"), &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("needs a rule"), "{e}");
+        let e = parse(&format!("{BASE}[jobs.x]\nkind = \"bakup\"\n"), &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("t.toml:4") && e.contains("unknown job kind"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn schedules_and_defaults() {
+        let c = parse(
+            &format!(
+                "{BASE}[jobs.b]\nkind = \"prune\"\nschedule = \"0 3 * * sun\"\ntimezone = \"Europe/Berlin\"\njitter = \"5m\"\nretries = 2\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let j = c.job("b").unwrap();
+        let t = j.timing.as_ref().unwrap();
+        assert_eq!(t.retries, 2);
+        assert_eq!(t.jitter, Duration::from_secs(300));
+        assert_eq!(c.max_concurrent_jobs, 2);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(300));
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        let e = parse(
+            &format!(
+                "{BASE}[jobs.b]\nkind = \"prune\"\nschedule = \"0 3 * * *\"\nevery = \"1h\"\n"
+            ),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
+    }
 
     #[test]
     fn suggestions() {

@@ -448,13 +448,13 @@ impl Runner {
                 }
                 let newest = manifests.iter().max_by_key(|m| m.finished).cloned();
                 if *restore && let Some(m) = &newest {
-                    let check =
-                        dbops::prove_restore(
+                    let check = dbops::prove_restore(
                         &repo,
                         m,
-                        restore_into.as_deref(),
+                        restore_into.as_ref().map(ops_core::Secret::expose),
                         &RestoreOptions::default(),
-                    ).await?;
+                    )
+                    .await?;
                     if !check.ok() {
                         return Err(Error::new(
                             ErrorKind::Mismatch,

@@ -221,7 +221,7 @@ url = "{db}"
 [jobs.nightly]
 kind = "backup"
 database = "shop"
-before = ["echo on > {m}/maintenance; touch {m}/started; while [ ! -f {m}/go ]; do sleep 0.1; done"]
+before = ["env > {m}/env; echo on > {m}/maintenance; touch {m}/started; while [ ! -f {m}/go ]; do sleep 0.1; done"]
 after = ["echo \"$DBOPS_STATUS $DBOPS_JOB $DBOPS_KIND\" > {m}/after; rm -f {m}/maintenance"]
 on_failure = ["echo \"$DBOPS_ERROR\" > {m}/failure"]
 "#,
@@ -255,6 +255,17 @@ on_failure = ["echo \"$DBOPS_ERROR\" > {m}/failure"]
         !marks.join("maintenance").exists(),
         "maintenance mode is off again"
     );
+    // The hooks' environment has the job's facts and none of the secrets.
+    let env = std::fs::read_to_string(marks.join("env")).expect("env");
+    assert!(env.contains("DBOPS_JOB=nightly"), "{env}");
+    assert!(env.contains("DBOPS_STATUS=running"), "{env}");
+    assert!(!env.contains("DBOPS_PASSWORD="), "{env}");
+    assert!(!env.contains(&ctx.password));
+    let db_password = url::Url::parse(&pg.url_for("shop"))
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+        .expect("password");
+    assert!(!env.contains(&db_password));
     let failure = std::fs::read_to_string(marks.join("failure")).expect("on_failure ran");
     assert!(!failure.trim().is_empty());
     let h = run(&ctx, &config, &["--json", "history", "nightly"], &[])
@@ -807,15 +818,22 @@ every = "2s"
     let mut slots = Vec::new();
     let mut skipped = 0;
     for s in &states {
-        let h = run(&ctx, &config, &["--json", "history"], &[("STATE", s.to_str().expect("utf8"))])
-            .ok()
-            .json();
+        let h = run(
+            &ctx,
+            &config,
+            &["--json", "history"],
+            &[("STATE", s.to_str().expect("utf8"))],
+        )
+        .ok()
+        .json();
         for r in h["runs"].as_array().expect("runs") {
             match r["status"].as_str() {
                 Some("success") => slots.push(r["slot"].as_str().expect("slot").to_owned()),
                 Some("skipped") => {
                     assert!(
-                        r["error"].as_str().is_some_and(|e| e.contains("already took the slot")),
+                        r["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("already took the slot")),
                         "{r}"
                     );
                     skipped += 1;
@@ -832,5 +850,60 @@ every = "2s"
     assert_eq!(slots.len(), backups, "one backup per successful run");
     let distinct: std::collections::BTreeSet<&String> = slots.iter().collect();
     assert_eq!(distinct.len(), slots.len(), "no slot ran twice: {slots:?}");
-    assert!(skipped >= 2, "the other daemon skipped the slots it did not take");
+    assert!(
+        skipped >= 2,
+        "the other daemon skipped the slots it did not take"
+    );
+}
+
+#[test]
+fn a_run_left_running_by_a_killed_process_is_marked_failed_at_the_next_start() {
+    let ctx = Ctx::new();
+    ctx.init();
+    let marks = ctx.dir.path().join("marks");
+    std::fs::create_dir(&marks).expect("marks");
+    let config = write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+[repositories.main]
+url = "{repo}"
+password_env = "DBOPS_PASSWORD"
+[jobs.check]
+kind = "prune"
+before = ["touch {m}/started; sleep 3"]
+"#,
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+            m = marks.display(),
+        ),
+    );
+    let mut child = dbops(&ctx, &config, &["run", "check"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dbops run");
+    wait_for("the hook", Duration::from_secs(30), || {
+        marks.join("started").exists()
+    });
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let h = run(&ctx, &config, &["--json", "history"], &[]).ok().json();
+    assert_eq!(h["runs"][0]["status"], "running", "{h}");
+    // The next start notices that the process is gone.
+    run(&ctx, &config, &["run", "check"], &[]).ok();
+    let h = run(&ctx, &config, &["--json", "history"], &[]).ok().json();
+    let runs = h["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["status"], "success");
+    assert_eq!(runs[1]["status"], "failure");
+    assert_eq!(runs[1]["error_kind"], "interrupted");
+    assert!(
+        runs[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("interrupted")),
+        "{h}"
+    );
 }

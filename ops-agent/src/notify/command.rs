@@ -21,6 +21,9 @@ use super::{Failure, Policy};
 pub struct CommandOptions {
     /// The command line, run by `sh -c` (`command`).
     pub command: String,
+    /// Environment variables taken out of the command's environment (the ones that
+    /// hold secrets).
+    pub env_remove: Vec<String>,
 }
 
 impl CommandOptions {
@@ -28,13 +31,22 @@ impl CommandOptions {
     pub fn new(command: impl Into<String>) -> Self {
         Self {
             command: command.into(),
+            env_remove: Vec::new(),
         }
+    }
+
+    /// Takes these variables out of the command's environment.
+    #[must_use]
+    pub fn with_env_remove(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.env_remove.extend(names.into_iter().map(Into::into));
+        self
     }
 }
 
 pub(super) struct CommandNotifier {
     policy: Policy,
     command: String,
+    env_remove: Vec<String>,
 }
 
 impl CommandNotifier {
@@ -49,12 +61,20 @@ impl CommandNotifier {
             program.to_owned()
         };
         let policy = policy.finish(shown, Vec::new());
-        Ok(Self { policy, command })
+        Ok(Self {
+            policy,
+            command,
+            env_remove: options.env_remove,
+        })
     }
 
     async fn run_once(&self, event: &Event, input: &[u8]) -> Result<(), Failure> {
         let r = &event.run;
-        let mut child = tokio::process::Command::new("sh")
+        let mut cmd = tokio::process::Command::new("sh");
+        for name in &self.env_remove {
+            cmd.env_remove(name);
+        }
+        let mut child = cmd
             .arg("-c")
             .arg(&self.command)
             .env("DBOPS_EVENT", event.kind.as_str())
