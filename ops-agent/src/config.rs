@@ -1044,12 +1044,7 @@ impl Resolver<'_> {
             );
         }
 
-        let mut notifications = BTreeMap::new();
-        for (name, n) in &raw.notifications {
-            let built = self.notifier(name, n)?;
-            notifications.insert(name.clone(), built);
-        }
-
+        let notification_names: BTreeSet<String> = raw.notifications.keys().cloned().collect();
         let mut jobs = BTreeMap::new();
         for (name, j) in &raw.jobs {
             let job = self.job(
@@ -1058,9 +1053,20 @@ impl Resolver<'_> {
                 hook_timeout,
                 &repositories,
                 &databases,
-                &notifications,
+                &notification_names,
             )?;
             jobs.insert(name.clone(), job);
+        }
+
+        // Notifiers last, and twice: a command notifier's environment leaves out every
+        // secret variable of the config, including those of notifiers after it.
+        for (name, n) in &raw.notifications {
+            self.notifier(name, n)?;
+        }
+        let mut notifications = BTreeMap::new();
+        for (name, n) in &raw.notifications {
+            let built = self.notifier(name, n)?;
+            notifications.insert(name.clone(), built);
         }
 
         let repo = raw
@@ -1253,7 +1259,7 @@ impl Resolver<'_> {
         hook_timeout: Duration,
         repositories: &BTreeMap<String, RepositoryConfig>,
         databases: &BTreeMap<String, DatabaseConfig>,
-        notifications: &BTreeMap<String, Arc<dyn Notifier>>,
+        notifications: &BTreeSet<String>,
     ) -> Result<JobConfig> {
         let what = format!("[jobs.{name}]");
         let r = j.get_ref();
@@ -1334,8 +1340,8 @@ impl Resolver<'_> {
         };
         let mut notify = Vec::new();
         for n in &r.notify {
-            if !notifications.contains_key(n.get_ref()) {
-                let names: Vec<&str> = notifications.keys().map(String::as_str).collect();
+            if !notifications.contains(n.get_ref()) {
+                let names: Vec<&str> = notifications.iter().map(String::as_str).collect();
                 let hint = suggest(n.get_ref(), &names)
                     .map(|s| format!("; did you mean '{s}'?"))
                     .unwrap_or_default();

@@ -142,17 +142,6 @@ impl Runner {
                 }
             }
         }
-        if rec.status == RunStatus::Failure {
-            for cmd in &job.hooks.on_failure {
-                if let HookOutcome::Failed(why) = self.hook(job, cmd, &rec, status_word).await {
-                    tracing::warn!(
-                        "job {}: the on_failure hook `{cmd}` failed: {}",
-                        job.name,
-                        scrub(why)
-                    );
-                }
-            }
-        }
         if !after_errors.is_empty() {
             // A job whose clean-up failed has left something behind: say so loudly.
             let mut why = after_errors.join("; ");
@@ -166,6 +155,17 @@ impl Runner {
             rec.error_kind.get_or_insert_with(|| "hook".to_owned());
         }
 
+        if rec.status == RunStatus::Failure {
+            for cmd in &job.hooks.on_failure {
+                if let HookOutcome::Failed(why) = self.hook(job, cmd, &rec, "failure").await {
+                    tracing::warn!(
+                        "job {}: the on_failure hook `{cmd}` failed: {}",
+                        job.name,
+                        scrub(why)
+                    );
+                }
+            }
+        }
         let status = rec.status;
         let error = rec.error.take();
         rec.finish(status, error, Utc::now());
@@ -338,8 +338,14 @@ impl Runner {
             );
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = cancel.clone().cancelled_owned() => return Err(format!("{message}; cancelled before the retry")),
-                () = sleep_until(deadline) => return Err(format!("{message}; timed out before the retry")),
+                () = cancel.clone().cancelled_owned() => {
+                    rec.error_kind = Some("interrupted".to_owned());
+                    return Err(format!("{message}; cancelled before the retry"));
+                }
+                () = sleep_until(deadline) => {
+                    rec.error_kind = Some("timeout".to_owned());
+                    return Err(format!("{message}; timed out before the retry"));
+                }
             }
         }
     }

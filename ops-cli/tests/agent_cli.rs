@@ -907,3 +907,136 @@ before = ["touch {m}/started; sleep 3"]
         "{h}"
     );
 }
+
+#[test]
+fn sighup_reloads_the_config_and_a_bad_one_keeps_the_running_config() {
+    let ctx = Ctx::new();
+    ctx.init();
+    let state = ctx.dir.path().join("state");
+    let one_job = format!(
+        r#"
+state_dir = "{state}"
+[repositories.main]
+url = "{repo}"
+password_env = "DBOPS_PASSWORD"
+[jobs.first]
+kind = "prune"
+every = "1s"
+"#,
+        state = state.display(),
+        repo = ctx.repo,
+    );
+    let config = write_config(&ctx, "dbops.toml", &one_job);
+    let log = ctx.dir.path().join("daemon.log");
+    let mut child = dbops(&ctx, &config, &["daemon"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("daemon");
+    // The history is read through a config of its own: the daemon's is broken on
+    // purpose below.
+    let reader = write_config(&ctx, "reader.toml", &one_job);
+    let runs_of = |job: &str| -> usize {
+        run(
+            &ctx,
+            &reader,
+            &["--json", "history", job, "--last", "1000"],
+            &[],
+        )
+        .json()["runs"]
+            .as_array()
+            .map_or(0, |r| r.iter().filter(|x| x["status"] == "success").count())
+    };
+    wait_for("the first job", Duration::from_secs(30), || {
+        runs_of("first") >= 1
+    });
+    let hup = || {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    };
+    // A broken config is refused; the daemon goes on with the one it has.
+    std::fs::write(
+        &config,
+        format!("{one_job}\n[jobs.second]\nkind = \"prune\"\nevry = \"1s\"\n"),
+    )
+    .expect("write");
+    hup();
+    wait_for("the refused reload", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("config reload failed"))
+    });
+    let before = runs_of("first");
+    wait_for("the first job going on", Duration::from_secs(30), || {
+        runs_of("first") > before
+    });
+    // A good one adds the second job.
+    std::fs::write(
+        &config,
+        format!("{one_job}\n[jobs.second]\nkind = \"prune\"\nevery = \"1s\"\n"),
+    )
+    .expect("write");
+    hup();
+    wait_for("the second job", Duration::from_secs(30), || {
+        runs_of("second") >= 1
+    });
+    sigterm(&child);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(60)), 0);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log_text.contains("evry"),
+        "the refusal names the key: {log_text}"
+    );
+}
+
+#[test]
+fn a_failing_after_hook_fails_the_run_and_runs_on_failure_and_exit_75_skips() {
+    let ctx = Ctx::new();
+    ctx.init();
+    let marks = ctx.dir.path().join("marks");
+    std::fs::create_dir(&marks).expect("marks");
+    let config = write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+[repositories.main]
+url = "{repo}"
+password_env = "DBOPS_PASSWORD"
+[jobs.tidy]
+kind = "prune"
+after = ["echo 'maintenance mode still on' >&2; exit 4"]
+on_failure = ["echo \"$DBOPS_STATUS\" > {m}/on_failure"]
+[jobs.not-today]
+kind = "prune"
+before = ["exit 75"]
+after = ["touch {m}/after-skip"]
+"#,
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+            m = marks.display(),
+        ),
+    );
+    let r = run(&ctx, &config, &["--json", "run", "tidy"], &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let rec = &r.json()["runs"][0];
+    assert_eq!(rec["status"], "failure");
+    assert!(
+        rec["error"].as_str().is_some_and(
+            |e| e.contains("work succeeded") && e.contains("maintenance mode still on")
+        ),
+        "{rec}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marks.join("on_failure"))
+            .expect("on_failure ran")
+            .trim(),
+        "failure"
+    );
+    let r = run(&ctx, &config, &["--json", "run", "not-today"], &[]);
+    assert_eq!(r.code, 0, "a skip is not an error: {}", r.all());
+    assert_eq!(r.json()["runs"][0]["status"], "skipped");
+    assert!(
+        marks.join("after-skip").exists(),
+        "after runs whenever before ran"
+    );
+}
