@@ -195,11 +195,18 @@ pub async fn history(cli: &Cli, config: &Config, a: &HistoryArgs) -> Result<Exit
     }
     let history = RunHistory::open(&config.state_dir).await?;
     let runs = history.runs(a.job.as_deref(), a.last).await?;
-    history.close().await;
     if cli.json {
-        print_json(&json!({ "ok": true, "runs": runs }));
+        let mut items = Vec::with_capacity(runs.len());
+        for r in &runs {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["deliveries"] = json!(history.deliveries(r.id).await?);
+            items.push(v);
+        }
+        history.close().await;
+        print_json(&json!({ "ok": true, "runs": items }));
         return Ok(ExitCode::SUCCESS);
     }
+    history.close().await;
     if runs.is_empty() {
         println!("no runs recorded");
     }

@@ -453,10 +453,16 @@ starttls = false
 from = "dbops@example.test"
 to = ["ops@example.test"]
 on = ["failure", "recovered"]
+[notifications.dead]
+kind = "webhook"
+url = "http://127.0.0.1:{closed}/nobody-listens"
+on = ["success", "failure", "recovered"]
+timeout = "1s"
+retries = 1
 [jobs.nightly]
 kind = "backup"
 database = "shop"
-notify = ["hook", "mail"]
+notify = ["hook", "mail", "dead"]
 "#,
             state = ctx.dir.path().join("state").display(),
             repo = ctx.repo,
@@ -528,6 +534,48 @@ notify = ["hook", "mail"]
             .collect::<Vec<_>>(),
         vec!["success", "failure", "failure"]
     );
+    let delivered = |r: &serde_json::Value| -> Vec<(String, String, bool)> {
+        let mut v: Vec<(String, String, bool)> = r["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .iter()
+            .map(|d| {
+                (
+                    d["notifier"].as_str().unwrap_or("").to_owned(),
+                    d["event"].as_str().unwrap_or("").to_owned(),
+                    d["ok"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let s = |a: &str, b: &str, ok: bool| (a.to_owned(), b.to_owned(), ok);
+    assert_eq!(
+        delivered(&runs[2]),
+        vec![
+            s("dead", "failure", false),
+            s("hook", "failure", true),
+            s("mail", "failure", true)
+        ]
+    );
+    assert_eq!(
+        delivered(&runs[1]),
+        vec![],
+        "nothing for the repeated failure"
+    );
+    assert_eq!(
+        delivered(&runs[0]),
+        vec![
+            s("dead", "recovered", false),
+            s("dead", "success", false),
+            s("hook", "recovered", true),
+            s("mail", "recovered", true)
+        ],
+        "a receiver that is down is recorded, and never fails the job"
+    );
+    let errors = runs[0]["deliveries"].to_string();
+    assert!(!errors.contains("nobody-listens"), "{errors}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
