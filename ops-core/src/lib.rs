@@ -20,7 +20,10 @@ pub use engine::{
 };
 pub use ephemeral::EphemeralServer;
 pub use error::{Error, ErrorKind, ErrorStatus, Result};
-pub use health::{HealthCheck, HealthReport, HealthStatus};
+pub use health::{
+    CheckResult, HealthCheck, HealthReport, HealthStatus, HealthSummary, Limits, Probe,
+    ProbeBudget, Thresholds, run_suite,
+};
 pub use jobs::{Event, EventKind, JobKind, Notifier, RunRecord, RunStatus, Trigger};
 pub use retention::{BackupSummary, RetentionDecision, RetentionPolicy};
 pub use secret::{Secret, redact_url};
