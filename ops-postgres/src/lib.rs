@@ -6,6 +6,7 @@ mod credentials;
 mod dump;
 pub mod ephemeral;
 mod errors;
+pub mod health;
 mod restore;
 mod roles;
 mod session;
