@@ -45,6 +45,50 @@ struct RawConfig {
     notifications: BTreeMap<String, Spanned<RawNotification>>,
     #[serde(default)]
     jobs: BTreeMap<String, Spanned<RawJob>>,
+    /// Services beside the databases (Redis).
+    #[serde(default)]
+    services: BTreeMap<String, Spanned<RawService>>,
+    /// Health checks: budgets, limits, extra paths.
+    health: Option<RawHealth>,
+    /// Where one-shot runs write a node_exporter textfile.
+    metrics_textfile: Option<Spanned<String>>,
+    /// Where the daemon serves /metrics and /health.
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    kind: Spanned<String>,
+    url: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    statement_timeout: Option<Spanned<String>>,
+    lock_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    disk_paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    thresholds: BTreeMap<String, Spanned<RawLimits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    warn: RawLimit,
+    critical: RawLimit,
+}
+
+/// A limit: a number in the check's unit, or a duration (`"6h"`) for checks in seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawLimit {
+    Number(f64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +187,8 @@ struct RawJob {
     group_by: Option<Spanned<String>>,
     prune: Option<bool>,
     max_unused: Option<f64>,
+    #[serde(default)]
+    checks: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -174,6 +220,14 @@ pub struct Config {
     pub password_file: Option<PathBuf>,
     /// Top-level `[retention]` (the default rules of `forget`).
     pub retention: Option<KeepRules>,
+    /// Services beside the databases, by name.
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Health check settings.
+    pub health: HealthConfig,
+    /// Where one-shot runs write a node_exporter textfile.
+    pub metrics_textfile: Option<PathBuf>,
+    /// Where the daemon serves `/metrics` and `/health`.
+    pub listen: Option<std::net::SocketAddr>,
     secrets: Secrets,
 }
 
@@ -236,6 +290,39 @@ const SECRET_ENV: &[&str] = &[
     "AZURE_STORAGE_SAS_TOKEN",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
 ];
+
+/// A service beside the databases (`[services.NAME]`).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// `redis`.
+    pub kind: String,
+    /// Its URL (may carry a password: printed redacted).
+    pub url: Secret,
+}
+
+impl std::fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("kind", &self.kind)
+            .field("url", &redact_url(self.url.expose()))
+            .finish()
+    }
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// How often the daemon refreshes `/health` and the probe metrics.
+    pub interval: Duration,
+    /// Each probe's connect, statement and lock budget.
+    pub budget: ops_core::ProbeBudget,
+    /// Extra local paths whose free space is checked (a database's data directory).
+    pub disk_paths: Vec<PathBuf>,
+    /// Limits that override the probes' defaults.
+    pub thresholds: ops_core::Thresholds,
+}
 
 /// A repository's settings.
 #[derive(Clone)]
@@ -373,6 +460,11 @@ pub enum Work {
         /// Unused share tolerated in packs (0–1).
         max_unused: f64,
     },
+    /// Run the health checks (those named, or all).
+    Health {
+        /// Check or service names to run; empty for all.
+        checks: Vec<String>,
+    },
     /// Copy backups to another repository.
     Copy {
         /// The source repository's name.
@@ -387,14 +479,16 @@ pub enum Work {
 }
 
 impl Work {
-    /// The repository the job works on (for a copy: the destination's is `to`).
-    pub fn repository(&self) -> &str {
+    /// The repository the job works on (for a copy: the destination's is `to`); none
+    /// for a health job.
+    pub fn repository(&self) -> Option<&str> {
         match self {
             Work::Backup { repository, .. }
             | Work::Verify { repository, .. }
             | Work::Forget { repository, .. }
             | Work::Prune { repository, .. }
-            | Work::Copy { repository, .. } => repository,
+            | Work::Copy { repository, .. } => Some(repository),
+            Work::Health { .. } => None,
         }
     }
 }
@@ -675,6 +769,9 @@ impl Config {
                 v["repository"] = json!(repository);
                 v["max_unused"] = json!(max_unused);
             }
+            Work::Health { checks } => {
+                v["checks"] = json!(checks);
+            }
             Work::Copy {
                 repository,
                 to,
@@ -854,15 +951,76 @@ impl Resolver<'_> {
         Ok(out)
     }
 
+    fn health(&mut self, raw: Option<&RawHealth>) -> Result<HealthConfig> {
+        let default = RawHealth::default();
+        let raw = raw.unwrap_or(&default);
+        let base = ops_core::ProbeBudget::default();
+        let mut budget = base;
+        budget.connect = self.duration(
+            &raw.connect_timeout,
+            "[health] connect_timeout",
+            base.connect,
+        )?;
+        budget.statement = self.duration(
+            &raw.statement_timeout,
+            "[health] statement_timeout",
+            base.statement,
+        )?;
+        budget.lock = self.duration(&raw.lock_timeout, "[health] lock_timeout", base.lock)?;
+        let interval =
+            self.duration(&raw.interval, "[health] interval", Duration::from_secs(60))?;
+        let mut disk_paths = Vec::new();
+        for p in &raw.disk_paths {
+            disk_paths.push(PathBuf::from(self.interpolate(
+                p,
+                "[health] disk_paths",
+                false,
+            )?));
+        }
+        let mut thresholds = ops_core::Thresholds::default();
+        for (check, l) in &raw.thresholds {
+            let what = format!("[health.thresholds] {check}");
+            let value = |this: &Self, v: &RawLimit| -> Result<f64> {
+                match v {
+                    RawLimit::Number(n) => Ok(*n),
+                    RawLimit::Text(t) => parse_duration(t)
+                        .map(|d| d.as_secs_f64())
+                        .map_err(|e| this.err(l, &what, e.message())),
+                }
+            };
+            let warn = value(self, &l.get_ref().warn)?;
+            let critical = value(self, &l.get_ref().critical)?;
+            thresholds = thresholds.with(check.clone(), ops_core::Limits::new(warn, critical));
+        }
+        Ok(HealthConfig {
+            interval,
+            budget,
+            disk_paths,
+            thresholds,
+        })
+    }
+
     /// A URL, interpolated: its password (if any) becomes a secret, and so do the
     /// variables it was built from (they are taken out of hook environments).
     fn interpolate_url(&mut self, s: &Spanned<String>, what: &str) -> Result<String> {
         let url = self.interpolate(s, what, false)?;
-        let password = url::Url::parse(&url)
-            .ok()
+        let parsed = url::Url::parse(&url).ok();
+        let mut secrets: Vec<String> = parsed
+            .as_ref()
             .and_then(|u| u.password().map(str::to_owned))
-            .filter(|p| !p.is_empty());
-        if let Some(p) = password {
+            .filter(|p| !p.is_empty())
+            .into_iter()
+            .collect();
+        // A password in the query string (`?password=…`, `sslpassword`, tokens) is one
+        // too.
+        if let Some(u) = &parsed {
+            for (k, v) in u.query_pairs() {
+                if ops_core::secret::is_secret_param(&k) && !v.is_empty() {
+                    secrets.push(v.into_owned());
+                }
+            }
+        }
+        for p in secrets {
             self.secrets.add(&p);
             if let Ok(decoded) = percent_decode(&p) {
                 self.secrets.add(&decoded);
@@ -1069,6 +1227,61 @@ impl Resolver<'_> {
             notifications.insert(name.clone(), built);
         }
 
+        let mut services = BTreeMap::new();
+        for (name, svc) in &raw.services {
+            let what = format!("[services.{name}]");
+            let r = svc.get_ref();
+            if r.kind.get_ref() != "redis" {
+                return Err(self.err(
+                    &r.kind,
+                    &format!("{what} kind"),
+                    format!(
+                        "unknown service kind '{}': the kinds are: redis",
+                        r.kind.get_ref()
+                    ),
+                ));
+            }
+            let url = self.interpolate_url(&r.url, &format!("{what} url"))?;
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(self.err(
+                    &r.url,
+                    &format!("{what} url"),
+                    "a redis URL starts with redis:// or rediss://",
+                ));
+            }
+            services.insert(
+                name.clone(),
+                ServiceConfig {
+                    kind: r.kind.get_ref().clone(),
+                    url: Secret::new(url),
+                },
+            );
+        }
+        let health = self.health(raw.health.as_ref())?;
+        let metrics_textfile = raw
+            .metrics_textfile
+            .as_ref()
+            .map(|p| {
+                self.interpolate(p, "metrics_textfile", false)
+                    .map(PathBuf::from)
+            })
+            .transpose()?;
+        let listen = match &raw.listen {
+            Some(l) => {
+                let text = self.interpolate(l, "listen", false)?;
+                Some(text.parse().map_err(|_| {
+                    self.err(
+                        l,
+                        "listen",
+                        format!(
+                            "'{text}' is not an address: write host:port, such as 127.0.0.1:9187"
+                        ),
+                    )
+                })?)
+            }
+            None => None,
+        };
+
         let repo = raw
             .repo
             .as_ref()
@@ -1094,6 +1307,10 @@ impl Resolver<'_> {
             repo,
             password_file,
             retention: raw.retention,
+            services,
+            health,
+            metrics_textfile,
+            listen,
             secrets: self.secrets,
         })
     }
@@ -1153,7 +1370,7 @@ impl Resolver<'_> {
                 };
                 Channel::Command(
                     CommandOptions::new(c.clone())
-                        .with_env_remove(self.secrets.env_names().map(str::to_owned)),
+                        .with_env_remove(crate::hooks::secret_env_names(self.secrets.env_names())),
                 )
             }
             "email" => {
@@ -1279,6 +1496,13 @@ impl Resolver<'_> {
                     .map_err(|e| self.err(s, &format!("{what} schedule"), e.message()))?,
             ),
             (None, Some(e)) => {
+                if let Some(t) = &r.timezone {
+                    return Err(self.err(
+                        t,
+                        &what,
+                        "`timezone` applies to cron schedules; `every` is absolute time (drop the timezone, or use `schedule`)",
+                    ));
+                }
                 let d = parse_duration(e.get_ref())
                     .map_err(|x| self.err(e, &format!("{what} every"), x.message()))?;
                 Some(
@@ -1311,8 +1535,16 @@ impl Resolver<'_> {
         )?;
         let jitter = self.duration(&r.jitter, &format!("{what} jitter"), Duration::ZERO)?;
         let timeout = match &r.timeout {
-            Some(_) => {
-                Some(self.duration(&r.timeout, &format!("{what} timeout"), Duration::ZERO)?)
+            Some(t) => {
+                let d = self.duration(&r.timeout, &format!("{what} timeout"), Duration::ZERO)?;
+                if d.is_zero() {
+                    return Err(self.err(
+                        t,
+                        &format!("{what} timeout"),
+                        "a zero timeout would stop every run at once: leave `timeout` out for none",
+                    ));
+                }
+                Some(d)
             }
             None => None,
         };
@@ -1338,6 +1570,13 @@ impl Resolver<'_> {
                 hook_timeout,
             )?,
         };
+        if hooks.timeout.is_zero() {
+            return Err(self.err(
+                &r.kind,
+                &what,
+                "hook_timeout is zero: every hook would be stopped at once",
+            ));
+        }
         let mut notify = Vec::new();
         for n in &r.notify {
             if !notifications.contains(n.get_ref()) {
@@ -1453,6 +1692,12 @@ impl Resolver<'_> {
         not_for(r.group_by.is_some(), "group_by", &[K::Forget]);
         not_for(r.prune.is_some(), "prune", &[K::Forget]);
         not_for(r.max_unused.is_some(), "max_unused", &[K::Prune]);
+        not_for(!r.checks.is_empty(), "checks", &[K::Health]);
+        not_for(
+            r.repository.is_some(),
+            "repository",
+            &[K::Backup, K::Verify, K::Forget, K::Prune, K::Copy],
+        );
         if !foreign.is_empty() {
             return Err(self.err(
                 &r.kind,
@@ -1522,6 +1767,9 @@ impl Resolver<'_> {
                     prune: r.prune.unwrap_or(false),
                 }
             }
+            K::Health => Work::Health {
+                checks: r.checks.clone(),
+            },
             K::Prune => Work::Prune {
                 repository: repository(self, &r.repository, "repository")?,
                 max_unused: r.max_unused.unwrap_or(5.0) / 100.0,

@@ -23,6 +23,7 @@ use ops_core::schedule::{Action, JobState, plan};
 use crate::config::Config;
 use crate::history::RunHistory;
 use crate::runner::Runner;
+use crate::{metrics, serve};
 
 /// The longest the loop sleeps without looking again (a wall-clock jump or a suspend
 /// is noticed within this).
@@ -71,7 +72,10 @@ pub async fn run(
         );
     }
     let mut runner = Runner::new(config.clone(), history.clone());
-    let mut permits = Arc::new(Semaphore::new(config.max_concurrent_jobs));
+    // One semaphore for the daemon's life: a reload changes its size, so runs going
+    // on and runs waiting count against the same limit.
+    let permits = Arc::new(Semaphore::new(config.max_concurrent_jobs));
+    let mut limit = config.max_concurrent_jobs;
     let mut states: HashMap<String, JobState> = HashMap::new();
     load_states(&runner, &history, &mut states, now).await;
     tracing::info!(
@@ -86,15 +90,44 @@ pub async fn run(
         history.path().display()
     );
 
+    // /metrics and /health, from state refreshed in the background.
+    let (config_tx, config_rx) = tokio::sync::watch::channel(config.clone());
+    let poke = Arc::new(tokio::sync::Notify::new());
+    let stop_serving = CancellationToken::new();
+    if let Some(addr) = config.listen {
+        let listener = serve::bind(addr).await?;
+        let served: serve::SharedState = Arc::default();
+        tokio::spawn(serve::serve(listener, served.clone(), stop_serving.clone()));
+        tokio::spawn(refresh(
+            config_rx,
+            history.clone(),
+            served,
+            poke.clone(),
+            stop_serving.clone(),
+        ));
+        tracing::info!("serving /metrics and /health on http://{addr}");
+    }
+
+    // `stopping`: no run may start any more (fired at once on shutdown); `cancel`:
+    // running work must end (fired when the grace period runs out).
+    let stopping = CancellationToken::new();
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<(String, RunRecord)> = JoinSet::new();
+    let mut task_jobs: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut report = DaemonReport::default();
 
     loop {
+        // Runs that ended since the last look, before planning: a finished run must
+        // not make its next slot look like an overlap.
+        while let Some(done) = tasks.try_join_next_with_id() {
+            finished(done, &mut task_jobs, &mut running, &history).await;
+            poke.notify_one();
+        }
         let now = Utc::now();
         let mut wake: Option<DateTime<Utc>> = None;
         let config = runner.config().clone();
+        let mut skips = Vec::new();
         for job in config.jobs.values() {
             let Some(timing) = &job.timing else {
                 continue;
@@ -116,29 +149,48 @@ pub async fn run(
                     Action::Start { slot, trigger } => {
                         report.started += 1;
                         running.insert(job.name.clone(), Running { since: now });
+                        let job_name = job.name.clone();
                         let (runner, job, slot, trigger) =
                             (runner.clone(), job.clone(), *slot, *trigger);
                         let permits = permits.clone();
-                        let cancel = cancel.clone();
-                        tasks.spawn(async move {
+                        let (cancel, stopping) = (cancel.clone(), stopping.clone());
+                        let handle = tasks.spawn(async move {
                             // The global limit: a due run waits for a free place (and
-                            // counts as running, so its next slot is skipped, not queued).
-                            let _permit = permits.acquire_owned().await;
+                            // counts as running, so its next slot is skipped, not
+                            // queued). A shutdown while it waits: it does not start.
+                            let permit = tokio::select! {
+                                p = permits.acquire_owned() => p.ok(),
+                                () = stopping.cancelled() => None,
+                            };
+                            if permit.is_none() || stopping.is_cancelled() {
+                                let now = Utc::now();
+                                let mut rec = RunRecord::start(&job.name, job.kind, trigger, now)
+                                    .with_slot(Some(slot));
+                                rec.finish(
+                                    RunStatus::Skipped,
+                                    Some("skipped: dbops was stopping before the run could start".to_owned()),
+                                    now,
+                                );
+                                if let Err(e) = runner.history().insert(&rec).await {
+                                    tracing::error!("job {}: recording a skipped slot: {e}", job.name);
+                                }
+                                return (job.name.clone(), rec);
+                            }
                             if trigger == Trigger::CatchUp {
                                 tracing::info!("job {}: catching up the slot of {slot} missed while dbops was not running", job.name);
                             }
                             let rec = runner.run(&job, trigger, Some(slot), cancel).await;
+                            drop(permit);
                             (job.name.clone(), rec)
                         });
+                        task_jobs.insert(handle.id(), job_name);
                     }
                     Action::Skip { slot, reason } => {
                         let mut rec = RunRecord::start(&job.name, job.kind, Trigger::Schedule, now)
                             .with_slot(Some(*slot));
                         rec.finish(RunStatus::Skipped, Some(reason.to_string()), now);
                         tracing::warn!("job {}: slot {slot} {reason}", job.name);
-                        if let Err(e) = history.insert(&rec).await {
-                            tracing::error!("job {}: recording a skipped slot: {e}", job.name);
-                        }
+                        skips.push(rec);
                     }
                     _ => {}
                 }
@@ -148,34 +200,51 @@ pub async fn run(
                 wake = Some(wake.map_or(w, |x: DateTime<Utc>| x.min(w)));
             }
         }
+        if !skips.is_empty()
+            && let Err(e) = history.insert_many(&skips).await
+        {
+            tracing::error!("recording {} skipped slot(s): {e}", skips.len());
+        }
 
         let sleep = wake
             .map(|w| (w - Utc::now()).to_std().unwrap_or_default())
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP);
         tokio::select! {
-            () = tokio::time::sleep(sleep) => {}
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok((name, _)) = done {
-                    running.remove(&name);
-                }
+            biased;
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                finished(done, &mut task_jobs, &mut running, &history).await;
+                poke.notify_one();
             }
             msg = control.recv() => match msg {
                 Some(Control::Reload(new)) => {
                     tracing::info!("config reloaded: {} job(s)", new.jobs.len());
-                    if new.max_concurrent_jobs != runner.config().max_concurrent_jobs {
-                        permits = Arc::new(Semaphore::new(new.max_concurrent_jobs));
-                    }
+                    resize(&permits, &mut limit, new.max_concurrent_jobs);
+                    let _ = config_tx.send(new.clone());
+                    let old = runner.config().clone();
                     runner = Runner::new(new, history.clone());
                     states.retain(|name, _| runner.config().jobs.contains_key(name));
-                    load_states(&runner, &history, &mut states, Utc::now()).await;
+                    // A job whose schedule changed starts afresh: the slots of its new
+                    // schedule since its last run are not "missed".
+                    let now = Utc::now();
+                    for (name, state) in &mut states {
+                        let before = old.jobs.get(name).and_then(|j| j.timing.clone());
+                        let after = runner.config().jobs.get(name).and_then(|j| j.timing.clone());
+                        if before != after {
+                            state.handled = state.handled.max(now);
+                        }
+                    }
+                    load_states(&runner, &history, &mut states, now).await;
                 }
                 Some(Control::Shutdown) | None => break,
-            }
+            },
+            () = tokio::time::sleep(sleep) => {}
         }
     }
 
-    // Shutdown: no new runs; the running ones get the grace period.
+    // Shutdown: no new runs (and none waiting for a place starts); the running ones
+    // get the grace period; a second signal cancels them at once.
+    stopping.cancel();
     let grace = runner.config().shutdown_grace;
     if !tasks.is_empty() {
         tracing::info!(
@@ -183,22 +252,110 @@ pub async fn run(
             ops_core::schedule::format_duration(grace),
             tasks.len()
         );
-        let drained =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                done = tasks.join_next_with_id() => match done {
+                    Some(done) => finished(done, &mut task_jobs, &mut running, &history).await,
+                    None => break,
+                },
+                () = &mut deadline => {
+                    tracing::warn!("the grace period ran out: cancelling {} job(s)", tasks.len());
+                    break;
+                }
+                msg = control.recv() => {
+                    if matches!(msg, Some(Control::Shutdown)) {
+                        tracing::warn!("asked to stop again: cancelling {} job(s) now", tasks.len());
+                        break;
+                    }
+                }
+            }
+        }
+        if !tasks.is_empty() {
             report.cancelled = tasks.len();
-            tracing::warn!(
-                "the grace period ran out: cancelling {} job(s)",
-                tasks.len()
-            );
             cancel.cancel();
-            // Cancelled runs still run their `after` hooks and record their end.
-            while tasks.join_next().await.is_some() {}
+            // Cancelled runs still run their `after` hooks and record their end, within
+            // a bound: a hook that hangs does not keep the daemon alive for ever.
+            let bound = runner
+                .config()
+                .jobs
+                .values()
+                .map(|j| {
+                    j.hooks.timeout
+                        * u32::try_from(j.hooks.after.len() + j.hooks.on_failure.len() + 1)
+                            .unwrap_or(1)
+                })
+                .max()
+                .unwrap_or_default()
+                + Duration::from_secs(10);
+            let drained = tokio::time::timeout(bound, async {
+                while let Some(done) = tasks.join_next_with_id().await {
+                    finished(done, &mut task_jobs, &mut running, &history).await;
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::error!("{} cancelled job(s) did not end; leaving them", tasks.len());
+                tasks.abort_all();
+            }
         }
     }
+    stop_serving.cancel();
     history.close().await;
     tracing::info!("dbops daemon stopped");
     Ok(report)
+}
+
+/// Takes note of a finished run task. A task that panicked leaves its run recorded
+/// as running: it is marked failed here, and its job is free to run again.
+async fn finished(
+    done: std::result::Result<(tokio::task::Id, (String, RunRecord)), tokio::task::JoinError>,
+    task_jobs: &mut HashMap<tokio::task::Id, String>,
+    running: &mut HashMap<String, Running>,
+    history: &RunHistory,
+) {
+    match done {
+        Ok((id, (name, _))) => {
+            task_jobs.remove(&id);
+            running.remove(&name);
+        }
+        Err(e) => {
+            let Some(name) = task_jobs.remove(&e.id()) else {
+                return;
+            };
+            running.remove(&name);
+            tracing::error!("job {name}: the run ended abnormally ({e}); recorded as failed");
+            if let Err(e) = history
+                .fail_running(
+                    &name,
+                    "the run ended abnormally (an internal error); see the daemon's log",
+                )
+                .await
+            {
+                tracing::error!("job {name}: recording the abnormal end: {e}");
+            }
+        }
+    }
+}
+
+/// Changes the number of places of `permits` from `*limit` to `new`.
+fn resize(permits: &Arc<Semaphore>, limit: &mut usize, new: usize) {
+    if new > *limit {
+        permits.add_permits(new - *limit);
+    } else if new < *limit {
+        // Take the places away as they come free.
+        let (permits, n) = (
+            permits.clone(),
+            u32::try_from(*limit - new).unwrap_or(u32::MAX),
+        );
+        tokio::spawn(async move {
+            if let Ok(p) = permits.acquire_many_owned(n).await {
+                p.forget();
+            }
+        });
+    }
+    *limit = new;
 }
 
 /// Sets each scheduled job's handled slot from the history (its newest recorded
@@ -221,5 +378,77 @@ async fn load_states(
             }
         };
         states.insert(job.name.clone(), JobState::new(last.unwrap_or(now)));
+    }
+}
+
+/// How often the metrics are re-read from the history when no run finishes.
+const METRICS_EVERY: Duration = Duration::from_secs(15);
+
+/// Keeps the served state fresh: the health suite every `[health] interval`, the
+/// metrics after every finished run and every 15 s, the repositories' backup counts
+/// with the health suite. Runs until `stop`.
+async fn refresh(
+    mut config: tokio::sync::watch::Receiver<Arc<Config>>,
+    history: RunHistory,
+    served: serve::SharedState,
+    poke: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    let mut snapshot = metrics::Snapshot::default();
+    let mut repositories: HashMap<String, ops_core::repo::Repository> = HashMap::new();
+    let mut next_health = tokio::time::Instant::now();
+    loop {
+        let cfg = config.borrow_and_update().clone();
+        if tokio::time::Instant::now() >= next_health {
+            match crate::health::run(&cfg, &history, &[]).await {
+                Ok(summary) => snapshot.health = Some(summary),
+                Err(e) => tracing::warn!("health checks could not run: {e}"),
+            }
+            for name in cfg.repositories.keys() {
+                if !repositories.contains_key(name) {
+                    match crate::runner::open_repository(&cfg, name).await {
+                        Ok(r) => {
+                            repositories.insert(name.clone(), r);
+                        }
+                        Err(e) => tracing::warn!(
+                            "repository {name} could not be opened for its backup count: {e}"
+                        ),
+                    }
+                }
+                if let Some(r) = repositories.get(name) {
+                    match r.list_backups().await {
+                        Ok(list) => {
+                            snapshot
+                                .repository_backups
+                                .insert(name.clone(), list.len() as u64);
+                        }
+                        Err(e) => tracing::warn!("listing repository {name}: {e}"),
+                    }
+                }
+            }
+            next_health = tokio::time::Instant::now() + cfg.health.interval;
+            served.write().await.health = snapshot.health.clone();
+        }
+        match metrics::render(&cfg, &history, &snapshot).await {
+            Ok(text) => served.write().await.metrics = text,
+            Err(e) => tracing::warn!("metrics could not be rendered: {e}"),
+        }
+        let wait = next_health
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(METRICS_EVERY);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = poke.notified() => {}
+            changed = config.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // A reloaded config: its repositories are opened anew, its health runs now.
+                repositories.clear();
+                snapshot.repository_backups.clear();
+                next_health = tokio::time::Instant::now();
+            }
+            () = stop.cancelled() => break,
+        }
     }
 }

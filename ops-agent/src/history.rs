@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -37,6 +38,7 @@ const SCHEMA: &[&str] = &[
         stored_bytes INTEGER,
         error TEXT,
         error_kind TEXT,
+        verified TEXT,
         host TEXT NOT NULL,
         pid INTEGER NOT NULL,
         pid_start INTEGER
@@ -53,6 +55,9 @@ const SCHEMA: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS deliveries_by_run ON deliveries (run_id)",
 ];
+
+/// Columns of `runs` newer than the table itself (name, declaration).
+const ADDED_COLUMNS: &[(&str, &str)] = &[("error_kind", "TEXT"), ("verified", "TEXT")];
 
 /// One notification delivery, as recorded.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -92,11 +97,89 @@ impl DeliveryRecord {
     }
 }
 
+/// How many runs (and attempts) a job had with one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunCount {
+    /// The job.
+    pub job: String,
+    /// Its kind.
+    pub kind: JobKind,
+    /// The status.
+    pub status: RunStatus,
+    /// Runs.
+    pub runs: u64,
+    /// Attempts over those runs.
+    pub attempts: u64,
+}
+
 /// The run history store.
 #[derive(Debug, Clone)]
 pub struct RunHistory {
     pool: SqlitePool,
     path: PathBuf,
+    /// This process's owner lock (`owners/HOST-PID.lock` under the state directory),
+    /// held while the process lives: another process that finds a run of ours
+    /// "running" can tell from it whether we are still alive — across hosts and
+    /// containers sharing the state directory, where pids mean nothing.
+    _owner: Arc<Owner>,
+}
+
+/// A held owner lock.
+struct Owner(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Owner")
+    }
+}
+
+/// The owner lock file of process `pid` on `host`.
+fn owner_file(state_dir: &Path, host: &str, pid: u32) -> PathBuf {
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    state_dir.join("owners").join(format!("{host}-{pid}.lock"))
+}
+
+/// Whether the process that owns `file` still holds its lock: `Some(true)` alive,
+/// `Some(false)` gone, `None` no such file.
+fn owner_alive(file: &Path) -> Option<bool> {
+    let f = std::fs::File::open(file).ok()?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(_released_on_drop) => Some(false),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some(true),
+        // Cannot tell (a filesystem without locks): assume alive, never fail a live run.
+        Err(_) => Some(true),
+    }
+}
+
+fn take_owner_lock(state_dir: &Path) -> Result<Owner> {
+    let file = owner_file(state_dir, &host_name(), std::process::id());
+    if let Some(dir) = file.parent() {
+        create_private_dir(dir)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&file)
+        .map_err(|e| Error::io(format!("creating the owner lock {}", file.display()), e))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(Owner)
+        .map_err(|(_, e)| {
+            Error::io(
+                format!("locking {}", file.display()),
+                std::io::Error::from(e),
+            )
+        })
 }
 
 fn db_error(doing: &str, path: &Path, e: sqlx::Error) -> Error {
@@ -104,6 +187,20 @@ fn db_error(doing: &str, path: &Path, e: sqlx::Error) -> Error {
         ErrorKind::Io,
         format!("{doing} in the run history {}: {e}", path.display()),
     )
+}
+
+/// Column `i` of a row, or an error naming the damage (never a panic on a file
+/// someone edited or a disk that lost a page).
+fn col<'r, T>(row: &'r SqliteRow, i: usize) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(i).map_err(|e| {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("the run history has a value this version cannot read (column {i}): {e}; move the file away to start a new history"),
+        )
+    })
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -149,12 +246,44 @@ impl RunHistory {
                 .await
                 .map_err(|e| db_error("creating tables", &path, e))?;
         }
+        // Columns added after the first release of the file: an older history gains
+        // them (empty for its old runs).
+        let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('runs')")
+            .fetch_all(&pool)
+            .await
+            .map_err(|e| db_error("reading the table layout", &path, e))?
+            .iter()
+            .map(|r| col::<String>(r, 0))
+            .collect::<Result<_>>()?;
+        for (column, decl) in ADDED_COLUMNS {
+            if !columns.iter().any(|c| c == column) {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "ALTER TABLE runs ADD COLUMN {column} {decl}"
+                )))
+                .execute(&pool)
+                .await
+                .or_else(|e| {
+                    // Another process opening the same file added it first.
+                    if e.to_string().contains("duplicate column") {
+                        Ok(Default::default())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| db_error("adding a column", &path, e))?;
+            }
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
-        Ok(Self { pool, path })
+        let owner = Arc::new(take_owner_lock(state_dir)?);
+        Ok(Self {
+            pool,
+            path,
+            _owner: owner,
+        })
     }
 
     /// Where the history file is.
@@ -170,8 +299,8 @@ impl RunHistory {
         let pid_start = process_start(r.pid).and_then(|v| i64::try_from(v).ok());
         let row = sqlx::query(
             "INSERT INTO runs (job, kind, trigger, slot_ms, started_ms, ended_ms, status, attempts,
-                backup_id, bytes, new_bytes, stored_bytes, error, error_kind, host, pid, pid_start)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                backup_id, bytes, new_bytes, stored_bytes, error, error_kind, verified, host, pid, pid_start)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&r.job)
         .bind(r.kind.as_str())
@@ -187,13 +316,70 @@ impl RunHistory {
         .bind(opt_i64(r.stored_bytes))
         .bind(&r.error)
         .bind(&r.error_kind)
+        .bind(&r.verified)
         .bind(&r.host)
         .bind(i64::from(r.pid))
         .bind(pid_start)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("recording a run", &self.path, e))?;
-        Ok(row.get::<i64, _>(0))
+        Ok(col::<i64>(&row, 0)?)
+    }
+
+    /// Stores several finished runs (skipped slots) in one transaction.
+    ///
+    /// # Errors
+    /// Database errors (then none is stored).
+    pub async fn insert_many(&self, records: &[RunRecord]) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db_error("recording runs", &self.path, e))?;
+        for r in records {
+            sqlx::query(
+                "INSERT INTO runs (job, kind, trigger, slot_ms, started_ms, ended_ms, status, attempts,
+                    error, host, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&r.job)
+            .bind(r.kind.as_str())
+            .bind(r.trigger.as_str())
+            .bind(r.slot.map(ms))
+            .bind(ms(r.started))
+            .bind(r.ended.map(ms))
+            .bind(r.status.as_str())
+            .bind(i64::from(r.attempts))
+            .bind(&r.error)
+            .bind(&r.host)
+            .bind(i64::from(r.pid))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("recording runs", &self.path, e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| db_error("recording runs", &self.path, e))
+    }
+
+    /// Marks this process's runs of `job` still recorded as running as failed, with
+    /// `why` (a run task that ended abnormally).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn fail_running(&self, job: &str, why: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE runs SET status = 'failure', ended_ms = ?, error = ?, error_kind = 'internal'
+             WHERE job = ? AND status = 'running' AND host = ? AND pid = ?",
+        )
+        .bind(ms(chrono::Utc::now()))
+        .bind(why)
+        .bind(job)
+        .bind(host_name())
+        .bind(i64::from(std::process::id()))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error("updating a run", &self.path, e))?;
+        Ok(())
     }
 
     /// Stores a run's new state (by its id).
@@ -203,7 +389,7 @@ impl RunHistory {
     pub async fn update(&self, r: &RunRecord) -> Result<()> {
         sqlx::query(
             "UPDATE runs SET ended_ms = ?, status = ?, attempts = ?, backup_id = ?, bytes = ?,
-                new_bytes = ?, stored_bytes = ?, error = ?, error_kind = ? WHERE id = ?",
+                new_bytes = ?, stored_bytes = ?, error = ?, error_kind = ?, verified = ? WHERE id = ?",
         )
         .bind(r.ended.map(ms))
         .bind(r.status.as_str())
@@ -214,6 +400,7 @@ impl RunHistory {
         .bind(opt_i64(r.stored_bytes))
         .bind(&r.error)
         .bind(&r.error_kind)
+        .bind(&r.verified)
         .bind(r.id)
         .execute(&self.pool)
         .await
@@ -258,12 +445,12 @@ impl RunHistory {
         rows.iter()
             .map(|r| {
                 Ok(DeliveryRecord {
-                    run_id: r.get(0),
-                    notifier: r.get(1),
-                    event: EventKind::parse(r.get::<&str, _>(2))?,
-                    ok: r.get(3),
-                    error: r.get(4),
-                    at: from_ms(r.get(5)),
+                    run_id: col(&r, 0)?,
+                    notifier: col(&r, 1)?,
+                    event: EventKind::parse(col::<&str>(&r, 2)?)?,
+                    ok: col(&r, 3)?,
+                    error: col(&r, 4)?,
+                    at: from_ms(col(&r, 5)?),
                 })
             })
             .collect()
@@ -312,7 +499,7 @@ impl RunHistory {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error("reading runs", &self.path, e))?;
-        row.map(|r| RunStatus::parse(r.get::<&str, _>(0)))
+        row.map(|r| RunStatus::parse(col::<&str>(&r, 0)?))
             .transpose()
     }
 
@@ -326,7 +513,7 @@ impl RunHistory {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error("reading runs", &self.path, e))?;
-        Ok(row.get::<Option<i64>, _>(0).map(from_ms))
+        Ok(col::<Option<i64>>(&row, 0)?.map(from_ms))
     }
 
     /// Marks as failed every run left `running` by a process on this host that is no
@@ -335,27 +522,38 @@ impl RunHistory {
     /// # Errors
     /// Database errors.
     pub async fn mark_interrupted(&self, now: DateTime<Utc>) -> Result<usize> {
-        let rows = sqlx::query(
-            "SELECT id, pid, pid_start FROM runs WHERE status = 'running' AND host = ?",
-        )
-        .bind(host_name())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error("reading runs", &self.path, e))?;
+        let state_dir = self.path.parent().unwrap_or(Path::new("."));
+        let rows =
+            sqlx::query("SELECT id, pid, pid_start, host FROM runs WHERE status = 'running'")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("reading runs", &self.path, e))?;
+        let me = (host_name(), std::process::id());
         let mut n = 0;
         for r in rows {
-            let id: i64 = r.get(0);
-            let pid = u32::try_from(r.get::<i64, _>(1)).unwrap_or(0);
-            let start = r
-                .get::<Option<i64>, _>(2)
-                .and_then(|v| u64::try_from(v).ok());
-            if process_alive(pid, start) {
+            let id: i64 = col(&r, 0)?;
+            let pid = u32::try_from(col::<i64>(&r, 1)?).unwrap_or(0);
+            let start = col::<Option<i64>>(&r, 2)?.and_then(|v| u64::try_from(v).ok());
+            let host: String = col(&r, 3)?;
+            if (host.clone(), pid) == me {
                 continue;
             }
+            let file = owner_file(state_dir, &host, pid);
+            let alive = match owner_alive(&file) {
+                Some(alive) => alive,
+                // No owner file: on this host, ask the kernel; elsewhere the owner
+                // would have made one, so it is gone.
+                None if host == me.0 => process_alive(pid, start),
+                None => false,
+            };
+            if alive {
+                continue;
+            }
+            let _ = std::fs::remove_file(&file);
             sqlx::query("UPDATE runs SET status = 'failure', ended_ms = ?, error = ?, error_kind = 'interrupted' WHERE id = ? AND status = 'running'")
                 .bind(ms(now))
                 .bind(format!(
-                    "interrupted: the process running it (pid {pid}) ended without recording an outcome (crash, kill or power loss); nothing it half-wrote is listed as a backup"
+                    "interrupted: the process running it (pid {pid} on {host}) ended without recording an outcome (crash, kill or power loss); nothing it half-wrote is listed as a backup"
                 ))
                 .bind(id)
                 .execute(&self.pool)
@@ -366,6 +564,51 @@ impl RunHistory {
         Ok(n)
     }
 
+    /// Runs and attempts per job, kind and status, over the whole history (for the
+    /// metrics' counters, which therefore survive restarts and one-shot runs).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn counts(&self) -> Result<Vec<RunCount>> {
+        let rows = sqlx::query(
+            "SELECT job, kind, status, COUNT(*), SUM(attempts) FROM runs GROUP BY job, kind, status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("counting runs", &self.path, e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunCount {
+                    job: col(&r, 0)?,
+                    kind: JobKind::parse(col::<&str>(&r, 1)?)?,
+                    status: RunStatus::parse(col::<&str>(&r, 2)?)?,
+                    runs: u64::try_from(col::<i64>(&r, 3)?).unwrap_or(0),
+                    attempts: u64::try_from(col::<Option<i64>>(&r, 4)?.unwrap_or(0)).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Failed notification deliveries per notifier, over the whole history.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn delivery_failures(&self) -> Result<Vec<(String, u64)>> {
+        let rows =
+            sqlx::query("SELECT notifier, COUNT(*) FROM deliveries WHERE ok = 0 GROUP BY notifier")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error("counting deliveries", &self.path, e))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    col::<String>(r, 0)?,
+                    u64::try_from(col::<i64>(r, 1)?).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     /// Closes the store.
     pub async fn close(self) {
         self.pool.close().await;
@@ -374,28 +617,29 @@ impl RunHistory {
 
 const SELECT_RUN: &str =
     "SELECT id, job, kind, trigger, slot_ms, started_ms, ended_ms, status, attempts,
-    backup_id, bytes, new_bytes, stored_bytes, error, host, pid, error_kind FROM runs";
+    backup_id, bytes, new_bytes, stored_bytes, error, host, pid, error_kind, verified FROM runs";
 
 fn run_from_row(r: &SqliteRow) -> Result<RunRecord> {
     let mut rec = RunRecord::start(
-        r.get::<String, _>(1),
-        JobKind::parse(r.get::<&str, _>(2))?,
-        Trigger::parse(r.get::<&str, _>(3))?,
-        from_ms(r.get(5)),
+        col::<String>(&r, 1)?,
+        JobKind::parse(col::<&str>(&r, 2)?)?,
+        Trigger::parse(col::<&str>(&r, 3)?)?,
+        from_ms(col(&r, 5)?),
     )
-    .with_slot(r.get::<Option<i64>, _>(4).map(from_ms));
-    rec.id = r.get(0);
-    rec.ended = r.get::<Option<i64>, _>(6).map(from_ms);
-    rec.status = RunStatus::parse(r.get::<&str, _>(7))?;
-    rec.attempts = u32::try_from(r.get::<i64, _>(8)).unwrap_or(0);
-    rec.backup_id = r.get(9);
-    rec.bytes = opt_u64(r.get(10));
-    rec.new_bytes = opt_u64(r.get(11));
-    rec.stored_bytes = opt_u64(r.get(12));
-    rec.error = r.get(13);
-    rec.host = r.get(14);
-    rec.pid = u32::try_from(r.get::<i64, _>(15)).unwrap_or(0);
-    rec.error_kind = r.get(16);
+    .with_slot(col::<Option<i64>>(&r, 4)?.map(from_ms));
+    rec.id = col(&r, 0)?;
+    rec.ended = col::<Option<i64>>(&r, 6)?.map(from_ms);
+    rec.status = RunStatus::parse(col::<&str>(&r, 7)?)?;
+    rec.attempts = u32::try_from(col::<i64>(&r, 8)?).unwrap_or(0);
+    rec.backup_id = col(&r, 9)?;
+    rec.bytes = opt_u64(col(&r, 10)?);
+    rec.new_bytes = opt_u64(col(&r, 11)?);
+    rec.stored_bytes = opt_u64(col(&r, 12)?);
+    rec.error = col(&r, 13)?;
+    rec.host = col(&r, 14)?;
+    rec.pid = u32::try_from(col::<i64>(&r, 15)?).unwrap_or(0);
+    rec.error_kind = col(&r, 16)?;
+    rec.verified = col(&r, 17)?;
     Ok(rec)
 }
 

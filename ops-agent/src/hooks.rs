@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt as _;
+
 use tokio::process::Command;
 
 /// Exit code with which a `before` hook skips the run without an error (borgmatic's
@@ -14,6 +15,7 @@ pub const EXIT_SKIP: i32 = 75;
 
 /// How a hook ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HookOutcome {
     /// Exit 0.
     Ok,
@@ -68,60 +70,94 @@ pub async fn run_hook(
         Err(e) => return HookOutcome::Failed(format!("cannot start `sh`: {e}")),
     };
     let mut group = Group(child.id().and_then(|p| i32::try_from(p).ok()));
-    let mut stderr = child.stderr.take();
-    let read_err = async move {
-        let mut buf = Vec::new();
-        if let Some(s) = stderr.as_mut() {
+    // Stderr is read by a task of its own: a background child that keeps it open must
+    // not make the hook wait for it.
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = child.stderr.take().map(|mut s| {
+        let tail = tail.clone();
+        tokio::spawn(async move {
             // Keep the end: the reason is usually the last line.
             let mut chunk = [0u8; 4096];
-            loop {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        if buf.len() > 16 * 1024 {
-                            buf.drain(..buf.len() - 4096);
-                        }
+            while let Ok(n) = s.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut buf) = tail.lock() {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() > 16 * 1024 {
+                        let cut = buf.len() - 4096;
+                        buf.drain(..cut);
                     }
                 }
             }
-        }
-        buf
-    };
-    let waited = tokio::time::timeout(timeout, async {
-        let (status, err) = tokio::join!(child.wait(), read_err);
-        (status, err)
-    })
-    .await;
-    match waited {
+        })
+    });
+    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    let outcome = match waited {
         Err(_) => {
             group.kill(nix::sys::signal::Signal::SIGTERM);
             tokio::time::sleep(Duration::from_secs(2)).await;
             group.kill(nix::sys::signal::Signal::SIGKILL);
             group.0 = None;
-            HookOutcome::Failed(format!(
+            return HookOutcome::Failed(format!(
                 "timed out after {} and was stopped",
                 ops_core::schedule::format_duration(timeout)
-            ))
+            ));
         }
-        Ok((status, err)) => {
-            // The shell is gone; its group may still hold background children, which
-            // a hook must not leave behind.
-            group.kill(nix::sys::signal::Signal::SIGKILL);
-            group.0 = None;
-            let tail = last_line(&err);
-            match status {
-                Ok(s) if s.success() => HookOutcome::Ok,
-                Ok(s) if s.code() == Some(EXIT_SKIP) => HookOutcome::Skip,
-                Ok(s) => HookOutcome::Failed(match (s.code(), tail) {
-                    (Some(c), Some(t)) => format!("exited with {c}: {t}"),
-                    (Some(c), None) => format!("exited with {c}"),
-                    (None, _) => "was killed by a signal".to_owned(),
-                }),
-                Err(e) => HookOutcome::Failed(format!("could not be waited for: {e}")),
-            }
+        Ok(status) => status,
+    };
+    // The shell is gone; its group may still hold background children, which a hook
+    // must not leave behind (and which would hold stderr open).
+    group.kill(nix::sys::signal::Signal::SIGKILL);
+    group.0 = None;
+    if let Some(r) = reader {
+        let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
+    }
+    let err = tail.lock().map(|b| b.clone()).unwrap_or_default();
+    let tail = last_line(&err);
+    match outcome {
+        Ok(s) if s.success() => HookOutcome::Ok,
+        Ok(s) if s.code() == Some(EXIT_SKIP) => HookOutcome::Skip,
+        Ok(s) => HookOutcome::Failed(match (s.code(), tail) {
+            (Some(c), Some(t)) => format!("exited with {c}: {t}"),
+            (Some(c), None) => format!("exited with {c}"),
+            (None, _) => "was killed by a signal".to_owned(),
+        }),
+        Err(e) => HookOutcome::Failed(format!("could not be waited for: {e}")),
+    }
+}
+
+/// The environment variables of this process that hold secrets, by name: the ones
+/// named in `named` (the config's secret variables) and every variable that looks
+/// like a credential (`AWS_*`, `AZURE_*`, `GOOGLE_*`, `GCP_*`, or a name containing
+/// PASSWORD, PASSWD, SECRET, TOKEN, _PWD or CREDENTIAL). Hooks and command notifiers
+/// run without them.
+pub fn secret_env_names<'a>(named: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = named.map(str::to_owned).collect();
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let upper = name.to_ascii_uppercase();
+        let credential = ["AWS_", "AZURE_", "GOOGLE_", "GCP_"]
+            .iter()
+            .any(|p| upper.starts_with(p))
+            || [
+                "PASSWORD",
+                "PASSWD",
+                "SECRET",
+                "TOKEN",
+                "_PWD",
+                "CREDENTIAL",
+            ]
+            .iter()
+            .any(|w| upper.contains(w))
+            || upper == "MYSQL_PWD";
+        if (credential && !upper.starts_with("DBOPS_")) || upper == "DBOPS_PASSWORD" {
+            out.push(name.to_owned());
         }
     }
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn last_line(err: &[u8]) -> Option<String> {

@@ -35,6 +35,8 @@ pub struct WorkOutcome {
     pub stored_bytes: Option<u64>,
     /// One line on what was done.
     pub summary: String,
+    /// For verify jobs: `structure`, `read_data` or `restore`.
+    pub verified: Option<String>,
 }
 
 /// Runs jobs of one config, recording them in one history.
@@ -75,16 +77,20 @@ impl Runner {
 
         // Another host running the same config against the same repository takes each
         // slot once: the first to create the slot's lease object runs it.
-        if let Some(slot) = slot
-            && let Err(holder) = self.lease(job, slot).await
-        {
-            rec.finish(RunStatus::Skipped, Some(scrub(holder)), Utc::now());
-            self.record_new(&mut rec).await;
-            return rec;
+        // The lease is bounded: a store that hangs cannot hold the run (or a shutdown).
+        if let Some(slot) = slot {
+            let leased = tokio::select! {
+                l = tokio::time::timeout(LEASE_BUDGET, self.lease(job, slot)) => l.unwrap_or(Ok(())),
+                () = cancel.cancelled() => Err("skipped: dbops was stopping".to_owned()),
+            };
+            if let Err(why) = leased {
+                rec.finish(RunStatus::Skipped, Some(scrub(why)), Utc::now());
+                self.record_new(&mut rec).await;
+                return rec;
+            }
         }
 
         self.record_new(&mut rec).await;
-        self.notify(&rec, EventKind::Start).await;
 
         let mut before_ran = false;
         let mut outcome: std::result::Result<WorkOutcome, (RunStatus, String)> =
@@ -111,6 +117,9 @@ impl Runner {
             }
         }
         if outcome.is_ok() {
+            // `start` once the run really starts: a run that a `before` hook skips
+            // must not leave a dead-man ping "started" with no end.
+            self.notify(&rec, EventKind::Start).await;
             outcome = self
                 .attempts(job, &mut rec, &cancel)
                 .await
@@ -119,6 +128,7 @@ impl Runner {
         match &outcome {
             Ok(w) => {
                 rec.error_kind = None;
+                rec.verified.clone_from(&w.verified);
                 rec.backup_id.clone_from(&w.backup_id);
                 rec.bytes = w.bytes;
                 rec.new_bytes = w.new_bytes;
@@ -199,6 +209,24 @@ impl Runner {
                 rec.error.as_deref().unwrap_or_default()
             ),
         }
+        if let Some(path) = &self.config.metrics_textfile {
+            let written = match crate::metrics::render(
+                &self.config,
+                &self.history,
+                &crate::metrics::Snapshot::default(),
+            )
+            .await
+            {
+                Ok(text) => crate::metrics::write_textfile(path, &text),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                tracing::warn!(
+                    "job {}: the metrics textfile was not written: {e}",
+                    job.name
+                );
+            }
+        }
         if rec.status.is_outcome() {
             let previous = self
                 .history
@@ -260,12 +288,7 @@ impl Runner {
             ("DBOPS_ERROR", rec.error.clone().unwrap_or_default()),
             ("DBOPS_RUN_ID", rec.id.to_string()),
         ];
-        let remove: Vec<String> = self
-            .config
-            .secrets()
-            .env_names()
-            .map(str::to_owned)
-            .collect();
+        let remove = crate::hooks::secret_env_names(self.config.secrets().env_names());
         let out = run_hook(cmd, &vars, &remove, job.hooks.timeout).await;
         match &out {
             HookOutcome::Failed(why) => tracing::warn!(
@@ -351,22 +374,7 @@ impl Runner {
     }
 
     async fn open_repo(&self, name: &str) -> Result<Repository> {
-        let r = self
-            .config
-            .repositories
-            .get(name)
-            .ok_or_else(|| Error::invalid(format!("no repository '{name}' in the config")))?;
-        let target = dbops::target(&r.url, &dbops::TargetOptions::default())?;
-        let env_password = std::env::var("DBOPS_PASSWORD")
-            .ok()
-            .map(ops_core::Secret::new);
-        let password = r.password.clone().or(env_password);
-        let repo = Repository::open(target, password.as_ref())
-            .await
-            .map_err(|e| e.during(format!("opening repository '{name}'")))?;
-        Ok(repo
-            .with_lock_wait(r.lock_wait)
-            .with_cache_dir(self.config.state_dir.join("cache")))
+        open_repository(&self.config, name).await
     }
 
     fn filter_of(&self, database: Option<&String>) -> ops_core::repo::BackupFilter {
@@ -423,6 +431,7 @@ impl Runner {
                     new_bytes: Some(m.stats.new_bytes),
                     stored_bytes: Some(m.stats.stored_bytes),
                     summary: format!("backup {} of {}", m.id, m.database),
+                    ..WorkOutcome::default()
                 })
             }
             Work::Verify {
@@ -471,9 +480,17 @@ impl Runner {
                         ));
                     }
                 }
+                let level = if *restore {
+                    "restore"
+                } else if *read_data {
+                    "read_data"
+                } else {
+                    "structure"
+                };
                 Ok(WorkOutcome {
                     backup_id: newest.map(|m| m.id),
                     summary: format!("{} backups verified", manifests.len()),
+                    verified: Some(level.to_owned()),
                     ..WorkOutcome::default()
                 })
             }
@@ -494,6 +511,38 @@ impl Runner {
                 }
                 Ok(WorkOutcome {
                     summary: format!("forgot {} backups", report.removed.len()),
+                    ..WorkOutcome::default()
+                })
+            }
+            Work::Health { checks } => {
+                let summary = crate::health::run(&self.config, &self.history, checks).await?;
+                let bad: Vec<String> = summary
+                    .checks
+                    .iter()
+                    .filter(|c| {
+                        matches!(
+                            c.status,
+                            ops_core::HealthStatus::Unhealthy | ops_core::HealthStatus::Unknown
+                        )
+                    })
+                    .map(|c| format!("{} {} {}: {}", c.service, c.name, c.status, c.reason))
+                    .collect();
+                let line = format!(
+                    "health {}: {} checks, {} critical or unknown",
+                    summary.status,
+                    summary.checks.len(),
+                    bad.len()
+                );
+                if !bad.is_empty() {
+                    // Not an error of the library: the run fails so that it notifies
+                    // (once, and again on recovery), and nothing retries it.
+                    return Err(Error::new(
+                        ErrorKind::Mismatch,
+                        format!("{line}: {}", bad.join("; ")),
+                    ));
+                }
+                Ok(WorkOutcome {
+                    summary: line,
                     ..WorkOutcome::default()
                 })
             }
@@ -542,7 +591,11 @@ impl Runner {
     /// holds it. A store that cannot be reached is not a reason to skip: the job
     /// itself will meet (and report) the same problem.
     async fn lease(&self, job: &JobConfig, slot: DateTime<Utc>) -> std::result::Result<(), String> {
-        let Some(r) = self.config.repositories.get(job.work.repository()) else {
+        let Some(r) = job
+            .work
+            .repository()
+            .and_then(|name| self.config.repositories.get(name))
+        else {
             return Ok(());
         };
         let Ok(target) = dbops::target(&r.url, &dbops::TargetOptions::default()) else {
@@ -600,6 +653,29 @@ impl Runner {
     }
 }
 
+/// Opens repository `name` of `config` as jobs use it: its password (else
+/// `DBOPS_PASSWORD`), its lock wait, and the cache under the state directory.
+///
+/// # Errors
+/// An unknown name; the repository's open errors.
+pub async fn open_repository(config: &Config, name: &str) -> Result<Repository> {
+    let r = config
+        .repositories
+        .get(name)
+        .ok_or_else(|| Error::invalid(format!("no repository '{name}' in the config")))?;
+    let target = dbops::target(&r.url, &dbops::TargetOptions::default())?;
+    let env_password = std::env::var("DBOPS_PASSWORD")
+        .ok()
+        .map(ops_core::Secret::new);
+    let password = r.password.clone().or(env_password);
+    let repo = Repository::open(target, password.as_ref())
+        .await
+        .map_err(|e| e.during(format!("opening repository '{name}'")))?;
+    Ok(repo
+        .with_lock_wait(r.lock_wait)
+        .with_cache_dir(config.state_dir.join("cache")))
+}
+
 async fn list_keys(target: &dyn ops_core::BackupTarget, prefix: &str) -> Result<Vec<String>> {
     use futures::TryStreamExt as _;
     let items: Vec<ops_core::ObjectMeta> = target.list(prefix).await?.try_collect().await?;
@@ -615,10 +691,12 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 /// A number in [0, 1) for the retry's place in its backoff window.
 fn rand_unit() -> f64 {
-    let nanos = Utc::now().timestamp_subsec_nanos();
-    let pid = std::process::id();
-    f64::from((nanos ^ pid.rotate_left(16)) % 1_000_000) / 1_000_000.0
+    rand::random::<f64>()
 }
+
+/// The most a slot lease may take; past it the run goes ahead (the job itself will
+/// meet a store that hangs, and report it within its own timeout).
+const LEASE_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The time a job may take: for `dbops jobs` and messages.
 pub fn describe_timeout(job: &JobConfig) -> String {

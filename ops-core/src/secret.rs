@@ -64,6 +64,12 @@ const SECRET_PARAMS: &[&str] = &[
     "sig",
 ];
 
+/// True when a URL query parameter of this name carries a secret (`password`,
+/// `sslpassword`, `token`, `secret_access_key`, …).
+pub fn is_secret_param(name: &str) -> bool {
+    SECRET_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
 /// Returns `url` with any password (userinfo or secret query parameter) replaced by
 /// `******`. Text that is not a URL is returned with anything between `:` and `@` in
 /// its authority replaced the same way, so a malformed URL with a password still does

@@ -95,20 +95,45 @@ impl CommandNotifier {
             })?;
         // Armed until the command has exited: a timeout drops this future, and the
         // guard then kills the whole group, not only `sh`.
-        let mut guard = GroupGuard(child.id());
+        let guard = GroupGuard(child.id());
         if let Some(mut stdin) = child.stdin.take() {
             // A command that does not read its input closes the pipe early; that is
             // its right, not a failed delivery.
             let _ = stdin.write_all(input).await;
         }
-        let output = child.wait_with_output().await.map_err(|e| {
+        // Stderr is read apart from the wait: a background child that keeps it open
+        // must not hold the delivery until its timeout.
+        let reader = child.stderr.take().map(|mut e| {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = e.read(&mut chunk).await {
+                    if n == 0 || buf.len() > 64 * 1024 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf
+            })
+        });
+        let status = child.wait().await.map_err(|e| {
             Failure::temporary(ErrorKind::Io, format!("waiting for the command: {e}"))
         })?;
-        guard.0 = None;
-        if output.status.success() {
+        // The command is done; what it left running in its group goes with it.
+        drop(guard);
+        let stderr_bytes = match reader {
+            Some(r) => tokio::time::timeout(std::time::Duration::from_secs(1), r)
+                .await
+                .ok()
+                .and_then(std::result::Result::ok)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if status.success() {
             return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = String::from_utf8_lossy(&stderr_bytes);
         let said = stderr
             .lines()
             .rev()
@@ -116,7 +141,7 @@ impl CommandNotifier {
             .find(|l| !l.is_empty())
             .map(|l| format!(": {}", truncate(l, 300)))
             .unwrap_or_default();
-        Err(match output.status.code() {
+        Err(match status.code() {
             Some(code @ (126 | 127)) => Failure::permanent(
                 ErrorKind::MissingTool,
                 format!("exited with status {code} (cannot run the program){said}"),
