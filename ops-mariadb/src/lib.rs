@@ -7,6 +7,7 @@ mod dump;
 pub mod ephemeral;
 mod error;
 mod format;
+pub mod health;
 mod keys;
 mod restore;
 
