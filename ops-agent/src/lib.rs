@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod history;
 pub mod hooks;
 pub mod notify;
+pub mod probes;
 pub mod runner;
 
 pub use config::Config;
