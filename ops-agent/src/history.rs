@@ -323,7 +323,7 @@ impl RunHistory {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("recording a run", &self.path, e))?;
-        Ok(col::<i64>(&row, 0)?)
+        col::<i64>(&row, 0)
     }
 
     /// Stores several finished runs (skipped slots) in one transaction.
@@ -445,12 +445,12 @@ impl RunHistory {
         rows.iter()
             .map(|r| {
                 Ok(DeliveryRecord {
-                    run_id: col(&r, 0)?,
-                    notifier: col(&r, 1)?,
-                    event: EventKind::parse(col::<&str>(&r, 2)?)?,
-                    ok: col(&r, 3)?,
-                    error: col(&r, 4)?,
-                    at: from_ms(col(&r, 5)?),
+                    run_id: col(r, 0)?,
+                    notifier: col(r, 1)?,
+                    event: EventKind::parse(col::<&str>(r, 2)?)?,
+                    ok: col(r, 3)?,
+                    error: col(r, 4)?,
+                    at: from_ms(col(r, 5)?),
                 })
             })
             .collect()
@@ -579,11 +579,11 @@ impl RunHistory {
         rows.iter()
             .map(|r| {
                 Ok(RunCount {
-                    job: col(&r, 0)?,
-                    kind: JobKind::parse(col::<&str>(&r, 1)?)?,
-                    status: RunStatus::parse(col::<&str>(&r, 2)?)?,
-                    runs: u64::try_from(col::<i64>(&r, 3)?).unwrap_or(0),
-                    attempts: u64::try_from(col::<Option<i64>>(&r, 4)?.unwrap_or(0)).unwrap_or(0),
+                    job: col(r, 0)?,
+                    kind: JobKind::parse(col::<&str>(r, 1)?)?,
+                    status: RunStatus::parse(col::<&str>(r, 2)?)?,
+                    runs: u64::try_from(col::<i64>(r, 3)?).unwrap_or(0),
+                    attempts: u64::try_from(col::<Option<i64>>(r, 4)?.unwrap_or(0)).unwrap_or(0),
                 })
             })
             .collect()
@@ -621,25 +621,25 @@ const SELECT_RUN: &str =
 
 fn run_from_row(r: &SqliteRow) -> Result<RunRecord> {
     let mut rec = RunRecord::start(
-        col::<String>(&r, 1)?,
-        JobKind::parse(col::<&str>(&r, 2)?)?,
-        Trigger::parse(col::<&str>(&r, 3)?)?,
-        from_ms(col(&r, 5)?),
+        col::<String>(r, 1)?,
+        JobKind::parse(col::<&str>(r, 2)?)?,
+        Trigger::parse(col::<&str>(r, 3)?)?,
+        from_ms(col(r, 5)?),
     )
-    .with_slot(col::<Option<i64>>(&r, 4)?.map(from_ms));
-    rec.id = col(&r, 0)?;
-    rec.ended = col::<Option<i64>>(&r, 6)?.map(from_ms);
-    rec.status = RunStatus::parse(col::<&str>(&r, 7)?)?;
-    rec.attempts = u32::try_from(col::<i64>(&r, 8)?).unwrap_or(0);
-    rec.backup_id = col(&r, 9)?;
-    rec.bytes = opt_u64(col(&r, 10)?);
-    rec.new_bytes = opt_u64(col(&r, 11)?);
-    rec.stored_bytes = opt_u64(col(&r, 12)?);
-    rec.error = col(&r, 13)?;
-    rec.host = col(&r, 14)?;
-    rec.pid = u32::try_from(col::<i64>(&r, 15)?).unwrap_or(0);
-    rec.error_kind = col(&r, 16)?;
-    rec.verified = col(&r, 17)?;
+    .with_slot(col::<Option<i64>>(r, 4)?.map(from_ms));
+    rec.id = col(r, 0)?;
+    rec.ended = col::<Option<i64>>(r, 6)?.map(from_ms);
+    rec.status = RunStatus::parse(col::<&str>(r, 7)?)?;
+    rec.attempts = u32::try_from(col::<i64>(r, 8)?).unwrap_or(0);
+    rec.backup_id = col(r, 9)?;
+    rec.bytes = opt_u64(col(r, 10)?);
+    rec.new_bytes = opt_u64(col(r, 11)?);
+    rec.stored_bytes = opt_u64(col(r, 12)?);
+    rec.error = col(r, 13)?;
+    rec.host = col(r, 14)?;
+    rec.pid = u32::try_from(col::<i64>(r, 15)?).unwrap_or(0);
+    rec.error_kind = col(r, 16)?;
+    rec.verified = col(r, 17)?;
     Ok(rec)
 }
 

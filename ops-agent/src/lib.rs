@@ -2,11 +2,14 @@
 
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod history;
 pub mod hooks;
+pub mod metrics;
 pub mod notify;
 pub mod probes;
 pub mod runner;
+pub mod serve;
 
 pub use config::Config;
 pub use history::RunHistory;

@@ -15,7 +15,7 @@ use ops_core::jobs::{RunStatus, Trigger};
 use ops_core::schedule::format_duration;
 use ops_core::{Error, Result};
 
-use crate::cli::{Cli, HistoryArgs, JobsArgs, RunArgs};
+use crate::cli::{Cli, DaemonArgs, HealthArgs, HistoryArgs, JobsArgs, MetricsArgs, RunArgs};
 use crate::output::{bytes, print_json};
 
 /// `dbops run JOB…`: each job once, in order; exit 1 when any failed.
@@ -106,7 +106,11 @@ fn print_run_line(r: &ops_core::RunRecord) {
 }
 
 /// `dbops daemon`.
-pub async fn daemon(cli: &Cli, config: Config) -> Result<ExitCode> {
+pub async fn daemon(cli: &Cli, mut config: Config, a: &DaemonArgs) -> Result<ExitCode> {
+    if let Some(addr) = a.listen {
+        config.listen = Some(addr);
+    }
+    let listen = config.listen;
     let path = ops_agent::config::config_path(cli.config.as_deref());
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut term =
@@ -122,7 +126,12 @@ pub async fn daemon(cli: &Cli, config: Config) -> Result<ExitCode> {
                 _ = hup.recv() => {
                     // An atomic reload: a config that does not check keeps the old one.
                     match path.as_deref().map(Config::load) {
-                        Some(Ok(new)) => { let _ = tx.send(Control::Reload(Arc::new(new))).await; }
+                        Some(Ok(mut new)) => {
+                            if listen.is_some() {
+                                new.listen = listen;
+                            }
+                            let _ = tx.send(Control::Reload(Arc::new(new))).await;
+                        }
                         Some(Err(e)) => tracing::error!("config reload failed, keeping the running config: {e}"),
                         None => {}
                     }
@@ -267,4 +276,62 @@ fn drop_nulls(v: serde_json::Value) -> serde_json::Value {
         }
         other => other,
     }
+}
+
+/// `dbops health [CHECK…]`: Nagios exit codes; a config or history that cannot be
+/// read is "unknown" (3), as a monitoring plugin reports it.
+pub async fn health(cli: &Cli, a: &HealthArgs) -> Result<ExitCode> {
+    let summary = async {
+        let config = Arc::new(crate::commands::required_config_for(cli)?);
+        let history = RunHistory::open(&config.state_dir).await?;
+        let s = ops_agent::health::run(&config, &history, &a.checks).await;
+        history.close().await;
+        s
+    }
+    .await;
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            crate::output::print_error(&e, cli.json);
+            return Ok(ExitCode::from(3));
+        }
+    };
+    if cli.json {
+        print_json(&serde_json::to_value(&summary).unwrap_or_default());
+    } else {
+        println!(
+            "{} at {}",
+            summary.status.to_uppercase(),
+            summary.timestamp.to_rfc3339()
+        );
+        for c in &summary.checks {
+            let value = c
+                .value
+                .map(|v| format!("{v} {}", c.unit))
+                .unwrap_or_else(|| "-".to_owned());
+            println!(
+                "{:<9} {:<24} {:<22} {:>18}  {}",
+                c.status.as_str().to_uppercase(),
+                c.service,
+                c.name,
+                value,
+                c.reason
+            );
+        }
+    }
+    Ok(ExitCode::from(summary.exit_code()))
+}
+
+/// `dbops metrics [--health]`.
+pub async fn metrics(config: &Config, a: &MetricsArgs) -> Result<ExitCode> {
+    let config = Arc::new(config.clone());
+    let history = RunHistory::open(&config.state_dir).await?;
+    let mut snapshot = ops_agent::metrics::Snapshot::default();
+    if a.health {
+        snapshot.health = Some(ops_agent::health::run(&config, &history, &[]).await?);
+    }
+    let text = ops_agent::metrics::render(&config, &history, &snapshot).await;
+    history.close().await;
+    print!("{}", text?);
+    Ok(ExitCode::SUCCESS)
 }

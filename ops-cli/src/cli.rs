@@ -89,11 +89,17 @@ pub enum Command {
     Run(RunArgs),
     /// Run the config's schedule until stopped: SIGTERM or SIGINT stop it cleanly
     /// (running jobs get `shutdown_grace`), SIGHUP reloads the config.
-    Daemon,
+    Daemon(DaemonArgs),
+    /// Run the health checks (all, or the named checks or services) concurrently; exit
+    /// 0 ok, 1 warning, 2 critical, 3 unknown (Nagios).
+    Health(HealthArgs),
     /// List the config's jobs with their next run times.
     Jobs(JobsArgs),
     /// Show the run history, newest first.
     History(HistoryArgs),
+    /// Print the Prometheus metrics (from the run history; with --health, the health
+    /// checks' too), as `dbops daemon --listen` serves them.
+    Metrics(MetricsArgs),
     /// Work with the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -113,6 +119,30 @@ pub struct RunArgs {
     /// The jobs to run, by name (in this order).
     #[arg(value_name = "JOB", required = true)]
     pub jobs: Vec<String>,
+}
+
+/// `daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Serve /metrics and /health on this address (overrides `listen` in the config).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Only these checks or services (by name); all when none.
+    #[arg(value_name = "CHECK")]
+    pub checks: Vec<String>,
+}
+
+/// `metrics`.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Also run the health checks and include their status and values.
+    #[arg(long)]
+    pub health: bool,
 }
 
 /// `jobs`.

@@ -42,7 +42,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Unlock(a) => unlock(&cli, a).await,
         Command::Key(k) => key(&cli, k).await,
         Command::Run(a) => crate::agent::run_jobs(&cli, required_config(&cli)?, a).await,
-        Command::Daemon => crate::agent::daemon(&cli, required_config(&cli)?).await,
+        Command::Daemon(a) => crate::agent::daemon(&cli, required_config(&cli)?, a).await,
+        Command::Health(a) => crate::agent::health(&cli, a).await,
+        Command::Metrics(a) => crate::agent::metrics(&required_config(&cli)?, a).await,
         Command::Jobs(a) => crate::agent::jobs(&cli, &required_config(&cli)?, a),
         Command::History(a) => crate::agent::history(&cli, &required_config(&cli)?, a).await,
         Command::Config(crate::cli::ConfigCommand::Check) => {
@@ -57,6 +59,11 @@ fn config_file(cli: &Cli) -> Result<Option<ops_agent::Config>> {
         Some(path) => ops_agent::Config::load(&path).map(Some),
         None => Ok(None),
     }
+}
+
+/// The config file, which the command cannot do without.
+pub(crate) fn required_config_for(cli: &Cli) -> Result<ops_agent::Config> {
+    required_config(cli)
 }
 
 /// The config file, which the command cannot do without.

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    let agent = matches!(cli.command, cli::Command::Run(_) | cli::Command::Daemon);
+    let agent = matches!(cli.command, cli::Command::Run(_) | cli::Command::Daemon(_));
     output::init_logging(cli.verbose, agent);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -27,16 +27,20 @@ pub enum JobKind {
     Prune,
     /// Copy backups to another repository.
     Copy,
+    /// Run the health checks; a critical or unknown result fails the run (and
+    /// notifies), so "no backup in 8 hours" is heard even when no backup job runs.
+    Health,
 }
 
 impl JobKind {
     /// Every kind, in the order the config documents them.
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::Backup,
         JobKind::Verify,
         JobKind::Forget,
         JobKind::Prune,
         JobKind::Copy,
+        JobKind::Health,
     ];
 
     /// The kind's name in configs and output.
@@ -47,6 +51,7 @@ impl JobKind {
             JobKind::Forget => "forget",
             JobKind::Prune => "prune",
             JobKind::Copy => "copy",
+            JobKind::Health => "health",
         }
     }
 
@@ -200,6 +205,10 @@ pub struct RunRecord {
     /// caller can tell a server that was down from damage found.
     #[serde(default)]
     pub error_kind: Option<String>,
+    /// For a verify run: how deep it checked (`structure`, `read_data`, or `restore`
+    /// when the newest backup was proven by a real restore).
+    #[serde(default)]
+    pub verified: Option<String>,
     /// The host that ran it.
     pub host: String,
     /// The process that ran it.
@@ -230,6 +239,7 @@ impl RunRecord {
             stored_bytes: None,
             error: None,
             error_kind: None,
+            verified: None,
             host: crate::repo::host_name(),
             pid: std::process::id(),
         }

@@ -2,6 +2,7 @@
 
 mod error;
 mod faulty;
+pub mod health;
 pub mod multipart;
 mod open;
 mod options;
