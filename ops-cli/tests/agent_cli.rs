@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Ctx, Run};
+use common::{Ctx, Receiver, Run};
 use ops_postgres::ephemeral::EphemeralPostgres;
 
 /// A config file in the context's directory; returns its path.
@@ -276,57 +276,6 @@ on_failure = ["echo \"$DBOPS_ERROR\" > {m}/failure"]
         ctx.run(&["--json", "list"]).ok().json()["backups"],
         serde_json::json!([])
     );
-}
-
-/// An HTTP receiver: records each request's path and body, answers 200.
-struct Receiver {
-    port: u16,
-    got: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Receiver {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let g = got.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let mut len = 0usize;
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = h.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; len];
-                let _ = reader.read_exact(&mut body);
-                g.lock()
-                    .expect("lock")
-                    .push((path, String::from_utf8_lossy(&body).into_owned()));
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                );
-            }
-        });
-        Self { port, got }
-    }
-
-    fn bodies(&self) -> Vec<(String, String)> {
-        self.got.lock().expect("lock").clone()
-    }
 }
 
 const SMTP: &str = r#"

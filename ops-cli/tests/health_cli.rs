@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Ctx, Run};
+use common::{Ctx, Receiver, Run};
 use ops_postgres::ephemeral::EphemeralPostgres;
 
 fn write_config(ctx: &Ctx, name: &str, text: &str) -> PathBuf {
@@ -555,4 +555,58 @@ interval = "2s"
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let status = daemon.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_health_job_notifies_no_backup_even_when_the_backup_job_never_ran() {
+    let ctx = Ctx::new();
+    ctx.init();
+    let hook = Receiver::start();
+    let config = write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+[repositories.main]
+url = "{repo}"
+password_env = "DBOPS_PASSWORD"
+[databases.erp]
+url = "postgres://backup@127.0.0.1:1/erp"
+[notifications.ops]
+kind = "webhook"
+url = "http://127.0.0.1:{port}/hook"
+[jobs.erp-backup]
+kind = "backup"
+database = "erp"
+schedule = "0 */6 * * *"
+[jobs.watch]
+kind = "health"
+checks = ["backup_age"]
+every = "1h"
+notify = ["ops"]
+"#,
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+            port = hook.port,
+        ),
+    );
+    let r = run(&ctx, &config, &["--json", "run", "watch"], &[]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    let rec = &r.json()["runs"][0];
+    assert_eq!(rec["status"], "failure");
+    assert!(
+        rec["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("backup_age") && e.contains("no successful backup")),
+        "{rec}"
+    );
+    // Again: still failing, no second message.
+    run(&ctx, &config, &["run", "watch"], &[]);
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let body: serde_json::Value = serde_json::from_str(&bodies[0].1).expect("json");
+    assert_eq!(body["event"], "failure");
+    assert_eq!(body["job"], "watch");
+    assert_eq!(body["kind"], "health");
 }
