@@ -421,6 +421,10 @@ async fn refresh(
                             snapshot
                                 .repository_backups
                                 .insert(name.clone(), list.len() as u64);
+                            snapshot.repository_bytes.insert(
+                                name.clone(),
+                                list.iter().map(|m| m.stats.stored_bytes).sum(),
+                            );
                         }
                         Err(e) => tracing::warn!("listing repository {name}: {e}"),
                     }
@@ -446,6 +450,7 @@ async fn refresh(
                 // A reloaded config: its repositories are opened anew, its health runs now.
                 repositories.clear();
                 snapshot.repository_backups.clear();
+                snapshot.repository_bytes.clear();
                 next_health = tokio::time::Instant::now();
             }
             () = stop.cancelled() => break,

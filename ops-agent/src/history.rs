@@ -39,6 +39,7 @@ const SCHEMA: &[&str] = &[
         error TEXT,
         error_kind TEXT,
         verified TEXT,
+        rows INTEGER,
         host TEXT NOT NULL,
         pid INTEGER NOT NULL,
         pid_start INTEGER
@@ -57,7 +58,11 @@ const SCHEMA: &[&str] = &[
 ];
 
 /// Columns of `runs` newer than the table itself (name, declaration).
-const ADDED_COLUMNS: &[(&str, &str)] = &[("error_kind", "TEXT"), ("verified", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("error_kind", "TEXT"),
+    ("verified", "TEXT"),
+    ("rows", "INTEGER"),
+];
 
 /// One notification delivery, as recorded.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -299,8 +304,8 @@ impl RunHistory {
         let pid_start = process_start(r.pid).and_then(|v| i64::try_from(v).ok());
         let row = sqlx::query(
             "INSERT INTO runs (job, kind, trigger, slot_ms, started_ms, ended_ms, status, attempts,
-                backup_id, bytes, new_bytes, stored_bytes, error, error_kind, verified, host, pid, pid_start)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                backup_id, bytes, new_bytes, stored_bytes, error, error_kind, verified, rows, host, pid, pid_start)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&r.job)
         .bind(r.kind.as_str())
@@ -317,6 +322,7 @@ impl RunHistory {
         .bind(&r.error)
         .bind(&r.error_kind)
         .bind(&r.verified)
+        .bind(opt_i64(r.rows))
         .bind(&r.host)
         .bind(i64::from(r.pid))
         .bind(pid_start)
@@ -389,7 +395,7 @@ impl RunHistory {
     pub async fn update(&self, r: &RunRecord) -> Result<()> {
         sqlx::query(
             "UPDATE runs SET ended_ms = ?, status = ?, attempts = ?, backup_id = ?, bytes = ?,
-                new_bytes = ?, stored_bytes = ?, error = ?, error_kind = ?, verified = ? WHERE id = ?",
+                new_bytes = ?, stored_bytes = ?, error = ?, error_kind = ?, verified = ?, rows = ? WHERE id = ?",
         )
         .bind(r.ended.map(ms))
         .bind(r.status.as_str())
@@ -401,6 +407,7 @@ impl RunHistory {
         .bind(&r.error)
         .bind(&r.error_kind)
         .bind(&r.verified)
+        .bind(opt_i64(r.rows))
         .bind(r.id)
         .execute(&self.pool)
         .await
@@ -617,7 +624,7 @@ impl RunHistory {
 
 const SELECT_RUN: &str =
     "SELECT id, job, kind, trigger, slot_ms, started_ms, ended_ms, status, attempts,
-    backup_id, bytes, new_bytes, stored_bytes, error, host, pid, error_kind, verified FROM runs";
+    backup_id, bytes, new_bytes, stored_bytes, error, host, pid, error_kind, verified, rows FROM runs";
 
 fn run_from_row(r: &SqliteRow) -> Result<RunRecord> {
     let mut rec = RunRecord::start(
@@ -640,6 +647,7 @@ fn run_from_row(r: &SqliteRow) -> Result<RunRecord> {
     rec.pid = u32::try_from(col::<i64>(r, 15)?).unwrap_or(0);
     rec.error_kind = col(r, 16)?;
     rec.verified = col(r, 17)?;
+    rec.rows = opt_u64(col(r, 18)?);
     Ok(rec)
 }
 

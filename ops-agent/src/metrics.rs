@@ -84,6 +84,9 @@ pub struct Snapshot {
     pub health: Option<HealthSummary>,
     /// Backups per repository, where the repository was read.
     pub repository_backups: BTreeMap<String, u64>,
+    /// Bytes its backups stored, per repository (what the repository holds, before
+    /// prune reclaims what forgotten backups alone used).
+    pub repository_bytes: BTreeMap<String, u64>,
 }
 
 /// The engine and database name of a configured database, for labels.
@@ -120,6 +123,7 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
     let stored = Family::<BackupLabels, FGauge>::default();
     let new_bytes = Family::<BackupLabels, FGauge>::default();
     let median_size = Family::<BackupLabels, FGauge>::default();
+    let rows = Family::<BackupLabels, FGauge>::default();
     let runs_total = Family::<RunLabels, Counter>::default();
     let retries = Family::<JobLabels, Counter>::default();
     let last_failed = Family::<JobLabels, Gauge>::default();
@@ -130,6 +134,7 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
     let health_status = Family::<CheckLabels, Gauge>::default();
     let health_value = Family::<CheckLabels, FGauge>::default();
     let repo_backups = Family::<RepositoryLabels, Gauge>::default();
+    let repo_bytes = Family::<RepositoryLabels, FGauge>::default();
     let build = Family::<BuildLabels, Gauge>::default();
 
     let counts = history.counts().await?;
@@ -212,6 +217,9 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
                 );
                 if let Some(r) = successes.first() {
                     duration.get_or_create(&bl).set(r.duration_secs());
+                    if let Some(n) = r.rows {
+                        rows.get_or_create(&bl).set(n as f64);
+                    }
                     size.get_or_create(&bl).set(r.bytes.unwrap_or(0) as f64);
                     stored
                         .get_or_create(&bl)
@@ -280,6 +288,13 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
                 repository: repository.clone(),
             })
             .set(i64::try_from(*n).unwrap_or(i64::MAX));
+    }
+    for (repository, n) in &snapshot.repository_bytes {
+        repo_bytes
+            .get_or_create(&RepositoryLabels {
+                repository: repository.clone(),
+            })
+            .set(*n as f64);
     }
     build
         .get_or_create(&BuildLabels {
@@ -372,6 +387,16 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
         "dbops_repository_backups",
         "Backups in the repository",
         repo_backups,
+    );
+    registry.register(
+        "dbops_backup_rows",
+        "Rows in the newest successful backup (all tables)",
+        rows,
+    );
+    registry.register(
+        "dbops_repository_stored_bytes",
+        "Bytes the repository's listed backups stored",
+        repo_bytes,
     );
     registry.register("dbops_build_info", "The dbops version", build);
 

@@ -37,6 +37,8 @@ pub struct WorkOutcome {
     pub summary: String,
     /// For verify jobs: `structure`, `read_data` or `restore`.
     pub verified: Option<String>,
+    /// Rows in the backup made.
+    pub rows: Option<u64>,
 }
 
 /// Runs jobs of one config, recording them in one history.
@@ -129,6 +131,7 @@ impl Runner {
             Ok(w) => {
                 rec.error_kind = None;
                 rec.verified.clone_from(&w.verified);
+                rec.rows = w.rows;
                 rec.backup_id.clone_from(&w.backup_id);
                 rec.bytes = w.bytes;
                 rec.new_bytes = w.new_bytes;
@@ -431,6 +434,7 @@ impl Runner {
                     new_bytes: Some(m.stats.new_bytes),
                     stored_bytes: Some(m.stats.stored_bytes),
                     summary: format!("backup {} of {}", m.id, m.database),
+                    rows: Some(m.tables().values().sum()),
                     ..WorkOutcome::default()
                 })
             }

@@ -404,6 +404,11 @@ database = "shop"
     assert!(sample(&text, "backup_duration_seconds", labels).is_some_and(|d| d > 0.0));
     assert!(sample(&text, "backup_size_bytes", labels).is_some_and(|b| b > 10_000.0));
     assert_eq!(
+        sample(&text, "dbops_backup_rows", labels),
+        Some(2000.0),
+        "{text}"
+    );
+    assert_eq!(
         sample(&text, "dbops_job_runs_total", r#"status="failure""#),
         Some(1.0)
     );
@@ -548,6 +553,20 @@ interval = "2s"
     assert_eq!(code, 200);
     promtool_check_metrics(&metrics);
     assert!(metrics.contains("dbops_health_status{"), "{metrics}");
+    assert!(
+        sample(&metrics, "dbops_repository_backups", "repository=\"main\"")
+            .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "dbops_repository_stored_bytes",
+            "repository=\"main\""
+        )
+        .is_some_and(|n| n > 0.0),
+        "{metrics}"
+    );
 
     let _ = prometheus.kill();
     let _ = prometheus.wait();

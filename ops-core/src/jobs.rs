@@ -199,6 +199,9 @@ pub struct RunRecord {
     pub new_bytes: Option<u64>,
     /// Bytes written to the store after compression.
     pub stored_bytes: Option<u64>,
+    /// Rows in the backup (all tables).
+    #[serde(default)]
+    pub rows: Option<u64>,
     /// Why it failed or was skipped.
     pub error: Option<String>,
     /// The kind of the error that failed it (`unreachable`, `corrupt`, …), so that a
@@ -237,6 +240,7 @@ impl RunRecord {
             bytes: None,
             new_bytes: None,
             stored_bytes: None,
+            rows: None,
             error: None,
             error_kind: None,
             verified: None,
