@@ -586,6 +586,7 @@ impl Config {
             origin,
             env,
             secrets: Secrets::default(),
+            service_names: raw.services.keys().cloned().collect(),
         }
         .resolve(raw)
     }
@@ -686,6 +687,43 @@ impl Config {
         if let Some(r) = &self.repo {
             v["repo"] = json!(redact_url(r));
         }
+        if let Some(l) = self.listen {
+            v["listen"] = json!(l.to_string());
+        }
+        if let Some(t) = &self.metrics_textfile {
+            v["metrics_textfile"] = json!(t);
+        }
+        let services: BTreeMap<_, _> = self
+            .services
+            .iter()
+            .map(|(n, x)| {
+                (
+                    n.clone(),
+                    json!({ "kind": x.kind, "url": self.secrets.scrub(&redact_url(x.url.expose())) }),
+                )
+            })
+            .collect();
+        v["services"] = json!(services);
+        let h = &self.health;
+        let thresholds: BTreeMap<_, _> = h
+            .thresholds
+            .names()
+            .map(|n| {
+                let l = h.thresholds.limits(n, ops_core::Limits::new(0.0, 0.0));
+                (
+                    n.to_owned(),
+                    json!({ "warn": l.warn, "critical": l.critical }),
+                )
+            })
+            .collect();
+        v["health"] = json!({
+            "interval": format_duration(h.interval),
+            "connect_timeout": format_duration(h.budget.connect),
+            "statement_timeout": format_duration(h.budget.statement),
+            "lock_timeout": format_duration(h.budget.lock),
+            "disk_paths": h.disk_paths,
+            "thresholds": thresholds,
+        });
         v
     }
 
@@ -888,6 +926,8 @@ struct Resolver<'a> {
     origin: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
     secrets: Secrets,
+    /// `[services.NAME]` names, for health jobs naming a service.
+    service_names: BTreeSet<String>,
 }
 
 impl Resolver<'_> {
@@ -969,6 +1009,19 @@ impl Resolver<'_> {
         budget.lock = self.duration(&raw.lock_timeout, "[health] lock_timeout", base.lock)?;
         let interval =
             self.duration(&raw.interval, "[health] interval", Duration::from_secs(60))?;
+        for (value, key) in [
+            (budget.connect, "connect_timeout"),
+            (budget.statement, "statement_timeout"),
+            (budget.lock, "lock_timeout"),
+            (interval, "interval"),
+        ] {
+            if value.is_zero() {
+                return Err(Error::invalid(format!(
+                    "{}: [health] {key} is zero: every check would give up at once",
+                    self.origin
+                )));
+            }
+        }
         let mut disk_paths = Vec::new();
         for p in &raw.disk_paths {
             disk_paths.push(PathBuf::from(self.interpolate(
@@ -978,8 +1031,19 @@ impl Resolver<'_> {
             )?));
         }
         let mut thresholds = ops_core::Thresholds::default();
+        let known = crate::health::check_names();
         for (check, l) in &raw.thresholds {
             let what = format!("[health.thresholds] {check}");
+            if !known.contains(&check.as_str()) {
+                let hint = suggest(check, &known)
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_default();
+                return Err(self.err(
+                    l,
+                    &what,
+                    format!("there is no health check named `{check}`{hint}"),
+                ));
+            }
             let value = |this: &Self, v: &RawLimit| -> Result<f64> {
                 match v {
                     RawLimit::Number(n) => Ok(*n),
@@ -1767,9 +1831,29 @@ impl Resolver<'_> {
                     prune: r.prune.unwrap_or(false),
                 }
             }
-            K::Health => Work::Health {
-                checks: r.checks.clone(),
-            },
+            K::Health => {
+                let known = crate::health::check_names();
+                for c in &r.checks {
+                    let service = databases.contains_key(c)
+                        || c.starts_with("repository:")
+                        || c.starts_with("backups:")
+                        || c.starts_with("disk:")
+                        || self.service_names.contains(c);
+                    if !service && !known.contains(&c.as_str()) {
+                        let hint = suggest(c, &known)
+                            .map(|k| format!("; did you mean `{k}`?"))
+                            .unwrap_or_default();
+                        return Err(self.err(
+                            &r.kind,
+                            &format!("{what} checks"),
+                            format!("`{c}` is neither a health check nor a service{hint}"),
+                        ));
+                    }
+                }
+                Work::Health {
+                    checks: r.checks.clone(),
+                }
+            }
             K::Prune => Work::Prune {
                 repository: repository(self, &r.repository, "repository")?,
                 max_unused: r.max_unused.unwrap_or(5.0) / 100.0,
@@ -1945,6 +2029,50 @@ mod tests {
             e.contains("t.toml:4") && e.contains("unknown job kind"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn health_settings_are_checked() {
+        let e = parse(
+            &format!(
+                "{BASE}[health.thresholds]\nbackup_agee = {{ warn = \"6h\", critical = \"8h\" }}\n"
+            ),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("t.toml:4") && e.contains("did you mean `backup_age`"),
+            "{e}"
+        );
+        let e = parse(&format!("{BASE}[health]\nconnect_timeout = \"0s\"\n"), &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("connect_timeout is zero"), "{e}");
+        let e = parse(
+            &format!("{BASE}[jobs.h]\nkind = \"health\"\nchecks = [\"backup_agge\"]\n"),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("did you mean `backup_age`"), "{e}");
+        let c = parse(
+            &format!(
+                "listen = \"127.0.0.1:9187\"\n{BASE}[services.cache]\nkind = \"redis\"\nurl = \"redis://:${{RPW}}@127.0.0.1:6379/0\"\n\
+                 [health.thresholds]\nbackup_age = {{ warn = \"6h\", critical = \"8h\" }}\n[jobs.h]\nkind = \"health\"\nchecks = [\"cache\", \"backup_age\"]\n"
+            ),
+            &[("RPW", "redis-secret-pw")],
+        )
+        .unwrap();
+        let shown = c.redacted().to_string();
+        assert!(
+            shown.contains("127.0.0.1:9187") && shown.contains("21600"),
+            "{shown}"
+        );
+        assert!(!shown.contains("redis-secret-pw"), "{shown}");
     }
 
     #[test]

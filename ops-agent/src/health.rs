@@ -193,3 +193,25 @@ impl ops_core::HealthCheck for Refused {
         ))
     }
 }
+
+/// Every check name a suite can hold (for config checks: a threshold or a health job
+/// naming something else is a typo).
+pub fn check_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = dbops::postgres::health::CHECKS.to_vec();
+    names.extend(dbops::mariadb::health::default_limits().map(|(n, _)| n));
+    names.extend([
+        crate::probes::redis::PING,
+        crate::probes::redis::MEMORY,
+        "repository_writable",
+        "disk_free",
+        "disk_room",
+        "backup_age",
+        "backup_last_attempt",
+        "backup_size",
+        "backup_tables",
+        "restore_proof_age",
+    ]);
+    names.sort_unstable();
+    names.dedup();
+    names
+}

@@ -467,3 +467,26 @@ pub fn write_textfile(path: &Path, text: &str) -> Result<()> {
             )
         })
 }
+
+/// Writes the config's textfile (if it has one) with what the history holds and, when
+/// given, a health summary. Failures are logged: metrics never fail a run.
+pub async fn write_textfile_of(
+    config: &Config,
+    history: &RunHistory,
+    health: Option<&HealthSummary>,
+) {
+    let Some(path) = &config.metrics_textfile else {
+        return;
+    };
+    let snapshot = Snapshot {
+        health: health.cloned(),
+        ..Snapshot::default()
+    };
+    let written = match render(config, history, &snapshot).await {
+        Ok(text) => write_textfile(path, &text),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        tracing::warn!("the metrics textfile was not written: {e}");
+    }
+}

@@ -212,7 +212,13 @@ impl Runner {
                 rec.error.as_deref().unwrap_or_default()
             ),
         }
-        if let Some(path) = &self.config.metrics_textfile {
+        // (A health run writes its own textfile, with the checks' values.)
+        if let Some(path) = self
+            .config
+            .metrics_textfile
+            .as_ref()
+            .filter(|_| !matches!(job.work, Work::Health { .. }))
+        {
             let written = match crate::metrics::render(
                 &self.config,
                 &self.history,
@@ -520,6 +526,8 @@ impl Runner {
             }
             Work::Health { checks } => {
                 let summary = crate::health::run(&self.config, &self.history, checks).await?;
+                crate::metrics::write_textfile_of(&self.config, &self.history, Some(&summary))
+                    .await;
                 let bad: Vec<String> = summary
                     .checks
                     .iter()

@@ -285,6 +285,10 @@ pub async fn health(cli: &Cli, a: &HealthArgs) -> Result<ExitCode> {
         let config = Arc::new(crate::commands::required_config_for(cli)?);
         let history = RunHistory::open(&config.state_dir).await?;
         let s = ops_agent::health::run(&config, &history, &a.checks).await;
+        if let Ok(summary) = &s {
+            // A one-shot check run by cron feeds node_exporter too.
+            ops_agent::metrics::write_textfile_of(&config, &history, Some(summary)).await;
+        }
         history.close().await;
         s
     }

@@ -414,6 +414,15 @@ database = "shop"
     );
     assert!(!text.contains(" NaN"), "{text}");
     promtool_check_metrics(&text);
+    // A one-shot `dbops health` adds the checks' series to the textfile.
+    run(&ctx, &config, &["health", "shop"], &[("SHOP_URL", &good)]);
+    let text = std::fs::read_to_string(&textfile).expect("textfile");
+    assert_eq!(
+        sample(&text, "dbops_health_status", r#"check="database_login""#),
+        Some(0.0),
+        "{text}"
+    );
+    promtool_check_metrics(&text);
     // `dbops metrics` prints the same families.
     let printed = run(&ctx, &config, &["metrics"], &[("SHOP_URL", &good)])
         .ok()
