@@ -434,17 +434,49 @@ fn a_daemon_down_for_10_hours_catches_up_exactly_once() {
     assert_eq!(sim.runs().len(), 0);
     assert_eq!(sim.records.len(), 2);
 
-    // A frequent job down for a long time walks a bounded number of slots.
+    // A frequent job down for a long time: the newest 100 missed slots are listed (and
+    // the catch-up), the older ones only counted, so the daemon writes 100 rows.
     let s = Schedule::every(Duration::from_secs(1)).unwrap();
     let p = plan(
-        &Timing::new(s),
+        &Timing::new(s.clone()),
         "j",
         &JobState::new(start),
         start + Span::days(2),
     );
-    assert_eq!(p.actions.len(), 10_000);
-    assert_eq!(p.more_missed, 2 * 86_400 - 10_000);
+    assert_eq!(p.actions.len(), 101);
+    assert_eq!(
+        p.actions
+            .iter()
+            .filter(|a| matches!(
+                a,
+                Action::Skip {
+                    reason: SkipReason::Missed,
+                    ..
+                }
+            ))
+            .count(),
+        100
+    );
+    assert_eq!(p.more_missed, 2 * 86_400 - 101);
+    assert!(!p.more_missed_estimated);
     assert_eq!(p.handled, Some(start + Span::days(2)));
+    // A year of it is counted, not walked.
+    let clock = std::time::Instant::now();
+    let p = plan(
+        &Timing::new(s),
+        "j",
+        &JobState::new(start),
+        start + Span::days(365),
+    );
+    assert!(
+        clock.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        clock.elapsed()
+    );
+    assert_eq!(p.actions.len(), 101);
+    assert_eq!(p.more_missed, 365 * 86_400 - 101);
+    assert_eq!(p.handled, Some(start + Span::days(365)));
+    assert_eq!(p.wake, Some(start + Span::days(365) + Span::seconds(1)));
 }
 
 fn daily_starts(schedule: Schedule, from: DateTime<Utc>, days: i64) -> Vec<DateTime<Utc>> {
@@ -561,4 +593,98 @@ fn jitter_spreads_starts_and_is_stable() {
     // The slot at `start` itself has not started yet: its jitter puts it later.
     assert_eq!(next[0], timing.start_of("erp-backup", start));
     assert_eq!(next[1], timing.start_of("erp-backup", start + hours(6)));
+}
+
+#[test]
+fn a_wall_clock_job_runs_through_a_repeated_hour_in_real_time_order() {
+    // Europe/Berlin 2026-10-25 (local midnight to local midnight, 25 hours): 02:00 to
+    // 02:45 run twice, first in summer time, then in winter time.
+    let runs = starts_between(
+        Schedule::cron("*/15 * * * *", "Europe/Berlin").unwrap(),
+        t("2026-10-24T21:59:00Z"),
+        t("2026-10-25T22:59:00Z"),
+    );
+    assert_eq!(runs.len(), 100, "{runs:?}");
+    assert!(runs.windows(2).all(|w| w[1] - w[0] == Span::minutes(15)));
+    // Antarctica/Troll turns its clock back by two hours: 26 runs in its long day.
+    let runs = starts_between(
+        Schedule::cron("30 * * * *", "Antarctica/Troll").unwrap(),
+        t("2026-10-24T21:59:00Z"),
+        t("2026-10-25T23:59:00Z"),
+    );
+    assert_eq!(runs.len(), 26, "{runs:?}");
+    assert!(runs.windows(2).all(|w| w[1] - w[0] == hours(1)));
+}
+
+#[test]
+fn a_jitter_longer_than_the_period_still_runs_every_slot_once_in_order() {
+    // `check` (config validation) rejects this timing; the planner copes with it
+    // anyway: each slot's jitter is cut short at the next slot.
+    let timing = Timing::new(Schedule::every(Duration::from_secs(60)).unwrap())
+        .with_jitter(Duration::from_secs(300));
+    assert!(timing.check().is_err());
+    let start = t("2026-03-02T00:00:00Z");
+    let mut sim = Sim::new(timing.clone(), start, |_| Attempt {
+        takes: Span::zero(),
+        ok: true,
+    });
+    // A minute more, for the last slot's jitter.
+    let end = start + Span::days(1);
+    sim.run_until(end + Span::minutes(1));
+    assert!(
+        sim.records.iter().all(|r| matches!(
+            r,
+            Rec::Run {
+                trigger: Trigger::Schedule,
+                ..
+            }
+        )),
+        "no skips, no catch-ups"
+    );
+    let runs: Vec<_> = sim
+        .runs()
+        .into_iter()
+        .filter(|r| matches!(r, Rec::Run { slot, .. } if *slot <= end))
+        .collect();
+    assert_eq!(runs.len(), 1440);
+    let mut last = start;
+    for (i, r) in runs.iter().enumerate() {
+        let Rec::Run { slot, started, .. } = r else {
+            unreachable!()
+        };
+        assert_eq!(*slot, start + Span::minutes(i as i64 + 1));
+        assert!(*started >= *slot && *started < *slot + Span::minutes(1));
+        assert!(*started > last, "starts in slot order");
+        last = *started;
+    }
+    let next = timing.upcoming("erp-backup", start, 10);
+    assert_eq!(next.len(), 10);
+    assert!(next.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn a_clock_set_back_does_not_stall_the_job() {
+    // The newest handled slot is 30 days ahead of the clock (the clock was corrected
+    // back, or a snapshot restored): the job goes on from now.
+    let start = t("2026-03-02T00:00:00Z");
+    let mut sim = Sim::new(Timing::new(every(6)), start, |_| OK_1H);
+    sim.state = JobState::new(start + Span::days(30));
+    let p = plan(&sim.timing, sim.job, &sim.state, start);
+    assert!(p.clock_went_back);
+    sim.run_until(start + Span::days(1));
+    let slots: Vec<_> = sim
+        .runs()
+        .into_iter()
+        .map(|r| match r {
+            Rec::Run { slot, trigger, .. } => {
+                assert_eq!(*trigger, Trigger::Schedule);
+                *slot
+            }
+            Rec::Skip { .. } => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        slots,
+        (1..=4).map(|i| start + hours(6 * i)).collect::<Vec<_>>()
+    );
 }
