@@ -1624,6 +1624,11 @@ impl Resolver<'_> {
                 )
                 .with_catch_up(r.catch_up.unwrap_or(true))
         });
+        if let (Some(timing), Some(j)) = (&timing, &r.jitter) {
+            timing
+                .check()
+                .map_err(|e| self.err(j, &format!("{what} jitter"), e.message()))?;
+        }
         let hooks = Hooks {
             before: r.before.clone(),
             after: r.after.clone(),

@@ -137,10 +137,22 @@ pub async fn run(
             };
             state.running_since = running.get(&job.name).map(|r| r.since);
             let p = plan(timing, &job.name, state, now);
+            if p.clock_went_back {
+                tracing::warn!(
+                    "job {}: its newest handled slot ({}) is later than now: the clock went back; scheduling from now",
+                    job.name,
+                    state.handled
+                );
+            }
             if p.more_missed > 0 {
                 tracing::warn!(
-                    "job {}: {} more slots were missed while nothing ran the schedule",
+                    "job {}: {}{} more slots were missed while nothing ran the schedule",
                     job.name,
+                    if p.more_missed_estimated {
+                        "about "
+                    } else {
+                        ""
+                    },
                     p.more_missed
                 );
             }
