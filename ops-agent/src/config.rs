@@ -1054,6 +1054,24 @@ impl Resolver<'_> {
             };
             let warn = value(self, &l.get_ref().warn)?;
             let critical = value(self, &l.get_ref().critical)?;
+            // Each check has one direction: free space is worse lower, everything else
+            // higher. Limits the other way round (or equal, or not numbers) would judge
+            // backwards without a word.
+            let lower_worse = crate::health::LOWER_IS_WORSE.contains(&check.as_str());
+            if !warn.is_finite() || !critical.is_finite() || warn == critical {
+                return Err(self.err(l, &what, "warn and critical must be two different numbers"));
+            }
+            if (critical < warn) != lower_worse {
+                return Err(self.err(
+                    l,
+                    &what,
+                    if lower_worse {
+                        format!("a lower {check} is worse: critical must be below warn (e.g. warn = 20, critical = 10)")
+                    } else {
+                        format!("a higher {check} is worse: critical must be above warn")
+                    },
+                ));
+            }
             thresholds = thresholds.with(check.clone(), ops_core::Limits::new(warn, critical));
         }
         Ok(HealthConfig {

@@ -231,6 +231,9 @@ pub async fn run(
             msg = control.recv() => match msg {
                 Some(Control::Reload(new)) => {
                     tracing::info!("config reloaded: {} job(s)", new.jobs.len());
+                    if new.listen != runner.config().listen {
+                        tracing::warn!("a changed `listen` takes effect only when the daemon restarts");
+                    }
                     resize(&permits, &mut limit, new.max_concurrent_jobs);
                     let _ = config_tx.send(new.clone());
                     let old = runner.config().clone();
@@ -393,6 +396,9 @@ async fn load_states(
     }
 }
 
+/// The most a repository's backup count may take in the refresh loop.
+const REPOSITORY_COUNT_BUDGET: Duration = Duration::from_secs(30);
+
 /// How often the metrics are re-read from the history when no run finishes.
 const METRICS_EVERY: Duration = Duration::from_secs(15);
 
@@ -416,34 +422,41 @@ async fn refresh(
                 Ok(summary) => snapshot.health = Some(summary),
                 Err(e) => tracing::warn!("health checks could not run: {e}"),
             }
+            // Published before anything slower: /health is the health suite's answer.
+            served.write().await.health = snapshot.health.clone();
+            next_health = tokio::time::Instant::now() + cfg.health.interval;
+            // The repositories' counts, each bounded: a store that hangs leaves its
+            // count as it was, never the served state.
             for name in cfg.repositories.keys() {
-                if !repositories.contains_key(name) {
-                    match crate::runner::open_repository(&cfg, name).await {
-                        Ok(r) => {
-                            repositories.insert(name.clone(), r);
-                        }
-                        Err(e) => tracing::warn!(
-                            "repository {name} could not be opened for its backup count: {e}"
-                        ),
+                let counted = tokio::time::timeout(REPOSITORY_COUNT_BUDGET, async {
+                    if !repositories.contains_key(name) {
+                        let r = crate::runner::open_repository(&cfg, name).await?;
+                        repositories.insert(name.clone(), r);
                     }
-                }
-                if let Some(r) = repositories.get(name) {
-                    match r.list_backups().await {
-                        Ok(list) => {
-                            snapshot
-                                .repository_backups
-                                .insert(name.clone(), list.len() as u64);
-                            snapshot.repository_bytes.insert(
-                                name.clone(),
-                                list.iter().map(|m| m.stats.stored_bytes).sum(),
-                            );
-                        }
-                        Err(e) => tracing::warn!("listing repository {name}: {e}"),
+                    match repositories.get(name) {
+                        Some(r) => r.list_backups().await.map(Some),
+                        None => Ok(None),
                     }
+                })
+                .await;
+                match counted {
+                    Ok(Ok(Some(list))) => {
+                        snapshot
+                            .repository_backups
+                            .insert(name.clone(), list.len() as u64);
+                        snapshot.repository_bytes.insert(
+                            name.clone(),
+                            list.iter().map(|m| m.stats.stored_bytes).sum(),
+                        );
+                    }
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::warn!("counting the backups of repository {name}: {e}"),
+                    Err(_) => tracing::warn!(
+                        "counting the backups of repository {name}: no answer within {} s",
+                        REPOSITORY_COUNT_BUDGET.as_secs()
+                    ),
                 }
             }
-            next_health = tokio::time::Instant::now() + cfg.health.interval;
-            served.write().await.health = snapshot.health.clone();
         }
         match metrics::render(&cfg, &history, &snapshot).await {
             Ok(text) => served.write().await.metrics = text,

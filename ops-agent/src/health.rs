@@ -57,9 +57,10 @@ pub fn suite(config: &Arc<Config>, history: &RunHistory) -> Result<Vec<Probe>> {
             .limits("repository_writable", dbops::storage::health::ROUND_TRIP);
         let check: Arc<dyn ops_core::HealthCheck> =
             match dbops::target(&repo.url, &dbops::TargetOptions::default()) {
-                Ok(target) => Arc::new(dbops::storage::health::RepositoryWritable::new(
-                    target, limits,
-                )),
+                Ok(target) => Arc::new(
+                    dbops::storage::health::RepositoryWritable::new(target, limits)
+                        .with_timeout(budget.saturating_sub(std::time::Duration::from_secs(1))),
+                ),
                 // A store that cannot even be opened is as unwritable as it gets.
                 Err(e) => Arc::new(Refused {
                     name: "repository_writable",
@@ -117,7 +118,7 @@ pub fn suite(config: &Arc<Config>, history: &RunHistory) -> Result<Vec<Probe>> {
     probes.extend(
         backups::probes(config, history, &h.thresholds)
             .into_iter()
-            .map(|p| p.with_budget(budget.max(std::time::Duration::from_secs(30)))),
+            .map(|p| p.with_budget(budget)),
     );
     Ok(probes)
 }
@@ -193,6 +194,10 @@ impl ops_core::HealthCheck for Refused {
         ))
     }
 }
+
+/// The checks whose value is worse when lower (free space); every other check is
+/// worse when higher.
+pub const LOWER_IS_WORSE: &[&str] = &["disk_free", "disk_room"];
 
 /// Every check name a suite can hold (for config checks: a threshold or a health job
 /// naming something else is a typo).

@@ -510,6 +510,21 @@ impl RunHistory {
             .transpose()
     }
 
+    /// `job`'s newest successful run, however many runs or skips came after it.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn last_success(&self, job: &str) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SELECT_RUN} WHERE job = ? AND status = 'success' ORDER BY id DESC LIMIT 1"
+        )))
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("reading runs", &self.path, e))?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
     /// The newest schedule slot `job` has a run or skip recorded for.
     ///
     /// # Errors

@@ -107,6 +107,16 @@ fn database_labels(config: &Config, database: &str) -> (String, String) {
     }
 }
 
+/// The database label: the URL's database name, else the config's name for it.
+fn database_label(config: &Config, database: &str) -> (String, String) {
+    let (engine, name) = database_labels(config, database);
+    if name.is_empty() {
+        (engine, database.to_owned())
+    } else {
+        (engine, name)
+    }
+}
+
 /// Renders every metric as Prometheus text (OpenMetrics as `prometheus-client`
 /// encodes it).
 ///
@@ -193,7 +203,7 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
                 repository,
                 ..
             } => {
-                let (engine, dbname) = database_labels(config, database);
+                let (engine, dbname) = database_label(config, database);
                 let bl = BackupLabels {
                     job: job.name.clone(),
                     engine,
@@ -248,25 +258,29 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
                         .get_or_create(&vl)
                         .set(t.timestamp_millis() as f64 / 1000.0);
                 }
-                if let Some(t) = successes
+                // A job meant to prove restores shows 0 until it has: an alert on the
+                // proof's age fires for a proof that never happened.
+                let proof = successes
                     .iter()
                     .find(|r| r.verified.as_deref() == Some("restore"))
-                    .and_then(|r| r.ended)
-                {
+                    .and_then(|r| r.ended);
+                if proof.is_some() || matches!(job.work, Work::Verify { restore: true, .. }) {
                     verify_proof
                         .get_or_create(&vl)
-                        .set(t.timestamp_millis() as f64 / 1000.0);
+                        .set(proof.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0));
                 }
             }
             _ => {}
         }
     }
-    for (notifier, n) in history.delivery_failures().await? {
-        if config.notifications.contains_key(&notifier) {
-            notify_failures
-                .get_or_create(&NotifierLabels { notifier })
-                .inc_by(n);
-        }
+    // Every configured notifier from 0, so that the first failures are an increase.
+    let failures: BTreeMap<String, u64> = history.delivery_failures().await?.into_iter().collect();
+    for notifier in config.notifications.keys() {
+        notify_failures
+            .get_or_create(&NotifierLabels {
+                notifier: notifier.clone(),
+            })
+            .inc_by(failures.get(notifier).copied().unwrap_or(0));
     }
     if let Some(h) = &snapshot.health {
         for c in &h.checks {
@@ -277,7 +291,8 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
             health_status
                 .get_or_create(&l)
                 .set(i64::from(c.status.nagios_code()));
-            if let Some(v) = c.value {
+            // Negative values mean "none yet" (no backup, no proof): not a number to plot.
+            if let Some(v) = c.value.filter(|v| *v >= 0.0) {
                 health_value.get_or_create(&l).set(v);
             }
         }
@@ -479,7 +494,7 @@ pub async fn write_textfile_of(
         return;
     };
     let snapshot = Snapshot {
-        health: health.cloned(),
+        health: merged_health(config, health),
         ..Snapshot::default()
     };
     let written = match render(config, history, &snapshot).await {
@@ -489,4 +504,39 @@ pub async fn write_textfile_of(
     if let Err(e) = written {
         tracing::warn!("the metrics textfile was not written: {e}");
     }
+}
+
+/// The health summary the textfile shows: the newest result of every check, kept in
+/// `state_dir/health.json` between one-shot runs, so that a run that checks part of
+/// the suite (or none) does not make the other checks' series vanish.
+fn merged_health(config: &Config, fresh: Option<&HealthSummary>) -> Option<HealthSummary> {
+    let file = config.state_dir.join("health.json");
+    let kept: Option<HealthSummary> = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let merged = match (kept, fresh) {
+        (None, None) => return None,
+        (Some(k), None) => return Some(k),
+        (None, Some(f)) => f.clone(),
+        (Some(mut k), Some(f)) => {
+            k.checks.retain(|c| {
+                !f.checks
+                    .iter()
+                    .any(|n| n.name == c.name && n.service == c.service)
+            });
+            k.checks.extend(f.checks.iter().cloned());
+            k.timestamp = f.timestamp;
+            k
+        }
+    };
+    if let Ok(text) = serde_json::to_vec(&merged) {
+        let tmp = file.with_extension("json.tmp");
+        if std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &file))
+            .is_err()
+        {
+            tracing::warn!("the health state {} could not be written", file.display());
+        }
+    }
+    Some(merged)
 }

@@ -213,28 +213,8 @@ impl Runner {
             ),
         }
         // (A health run writes its own textfile, with the checks' values.)
-        if let Some(path) = self
-            .config
-            .metrics_textfile
-            .as_ref()
-            .filter(|_| !matches!(job.work, Work::Health { .. }))
-        {
-            let written = match crate::metrics::render(
-                &self.config,
-                &self.history,
-                &crate::metrics::Snapshot::default(),
-            )
-            .await
-            {
-                Ok(text) => crate::metrics::write_textfile(path, &text),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = written {
-                tracing::warn!(
-                    "job {}: the metrics textfile was not written: {e}",
-                    job.name
-                );
-            }
+        if !matches!(job.work, Work::Health { .. }) {
+            crate::metrics::write_textfile_of(&self.config, &self.history, None).await;
         }
         if rec.status.is_outcome() {
             let previous = self
@@ -472,6 +452,7 @@ impl Runner {
                     ));
                 }
                 let newest = manifests.iter().max_by_key(|m| m.finished).cloned();
+                let mut proven = false;
                 if *restore && let Some(m) = &newest {
                     let check = dbops::prove_restore(
                         &repo,
@@ -489,8 +470,10 @@ impl Runner {
                             ),
                         ));
                     }
+                    proven = true;
                 }
-                let level = if *restore {
+                // A restore proof is recorded only when a backup was really restored.
+                let level = if proven {
                     "restore"
                 } else if *read_data {
                     "read_data"

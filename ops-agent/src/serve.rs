@@ -58,6 +58,8 @@ pub async fn serve(listener: TcpListener, state: SharedState, stop: Cancellation
             () = stop.cancelled() => break,
         };
         let Ok((stream, _)) = accepted else {
+            // Out of file descriptors, say: wait a little rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let state = state.clone();

@@ -294,6 +294,13 @@ pub async fn health(cli: &Cli, a: &HealthArgs) -> Result<ExitCode> {
     }
     .await;
     let summary = match summary {
+        Ok(s) if s.checks.is_empty() => {
+            let e = Error::invalid(
+                "the config has no health checks (no database, service or repository): nothing to check",
+            );
+            crate::output::print_error(&e, cli.json);
+            return Ok(ExitCode::from(3));
+        }
         Ok(s) => s,
         Err(e) => {
             crate::output::print_error(&e, cli.json);
@@ -303,9 +310,12 @@ pub async fn health(cli: &Cli, a: &HealthArgs) -> Result<ExitCode> {
     if cli.json {
         print_json(&serde_json::to_value(&summary).unwrap_or_default());
     } else {
+        // The plugin word matches the exit code (OK, WARNING, CRITICAL, UNKNOWN).
+        let word =
+            ["OK", "WARNING", "CRITICAL", "UNKNOWN"][usize::from(summary.exit_code().min(3))];
         println!(
-            "{} at {}",
-            summary.status.to_uppercase(),
+            "{word}: {} at {}",
+            summary.status,
             summary.timestamp.to_rfc3339()
         );
         for c in &summary.checks {

@@ -85,5 +85,10 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         println!("{doc}");
     }
     let _ = e.print();
+    // `dbops health` is a monitoring plugin: a command line it cannot read is
+    // "unknown" (3), never "critical" (2).
+    if std::env::args().skip(1).any(|a| a == "health") {
+        return ExitCode::from(3);
+    }
     ExitCode::from(2)
 }

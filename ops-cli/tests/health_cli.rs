@@ -626,7 +626,7 @@ notify = ["ops"]
     assert!(
         rec["error"]
             .as_str()
-            .is_some_and(|e| e.contains("backup_age") && e.contains("no successful backup")),
+            .is_some_and(|e| e.contains("backup_age") && e.contains("there is no backup")),
         "{rec}"
     );
     // Again: still failing, no second message.

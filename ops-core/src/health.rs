@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 
-/// The verdict of a check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// The verdict of a check. Not ordered by declaration: combine with
+/// [`HealthStatus::worst`] (unhealthy outranks unknown outranks degraded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     /// Within limits.
@@ -335,6 +336,8 @@ pub struct CheckResult {
     pub warn: Option<f64>,
     /// The critical limit.
     pub critical: Option<f64>,
+    /// Both limits together (`{"warn": …, "critical": …}`), when the check has them.
+    pub thresholds: Option<Limits>,
     /// Why.
     pub reason: String,
     /// How long it took, in seconds.
@@ -381,7 +384,21 @@ impl HealthSummary {
 pub async fn run_suite(probes: &[Probe], now: DateTime<Utc>) -> HealthSummary {
     let runs = probes.iter().map(|p| async move {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(p.budget, p.check.check()).await;
+        // Each check is a task of its own, so one that blocks its thread cannot hold
+        // up the others or its own time limit.
+        let check = Arc::clone(&p.check);
+        let task = tokio::spawn(async move { check.check().await });
+        let abort = task.abort_handle();
+        let outcome = match tokio::time::timeout(p.budget, task).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(join)) => Ok(Err(crate::Error::internal(format!(
+                "the check ended abnormally: {join}"
+            )))),
+            Err(elapsed) => {
+                abort.abort();
+                Err(elapsed)
+            }
+        };
         let duration = started.elapsed().as_secs_f64();
         let name = p.check.name().to_owned();
         match outcome {
@@ -393,6 +410,7 @@ pub async fn run_suite(probes: &[Probe], now: DateTime<Utc>) -> HealthSummary {
                 unit: r.unit,
                 warn: r.warn,
                 critical: r.critical,
+                thresholds: r.warn.zip(r.critical).map(|(w, c)| Limits::new(w, c)),
                 reason: r.reason,
                 duration,
             },
@@ -404,6 +422,7 @@ pub async fn run_suite(probes: &[Probe], now: DateTime<Utc>) -> HealthSummary {
                 unit: String::new(),
                 warn: None,
                 critical: None,
+                thresholds: None,
                 reason: format!("could not check: {e}"),
                 duration,
             },
@@ -415,6 +434,7 @@ pub async fn run_suite(probes: &[Probe], now: DateTime<Utc>) -> HealthSummary {
                 unit: String::new(),
                 warn: None,
                 critical: None,
+                thresholds: None,
                 reason: format!(
                     "could not check: no answer within {:.1} s",
                     p.budget.as_secs_f64()

@@ -19,12 +19,25 @@ pub const ROUND_TRIP: Limits = Limits::new(2.0, 10.0);
 pub struct RepositoryWritable {
     target: Arc<dyn BackupTarget>,
     limits: Limits,
+    timeout: std::time::Duration,
 }
 
 impl RepositoryWritable {
     /// A probe of `target` judged against `limits`.
     pub fn new(target: Arc<dyn BackupTarget>, limits: Limits) -> Self {
-        Self { target, limits }
+        Self {
+            target,
+            limits,
+            timeout: std::time::Duration::from_secs(8),
+        }
+    }
+
+    /// Gives up after `timeout` (default 8 s): a store that does not answer is
+    /// unhealthy, the same as one that refuses.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 
@@ -63,7 +76,17 @@ impl HealthCheck for RepositoryWritable {
             }
             Ok(())
         };
-        match step.await {
+        let outcome = match tokio::time::timeout(self.timeout, step).await {
+            Ok(r) => r,
+            Err(_) => Err((
+                "get an answer for",
+                ops_core::Error::new(
+                    ops_core::ErrorKind::Unreachable,
+                    format!("no answer within {:.1} s", self.timeout.as_secs_f64()),
+                ),
+            )),
+        };
+        match outcome {
             Ok(()) => {
                 let secs = started.elapsed().as_secs_f64();
                 let r = self.limits.judge(self.name(), secs, "seconds");

@@ -293,60 +293,139 @@ pub fn restore_proof_age(
     }
 }
 
-/// How many runs of a job the checks read.
+/// How many runs of a job the size and last-attempt checks read.
 const RUNS_READ: usize = 50;
 
-/// One backup check of one job, reading the run history when asked.
+/// Which backup check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Age,
+    LastAttempt,
+    Size,
+    Tables,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Age => "backup_age",
+            Kind::LastAttempt => "backup_last_attempt",
+            Kind::Size => "backup_size",
+            Kind::Tables => "backup_tables",
+        }
+    }
+}
+
+/// One backup check of one job, reading the run history (and, where the history
+/// cannot tell, the repository: the repository is the truth about backups).
 #[derive(Debug)]
 pub struct BackupCheck {
-    name: &'static str,
+    kind: Kind,
     job: String,
     history: RunHistory,
     limits: Limits,
-    /// The config and repository name, to read two manifests (row counts).
-    repository: Option<(Arc<Config>, String)>,
+    config: Arc<Config>,
+    repository: String,
+    database: String,
+}
+
+impl BackupCheck {
+    /// The job's backups in its repository, newest first (from the repository's cache).
+    async fn backups(&self) -> Result<Vec<Manifest>> {
+        let repo = crate::runner::open_repository(&self.config, &self.repository).await?;
+        let filter = self
+            .config
+            .databases
+            .get(&self.database)
+            .map(crate::config::DatabaseConfig::filter)
+            .unwrap_or_default();
+        let mut list = repo.list_backups_matching(&filter).await?;
+        list.sort_by(|a, b| b.finished.cmp(&a.finished));
+        Ok(list)
+    }
 }
 
 #[async_trait]
 impl HealthCheck for BackupCheck {
     fn name(&self) -> &str {
-        self.name
+        self.kind.name()
     }
 
     async fn check(&self) -> Result<HealthReport> {
-        let runs = self.history.runs(Some(&self.job), RUNS_READ).await?;
         let now = Utc::now();
-        Ok(match self.name {
-            "backup_age" => backup_age(&self.job, &runs, now, self.limits),
-            "backup_last_attempt" => last_attempt(&self.job, &runs),
-            "backup_size" => backup_size(&self.job, &runs, self.limits),
-            _ => {
-                let ids: Vec<&str> = runs
-                    .iter()
-                    .filter(|r| r.status == RunStatus::Success)
-                    .filter_map(|r| r.backup_id.as_deref())
-                    .take(2)
+        match self.kind {
+            Kind::Age => {
+                let last: Vec<RunRecord> = self
+                    .history
+                    .last_success(&self.job)
+                    .await?
+                    .into_iter()
                     .collect();
-                let (Some((config, name)), Some(newest)) = (&self.repository, ids.first()) else {
+                let from_history = backup_age(&self.job, &last, now, self.limits);
+                if from_history.status == HealthStatus::Healthy {
+                    return Ok(from_history);
+                }
+                // The history says "old" or "none": another host sharing the repository
+                // (which took the slot), or a new state directory, may know better.
+                let newest = self.backups().await?.into_iter().next();
+                match newest {
+                    Some(m)
+                        if last
+                            .first()
+                            .and_then(|r| r.ended)
+                            .is_none_or(|e| m.finished > e) =>
+                    {
+                        let age = secs_since(m.finished, now);
+                        let judged = self.limits.judge("backup_age", age, "seconds");
+                        let reason = format!(
+                            "the newest backup of job {}'s database in repository {} ({}) finished {} ago; {}",
+                            self.job,
+                            self.repository,
+                            m.id,
+                            hours(age),
+                            judged.reason
+                        );
+                        Ok(judged.with_reason(reason))
+                    }
+                    Some(_) => Ok(from_history),
+                    None => Ok(HealthReport::new(
+                        "backup_age",
+                        HealthStatus::Unhealthy,
+                        -1.0,
+                        "seconds",
+                        format!(
+                            "there is no backup of job {}'s database in repository {}",
+                            self.job, self.repository
+                        ),
+                    )
+                    .with_limits(self.limits)),
+                }
+            }
+            Kind::LastAttempt => {
+                let runs = self.history.runs(Some(&self.job), RUNS_READ).await?;
+                Ok(last_attempt(&self.job, &runs))
+            }
+            Kind::Size => {
+                let runs = self.history.runs(Some(&self.job), RUNS_READ).await?;
+                Ok(backup_size(&self.job, &runs, self.limits))
+            }
+            Kind::Tables => {
+                // The two newest backups that still exist (retention may have removed
+                // the one the history remembers).
+                let backups = self.backups().await?;
+                let Some(newest) = backups.first() else {
                     return Ok(HealthReport::new(
                         "backup_tables",
                         HealthStatus::Healthy,
                         0.0,
                         "ratio",
-                        format!("job {} has no successful backup to look into", self.job),
+                        format!("job {} has no backup to look into", self.job),
                     )
                     .with_limits(self.limits));
                 };
-                let repo = crate::runner::open_repository(config, name).await?;
-                let filter = ops_core::repo::BackupFilter::default();
-                let newest = repo.select(newest, &filter).await?;
-                let previous = match ids.get(1) {
-                    Some(id) => Some(repo.select(id, &filter).await?),
-                    None => None,
-                };
-                table_rows(&self.job, &newest, previous.as_ref(), self.limits)
+                Ok(table_rows(&self.job, newest, backups.get(1), self.limits))
             }
-        })
+        }
     }
 }
 
@@ -390,25 +469,32 @@ pub fn probes(
     let mut out = Vec::new();
     let mut backed_up = std::collections::BTreeSet::new();
     for job in config.jobs.values() {
-        let Work::Backup { repository, .. } = &job.work else {
+        let Work::Backup {
+            repository,
+            database,
+            ..
+        } = &job.work
+        else {
             continue;
         };
         backed_up.insert(repository.clone());
         let service = format!("backups:{}", job.name);
-        for (name, default) in [
-            ("backup_age", BACKUP_AGE),
-            ("backup_last_attempt", Limits::new(1.0, 1.0)),
-            ("backup_size", BACKUP_SIZE),
-            ("backup_tables", TABLE_ROWS),
+        for (kind, default) in [
+            (Kind::Age, BACKUP_AGE),
+            (Kind::LastAttempt, Limits::new(1.0, 1.0)),
+            (Kind::Size, BACKUP_SIZE),
+            (Kind::Tables, TABLE_ROWS),
         ] {
             out.push(ops_core::Probe::new(
                 service.clone(),
                 Arc::new(BackupCheck {
-                    name,
+                    kind,
                     job: job.name.clone(),
                     history: history.clone(),
-                    limits: thresholds.limits(name, default),
-                    repository: Some((Arc::clone(config), repository.clone())),
+                    limits: thresholds.limits(kind.name(), default),
+                    config: Arc::clone(config),
+                    repository: repository.clone(),
+                    database: database.clone(),
                 }),
             ));
         }

@@ -40,6 +40,14 @@ pub fn space(path: &std::path::Path) -> Result<(u64, u64)> {
     }
 }
 
+/// [`space`] on a blocking thread: a hung mount must not stall the other probes.
+async fn space_off_thread(path: &std::path::Path) -> Result<(u64, u64)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || space(&path))
+        .await
+        .map_err(|e| Error::internal(format!("measuring free space: {e}")))?
+}
+
 /// `disk_free`: percent of the filesystem free.
 #[derive(Debug)]
 pub struct DiskFree {
@@ -64,7 +72,7 @@ impl HealthCheck for DiskFree {
     }
 
     async fn check(&self) -> Result<HealthReport> {
-        let (free, total) = space(&self.path)?;
+        let (free, total) = space_off_thread(&self.path).await?;
         if total == 0 {
             return Ok(HealthReport::new(
                 self.name(),
@@ -134,7 +142,7 @@ impl HealthCheck for DiskRoom {
                 largest = largest.max(b);
             }
         }
-        let (free, _) = space(&self.path)?;
+        let (free, _) = space_off_thread(&self.path).await?;
         if largest == 0 {
             return Ok(HealthReport::new(
                 self.name(),
