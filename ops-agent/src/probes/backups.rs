@@ -340,7 +340,7 @@ impl BackupCheck {
             .map(crate::config::DatabaseConfig::filter)
             .unwrap_or_default();
         let mut list = repo.list_backups_matching(&filter).await?;
-        list.sort_by(|a, b| b.finished.cmp(&a.finished));
+        list.sort_by_key(|m| std::cmp::Reverse(m.finished));
         Ok(list)
     }
 }
