@@ -8,77 +8,14 @@ mod common;
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Ctx, Receiver, Run};
+use common::{Ctx, Receiver, dbops, run, shop, sigterm, wait_exit, wait_for, write_config};
 use ops_postgres::ephemeral::EphemeralPostgres;
 
 /// A config file in the context's directory; returns its path.
-fn write_config(ctx: &Ctx, name: &str, text: &str) -> PathBuf {
-    let path = ctx.dir.path().join(name);
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-fn dbops(ctx: &Ctx, config: &Path, args: &[&str]) -> Command {
-    let mut c = ctx.command(args);
-    c.env("DBOPS_CONFIG", config).env_remove("DBOPS_REPO");
-    c
-}
-
-fn run(ctx: &Ctx, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut c = dbops(ctx, config, args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.output().expect("run dbops");
-    Run {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-async fn shop(pg: &EphemeralPostgres) {
-    pg.create_database("shop").await.expect("create db");
-    pg.execute(
-        "shop",
-        "CREATE TABLE orders (id int PRIMARY KEY, note text); \
-         INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 2000) g;",
-    )
-    .await
-    .expect("load");
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn sigterm(child: &Child) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return s.code().unwrap_or(-1);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("dbops did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_runs_backups_every_2s_skips_overlaps_and_stops_on_sigterm() {
     let pg = EphemeralPostgres::start().await.expect("start postgres");

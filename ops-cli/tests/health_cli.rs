@@ -7,51 +7,11 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Ctx, Receiver, Run};
+use common::{Ctx, Receiver, free_port, run, shop, write_config};
 use ops_postgres::ephemeral::EphemeralPostgres;
-
-fn write_config(ctx: &Ctx, name: &str, text: &str) -> PathBuf {
-    let path = ctx.dir.path().join(name);
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-fn run(ctx: &Ctx, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut c = ctx.command(args);
-    c.env("DBOPS_CONFIG", config).env_remove("DBOPS_REPO");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.output().expect("run dbops");
-    Run {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-async fn shop(pg: &EphemeralPostgres) {
-    pg.create_database("shop").await.expect("create db");
-    pg.execute(
-        "shop",
-        "CREATE TABLE orders (id int PRIMARY KEY, note text); \
-         INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 2000) g;",
-    )
-    .await
-    .expect("load");
-}
 
 /// A TCP listener that accepts and never answers: a hung service.
 fn silent_listener() -> (u16, std::thread::JoinHandle<()>) {

@@ -300,3 +300,78 @@ impl Receiver {
         self.got.lock().expect("lock").clone()
     }
 }
+
+// ---------------------------------------------------------------------------------
+// The config-driven commands (run, daemon, health, …): one config file per test.
+
+/// Writes a config file `name` in the context's directory; returns its path.
+pub fn write_config(ctx: &Ctx, name: &str, text: &str) -> PathBuf {
+    let path = ctx.dir.path().join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+pub fn dbops(ctx: &Ctx, config: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = ctx.command(args);
+    c.env("DBOPS_CONFIG", config).env_remove("DBOPS_REPO");
+    c
+}
+
+pub fn run(ctx: &Ctx, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut c = dbops(ctx, config, args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().expect("run dbops");
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+pub async fn shop(pg: &EphemeralPostgres) {
+    pg.create_database("shop").await.expect("create db");
+    pg.execute(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, note text); \
+         INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, 2000) g;",
+    )
+    .await
+    .expect("load");
+}
+
+pub fn wait_for(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+pub fn sigterm(child: &std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+}
+
+pub fn wait_exit(child: &mut std::process::Child, limit: std::time::Duration) -> i32 {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s.code().unwrap_or(-1);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("dbops did not exit within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
