@@ -7,8 +7,16 @@
 //! budget: `connect` bounds the whole login, and the session sets `statement_timeout`
 //! and `lock_timeout` from it, with a client-side deadline a little longer, so a server
 //! that stops answering mid-query cannot hold a probe. Sessions are named
-//! [`APPLICATION_NAME`]; the checks that look at other sessions leave out their own
-//! backend and other probes' sessions, which are short and bounded by the same budget.
+//! [`APPLICATION_NAME`]; the age and lock checks leave out their own backend and other
+//! probes' sessions, which are short and bounded by the same budget, but `connections`
+//! counts them: while they run they hold slots like any other client.
+//!
+//! PostgreSQL hides the state, timings and wait events of other users' sessions (and
+//! the WAL receiver's and standbys' details) from a user that is neither a superuser
+//! nor a member of `pg_read_all_stats` (which `pg_monitor` includes): the rows are
+//! there, their columns NULL. A check that reads them would find nothing and say OK,
+//! so each first asks whether its user may see them and, if not, fails with
+//! [`ErrorKind::PermissionDenied`] naming the grant.
 //!
 //! Only [`DatabaseLogin`] turns a refused login or an unreachable server into a verdict
 //! (unhealthy, never "alive"); every other check needs a working session to measure its
@@ -56,9 +64,10 @@ pub const CHECKS: [&str; 9] = [
 /// Every PostgreSQL check of `engine`'s server (see [`CHECKS`]), each judged by the
 /// limits `thresholds` give its name, else its default, and bounded by `budget`.
 ///
-/// Nothing is contacted here. The checks that read `pg_stat_activity` or
-/// `pg_stat_replication` see other users' sessions fully only as a superuser or a
-/// member of `pg_monitor`.
+/// Nothing is contacted here. The checks that read `pg_stat_activity`,
+/// `pg_stat_replication` or `pg_stat_wal_receiver` see other users' sessions fully
+/// only as a superuser or a member of `pg_monitor` (`pg_read_all_stats`); without it
+/// they return a [`ErrorKind::PermissionDenied`] error instead of a blind "OK".
 pub fn probes(
     engine: &PostgresEngine,
     thresholds: &Thresholds,
@@ -152,6 +161,17 @@ impl Target {
             .await?;
         Ok(session)
     }
+
+    /// [`Target::session`], for a check that reads other users' sessions: fails
+    /// unless its user may see them (see the module documentation).
+    ///
+    /// # Errors
+    /// As [`Target::session`]; [`ErrorKind::PermissionDenied`] naming the grant.
+    async fn stats_session(&self, to: &str) -> Result<Session> {
+        let s = self.session().await?;
+        s.require_stats(to).await?;
+        Ok(s)
+    }
 }
 
 /// A probe's connection.
@@ -195,6 +215,37 @@ impl Session {
             .into_iter()
             .next()
             .ok_or_else(|| Error::new(ErrorKind::Database, format!("{doing}: no row returned")))
+    }
+
+    /// Fails unless the session's user is a superuser or a member of
+    /// `pg_read_all_stats` (`pg_monitor` includes it): without it PostgreSQL shows
+    /// other users' sessions with NULL state, timings and wait events, which would read
+    /// as "nothing running, nothing waiting".
+    async fn require_stats(&self, to: &str) -> Result<()> {
+        let doing = "checking whether the probe's user may see other users' sessions";
+        let row = self
+            .row(
+                "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+                        OR coalesce((SELECT rolsuper FROM pg_roles
+                                      WHERE rolname = current_user), false),
+                        quote_ident(current_user)",
+                &[],
+                doing,
+            )
+            .await?;
+        let allowed: bool = column(&row, 0, doing)?;
+        if allowed {
+            return Ok(());
+        }
+        let user: String = column(&row, 1, doing)?;
+        Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "user {user} may not see other users' sessions, so the probe cannot {to} \
+                 (PostgreSQL would show them without state or timings); grant it \
+                 pg_monitor: GRANT pg_monitor TO {user}"
+            ),
+        ))
     }
 }
 
@@ -397,8 +448,11 @@ check!(
     /// ordinary users, `max_connections` less `superuser_reserved_connections` and (on
     /// PostgreSQL 16 and later) `reserved_connections`; default limits 80 and 90 %.
     ///
-    /// Other probes' sessions are not counted (they come and go within a second, and
-    /// a suite opens several at once); this probe's own connection is.
+    /// Every client backend counts, this probe's and its sibling probes' included: a
+    /// suite opens all its sessions at once, and while they run they take slots an
+    /// application would need. A server that refuses the probe for want of a slot
+    /// (SQLSTATE 53300) is unhealthy at 100 %: that is the measurement. Needs
+    /// `pg_monitor` (see [`probes`]).
     Connections,
     "connections",
     Limits::new(80.0, 90.0)
@@ -406,12 +460,30 @@ check!(
 
 impl Connections {
     async fn measure(&self) -> Result<HealthReport> {
-        let s = self.target.session().await?;
+        let s = match self.target.session().await {
+            Ok(s) => s,
+            Err(e) if e.context_value("sqlstate") == Some(TOO_MANY_CONNECTIONS) => {
+                return Ok(HealthReport::new(
+                    Self::NAME,
+                    HealthStatus::Unhealthy,
+                    100.0,
+                    "percent",
+                    format!(
+                        "the server refuses new connections of user {} (all slots open to \
+                         it are taken): {e}",
+                        self.target.config.user
+                    ),
+                )
+                .with_limits(self.limits));
+            }
+            Err(e) => return Err(e),
+        };
+        s.require_stats("count other users' connections").await?;
         let doing = "counting connections in pg_stat_activity";
         let row = s
             .row(
-                "SELECT count(*) FILTER (WHERE pid = pg_backend_pid()
-                                            OR application_name IS DISTINCT FROM $1)::int8,
+                "SELECT count(*)::int8,
+                        count(*) FILTER (WHERE application_name = $1)::int8,
                         current_setting('max_connections')::int8,
                         current_setting('superuser_reserved_connections')::int8,
                         coalesce(nullif(current_setting('reserved_connections', true), ''),
@@ -423,9 +495,10 @@ impl Connections {
             )
             .await?;
         let used: i64 = column(&row, 0, doing)?;
-        let max: i64 = column(&row, 1, doing)?;
-        let superuser: i64 = column(&row, 2, doing)?;
-        let reserved: i64 = column(&row, 3, doing)?;
+        let probes: i64 = column(&row, 1, doing)?;
+        let max: i64 = column(&row, 2, doing)?;
+        let superuser: i64 = column(&row, 3, doing)?;
+        let reserved: i64 = column(&row, 4, doing)?;
         let open = (max - superuser - reserved).max(1);
         let percent = used as f64 * 100.0 / open as f64;
         let reserved_text = if reserved > 0 {
@@ -441,11 +514,16 @@ impl Connections {
             percent,
             "percent",
             &format!(
-                "{used} of {open} connections in use (max_connections {max}, {reserved_text})"
+                "{used} of {open} connections in use, {probes} of them health probes' \
+                 (max_connections {max}, {reserved_text})"
             ),
         ))
     }
 }
+
+/// SQLSTATE `too_many_connections`: no slot left for the user (including "remaining
+/// connection slots are reserved").
+const TOO_MANY_CONNECTIONS: &str = "53300";
 
 /// The session columns the age checks read, after the age: pid, user, database,
 /// state, and the start of the query.
@@ -496,7 +574,9 @@ async fn oldest_session(
     filter: &str,
     doing: &str,
 ) -> Result<Option<SessionFacts>> {
-    let s = target.session().await?;
+    let s = target
+        .stats_session("see other users' sessions in pg_stat_activity")
+        .await?;
     let sql = format!(
         "SELECT extract(epoch FROM clock_timestamp() - {age_sql})::float8, {SESSION_COLUMNS}
            FROM pg_stat_activity
@@ -643,7 +723,10 @@ check!(
 
 impl BlockedLocks {
     async fn measure(&self) -> Result<HealthReport> {
-        let s = self.target.session().await?;
+        let s = self
+            .target
+            .stats_session("see which sessions wait for locks")
+            .await?;
         let doing = "finding sessions blocked on locks";
         // pg_blocking_pids takes the lock manager's locks: call it only for sessions
         // that do wait on a lock, and once each.
@@ -712,115 +795,263 @@ impl BlockedLocks {
 check!(
     /// `replication_lag`, in seconds; default limits 1 and 5 minutes.
     ///
-    /// On a standby: 0 when everything received has been replayed, else how old the
-    /// last replayed transaction is (`now() - pg_last_xact_replay_timestamp()`); a
-    /// standby that is behind but has replayed nothing yet cannot be measured (an
-    /// error). On a primary: the greatest `replay_lag` among the standbys in
-    /// `pg_stat_replication` (0, "primary without standbys", when there are none).
+    /// On a standby: its WAL receiver must be streaming (a standby cut off from its
+    /// primary replays nothing and would otherwise look caught up): if it is not, the
+    /// check is unhealthy, with the receiver's status, and the value is −1 (no lag can
+    /// be measured). Streaming: 0 when everything received has been replayed — unless
+    /// no message has come from the primary for the critical limit or longer
+    /// (`last_msg_receipt_time`; a healthy primary answers the receiver's pings every
+    /// `wal_receiver_timeout / 2`), which is unhealthy — else how old the last replayed
+    /// transaction is (`now() - pg_last_xact_replay_timestamp()`); a standby that is
+    /// behind but has replayed nothing yet cannot be measured (an error).
+    ///
+    /// On a primary: the greatest `replay_lag` among the standbys in
+    /// `pg_stat_replication` (0, "primary without standbys", when there are none). A
+    /// standby without a `replay_lag` (catching up, or idle) is judged by the WAL it has
+    /// not replayed yet: more than [`UNMEASURED_BYTES_LIMIT`] makes the check at least
+    /// degraded.
+    ///
+    /// Needs `pg_monitor` on a standby, and on a primary with standbys.
     ReplicationLag,
     "replication_lag",
     Limits::new(60.0, 300.0)
 );
 
+/// How much WAL a standby whose `replay_lag` PostgreSQL does not report (catching
+/// up, just connected) may have left to replay before the check is degraded: one WAL
+/// segment's worth.
+pub const UNMEASURED_BYTES_LIMIT: f64 = 16.0 * 1024.0 * 1024.0;
+
+/// One row of `pg_stat_replication`, as the lag check reads it.
+#[derive(Debug, Clone, PartialEq)]
+struct StandbyLag {
+    name: String,
+    addr: String,
+    state: String,
+    /// `replay_lag` in seconds; NULL while catching up or once idle.
+    seconds: Option<f64>,
+    /// WAL sent but not replayed yet (`pg_current_wal_lsn() - replay_lsn`).
+    bytes: Option<f64>,
+}
+
+impl StandbyLag {
+    /// `'name' (addr, state)`.
+    fn who(&self) -> String {
+        format!("'{}' ({}, {})", self.name, self.addr, self.state)
+    }
+
+    fn bytes_text(&self) -> String {
+        self.bytes.map_or_else(
+            || "an unknown amount".to_owned(),
+            |b| show_bytes(b.max(0.0)),
+        )
+    }
+}
+
+/// The primary's verdict on its standbys (none: "primary without standbys"): the
+/// greatest `replay_lag` judged by `limits`, and at least degraded when a standby
+/// without a `replay_lag` has more than [`UNMEASURED_BYTES_LIMIT`] left to replay.
+fn judge_standbys(limits: Limits, standbys: &[StandbyLag]) -> HealthReport {
+    let name = ReplicationLag::NAME;
+    let by_time = standbys
+        .iter()
+        .filter(|s| s.seconds.is_some())
+        .max_by(|a, b| {
+            a.seconds
+                .unwrap_or(0.0)
+                .total_cmp(&b.seconds.unwrap_or(0.0))
+        });
+    let unmeasured = standbys
+        .iter()
+        .filter(|s| s.seconds.is_none())
+        .max_by(|a, b| a.bytes.unwrap_or(0.0).total_cmp(&b.bytes.unwrap_or(0.0)));
+    let Some(any) = by_time.or(unmeasured) else {
+        return judged(name, limits, 0.0, "seconds", "primary without standbys");
+    };
+    let seconds = by_time.and_then(|s| s.seconds).unwrap_or(0.0).max(0.0);
+    let mut detail = format!("primary with {} standby(s); ", standbys.len());
+    match by_time {
+        Some(s) => detail.push_str(&format!(
+            "the furthest behind, {}, replays {seconds:.1} s behind ({} of WAL not replayed)",
+            s.who(),
+            s.bytes_text()
+        )),
+        None => detail.push_str(&format!(
+            "none reports a replay_lag; {} has {} of WAL not replayed",
+            any.who(),
+            any.bytes_text()
+        )),
+    }
+    let far = unmeasured.filter(|s| s.bytes.is_some_and(|b| b > UNMEASURED_BYTES_LIMIT));
+    if let (Some(s), Some(_)) = (far, by_time) {
+        detail.push_str(&format!(
+            "; {} reports no replay_lag and has {} of WAL not replayed",
+            s.who(),
+            s.bytes_text()
+        ));
+    }
+    let mut report = judged(name, limits, seconds, "seconds", &detail);
+    if let Some(s) = far
+        && report.status == HealthStatus::Healthy
+    {
+        report.status = HealthStatus::Degraded;
+        report.reason = format!(
+            "{detail}; standby {} is more than {} behind with no replay_lag to judge by \
+             (catching up?): at or past the warning limit",
+            s.who(),
+            show_bytes(UNMEASURED_BYTES_LIMIT)
+        );
+    }
+    report
+}
+
 impl ReplicationLag {
     async fn measure(&self) -> Result<HealthReport> {
         let s = self.target.session().await?;
         let doing = "reading the replication state";
+        let standby: bool = column(
+            &s.row("SELECT pg_is_in_recovery()", &[], doing).await?,
+            0,
+            doing,
+        )?;
+        if standby {
+            self.standby(&s).await
+        } else {
+            self.primary(&s).await
+        }
+    }
+
+    async fn standby(&self, s: &Session) -> Result<HealthReport> {
+        s.require_stats("see the state of the standby's WAL receiver")
+            .await?;
+        let doing = "reading the standby's replication state";
         let row = s
             .row(
-                "SELECT pg_is_in_recovery(),
-                        coalesce(pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn(), false),
+                "SELECT coalesce(pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn(), false),
                         extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,
-                        pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text",
+                        pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
+                        r.status,
+                        extract(epoch FROM clock_timestamp() - r.last_msg_receipt_time)::float8,
+                        r.sender_host
+                   FROM (SELECT 1) AS one
+                   LEFT JOIN pg_stat_wal_receiver AS r ON true",
                 &[],
                 doing,
             )
             .await?;
-        let standby: bool = column(&row, 0, doing)?;
-        if standby {
-            let caught_up: bool = column(&row, 1, doing)?;
-            let behind: Option<f64> = column(&row, 2, doing)?;
-            let received: Option<String> = column(&row, 3, doing)?;
-            let replayed: Option<String> = column(&row, 4, doing)?;
-            let received = received.unwrap_or_else(|| "none (not streaming)".to_owned());
-            let replayed = replayed.unwrap_or_else(|| "none".to_owned());
-            if caught_up {
-                return Ok(judged(
-                    Self::NAME,
-                    self.limits,
-                    0.0,
-                    "seconds",
-                    &format!("standby has replayed all it received (WAL {replayed})"),
-                ));
-            }
-            let Some(behind) = behind else {
-                return Err(Error::new(
-                    ErrorKind::Database,
-                    format!(
-                        "{doing}: the standby has replayed no transaction since it started \
-                         (received {received}, replayed {replayed}), so its lag cannot be \
-                         measured yet"
-                    ),
-                ));
-            };
-            return Ok(judged(
+        let caught_up: bool = column(&row, 0, doing)?;
+        let behind: Option<f64> = column(&row, 1, doing)?;
+        let received: Option<String> = column(&row, 2, doing)?;
+        let replayed: Option<String> = column(&row, 3, doing)?;
+        let status: Option<String> = column(&row, 4, doing)?;
+        let silence: Option<f64> = column(&row, 5, doing)?;
+        let sender: Option<String> = column(&row, 6, doing)?;
+        let received = received.unwrap_or_else(|| "none".to_owned());
+        let replayed = replayed.unwrap_or_else(|| "none".to_owned());
+        if status.as_deref() != Some("streaming") {
+            let status = status.unwrap_or_else(|| "no WAL receiver running".to_owned());
+            return Ok(HealthReport::new(
                 Self::NAME,
-                self.limits,
-                behind.max(0.0),
+                HealthStatus::Unhealthy,
+                -1.0,
                 "seconds",
-                &format!(
-                    "standby: last replayed transaction is {:.1} s old (received WAL \
-                     {received}, replayed {replayed})",
-                    behind.max(0.0)
+                format!(
+                    "standby: the WAL receiver is not streaming (status {status}), so the \
+                     standby receives nothing from its primary and its lag cannot be \
+                     measured (received WAL {received}, replayed {replayed}); check \
+                     primary_conninfo, the primary and the network"
                 ),
-            ));
-        }
-        let doing = "reading pg_stat_replication";
-        let standbys = s
-            .rows(
-                "SELECT coalesce(application_name, ''), coalesce(client_addr::text, 'local'),
-                        state, coalesce(extract(epoch FROM replay_lag)::float8, 0)
-                   FROM pg_stat_replication
-                  ORDER BY replay_lag DESC NULLS LAST",
-                &[],
-                doing,
             )
-            .await?;
-        let Some(worst) = standbys.first() else {
+            .with_limits(self.limits));
+        }
+        let sender = sender.unwrap_or_else(|| "the primary".to_owned());
+        if caught_up {
+            let silence = silence.unwrap_or(0.0).max(0.0);
+            // Caught up with what it received, but perhaps receiving nothing: a
+            // primary that answers no pings is as bad as a lag past the limit.
+            if !self.limits.lower_is_worse() && silence >= self.limits.critical {
+                return Ok(HealthReport::new(
+                    Self::NAME,
+                    HealthStatus::Unhealthy,
+                    silence,
+                    "seconds",
+                    format!(
+                        "standby: no message from the primary ({sender}) for {silence:.0} s, \
+                         though the WAL receiver says streaming; replayed all it received \
+                         (WAL {replayed})"
+                    ),
+                )
+                .with_limits(self.limits));
+            }
             return Ok(judged(
                 Self::NAME,
                 self.limits,
                 0.0,
                 "seconds",
-                "primary without standbys",
+                &format!(
+                    "standby streaming from {sender} has replayed all it received (WAL \
+                     {replayed}); last message from the primary {silence:.1} s ago"
+                ),
             ));
-        };
-        let name: String = column(worst, 0, doing)?;
-        let addr: String = column(worst, 1, doing)?;
-        let state: Option<String> = column(worst, 2, doing)?;
-        let lag: f64 = column(worst, 3, doing)?;
-        // Without pg_read_all_stats every column but pid is NULL: a lag of 0 would lie.
-        let Some(state) = state else {
+        }
+        let Some(behind) = behind else {
             return Err(Error::new(
-                ErrorKind::PermissionDenied,
+                ErrorKind::Database,
                 format!(
-                    "{doing}: user {} may not see the standbys' state; grant it pg_monitor",
-                    self.target.config.user
+                    "{doing}: the standby has replayed no transaction since it started \
+                     (received {received}, replayed {replayed}), so its lag cannot be \
+                     measured yet"
                 ),
             ));
         };
         Ok(judged(
             Self::NAME,
             self.limits,
-            lag.max(0.0),
+            behind.max(0.0),
             "seconds",
             &format!(
-                "primary with {} standby(s); the furthest behind, '{name}' ({addr}, {state}), \
-                 replays {:.1} s behind",
-                standbys.len(),
-                lag.max(0.0)
+                "standby streaming from {sender}: last replayed transaction is {:.1} s old \
+                 (received WAL {received}, replayed {replayed})",
+                behind.max(0.0)
             ),
         ))
+    }
+
+    async fn primary(&self, s: &Session) -> Result<HealthReport> {
+        let doing = "reading pg_stat_replication";
+        let rows = s
+            .rows(
+                "SELECT coalesce(application_name, ''), coalesce(client_addr::text, 'local'),
+                        state, extract(epoch FROM replay_lag)::float8,
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8
+                   FROM pg_stat_replication",
+                &[],
+                doing,
+            )
+            .await?;
+        let mut standbys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let state: Option<String> = column(row, 2, doing)?;
+            // Without pg_read_all_stats every column but pid is NULL: a lag of 0 would lie.
+            let Some(state) = state else {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "{doing}: user {} may not see the standbys' state; grant it \
+                         pg_monitor: GRANT pg_monitor TO {}",
+                        self.target.config.user, self.target.config.user
+                    ),
+                ));
+            };
+            standbys.push(StandbyLag {
+                name: column(row, 0, doing)?,
+                addr: column(row, 1, doing)?,
+                state,
+                seconds: column(row, 3, doing)?,
+                bytes: column(row, 4, doing)?,
+            });
+        }
+        Ok(judge_standbys(self.limits, &standbys))
     }
 }
 
@@ -951,6 +1182,71 @@ mod tests {
         let s = snippet(&long);
         assert_eq!(s.chars().count(), 81);
         assert!(s.ends_with('…'));
+    }
+
+    fn standby(seconds: Option<f64>, bytes: Option<f64>, state: &str) -> StandbyLag {
+        StandbyLag {
+            name: "replica".to_owned(),
+            addr: "10.0.0.2".to_owned(),
+            state: state.to_owned(),
+            seconds,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_standby_without_replay_lag_is_judged_by_its_bytes() {
+        let limits = ReplicationLag::DEFAULT_LIMITS;
+        let r = judge_standbys(limits, &[]);
+        assert_eq!((r.status, r.value), (HealthStatus::Healthy, 0.0), "{r:?}");
+        assert!(
+            r.reason.contains("primary without standbys"),
+            "{}",
+            r.reason
+        );
+
+        // Idle and caught up: no replay_lag, nothing to replay.
+        let r = judge_standbys(limits, &[standby(None, Some(0.0), "streaming")]);
+        assert_eq!((r.status, r.value), (HealthStatus::Healthy, 0.0), "{r:?}");
+        assert!(
+            r.reason.contains("0 bytes of WAL not replayed"),
+            "{}",
+            r.reason
+        );
+
+        // Catching up, 100 MiB behind, no time measured: never "0 s, OK".
+        let r = judge_standbys(
+            limits,
+            &[standby(None, Some(100.0 * 1024.0 * 1024.0), "catchup")],
+        );
+        assert_eq!(r.status, HealthStatus::Degraded, "{r:?}");
+        assert!(r.reason.contains("100.0 MiB"), "{}", r.reason);
+        assert!(r.reason.contains("catchup"), "{}", r.reason);
+
+        // Another standby with a small measured lag does not hide it.
+        let r = judge_standbys(
+            limits,
+            &[
+                standby(Some(2.0), Some(1024.0), "streaming"),
+                standby(None, Some(32.0 * 1024.0 * 1024.0), "catchup"),
+            ],
+        );
+        assert_eq!((r.status, r.value), (HealthStatus::Degraded, 2.0), "{r:?}");
+        assert!(r.reason.contains("32.0 MiB"), "{}", r.reason);
+
+        // A measured lag past the critical limit stays unhealthy.
+        let r = judge_standbys(
+            limits,
+            &[
+                standby(Some(400.0), Some(1024.0), "streaming"),
+                standby(None, Some(32.0 * 1024.0 * 1024.0), "catchup"),
+            ],
+        );
+        assert_eq!(
+            (r.status, r.value),
+            (HealthStatus::Unhealthy, 400.0),
+            "{r:?}"
+        );
     }
 
     #[test]

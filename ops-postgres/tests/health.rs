@@ -6,7 +6,9 @@
 //!
 //! One server carries most scenarios, one after another (they would see each other's
 //! sessions: the probes look at the whole server); a second one, with
-//! `max_connections = 10`, is saturated and then killed.
+//! `max_connections = 10`, is saturated and then killed; a third watches it with a
+//! role without `pg_monitor`, then with it; a fourth gets a streaming standby (a base
+//! backup started by hand) and is then killed under it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +22,8 @@ use ops_core::{
 use ops_postgres::PostgresEngine;
 use ops_postgres::ephemeral::{EphemeralOptions, EphemeralPostgres};
 use ops_postgres::health::{
-    BlockedLocks, CHECKS, Connections, DatabaseLogin, IdleInTransaction, LongestQuery,
-    OldestTransaction, ReplicationLag, ReplicationSlots, XidAge, probes,
+    APPLICATION_NAME, BlockedLocks, CHECKS, Connections, DatabaseLogin, IdleInTransaction,
+    LongestQuery, OldestTransaction, ReplicationLag, ReplicationSlots, XidAge, probes,
 };
 use tokio_postgres::{Client, NoTls};
 
@@ -380,24 +382,26 @@ async fn connections_saturate_and_then_the_server_stops() {
     .expect("server starts");
     println!("server start: {:.2} s", started.elapsed().as_secs_f64());
     server
-        .execute("postgres", "CREATE ROLE app LOGIN PASSWORD 'app-pw-9f3'")
+        .execute(
+            "postgres",
+            "CREATE ROLE app LOGIN PASSWORD 'app-pw-9f3'; GRANT pg_monitor TO app",
+        )
         .await
         .expect("role");
     let engine = server.engine_for("postgres").expect("engine");
     let budget = ProbeBudget::default();
     let check = Connections::with_thresholds(&engine, &Thresholds::default(), budget);
-    let app_login = DatabaseLogin::new(
-        &PostgresEngine::new(&format!(
-            "postgres://app:app-pw-9f3@127.0.0.1:{}/postgres?sslmode=disable",
-            server.port()
-        ))
-        .expect("URL"),
-        DatabaseLogin::DEFAULT_LIMITS,
-        budget,
-    );
+    let app = PostgresEngine::new(&format!(
+        "postgres://app:app-pw-9f3@127.0.0.1:{}/postgres?sslmode=disable",
+        server.port()
+    ))
+    .expect("URL");
+    let app_login = DatabaseLogin::new(&app, DatabaseLogin::DEFAULT_LIMITS, budget);
+    let app_connections = Connections::with_thresholds(&app, &Thresholds::default(), budget);
 
     // 10 connections, 3 reserved for superusers: 7 open to everyone. The probe's own
-    // session is one of them.
+    // session is one of them, and so are its sibling probes' (a suite opens them all
+    // at once): two of the loads below are probe sessions.
     let mut held = Vec::new();
     for (load, status) in [
         (0, HealthStatus::Healthy),
@@ -406,7 +410,12 @@ async fn connections_saturate_and_then_the_server_stops() {
         (6, HealthStatus::Unhealthy),
     ] {
         while held.len() < load {
-            held.push(session(&server, LOAD).await.0);
+            let name = if held.len() < 2 {
+                APPLICATION_NAME
+            } else {
+                LOAD
+            };
+            held.push(session(&server, name).await.0);
         }
         // A backend that was just closed (the role's creation) may take a moment to
         // leave pg_stat_activity.
@@ -422,13 +431,34 @@ async fn connections_saturate_and_then_the_server_stops() {
         assert!((r.value - percent).abs() < 1e-9, "{load} held: {r:?}");
         assert_eq!(r.status, status, "{load} held: {r:?}");
         assert!(r.reason.contains("of 7 connections"), "{}", r.reason);
+        let probes_held = load.min(2);
+        assert!(
+            r.reason
+                .contains(&format!("{} of them health probes'", probes_held + 1)),
+            "{}",
+            r.reason
+        );
     }
-    // All but the reserved slots taken: an ordinary user cannot log in.
+    // All but the reserved slots taken: an ordinary user cannot log in, and the
+    // connections check of an ordinary user, refused too, measures that: 100 %.
     held.push(session(&server, LOAD).await.0);
     let r = measure(&app_login).await;
     assert_eq!(r.status, HealthStatus::Unhealthy, "{r:?}");
     assert!(r.reason.contains("53300"), "{}", r.reason);
     assert!(!r.reason.contains("app-pw-9f3"), "{}", r.reason);
+    let r = measure(&app_connections).await;
+    assert_eq!(
+        (r.status, r.value),
+        (HealthStatus::Unhealthy, 100.0),
+        "{r:?}"
+    );
+    assert!(r.reason.contains("refuses new connections"), "{}", r.reason);
+    assert!(r.reason.contains("53300"), "{}", r.reason);
+    assert!(!r.reason.contains("app-pw-9f3"), "{}", r.reason);
+    // The superuser's probe gets a reserved slot and counts past 100 %.
+    let r = measure(&check).await;
+    assert_eq!(r.status, HealthStatus::Unhealthy, "{r:?}");
+    assert!(r.value > 100.0, "{r:?}");
     drop(held);
 
     // A stopped server: the login says "not reachable", the rest could not check.
@@ -518,4 +548,315 @@ async fn unreachable_servers_answer_within_the_budget() {
     .await;
     assert!(took >= Duration::from_millis(900), "{took:?}");
     drop(listener);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pg_monitor_the_session_checks_refuse_to_guess() {
+    let server = EphemeralPostgres::start().await.expect("server starts");
+    server
+        .execute(
+            "postgres",
+            "CREATE ROLE watcher LOGIN PASSWORD 'watch-pw-7c1'",
+        )
+        .await
+        .expect("role");
+    let watcher = PostgresEngine::new(&format!(
+        "postgres://watcher:watch-pw-7c1@127.0.0.1:{}/postgres?sslmode=disable",
+        server.port()
+    ))
+    .expect("URL");
+    let budget = ProbeBudget::default();
+    let tight = Limits::new(1.0, 2.0);
+    let checks: Vec<Arc<dyn HealthCheck>> = vec![
+        Arc::new(Connections::new(
+            &watcher,
+            Connections::DEFAULT_LIMITS,
+            budget,
+        )),
+        Arc::new(LongestQuery::new(&watcher, tight, budget)),
+        Arc::new(OldestTransaction::new(&watcher, tight, budget)),
+        Arc::new(IdleInTransaction::new(&watcher, tight, budget)),
+        Arc::new(BlockedLocks::new(
+            &watcher,
+            BlockedLocks::DEFAULT_LIMITS,
+            budget,
+        )),
+    ];
+
+    // Other users' sessions to be blind to: a long query and a lock wait.
+    let (admin, _) = session(&server, "health-admin").await;
+    admin
+        .batch_execute("CREATE TABLE t (id int); GRANT SELECT ON t TO watcher")
+        .await
+        .expect("table");
+    let (sleeper, sleeper_pid) = session(&server, LOAD).await;
+    let sleeping = tokio::spawn(async move {
+        let _ = sleeper.simple_query("SELECT pg_sleep(30)").await;
+    });
+    let (holder, holder_pid) = session(&server, LOAD).await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let (reader, reader_pid) = session(&server, LOAD).await;
+    let reading = tokio::spawn(async move {
+        let _ = reader.simple_query("SELECT * FROM t").await;
+    });
+
+    for check in &checks {
+        let err = check
+            .check()
+            .await
+            .expect_err("a blind check must not say OK");
+        assert_eq!(
+            err.kind(),
+            ErrorKind::PermissionDenied,
+            "{}: {err:?}",
+            check.name()
+        );
+        let text = err.to_string();
+        assert!(text.contains("GRANT pg_monitor TO watcher"), "{text}");
+        assert!(!text.contains("watch-pw-7c1"), "{text}");
+    }
+    // In a suite: unknown, never ok.
+    let suite: Vec<Probe> = checks
+        .iter()
+        .map(|c| Probe::new("erp", Arc::clone(c)).with_budget(budget.total()))
+        .collect();
+    let summary = run_suite(&suite, Utc::now()).await;
+    for c in &summary.checks {
+        assert_eq!(c.status, HealthStatus::Unknown, "{c:?}");
+        assert!(c.reason.contains("pg_monitor"), "{}", c.reason);
+    }
+
+    // With the grant, the same role sees them.
+    admin
+        .batch_execute("GRANT pg_monitor TO watcher")
+        .await
+        .expect("grant");
+    let r = wait_for(
+        checks[1].as_ref(),
+        HealthStatus::Unhealthy,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        r.reason.contains(&format!("pid {sleeper_pid}")),
+        "{}",
+        r.reason
+    );
+    let r = wait_for(
+        checks[4].as_ref(),
+        HealthStatus::Degraded,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(r.value, 1.0, "{r:?}");
+    assert!(
+        r.reason.contains(&format!("pid {reader_pid}")),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.reason.contains(&format!("blocked by pid {holder_pid}")),
+        "{}",
+        r.reason
+    );
+    let r = wait_for(
+        checks[2].as_ref(),
+        HealthStatus::Unhealthy,
+        Duration::from_secs(5),
+    )
+    .await;
+    // The sleeper's transaction began first.
+    assert!(
+        r.reason.contains(&format!("pid {sleeper_pid}")),
+        "{}",
+        r.reason
+    );
+    // admin, sleeper, holder, reader and the probe: 5 of 47 (the session that created
+    // the role may take a moment to leave).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = measure(checks[0].as_ref()).await;
+        if r.reason.contains("5 of 47 connections") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.reason);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    drop(holder);
+    end_load(&admin).await;
+    sleeping.await.expect("sleeper task");
+    reading.await.expect("reader task");
+}
+
+/// A standby of `primary`, started by hand from a base backup (`pg_basebackup -R`),
+/// as the same user as the primary; killed (its whole process group) on drop.
+struct Standby {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Standby {
+    fn start(primary: &EphemeralPostgres) -> Standby {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        // PostgreSQL refuses to run as root; the ephemeral server runs as nobody then.
+        let owner = nix::unistd::Uid::effective().is_root().then(|| {
+            let u = nix::unistd::User::from_name("nobody")
+                .expect("user lookup")
+                .expect("a user 'nobody'");
+            (u.uid, u.gid)
+        });
+        let as_owner = |cmd: &mut Command| {
+            if let Some((uid, gid)) = owner {
+                cmd.uid(uid.as_raw()).gid(gid.as_raw());
+            }
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("dbops-pg-standby-")
+            .tempdir()
+            .expect("temp dir");
+        let sock = dir.path().join("sock");
+        std::fs::create_dir(&sock).expect("socket dir");
+        for path in [dir.path(), sock.as_path()] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+            if let Some((uid, gid)) = owner {
+                nix::unistd::chown(path, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        let data = dir.path().join("data");
+        let mut backup = Command::new(primary.bin_dir().join("pg_basebackup"));
+        backup
+            .arg("-h")
+            .arg(primary.socket_dir())
+            .args(["-p", &primary.port().to_string(), "-U", "postgres", "-D"])
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null());
+        as_owner(&mut backup);
+        let out = backup.output().expect("pg_basebackup runs");
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(dir.path().join("standby.log")).expect("log");
+        let mut cmd = Command::new(primary.bin_dir().join("postgres"));
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&sock)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=50",
+                "-c",
+                "shared_buffers=32MB",
+                "-c",
+                "unix_socket_permissions=0700",
+            ])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .process_group(0);
+        as_owner(&mut cmd);
+        let child = cmd.spawn().expect("standby starts");
+        Standby { child, port, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("standby.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cut_off_from_its_primary_is_unhealthy() {
+    let started = Instant::now();
+    let server = EphemeralPostgres::start().await.expect("server starts");
+    let standby = Standby::start(&server);
+    let budget = ProbeBudget::default();
+    let url = format!(
+        "postgres://postgres:{}@127.0.0.1:{}/postgres?sslmode=disable",
+        password_of(&server),
+        standby.port
+    );
+    let on_standby = ReplicationLag::with_thresholds(
+        &PostgresEngine::new(&url).expect("URL"),
+        &Thresholds::default(),
+        budget,
+    );
+    let primary = server.engine_for("postgres").expect("engine");
+    let on_primary = ReplicationLag::with_thresholds(&primary, &Thresholds::default(), budget);
+
+    // Up and streaming: healthy on both sides.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let r = loop {
+        match on_standby.check().await {
+            Ok(r) if r.status == HealthStatus::Healthy => break r,
+            other => assert!(
+                Instant::now() < deadline,
+                "standby not streaming: {other:?}\n{}",
+                standby.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("standby up: {:.2} s", started.elapsed().as_secs_f64());
+    assert_eq!(r.value, 0.0, "{r:?}");
+    assert!(r.reason.contains("streaming"), "{}", r.reason);
+    assert!(
+        r.reason.contains("last message from the primary"),
+        "{}",
+        r.reason
+    );
+    let r = wait_for(&on_primary, HealthStatus::Healthy, Duration::from_secs(5)).await;
+    assert!(r.reason.contains("primary with 1 standby"), "{}", r.reason);
+    assert!(r.reason.contains("of WAL not replayed"), "{}", r.reason);
+    // Slots on a standby are the primary's business.
+    let slots = ReplicationSlots::with_thresholds(
+        &PostgresEngine::new(&url).expect("URL"),
+        &Thresholds::default(),
+        budget,
+    );
+    assert_eq!(measure(&slots).await.value, 0.0);
+
+    // The primary dies: the standby has replayed all it received, and receives
+    // nothing — never "0 s, OK".
+    server.kill().expect("kill");
+    let r = wait_for(
+        &on_standby,
+        HealthStatus::Unhealthy,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(r.value, -1.0, "{r:?}");
+    assert!(
+        r.reason.contains("the WAL receiver is not streaming"),
+        "{}",
+        r.reason
+    );
+    assert!(!r.reason.contains(&password_of(&server)), "{}", r.reason);
+    println!("whole test: {:.2} s", started.elapsed().as_secs_f64());
 }
