@@ -65,7 +65,7 @@ pub fn default_limits() -> impl Iterator<Item = (&'static str, Limits)> {
 ///   password) or an unreachable server is *unhealthy*, with a reason naming
 ///   authentication or reachability, never "alive".
 /// - `connections`: `Threads_connected` as a percentage of `max_connections`, this
-///   probe's own connection not counted. A server that refuses the probe with
+///   probe's own connection not counted (its sibling probes' are). A server that refuses the probe with
 ///   `Too many connections` is unhealthy at 100 %.
 /// - `longest_query`: the longest running statement in `information_schema.PROCESSLIST`
 ///   (other than the probe's own; system, event scheduler and replication threads
@@ -282,12 +282,17 @@ impl DatabaseCheck {
         // elsewhere, as one more connection for CONNECTION ADMIN (SUPER) accounts and
         // `extra_max_connections` on the separate `extra_port`, so neither is taken
         // off the denominator. This probe's own connection is not counted: it is not
-        // load the application put there.
+        // load the application put there. Its sibling probes' connections (a suite
+        // opens all six at once) are in Threads_connected and stay counted: while they
+        // run they hold slots the application would need.
         let others = connected.saturating_sub(1);
         let percent = others as f64 * 100.0 / max as f64;
         Ok(self.judge(
             percent,
-            format_args!("{others} of max_connections {max} in use (this probe not counted)"),
+            format_args!(
+                "{others} of max_connections {max} in use (this probe not counted, other \
+                 probes' sessions are)"
+            ),
         ))
     }
 

@@ -286,6 +286,11 @@ async fn connections(server: &EphemeralMariaDb, db: &MariaDbEngine) {
                 "{}",
                 r.reason
             );
+            assert!(
+                r.reason.contains("other probes' sessions are"),
+                "{}",
+                r.reason
+            );
         }
         assert_eq!((r.warn, r.critical), (Some(80.0), Some(90.0)));
     }
