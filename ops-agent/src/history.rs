@@ -130,8 +130,18 @@ pub struct RunHistory {
     _owner: Arc<Owner>,
 }
 
-/// A held owner lock.
-struct Owner(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+/// A held owner lock; its file is removed when the process is done with the history
+/// (a process that dies leaves it, which is how others tell it died).
+struct Owner {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    file: PathBuf,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
 
 impl std::fmt::Debug for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,7 +188,10 @@ fn take_owner_lock(state_dir: &Path) -> Result<Owner> {
         .open(&file)
         .map_err(|e| Error::io(format!("creating the owner lock {}", file.display()), e))?;
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map(Owner)
+        .map(|lock| Owner {
+            _lock: lock,
+            file: file.clone(),
+        })
         .map_err(|(_, e)| {
             Error::io(
                 format!("locking {}", file.display()),
@@ -239,6 +252,10 @@ impl RunHistory {
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // WAL with NORMAL: no fsync per commit, still never corrupt; a power cut
+            // may lose the newest records, never the repository's backups. Under a
+            // busy disk a fsync per record made runs crawl.
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)

@@ -12,10 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Ctx, Receiver, dbops, run, shop, sigterm, wait_exit, wait_for, write_config};
+use common::{Ctx, Receiver, dbops, poll, run, shop, sigterm, wait_exit, wait_for, write_config};
 use ops_postgres::ephemeral::EphemeralPostgres;
 
-/// A config file in the context's directory; returns its path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_runs_backups_every_2s_skips_overlaps_and_stops_on_sigterm() {
     let pg = EphemeralPostgres::start().await.expect("start postgres");
@@ -62,14 +61,16 @@ before = ["sleep 5"]
         .expect("start daemon");
     // Let it run until the quick job has made at least three backups.
     let state = ctx.dir.path().join("state");
-    wait_for(
-        "three backups by the daemon",
-        Duration::from_secs(60),
-        || {
-            run(&ctx, &config, &["--json", "history", "shop-backup"], &[]).json()["runs"]
-                .as_array()
-                .is_some_and(|r| r.iter().filter(|x| x["status"] == "success").count() >= 3)
-        },
+    let made = poll(Duration::from_secs(120), || {
+        run(&ctx, &config, &["--json", "history", "shop-backup"], &[]).json()["runs"]
+            .as_array()
+            .is_some_and(|r| r.iter().filter(|x| x["status"] == "success").count() >= 3)
+    });
+    assert!(
+        made,
+        "the daemon did not make three backups; it said:\n{}\nthe history holds:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        run(&ctx, &config, &["--json", "history", "--last", "50"], &[]).all()
     );
     // Long enough for the slow job's 5 s hook to have covered slots.
     std::thread::sleep(Duration::from_secs(4));
@@ -880,9 +881,13 @@ every = "1s"
             .as_array()
             .map_or(0, |r| r.iter().filter(|x| x["status"] == "success").count())
     };
-    wait_for("the first job", Duration::from_secs(30), || {
-        runs_of("first") >= 1
-    });
+    let started = poll(Duration::from_secs(90), || runs_of("first") >= 1);
+    assert!(
+        started,
+        "the first job never succeeded; the daemon said:\n{}\nthe history holds:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        run(&ctx, &reader, &["--json", "history", "--last", "50"], &[]).all()
+    );
     let hup = || {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");

@@ -341,12 +341,20 @@ pub async fn shop(pg: &EphemeralPostgres) {
     .expect("load");
 }
 
-pub fn wait_for(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, limit: std::time::Duration, done: impl FnMut() -> bool) {
+    assert!(poll(limit, done), "timed out waiting for {what}");
+}
+
+/// Calls `done` every 100 ms until it says yes (true) or `limit` passes (false).
+pub fn poll(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
     while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        if start.elapsed() >= limit {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    true
 }
 
 pub fn sigterm(child: &std::process::Child) {
