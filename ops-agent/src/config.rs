@@ -536,11 +536,11 @@ impl JobConfig {
     /// still apply).
     pub fn timing_or_manual(&self) -> Timing {
         self.timing.clone().unwrap_or_else(|| {
-            Timing::new(
-                Schedule::every(Duration::from_secs(u64::MAX / 4)).unwrap_or(Schedule::Every {
-                    period: Duration::from_secs(u64::MAX / 4),
-                }),
-            )
+            // A manual run has no slot, hence no next slot to stop retries at: the
+            // schedule is only there to carry the retry settings.
+            Timing::new(Schedule::Every {
+                period: Duration::from_secs(86_400),
+            })
             .with_retries(self.retries)
             .with_backoff(self.retry_backoff, self.retry_backoff.saturating_mul(20))
         })

@@ -413,12 +413,14 @@ async fn refresh(
     stop: CancellationToken,
 ) {
     let mut snapshot = metrics::Snapshot::default();
-    let mut repositories: HashMap<String, ops_core::repo::Repository> = HashMap::new();
+    // Opened once for the daemon's life (until a reload): the backup checks and the
+    // counts below share them.
+    let mut repositories = crate::runner::OpenRepositories::default();
     let mut next_health = tokio::time::Instant::now();
     loop {
         let cfg = config.borrow_and_update().clone();
         if tokio::time::Instant::now() >= next_health {
-            match crate::health::run(&cfg, &history, &[]).await {
+            match crate::health::run_with(&cfg, &history, &[], &repositories).await {
                 Ok(summary) => snapshot.health = Some(summary),
                 Err(e) => tracing::warn!("health checks could not run: {e}"),
             }
@@ -429,18 +431,11 @@ async fn refresh(
             // count as it was, never the served state.
             for name in cfg.repositories.keys() {
                 let counted = tokio::time::timeout(REPOSITORY_COUNT_BUDGET, async {
-                    if !repositories.contains_key(name) {
-                        let r = crate::runner::open_repository(&cfg, name).await?;
-                        repositories.insert(name.clone(), r);
-                    }
-                    match repositories.get(name) {
-                        Some(r) => r.list_backups().await.map(Some),
-                        None => Ok(None),
-                    }
+                    repositories.get(&cfg, name).await?.list_backups().await
                 })
                 .await;
                 match counted {
-                    Ok(Ok(Some(list))) => {
+                    Ok(Ok(list)) => {
                         snapshot
                             .repository_backups
                             .insert(name.clone(), list.len() as u64);
@@ -449,7 +444,6 @@ async fn refresh(
                             list.iter().map(|m| m.stats.stored_bytes).sum(),
                         );
                     }
-                    Ok(Ok(None)) => {}
                     Ok(Err(e)) => tracing::warn!("counting the backups of repository {name}: {e}"),
                     Err(_) => tracing::warn!(
                         "counting the backups of repository {name}: no answer within {} s",
@@ -473,7 +467,7 @@ async fn refresh(
                     break;
                 }
                 // A reloaded config: its repositories are opened anew, its health runs now.
-                repositories.clear();
+                repositories = crate::runner::OpenRepositories::default();
                 snapshot.repository_backups.clear();
                 snapshot.repository_bytes.clear();
                 next_health = tokio::time::Instant::now();

@@ -12,13 +12,19 @@ use ops_core::{HealthSummary, Probe, Result};
 use crate::config::{Config, Work};
 use crate::history::RunHistory;
 use crate::probes::{backups, disk};
+use crate::runner::OpenRepositories;
 
-/// Every probe of `config`. `history` feeds the backup probes.
+/// Every probe of `config`. `history` feeds the backup probes; `repositories` opens
+/// each repository the backup probes read once.
 ///
 /// # Errors
 /// A database or service URL that no probe can be built for (checked by the config
 /// already, so in practice none).
-pub fn suite(config: &Arc<Config>, history: &RunHistory) -> Result<Vec<Probe>> {
+pub fn suite(
+    config: &Arc<Config>,
+    history: &RunHistory,
+    repositories: &OpenRepositories,
+) -> Result<Vec<Probe>> {
     let h = &config.health;
     let budget = h.budget.total();
     let mut probes = Vec::new();
@@ -116,7 +122,7 @@ pub fn suite(config: &Arc<Config>, history: &RunHistory) -> Result<Vec<Probe>> {
         );
     }
     probes.extend(
-        backups::probes(config, history, &h.thresholds)
+        backups::probes(config, history, &h.thresholds, repositories)
             .into_iter()
             .map(|p| p.with_budget(budget)),
     );
@@ -134,7 +140,7 @@ pub fn select(probes: Vec<Probe>, only: &[String]) -> Vec<Probe> {
         .collect()
 }
 
-/// Runs `config`'s suite (or the named part of it) now.
+/// Runs `config`'s suite (or the named part of it) now, opening repositories anew.
 ///
 /// # Errors
 /// As [`suite`]; a name in `only` that matches no check or service.
@@ -143,7 +149,21 @@ pub async fn run(
     history: &RunHistory,
     only: &[String],
 ) -> Result<HealthSummary> {
-    let all = suite(config, history)?;
+    run_with(config, history, only, &OpenRepositories::default()).await
+}
+
+/// [`run`], with repositories a long-lived caller (the daemon) keeps open between
+/// runs.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    config: &Arc<Config>,
+    history: &RunHistory,
+    only: &[String],
+    repositories: &OpenRepositories,
+) -> Result<HealthSummary> {
+    let all = suite(config, history, repositories)?;
     for o in only {
         if !all.iter().any(|p| p.check.name() == o || p.service == *o) {
             let mut names: Vec<String> = all

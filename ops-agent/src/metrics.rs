@@ -89,32 +89,18 @@ pub struct Snapshot {
     pub repository_bytes: BTreeMap<String, u64>,
 }
 
-/// The engine and database name of a configured database, for labels.
-fn database_labels(config: &Config, database: &str) -> (String, String) {
-    let Some(db) = config.databases.get(database) else {
-        return (String::new(), database.to_owned());
-    };
-    match url::Url::parse(&db.url) {
-        Ok(u) => (
-            if u.scheme().starts_with("postgres") {
-                "postgresql".to_owned()
-            } else {
-                "mariadb".to_owned()
-            },
-            u.path().trim_start_matches('/').to_owned(),
-        ),
-        Err(_) => (String::new(), database.to_owned()),
-    }
-}
-
-/// The database label: the URL's database name, else the config's name for it.
+/// The engine and database labels of configured database `database`: the URL's
+/// engine and database name (as backups record them), else the config's name.
 fn database_label(config: &Config, database: &str) -> (String, String) {
-    let (engine, name) = database_labels(config, database);
-    if name.is_empty() {
-        (engine, database.to_owned())
-    } else {
-        (engine, name)
-    }
+    let filter = config
+        .databases
+        .get(database)
+        .map(crate::config::DatabaseConfig::filter)
+        .unwrap_or_default();
+    (
+        filter.engine.unwrap_or_default(),
+        filter.database.unwrap_or_else(|| database.to_owned()),
+    )
 }
 
 /// Renders every metric as Prometheus text (OpenMetrics as `prometheus-client`

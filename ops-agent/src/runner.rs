@@ -362,10 +362,6 @@ impl Runner {
         }
     }
 
-    async fn open_repo(&self, name: &str) -> Result<Repository> {
-        open_repository(&self.config, name).await
-    }
-
     fn filter_of(&self, database: Option<&String>) -> ops_core::repo::BackupFilter {
         database
             .and_then(|d| self.config.databases.get(d))
@@ -409,7 +405,7 @@ impl Runner {
                     Error::invalid(format!("no database '{database}' in the config"))
                 })?;
                 let engine = db.engine()?;
-                let repo = self.open_repo(repository).await?;
+                let repo = open_repository(&self.config, repository).await?;
                 let options = BackupOptions::default()
                     .with_dump(DumpOptions::default().with_jobs(*parallel))
                     .with_tags(tags.iter().cloned());
@@ -432,7 +428,7 @@ impl Runner {
                 restore,
                 restore_into,
             } => {
-                let repo = self.open_repo(repository).await?;
+                let repo = open_repository(&self.config, repository).await?;
                 let manifests = self.pick(&repo, database.as_ref(), *which).await?;
                 let report = repo
                     .verify(&manifests, &VerifyOptions::new(*read_data))
@@ -494,7 +490,7 @@ impl Runner {
                 group_by,
                 prune,
             } => {
-                let repo = self.open_repo(repository).await?;
+                let repo = open_repository(&self.config, repository).await?;
                 let options = ForgetOptions::default()
                     .with_group_by(*group_by)
                     .with_filter(self.filter_of(database.as_ref()));
@@ -545,7 +541,7 @@ impl Runner {
                 repository,
                 max_unused,
             } => {
-                let repo = self.open_repo(repository).await?;
+                let repo = open_repository(&self.config, repository).await?;
                 let r = repo
                     .prune(&PruneOptions::default().with_max_unused(*max_unused))
                     .await?;
@@ -563,8 +559,8 @@ impl Runner {
                 database,
                 which,
             } => {
-                let from = self.open_repo(repository).await?;
-                let dest = self.open_repo(to).await?;
+                let from = open_repository(&self.config, repository).await?;
+                let dest = open_repository(&self.config, to).await?;
                 let manifests = self.pick(&from, database.as_ref(), *which).await?;
                 let mut copied = 0;
                 let mut last = None;
@@ -671,6 +667,28 @@ pub async fn open_repository(config: &Config, name: &str) -> Result<Repository> 
         .with_cache_dir(config.state_dir.join("cache")))
 }
 
+/// Repositories opened once and handed out again: opening derives the key from the
+/// password, deliberately slow, so checks that read several manifests, or run every
+/// minute, open each repository once.
+#[derive(Debug, Clone, Default)]
+pub struct OpenRepositories(Arc<tokio::sync::Mutex<std::collections::HashMap<String, Repository>>>);
+
+impl OpenRepositories {
+    /// Repository `name` of `config`, opened on first use.
+    ///
+    /// # Errors
+    /// As [`open_repository`].
+    pub async fn get(&self, config: &Config, name: &str) -> Result<Repository> {
+        let mut open = self.0.lock().await;
+        if let Some(r) = open.get(name) {
+            return Ok(r.clone());
+        }
+        let r = open_repository(config, name).await?;
+        open.insert(name.to_owned(), r.clone());
+        Ok(r)
+    }
+}
+
 async fn list_keys(target: &dyn ops_core::BackupTarget, prefix: &str) -> Result<Vec<String>> {
     use futures::TryStreamExt as _;
     let items: Vec<ops_core::ObjectMeta> = target.list(prefix).await?.try_collect().await?;
@@ -692,10 +710,3 @@ fn rand_unit() -> f64 {
 /// The most a slot lease may take; past it the run goes ahead (the job itself will
 /// meet a store that hangs, and report it within its own timeout).
 const LEASE_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// The time a job may take: for `dbops jobs` and messages.
-pub fn describe_timeout(job: &JobConfig) -> String {
-    job.timeout
-        .map(ops_core::schedule::format_duration)
-        .unwrap_or_else(|| "none".to_owned())
-}

@@ -282,7 +282,7 @@ fn drop_nulls(v: serde_json::Value) -> serde_json::Value {
 /// read is "unknown" (3), as a monitoring plugin reports it.
 pub async fn health(cli: &Cli, a: &HealthArgs) -> Result<ExitCode> {
     let summary = async {
-        let config = Arc::new(crate::commands::required_config_for(cli)?);
+        let config = Arc::new(crate::commands::required_config(cli)?);
         let history = RunHistory::open(&config.state_dir).await?;
         let s = ops_agent::health::run(&config, &history, &a.checks).await;
         if let Ok(summary) = &s {

@@ -62,12 +62,7 @@ fn config_file(cli: &Cli) -> Result<Option<ops_agent::Config>> {
 }
 
 /// The config file, which the command cannot do without.
-pub(crate) fn required_config_for(cli: &Cli) -> Result<ops_agent::Config> {
-    required_config(cli)
-}
-
-/// The config file, which the command cannot do without.
-fn required_config(cli: &Cli) -> Result<ops_agent::Config> {
+pub(crate) fn required_config(cli: &Cli) -> Result<ops_agent::Config> {
     config_file(cli)?.ok_or_else(|| {
         Error::invalid(
             "this command needs a config file: pass --config FILE or set DBOPS_CONFIG (see docs/OPERATIONS.md)",

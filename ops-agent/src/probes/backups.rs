@@ -325,6 +325,7 @@ pub struct BackupCheck {
     history: RunHistory,
     limits: Limits,
     config: Arc<Config>,
+    repositories: crate::runner::OpenRepositories,
     repository: String,
     database: String,
 }
@@ -332,7 +333,10 @@ pub struct BackupCheck {
 impl BackupCheck {
     /// The job's backups in its repository, newest first (from the repository's cache).
     async fn backups(&self) -> Result<Vec<Manifest>> {
-        let repo = crate::runner::open_repository(&self.config, &self.repository).await?;
+        let repo = self
+            .repositories
+            .get(&self.config, &self.repository)
+            .await?;
         let filter = self
             .config
             .databases
@@ -460,11 +464,13 @@ impl HealthCheck for RestoreProofCheck {
 
 /// The backup probes of a config: four per backup job (service `backups:JOB`), and a
 /// restore-proof age per repository that backup jobs write to (service
-/// `repository:NAME`). The row-count check opens the job's repository when it runs.
+/// `repository:NAME`). The checks that read the repository open it through
+/// `repositories`, once.
 pub fn probes(
     config: &Arc<Config>,
     history: &RunHistory,
     thresholds: &Thresholds,
+    repositories: &crate::runner::OpenRepositories,
 ) -> Vec<ops_core::Probe> {
     let mut out = Vec::new();
     let mut backed_up = std::collections::BTreeSet::new();
@@ -493,6 +499,7 @@ pub fn probes(
                     history: history.clone(),
                     limits: thresholds.limits(kind.name(), default),
                     config: Arc::clone(config),
+                    repositories: repositories.clone(),
                     repository: repository.clone(),
                     database: database.clone(),
                 }),
