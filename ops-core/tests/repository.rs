@@ -493,6 +493,49 @@ fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Processes that share a cache directory (the CLI's default) update it in turn: one
+/// never reads the name of a pack table or run that another one then removes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_sharing_one_cache_directory_run_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("repo").to_str().expect("utf8").to_owned();
+    let target = open_target(&url, &TargetOptions::default()).expect("fs target");
+    let plain = repo_on(target).await;
+    let cache = dir.path().join("cache");
+    let options = BackupOptions::default();
+    let (rounds, at_once) = (10u64, 4u64);
+    for round in 0..rounds {
+        let engines: Vec<Generator> = (0..at_once)
+            .map(|i| {
+                let mut g = Generator::new(1, 200);
+                g.version = round * at_once + i;
+                g
+            })
+            .collect();
+        // A handle each, as separate processes would have.
+        let repos: Vec<Repository> = (0..at_once)
+            .map(|_| plain.clone().with_cache_dir(&cache))
+            .collect();
+        let results = futures::future::join_all(
+            repos
+                .iter()
+                .zip(&engines)
+                .map(|(repo, engine)| repo.backup(engine, &options)),
+        )
+        .await;
+        for (n, r) in results.into_iter().enumerate() {
+            r.unwrap_or_else(|e| panic!("round {round}, backup {n}: {e}"));
+        }
+    }
+    let listed = plain.list_backups().await.expect("list");
+    assert_eq!(listed.len() as u64, rounds * at_once);
+    let report = plain
+        .verify(&listed, &VerifyOptions::new(true))
+        .await
+        .expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
 /// What a repository answers, to compare a cached repository with an uncached one:
 /// the listing, a verification of every byte, and the restored content.
 async fn answers(repo: &Repository, engine: &Generator) -> (Vec<String>, bool, Vec<u8>) {

@@ -635,6 +635,24 @@ struct FileMeta {
 }
 
 const META: &str = "meta.json";
+/// Held (flock) while a process reads or updates the cache: without it, one process
+/// could remove the pack table or a run another one had just read the name of.
+const LOCK: &str = "lock";
+
+/// Takes the cache's lock, waiting for another process that holds it.
+fn lock_cache(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io_error("opening", &path, e))?;
+    file.lock().map_err(|e| io_error("locking", &path, e))?;
+    Ok(file)
+}
 
 /// The union of the repository's index files, on local disk.
 #[derive(Debug)]
@@ -821,6 +839,11 @@ impl Repository {
 
     async fn load_cached_index(&self, dir: &Path, keys: &[String]) -> Result<Index> {
         create_private_dir(dir)?;
+        // Released when this function returns (the file closes).
+        let _lock = {
+            let dir = dir.to_owned();
+            blocking(move || lock_cache(&dir)).await?
+        };
         let repository = self.config().id.clone();
         let listed: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
         let cached = {
@@ -994,7 +1017,7 @@ fn write_meta(dir: &Path, meta: &CacheMeta, replaced: Option<&CacheMeta>) -> Res
         .runs
         .iter()
         .map(|r| r.file.as_str())
-        .chain([meta.packs.file.as_str(), META])
+        .chain([meta.packs.file.as_str(), META, LOCK])
         .collect();
     let old: BTreeSet<&str> = replaced
         .map(|m| {
