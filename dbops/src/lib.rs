@@ -25,7 +25,7 @@ pub use ops_storage::TargetOptions;
 // The rest of ops-core, by module, for what the root leaves out.
 #[cfg(feature = "testkit")]
 pub use ops_core::testkit;
-pub use ops_core::{digest, health, jobs, repo, retention, schedule, secret};
+pub use ops_core::{digest, health, jobs, maintain, repo, retention, schedule, secret};
 
 /// The PostgreSQL engine, its throwaway server and its health checks (`ops-postgres`).
 pub use ops_postgres as postgres;

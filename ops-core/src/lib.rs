@@ -6,6 +6,7 @@ pub mod ephemeral;
 pub mod error;
 pub mod health;
 pub mod jobs;
+pub mod maintain;
 pub mod repo;
 pub mod retention;
 pub mod schedule;

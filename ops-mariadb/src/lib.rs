@@ -9,6 +9,7 @@ mod error;
 mod format;
 pub mod health;
 mod keys;
+pub mod maintain;
 mod restore;
 
 use std::fmt;

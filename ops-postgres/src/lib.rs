@@ -7,6 +7,7 @@ mod dump;
 pub mod ephemeral;
 mod errors;
 pub mod health;
+pub mod maintain;
 mod restore;
 mod roles;
 mod session;

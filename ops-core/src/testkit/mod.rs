@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod health;
+pub mod maintain;
 pub mod notifier;
 pub mod retention;
 pub mod scale;
