@@ -54,10 +54,7 @@ pub fn engine(url: &str) -> Result<Arc<dyn DatabaseEngine>> {
     match scheme.as_deref() {
         Some("postgres" | "postgresql") => Ok(Arc::new(postgres::PostgresEngine::new(url)?)),
         Some("mariadb" | "mysql") => Ok(Arc::new(mariadb::MariaDbEngine::new(url)?)),
-        _ => Err(Error::invalid(format!(
-            "'{}' is not a database URL dbops knows: use postgres://…, postgresql://…, mariadb://… or mysql://…",
-            redact_url(url)
-        ))),
+        _ => Err(unknown_scheme(url)),
     }
 }
 
@@ -78,6 +75,49 @@ pub fn engine_with_password(url: &str, password: Secret) -> Result<Arc<dyn Datab
         )),
         _ => engine(url),
     }
+}
+
+/// The maintenance side of the database at `url` (inspection, maintenance actions,
+/// sessions, integrity queries, archiving; see [`maintain::Maintenance`]), by scheme
+/// as [`engine`].
+///
+/// # Errors
+/// As [`engine`].
+pub fn maintenance(url: &str) -> Result<Arc<dyn maintain::Maintenance>> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgres" | "postgresql") => Ok(Arc::new(postgres::PostgresEngine::new(url)?)),
+        Some("mariadb" | "mysql") => Ok(Arc::new(mariadb::MariaDbEngine::new(url)?)),
+        _ => Err(unknown_scheme(url)),
+    }
+}
+
+/// [`maintenance`] with a password given apart from the URL (see
+/// [`engine_with_password`]).
+///
+/// # Errors
+/// As [`engine`].
+pub fn maintenance_with_password(
+    url: &str,
+    password: Secret,
+) -> Result<Arc<dyn maintain::Maintenance>> {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgres" | "postgresql") => Ok(Arc::new(
+            postgres::PostgresEngine::new(url)?.with_password(password),
+        )),
+        Some("mariadb" | "mysql") => Ok(Arc::new(
+            mariadb::MariaDbEngine::new(url)?.with_password(password),
+        )),
+        _ => maintenance(url),
+    }
+}
+
+fn unknown_scheme(url: &str) -> Error {
+    Error::invalid(format!(
+        "'{}' is not a database URL dbops knows: use postgres://…, postgresql://…, mariadb://… or mysql://…",
+        redact_url(url)
+    ))
 }
 
 /// The storage target at `url` (a directory, `memory://`, `s3://…`; see
@@ -146,6 +186,36 @@ pub async fn prove_restore(
     into: Option<&str>,
     options: &RestoreOptions,
 ) -> Result<RestoreCheck> {
+    prove_restore_checked(repo, manifest, into, options, &[])
+        .await
+        .map(|(check, _)| check)
+}
+
+/// [`prove_restore`], and then, on the restored copy before it is dropped, the
+/// application's integrity checks (see [`maintain::IntegrityCheck`]): the backup
+/// restores *and* the application's invariants hold in it. The checks run only when
+/// every table matched.
+///
+/// # Errors
+/// As [`prove_restore`]. A check that fails or cannot run is a result, not an error.
+pub async fn prove_restore_checked(
+    repo: &Repository,
+    manifest: &Manifest,
+    into: Option<&str>,
+    options: &RestoreOptions,
+    checks: &[maintain::IntegrityCheck],
+) -> Result<(RestoreCheck, Vec<maintain::IntegrityResult>)> {
+    let integrity = async |url: &str, check: &RestoreCheck| {
+        if checks.is_empty() || !check.ok() {
+            return Ok(Vec::new());
+        }
+        let db = maintenance(url)?;
+        let mut results = Vec::with_capacity(checks.len());
+        for c in checks {
+            results.push(c.run(db.as_ref()).await);
+        }
+        Ok::<_, Error>(results)
+    };
     match into {
         Some(url) => {
             let engine = engine(url)?;
@@ -159,14 +229,18 @@ pub async fn prove_restore(
                 .await
             {
                 Ok(check) => {
+                    let results = integrity(url, &check).await;
                     if let Err(e) = engine.drop_database().await {
                         tracing::warn!("could not drop the scratch database: {e}");
                     }
-                    Ok(check)
+                    Ok((check, results?))
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    repo.verify_restore(manifest, engine.as_ref(), options)
-                        .await
+                    let check = repo
+                        .verify_restore(manifest, engine.as_ref(), options)
+                        .await?;
+                    let results = integrity(url, &check).await?;
+                    Ok((check, results))
                 }
                 Err(e) => Err(e),
             }
@@ -177,7 +251,8 @@ pub async fn prove_restore(
                 "dbops_verify_{}",
                 manifest.id.replace(['-', '.'], "_").to_ascii_lowercase()
             );
-            let engine = engine(&with_database(&server.url(), &name)?)?;
+            let url = with_database(&server.url(), &name)?;
+            let engine = engine(&url)?;
             let check = repo
                 .verify_restore(
                     manifest,
@@ -185,8 +260,12 @@ pub async fn prove_restore(
                     &options.clone().with_create(true).with_scratch(true),
                 )
                 .await;
+            let out = match check {
+                Ok(check) => integrity(&url, &check).await.map(|r| (check, r)),
+                Err(e) => Err(e),
+            };
             drop(server);
-            check
+            out
         }
     }
 }

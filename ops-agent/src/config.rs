@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use ops_core::jobs::{EventKind, JobKind, Notifier};
+use ops_core::maintain::{Action, ArchiveSpec, IntegrityCheck, Severity};
 use ops_core::repo::{BackupFilter, GroupBy};
 use ops_core::retention::KeepRules;
 use ops_core::schedule::{Schedule, Timing, format_duration, parse_duration};
@@ -54,6 +55,18 @@ struct RawConfig {
     metrics_textfile: Option<Spanned<String>>,
     /// Where the daemon serves /metrics and /health.
     listen: Option<Spanned<String>>,
+    /// Integrity checks: queries that must return no rows.
+    #[serde(default)]
+    checks: BTreeMap<String, Spanned<RawCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    database: Spanned<String>,
+    sql: Spanned<String>,
+    severity: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +202,24 @@ struct RawJob {
     max_unused: Option<f64>,
     #[serde(default)]
     checks: Vec<String>,
+    // Maintenance.
+    action: Option<Spanned<String>>,
+    full: Option<bool>,
+    analyze: Option<bool>,
+    concurrently: Option<bool>,
+    #[serde(default)]
+    tables: Vec<String>,
+    lock_wait: Option<Spanned<String>>,
+    // Archive.
+    table: Option<Spanned<String>>,
+    #[serde(rename = "where")]
+    predicate: Option<Spanned<String>>,
+    into: Option<Spanned<String>>,
+    batch: Option<Spanned<u64>>,
+    pause: Option<Spanned<String>>,
+    max_rows: Option<u64>,
+    max_replication_lag: Option<Spanned<String>>,
+    max_transaction_age: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -228,6 +259,8 @@ pub struct Config {
     pub metrics_textfile: Option<PathBuf>,
     /// Where the daemon serves `/metrics` and `/health`.
     pub listen: Option<std::net::SocketAddr>,
+    /// Integrity checks by name (`[checks.NAME]`).
+    pub checks: BTreeMap<String, CheckConfig>,
     secrets: Secrets,
 }
 
@@ -379,6 +412,18 @@ impl DatabaseConfig {
         }
     }
 
+    /// The maintenance side of this database (inspection, actions, sessions,
+    /// integrity queries, archiving).
+    ///
+    /// # Errors
+    /// The URL's errors.
+    pub fn maintenance(&self) -> Result<Arc<dyn ops_core::maintain::Maintenance>> {
+        match &self.password {
+            Some(p) => dbops::maintenance_with_password(&self.url, p.clone()),
+            None => dbops::maintenance(&self.url),
+        }
+    }
+
     /// The backups of this database: its name and server.
     pub fn filter(&self) -> BackupFilter {
         let mut f = BackupFilter::default();
@@ -396,6 +441,16 @@ impl DatabaseConfig {
         }
         f
     }
+}
+
+/// An integrity check of the config: which database it runs on, and the check.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CheckConfig {
+    /// The `[databases.NAME]` it runs on.
+    pub database: String,
+    /// The query, its severity and timeout.
+    pub check: IntegrityCheck,
 }
 
 /// Which backups a verify or copy job takes.
@@ -465,6 +520,31 @@ pub enum Work {
         /// Check or service names to run; empty for all.
         checks: Vec<String>,
     },
+    /// A maintenance action on a database.
+    Maintenance {
+        /// The database's name in the config.
+        database: String,
+        /// What to do.
+        action: Action,
+        /// Only these tables; all when empty.
+        tables: Vec<String>,
+        /// The longest wait for a heavy lock (taken in short steps).
+        lock_wait: Duration,
+    },
+    /// Run integrity checks.
+    Integrity {
+        /// Check names (`[checks.NAME]`); all (of `database`, when given) when empty.
+        checks: Vec<String>,
+        /// Only the checks of this database.
+        database: Option<String>,
+    },
+    /// Move old rows into an archive table.
+    Archive {
+        /// The database's name in the config.
+        database: String,
+        /// What to move, where, how gently.
+        spec: ArchiveSpec,
+    },
     /// Copy backups to another repository.
     Copy {
         /// The source repository's name.
@@ -488,7 +568,10 @@ impl Work {
             | Work::Forget { repository, .. }
             | Work::Prune { repository, .. }
             | Work::Copy { repository, .. } => Some(repository),
-            Work::Health { .. } => None,
+            Work::Health { .. }
+            | Work::Maintenance { .. }
+            | Work::Integrity { .. }
+            | Work::Archive { .. } => None,
         }
     }
 }
@@ -704,6 +787,22 @@ impl Config {
             })
             .collect();
         v["services"] = json!(services);
+        let checks: BTreeMap<_, _> = self
+            .checks
+            .iter()
+            .map(|(n, c)| {
+                (
+                    n.clone(),
+                    json!({
+                        "database": c.database,
+                        "sql": c.check.sql,
+                        "severity": c.check.severity,
+                        "timeout": format_duration(c.check.timeout),
+                    }),
+                )
+            })
+            .collect();
+        v["checks"] = json!(checks);
         let h = &self.health;
         let thresholds: BTreeMap<_, _> = h
             .thresholds
@@ -809,6 +908,32 @@ impl Config {
             }
             Work::Health { checks } => {
                 v["checks"] = json!(checks);
+            }
+            Work::Maintenance {
+                database,
+                action,
+                tables,
+                lock_wait,
+            } => {
+                v["database"] = json!(database);
+                v["action"] = json!(action);
+                v["tables"] = json!(tables);
+                v["lock_wait"] = json!(format_duration(*lock_wait));
+            }
+            Work::Integrity { checks, database } => {
+                v["checks"] = json!(checks);
+                v["database"] = json!(database);
+            }
+            Work::Archive { database, spec } => {
+                v["database"] = json!(database);
+                v["table"] = json!(spec.table);
+                v["where"] = json!(spec.predicate);
+                v["into"] = json!(spec.into);
+                v["batch"] = json!(spec.batch);
+                v["pause"] = json!(format_duration(spec.pause));
+                v["max_rows"] = json!(spec.max_rows);
+                v["max_replication_lag"] = json!(format_duration(spec.max_replication_lag));
+                v["max_transaction_age"] = json!(format_duration(spec.max_transaction_age));
             }
             Work::Copy {
                 repository,
@@ -1284,6 +1409,11 @@ impl Resolver<'_> {
             );
         }
 
+        let mut checks = BTreeMap::new();
+        for (name, c) in &raw.checks {
+            checks.insert(name.clone(), self.check(name, c, &databases)?);
+        }
+
         let notification_names: BTreeSet<String> = raw.notifications.keys().cloned().collect();
         let mut jobs = BTreeMap::new();
         for (name, j) in &raw.jobs {
@@ -1294,6 +1424,7 @@ impl Resolver<'_> {
                 &repositories,
                 &databases,
                 &notification_names,
+                &checks,
             )?;
             jobs.insert(name.clone(), job);
         }
@@ -1393,7 +1524,69 @@ impl Resolver<'_> {
             health,
             metrics_textfile,
             listen,
+            checks,
             secrets: self.secrets,
+        })
+    }
+
+    fn check(
+        &mut self,
+        name: &str,
+        c: &Spanned<RawCheck>,
+        databases: &BTreeMap<String, DatabaseConfig>,
+    ) -> Result<CheckConfig> {
+        let what = format!("[checks.{name}]");
+        let r = c.get_ref();
+        let database = r.database.get_ref();
+        if !databases.contains_key(database) {
+            let names: Vec<&str> = databases.keys().map(String::as_str).collect();
+            let hint = suggest(database, &names)
+                .map(|x| format!("; did you mean '{x}'?"))
+                .unwrap_or_default();
+            return Err(self.err(
+                &r.database,
+                &format!("{what} database"),
+                format!("no [databases.{database}] in the config{hint}"),
+            ));
+        }
+        let sql = r.sql.get_ref().trim();
+        if sql.is_empty() {
+            return Err(self.err(
+                &r.sql,
+                &format!("{what} sql"),
+                "empty: write a query that returns the rows that break the rule",
+            ));
+        }
+        let severity = match &r.severity {
+            None => Severity::Error,
+            Some(s) => match s.get_ref().as_str() {
+                "error" => Severity::Error,
+                "warn" | "warning" => Severity::Warn,
+                other => {
+                    return Err(self.err(
+                        s,
+                        &format!("{what} severity"),
+                        format!("'{other}': use \"error\" or \"warn\""),
+                    ));
+                }
+            },
+        };
+        let timeout = self.duration(
+            &r.timeout,
+            &format!("{what} timeout"),
+            Duration::from_secs(60),
+        )?;
+        if timeout.is_zero() {
+            return Err(Error::invalid(format!(
+                "{}: {what} timeout is zero: the query would be stopped at once",
+                self.origin
+            )));
+        }
+        Ok(CheckConfig {
+            database: database.clone(),
+            check: IntegrityCheck::new(name, sql)
+                .with_severity(severity)
+                .with_timeout(timeout),
         })
     }
 
@@ -1559,6 +1752,7 @@ impl Resolver<'_> {
         repositories: &BTreeMap<String, RepositoryConfig>,
         databases: &BTreeMap<String, DatabaseConfig>,
         notifications: &BTreeSet<String>,
+        checks: &BTreeMap<String, CheckConfig>,
     ) -> Result<JobConfig> {
         let what = format!("[jobs.{name}]");
         let r = j.get_ref();
@@ -1715,7 +1909,7 @@ impl Resolver<'_> {
                     return Err(this.err(
                         j,
                         &what,
-                        "a backup job needs `database` (a [databases.NAME])",
+                        format!("a {kind} job needs `database` (a [databases.NAME])"),
                     ));
                 }
                 return Ok(None);
@@ -1758,8 +1952,34 @@ impl Resolver<'_> {
         not_for(
             r.database.is_some(),
             "database",
-            &[K::Backup, K::Verify, K::Forget, K::Copy],
+            &[
+                K::Backup,
+                K::Verify,
+                K::Forget,
+                K::Copy,
+                K::Maintenance,
+                K::Integrity,
+                K::Archive,
+            ],
         );
+        not_for(r.action.is_some(), "action", &[K::Maintenance]);
+        not_for(r.full.is_some(), "full", &[K::Maintenance]);
+        not_for(r.analyze.is_some(), "analyze", &[K::Maintenance]);
+        not_for(r.concurrently.is_some(), "concurrently", &[K::Maintenance]);
+        not_for(!r.tables.is_empty(), "tables", &[K::Maintenance]);
+        not_for(r.lock_wait.is_some(), "lock_wait", &[K::Maintenance]);
+        for (present, key) in [
+            (r.table.is_some(), "table"),
+            (r.predicate.is_some(), "where"),
+            (r.into.is_some(), "into"),
+            (r.batch.is_some(), "batch"),
+            (r.pause.is_some(), "pause"),
+            (r.max_rows.is_some(), "max_rows"),
+            (r.max_replication_lag.is_some(), "max_replication_lag"),
+            (r.max_transaction_age.is_some(), "max_transaction_age"),
+        ] {
+            not_for(present, key, &[K::Archive]);
+        }
         not_for(r.to.is_some(), "to", &[K::Copy]);
         not_for(!r.tags.is_empty(), "tags", &[K::Backup]);
         not_for(r.parallel.is_some(), "parallel", &[K::Backup]);
@@ -1779,7 +1999,7 @@ impl Resolver<'_> {
         not_for(r.group_by.is_some(), "group_by", &[K::Forget]);
         not_for(r.prune.is_some(), "prune", &[K::Forget]);
         not_for(r.max_unused.is_some(), "max_unused", &[K::Prune]);
-        not_for(!r.checks.is_empty(), "checks", &[K::Health]);
+        not_for(!r.checks.is_empty(), "checks", &[K::Health, K::Integrity]);
         not_for(
             r.repository.is_some(),
             "repository",
@@ -1875,6 +2095,153 @@ impl Resolver<'_> {
                 }
                 Work::Health {
                     checks: r.checks.clone(),
+                }
+            }
+            K::Maintenance => {
+                let Some(a) = &r.action else {
+                    return Err(self.err(
+                        &r.kind,
+                        &what,
+                        "a maintenance job needs `action`: vacuum, analyze, reindex, optimize, check or repair",
+                    ));
+                };
+                let action = match a.get_ref().as_str() {
+                    "vacuum" => Action::Vacuum {
+                        full: r.full.unwrap_or(false),
+                        analyze: r.analyze.unwrap_or(false),
+                    },
+                    "analyze" => Action::Analyze,
+                    "reindex" => Action::Reindex {
+                        concurrently: r.concurrently.unwrap_or(false),
+                    },
+                    "optimize" => Action::Optimize,
+                    "check" => Action::Check,
+                    "repair" => Action::Repair,
+                    other => {
+                        let actions = [
+                            "vacuum", "analyze", "reindex", "optimize", "check", "repair",
+                        ];
+                        let hint = suggest(other, &actions)
+                            .map(|x| format!("; did you mean '{x}'?"))
+                            .unwrap_or_default();
+                        return Err(self.err(
+                            a,
+                            &format!("{what} action"),
+                            format!(
+                                "unknown action '{other}'{hint} (actions: {})",
+                                actions.join(", ")
+                            ),
+                        ));
+                    }
+                };
+                let is_vacuum = matches!(action, Action::Vacuum { .. });
+                let is_reindex = matches!(action, Action::Reindex { .. });
+                for (present, flag, fits) in [
+                    (r.full.is_some(), "full", is_vacuum),
+                    (r.analyze.is_some(), "analyze", is_vacuum),
+                    (r.concurrently.is_some(), "concurrently", is_reindex),
+                ] {
+                    if present && !fits {
+                        return Err(self.err(
+                            a,
+                            &what,
+                            format!("`{flag}` does not apply to action '{}'", a.get_ref()),
+                        ));
+                    }
+                }
+                Work::Maintenance {
+                    database: database(self, &r.database, true)?.unwrap_or_default(),
+                    action,
+                    tables: r.tables.clone(),
+                    lock_wait: self.duration(
+                        &r.lock_wait,
+                        &format!("{what} lock_wait"),
+                        Duration::from_secs(60),
+                    )?,
+                }
+            }
+            K::Integrity => {
+                let database = database(self, &r.database, false)?;
+                for c in &r.checks {
+                    let Some(found) = checks.get(c) else {
+                        let names: Vec<&str> = checks.keys().map(String::as_str).collect();
+                        let hint = suggest(c, &names)
+                            .map(|x| format!("; did you mean '{x}'?"))
+                            .unwrap_or_default();
+                        return Err(self.err(
+                            &r.kind,
+                            &format!("{what} checks"),
+                            format!("no [checks.{c}] in the config{hint}"),
+                        ));
+                    };
+                    if let Some(d) = &database
+                        && &found.database != d
+                    {
+                        return Err(self.err(
+                            &r.kind,
+                            &format!("{what} checks"),
+                            format!(
+                                "[checks.{c}] runs on database '{}', not '{d}'",
+                                found.database
+                            ),
+                        ));
+                    }
+                }
+                if checks.is_empty() {
+                    return Err(self.err(
+                        &r.kind,
+                        &what,
+                        "an integrity job needs [checks.NAME] sections in the config",
+                    ));
+                }
+                Work::Integrity {
+                    checks: r.checks.clone(),
+                    database,
+                }
+            }
+            K::Archive => {
+                let mut need = |key: &Option<Spanned<String>>, name: &str| -> Result<String> {
+                    match key {
+                        Some(v) => {
+                            let text = self.interpolate(v, &format!("{what} {name}"), false)?;
+                            if text.trim().is_empty() {
+                                return Err(self.err(v, &format!("{what} {name}"), "empty"));
+                            }
+                            Ok(text.trim().to_owned())
+                        }
+                        None => {
+                            Err(self.err(&r.kind, &what, format!("an archive job needs `{name}`")))
+                        }
+                    }
+                };
+                let table = need(&r.table, "table")?;
+                let predicate = need(&r.predicate, "where")?;
+                let into = need(&r.into, "into")?;
+                let mut spec = ArchiveSpec::new(table, predicate, into);
+                if let Some(b) = &r.batch {
+                    if *b.get_ref() == 0 {
+                        return Err(self.err(b, &format!("{what} batch"), "must be at least 1"));
+                    }
+                    spec = spec.with_batch(*b.get_ref());
+                }
+                let pause = self.duration(&r.pause, &format!("{what} pause"), Duration::ZERO)?;
+                let lag = self.duration(
+                    &r.max_replication_lag,
+                    &format!("{what} max_replication_lag"),
+                    spec.max_replication_lag,
+                )?;
+                let age = self.duration(
+                    &r.max_transaction_age,
+                    &format!("{what} max_transaction_age"),
+                    spec.max_transaction_age,
+                )?;
+                spec = spec
+                    .with_pause(pause)
+                    .with_limits(lag, age)
+                    .with_max_rows(r.max_rows);
+                Work::Archive {
+                    database: database(self, &r.database, true)?.unwrap_or_default(),
+                    spec,
                 }
             }
             K::Prune => Work::Prune {
@@ -2052,6 +2419,68 @@ mod tests {
             e.contains("t.toml:4") && e.contains("unknown job kind"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn maintenance_integrity_and_archive_jobs_and_checks() {
+        let db = "[databases.erp]\nurl = \"postgres://h/erp\"\n";
+        let c = parse(
+            &format!(
+                "{BASE}{db}[checks.orphans]\ndatabase = \"erp\"\nsql = \"SELECT 1 WHERE false\"\nseverity = \"warn\"\n\
+                 [jobs.v]\nkind = \"maintenance\"\ndatabase = \"erp\"\naction = \"vacuum\"\nfull = true\nlock_wait = \"5s\"\n\
+                 [jobs.i]\nkind = \"integrity\"\nchecks = [\"orphans\"]\n\
+                 [jobs.a]\nkind = \"archive\"\ndatabase = \"erp\"\ntable = \"invoices\"\nwhere = \"year < 2020\"\ninto = \"invoices_old\"\nbatch = 50\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(
+            c.jobs["v"].work,
+            Work::Maintenance {
+                action: Action::Vacuum {
+                    full: true,
+                    analyze: false
+                },
+                lock_wait,
+                ..
+            } if lock_wait == Duration::from_secs(5)
+        ));
+        assert_eq!(c.checks["orphans"].check.severity, Severity::Warn);
+        assert!(
+            matches!(&c.jobs["a"].work, Work::Archive { spec, .. } if spec.batch == 50 && spec.predicate == "year < 2020")
+        );
+        assert_eq!(c.redacted()["checks"]["orphans"]["severity"], "warn");
+
+        let bad = |extra: &str| {
+            parse(&format!("{BASE}{db}{extra}"), &[])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = bad(
+            "[jobs.v]\nkind = \"maintenance\"\ndatabase = \"erp\"\naction = \"analyze\"\nfull = true\n",
+        );
+        assert!(
+            e.contains("`full` does not apply to action 'analyze'"),
+            "{e}"
+        );
+        let e = bad("[jobs.v]\nkind = \"maintenance\"\ndatabase = \"erp\"\naction = \"reindx\"\n");
+        assert!(e.contains("did you mean 'reindex'"), "{e}");
+        let e = bad("[jobs.v]\nkind = \"maintenance\"\naction = \"analyze\"\n");
+        assert!(e.contains("a maintenance job needs `database`"), "{e}");
+        let e = bad(
+            "[checks.c]\ndatabase = \"erp\"\nsql = \"SELECT 1\"\n[jobs.i]\nkind = \"integrity\"\nchecks = [\"d\"]\n",
+        );
+        assert!(e.contains("no [checks.d]"), "{e}");
+        let e = bad("[checks.c]\ndatabase = \"erpp\"\nsql = \"SELECT 1\"\n");
+        assert!(e.contains("did you mean 'erp'"), "{e}");
+        let e = bad("[checks.c]\ndatabase = \"erp\"\nsql = \"SELECT 1\"\nseverity = \"fatal\"\n");
+        assert!(e.contains("'fatal'"), "{e}");
+        let e =
+            bad("[jobs.a]\nkind = \"archive\"\ndatabase = \"erp\"\ntable = \"t\"\ninto = \"u\"\n");
+        assert!(e.contains("needs `where`"), "{e}");
+        let e = bad("[jobs.b]\nkind = \"backup\"\ndatabase = \"erp\"\nbatch = 5\n");
+        assert!(e.contains("batch") && e.contains("backup job"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod health;
 pub mod history;
 pub mod hooks;
+pub mod integrity;
 pub mod metrics;
 pub mod notify;
 pub mod probes;

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use ops_core::jobs::{Event, EventKind, RunRecord, RunStatus, Trigger};
+use ops_core::maintain::{LockSteps, MaintainOptions};
 use ops_core::repo::{
     BackupOptions, ForgetOptions, Manifest, PruneOptions, Repository, VerifyOptions,
 };
@@ -362,6 +363,14 @@ impl Runner {
         }
     }
 
+    fn maintenance_of(&self, database: &str) -> Result<Arc<dyn ops_core::maintain::Maintenance>> {
+        self.config
+            .databases
+            .get(database)
+            .ok_or_else(|| Error::invalid(format!("no database '{database}' in the config")))?
+            .maintenance()
+    }
+
     fn filter_of(&self, database: Option<&String>) -> ops_core::repo::BackupFilter {
         database
             .and_then(|d| self.config.databases.get(d))
@@ -449,12 +458,15 @@ impl Runner {
                 }
                 let newest = manifests.iter().max_by_key(|m| m.finished).cloned();
                 let mut proven = false;
+                let mut checked = String::new();
                 if *restore && let Some(m) = &newest {
-                    let check = dbops::prove_restore(
+                    let checks = crate::integrity::checks_for_backup(&self.config, m);
+                    let (check, integrity) = dbops::prove_restore_checked(
                         &repo,
                         m,
                         restore_into.as_ref().map(ops_core::Secret::expose),
                         &RestoreOptions::default(),
+                        &checks,
                     )
                     .await?;
                     if !check.ok() {
@@ -465,6 +477,25 @@ impl Runner {
                                 m.id
                             ),
                         ));
+                    }
+                    let failed: Vec<String> = integrity
+                        .iter()
+                        .filter(|r| r.status != ops_core::HealthStatus::Healthy)
+                        .map(describe_integrity)
+                        .collect();
+                    if !failed.is_empty() {
+                        return Err(Error::new(
+                            ErrorKind::Mismatch,
+                            format!(
+                                "backup {} restores, but on the restored copy: {}",
+                                m.id,
+                                failed.join("; ")
+                            ),
+                        ));
+                    }
+                    if !integrity.is_empty() {
+                        checked =
+                            format!(", {} integrity checks pass on the copy", integrity.len());
                     }
                     proven = true;
                 }
@@ -478,7 +509,7 @@ impl Runner {
                 };
                 Ok(WorkOutcome {
                     backup_id: newest.map(|m| m.id),
-                    summary: format!("{} backups verified", manifests.len()),
+                    summary: format!("{} backups verified{checked}", manifests.len()),
                     verified: Some(level.to_owned()),
                     ..WorkOutcome::default()
                 })
@@ -534,6 +565,88 @@ impl Runner {
                 }
                 Ok(WorkOutcome {
                     summary: line,
+                    ..WorkOutcome::default()
+                })
+            }
+            Work::Maintenance {
+                database,
+                action,
+                tables,
+                lock_wait,
+            } => {
+                let db = self.maintenance_of(database)?;
+                let options = MaintainOptions::default()
+                    .with_tables(tables.clone())
+                    .with_lock(LockSteps::default().with_total(*lock_wait));
+                let report = db.maintain(*action, &options).await?;
+                let bad: Vec<&ops_core::maintain::MaintainStep> =
+                    report.steps.iter().filter(|s| !s.outcome.is_ok()).collect();
+                let line = format!(
+                    "{action} on {database}: {} steps, {} failed",
+                    report.steps.len(),
+                    bad.len()
+                );
+                if let Some(first) = bad.first() {
+                    let locked = bad
+                        .iter()
+                        .all(|s| s.outcome == ops_core::maintain::StepOutcome::LockTimeout);
+                    let err = Error::new(
+                        if locked {
+                            ErrorKind::Locked
+                        } else {
+                            ErrorKind::Database
+                        },
+                        format!(
+                            "{line}; first: {} {:?}: {}",
+                            first.object,
+                            first.outcome,
+                            first.message.as_deref().unwrap_or("")
+                        ),
+                    );
+                    // Only a lock that was not free is worth another try later.
+                    return Err(if locked { err.temporary() } else { err });
+                }
+                Ok(WorkOutcome {
+                    summary: line,
+                    ..WorkOutcome::default()
+                })
+            }
+            Work::Integrity { checks, database } => {
+                let run = crate::integrity::run(&self.config, checks, database.as_deref()).await?;
+                let bad: Vec<String> = run
+                    .checks
+                    .iter()
+                    .filter(|c| c.result.status != ops_core::HealthStatus::Healthy)
+                    .map(|c| format!("{} on {}", describe_integrity(&c.result), c.database))
+                    .collect();
+                let line = format!(
+                    "integrity {}: {} checks, {} not passing",
+                    run.status(),
+                    run.checks.len(),
+                    bad.len()
+                );
+                if !bad.is_empty() {
+                    // Like a health run: the run fails so that it notifies, once, and
+                    // again on recovery; a violation is not retried.
+                    return Err(Error::new(
+                        ErrorKind::Mismatch,
+                        format!("{line}: {}", bad.join("; ")),
+                    ));
+                }
+                Ok(WorkOutcome {
+                    summary: line,
+                    ..WorkOutcome::default()
+                })
+            }
+            Work::Archive { database, spec } => {
+                let db = self.maintenance_of(database)?;
+                let report = db.archive(spec).await?;
+                Ok(WorkOutcome {
+                    summary: format!(
+                        "{} rows of {} moved into {} in {} batches, {} left",
+                        report.rows, spec.table, spec.into, report.batches, report.remaining
+                    ),
+                    rows: Some(report.rows),
                     ..WorkOutcome::default()
                 })
             }
@@ -641,6 +754,15 @@ impl Runner {
                 Ok(())
             }
         }
+    }
+}
+
+/// One integrity verdict in a line: the check, its status, the rows or the error.
+fn describe_integrity(r: &ops_core::maintain::IntegrityResult) -> String {
+    match (&r.rows, &r.error) {
+        (_, Some(e)) => format!("{} could not run: {e}", r.name),
+        (Some(rows), None) => format!("{} {}: {} rows", r.name, r.status, rows.count),
+        (None, None) => format!("{} {}", r.name, r.status),
     }
 }
 

@@ -103,6 +103,148 @@ pub enum Command {
     /// Work with the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Report on a live database, read-only: sizes, bloat, indexes, activity, locks,
+    /// queries, vacuum.
+    Inspect(InspectArgs),
+    /// Vacuum, analyze, reindex, optimize, check or repair tables; heavy locks are
+    /// taken in short tries up to --lock-wait (default 60s), never queued in front of
+    /// the application. Exit 3 when check finds damage, 4 when a lock was not taken.
+    Maintain(MaintainArgs),
+    /// List the server's sessions; with --cancel or --terminate and --yes, end them.
+    Sessions(SessionsArgs),
+    /// Run the config's integrity checks (queries that must return no rows); exit 0
+    /// pass, 1 warning, 2 error, 3 could not run.
+    Integrity(IntegrityArgs),
+    /// Move rows matching --where from a table into an archive table, in batches of
+    /// one transaction each; safe to kill and run again.
+    Archive(ArchiveArgs),
+}
+
+/// `inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// What to report: sizes, bloat, indexes, activity, locks, queries, vacuum.
+    #[arg(value_name = "WHAT")]
+    pub what: String,
+    /// Database URL, or the name of a [databases.NAME] in the config.
+    #[arg(value_name = "DB_URL")]
+    pub database: String,
+    /// Only this table, name or schema.name (repeatable).
+    #[arg(long = "table", value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// What counts as a long-running query (activity).
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub longer_than: String,
+    /// At most this many rows per list.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub limit: usize,
+}
+
+/// `maintain`.
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    /// vacuum, analyze, reindex, optimize, check or repair.
+    #[arg(value_name = "ACTION")]
+    pub action: String,
+    /// Database URL, or the name of a [databases.NAME] in the config.
+    #[arg(value_name = "DB_URL")]
+    pub database: String,
+    /// Only this table, name or schema.name (repeatable); default every table.
+    #[arg(long = "table", value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// Print the statements that would run; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// vacuum: VACUUM FULL (rewrites the table under an exclusive lock).
+    #[arg(long)]
+    pub full: bool,
+    /// vacuum: also ANALYZE.
+    #[arg(long)]
+    pub analyze: bool,
+    /// reindex: REINDEX CONCURRENTLY (no write lock for the rebuild).
+    #[arg(long)]
+    pub concurrently: bool,
+}
+
+/// `sessions`.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// Database URL, or the name of a [databases.NAME] in the config.
+    #[arg(value_name = "DB_URL")]
+    pub database: String,
+    /// Only sessions whose query (or state) is older than this (e.g. 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub longer_than: Option<String>,
+    /// Only sessions in this state (active, idle, "idle in transaction", …).
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+    /// Only sessions of this user.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Only sessions of this application.
+    #[arg(long, value_name = "NAME")]
+    pub application: Option<String>,
+    /// Only sessions that block others and wait for no one.
+    #[arg(long)]
+    pub root_blockers: bool,
+    /// Cancel the sessions' running queries.
+    #[arg(long, conflicts_with = "terminate")]
+    pub cancel: bool,
+    /// Cancel, then end the sessions still there after --grace.
+    #[arg(long)]
+    pub terminate: bool,
+    /// Really act (without it, --cancel and --terminate print what they would end).
+    #[arg(long)]
+    pub yes: bool,
+    /// Time between cancel and terminate.
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub grace: String,
+}
+
+/// `integrity`.
+#[derive(Debug, Args)]
+pub struct IntegrityArgs {
+    /// Only these checks ([checks.NAME]); all when none.
+    #[arg(value_name = "CHECK")]
+    pub checks: Vec<String>,
+    /// Only the checks of this [databases.NAME].
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+}
+
+/// `archive`.
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// Database URL, or the name of a [databases.NAME] in the config.
+    #[arg(value_name = "DB_URL")]
+    pub database: String,
+    /// Source table, name or schema.name (needs a primary key).
+    #[arg(long, value_name = "TABLE")]
+    pub table: String,
+    /// SQL condition on the source's rows, e.g. "created_at < now() - interval '2 years'".
+    #[arg(long = "where", value_name = "PREDICATE")]
+    pub predicate: String,
+    /// Archive table (created like the source when missing).
+    #[arg(long, value_name = "TABLE")]
+    pub into: String,
+    /// Rows per batch (one transaction each).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub batch: u64,
+    /// Count the rows that would move; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Sleep between batches.
+    #[arg(long, default_value = "0s", value_name = "DURATION")]
+    pub pause: String,
+    /// Stop after this many rows.
+    #[arg(long, value_name = "N")]
+    pub max_rows: Option<u64>,
+    /// Wait while a replica lags more than this.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub max_replication_lag: String,
+    /// Wait while another transaction has been open longer than this.
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub max_transaction_age: String,
 }
 
 /// `config …`.

@@ -50,6 +50,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config(crate::cli::ConfigCommand::Check) => {
             crate::agent::check(&cli, &required_config(&cli)?)
         }
+        Command::Inspect(a) => crate::maintain::inspect(&cli, a).await,
+        Command::Maintain(a) => crate::maintain::maintain(&cli, a, lock_wait(&cli)?).await,
+        Command::Sessions(a) => crate::maintain::sessions(&cli, a).await,
+        Command::Integrity(a) => crate::maintain::integrity(&cli, a).await,
+        Command::Archive(a) => crate::maintain::archive(&cli, a).await,
     }
 }
 
@@ -89,6 +94,8 @@ fn lock_wait(cli: &Cli) -> Result<std::time::Duration> {
         Some(text) => parse_wait(text),
         None => Ok(match cli.command {
             Command::Backup(_) | Command::Copy(_) => std::time::Duration::from_secs(600),
+            // A heavy lock is tried in short steps this long (issue's default).
+            Command::Maintain(_) => std::time::Duration::from_secs(60),
             _ => std::time::Duration::ZERO,
         }),
     }
@@ -552,12 +559,23 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     let mut damaged = !report.ok();
     let mut restores = Vec::new();
     if a.restore {
+        let config = config_file(cli)?;
         for m in &manifests {
-            let check = verify_by_restore(&repo, m, a).await;
+            let checks = config
+                .as_ref()
+                .map(|c| ops_agent::integrity::checks_for_backup(c, m))
+                .unwrap_or_default();
+            let check = verify_by_restore(&repo, m, a, &checks).await;
             match check {
-                Ok(c) => {
-                    damaged |= !c.ok();
-                    restores.push(json!({ "backup": m.id, "ok": c.ok(), "check": c }));
+                Ok((c, integrity)) => {
+                    let holds = integrity
+                        .iter()
+                        .all(|r| r.status == ops_core::HealthStatus::Healthy);
+                    let ok = c.ok() && holds;
+                    damaged |= !ok;
+                    restores.push(
+                        json!({ "backup": m.id, "ok": ok, "check": c, "integrity": integrity }),
+                    );
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Mismatch) => {
                     damaged = true;
@@ -654,12 +672,31 @@ fn print_restore_check(r: &serde_json::Value) {
             println!("  PROBLEM {}", p.as_str().unwrap_or_default());
         }
     }
+    if let Some(results) = r["integrity"].as_array() {
+        for c in results {
+            let status = c["status"].as_str().unwrap_or_default();
+            let detail = match (c["rows"]["count"].as_u64(), c["error"].as_str()) {
+                (_, Some(e)) => format!("could not run: {e}"),
+                (Some(n), None) => format!("{n} rows"),
+                _ => String::new(),
+            };
+            println!(
+                "  integrity {:<10} {} on the restored copy: {detail}",
+                if status == "healthy" { "ok" } else { status },
+                c["name"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    let tables_match = check["tables"]
+        .as_array()
+        .is_some_and(|t| t.iter().all(|t| t["matches"].as_bool() == Some(true)))
+        && check["problems"].as_array().is_none_or(Vec::is_empty);
     println!(
         "  {}",
-        if r["ok"].as_bool().unwrap_or(false) {
-            "every table matches"
-        } else {
-            "MISMATCH"
+        match (tables_match, r["ok"].as_bool().unwrap_or(false)) {
+            (true, true) => "every table matches",
+            (true, false) => "every table matches, but integrity checks FAIL on the restored copy",
+            _ => "MISMATCH",
         }
     );
 }
@@ -668,11 +705,15 @@ async fn verify_by_restore(
     repo: &Repository,
     m: &Manifest,
     a: &VerifyArgs,
-) -> Result<ops_core::repo::RestoreCheck> {
+    checks: &[ops_core::maintain::IntegrityCheck],
+) -> Result<(
+    ops_core::repo::RestoreCheck,
+    Vec<ops_core::maintain::IntegrityResult>,
+)> {
     let options = RestoreOptions::default()
         .with_jobs(a.jobs)
         .with_no_owner(a.no_owner);
-    dbops::prove_restore(repo, m, a.into.as_deref(), &options)
+    dbops::prove_restore_checked(repo, m, a.into.as_deref(), &options, checks)
         .await
         .map_err(|e| {
             // The library says it in its own words; here the way out is a flag.

@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod commands;
+mod maintain;
 mod output;
 
 use std::process::ExitCode;
@@ -87,7 +88,10 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     let _ = e.print();
     // `dbops health` is a monitoring plugin: a command line it cannot read is
     // "unknown" (3), never "critical" (2).
-    if std::env::args().skip(1).any(|a| a == "health") {
+    if std::env::args()
+        .skip(1)
+        .any(|a| a == "health" || a == "integrity")
+    {
         return ExitCode::from(3);
     }
     ExitCode::from(2)

@@ -158,3 +158,79 @@ async fn mariadb_backup_verifies_by_restore_and_restores_under_another_name() {
         refused.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrity_checks_find_an_injected_orphan_and_duplicate_in_sakila() {
+    let server = EphemeralMariaDb::start().await.expect("start mariadb");
+    let port = server.port();
+    let dir = fixtures("sakila").expect("the sakila fixture (../shared/fixtures/sakila)");
+    load(port, None, &dir.join("sakila-schema.sql"));
+    load(port, None, &dir.join("sakila-data.sql"));
+    let ctx = Ctx::new();
+    let config = common::write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+
+[databases.sakila]
+url = "{url}"
+
+[checks.orphan-rentals]
+database = "sakila"
+sql = "SELECT r.rental_id, r.customer_id FROM rental r LEFT JOIN customer c ON c.customer_id = r.customer_id WHERE c.customer_id IS NULL"
+
+[checks.duplicate-emails]
+database = "sakila"
+sql = "SELECT email, COUNT(*) AS customers FROM customer GROUP BY email HAVING COUNT(*) > 1"
+severity = "warn"
+
+[checks.broken]
+database = "sakila"
+sql = "SELEC 1"
+"#,
+            state = ctx.dir.path().join("state").display(),
+            url = server.url_for("sakila"),
+        ),
+    );
+    let both = ["integrity", "orphan-rentals", "duplicate-emails", "--json"];
+    let r = common::run(&ctx, &config, &both, &[]);
+    assert_eq!(r.code, 0, "clean sakila passes: {}", r.all());
+
+    query(
+        port,
+        "sakila",
+        "SET foreign_key_checks = 0; \
+         INSERT INTO rental (rental_date, inventory_id, customer_id, staff_id) \
+         VALUES ('2022-06-01', 1, 65000, 1); \
+         INSERT INTO customer (store_id, first_name, last_name, email, address_id) \
+         SELECT store_id, 'DUP', 'LICATE', email, address_id FROM customer WHERE customer_id = 1;",
+    );
+    let email = query(
+        port,
+        "sakila",
+        "SELECT email FROM customer WHERE customer_id = 1",
+    );
+    let r = common::run(&ctx, &config, &both, &[]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    let doc = r.json();
+    let find = |name: &str| {
+        doc["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {doc}"))
+    };
+    let orphan = find("orphan-rentals");
+    assert_eq!(orphan["status"], "unhealthy");
+    assert_eq!(orphan["rows"]["count"], 1);
+    assert_eq!(orphan["rows"]["sample"][0][1], "65000", "{orphan}");
+    let dup = find("duplicate-emails");
+    assert_eq!(dup["status"], "degraded");
+    assert_eq!(dup["rows"]["sample"][0][0], email.trim(), "{dup}");
+
+    let r = common::run(&ctx, &config, &["integrity", "broken"], &[]);
+    assert_eq!(r.code, 3, "a syntax error could not run: {}", r.all());
+    assert!(r.stdout.contains("could not run"), "{}", r.stdout);
+}

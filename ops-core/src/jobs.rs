@@ -30,17 +30,28 @@ pub enum JobKind {
     /// Run the health checks; a critical or unknown result fails the run (and
     /// notifies), so "no backup in 8 hours" is heard even when no backup job runs.
     Health,
+    /// A maintenance action (vacuum, analyze, reindex, optimize, check, repair) on a
+    /// database's tables, heavy locks taken in short steps.
+    Maintenance,
+    /// Run integrity checks (queries that must return no rows); a violation fails the
+    /// run and notifies.
+    Integrity,
+    /// Move old rows into an archive table in batches (resumable).
+    Archive,
 }
 
 impl JobKind {
     /// Every kind, in the order the config documents them.
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 9] = [
         JobKind::Backup,
         JobKind::Verify,
         JobKind::Forget,
         JobKind::Prune,
         JobKind::Copy,
         JobKind::Health,
+        JobKind::Maintenance,
+        JobKind::Integrity,
+        JobKind::Archive,
     ];
 
     /// The kind's name in configs and output.
@@ -52,6 +63,9 @@ impl JobKind {
             JobKind::Prune => "prune",
             JobKind::Copy => "copy",
             JobKind::Health => "health",
+            JobKind::Maintenance => "maintenance",
+            JobKind::Integrity => "integrity",
+            JobKind::Archive => "archive",
         }
     }
 

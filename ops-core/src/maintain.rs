@@ -13,6 +13,11 @@
 //! wait, then a refusal that names the blocking session. A maintenance step therefore
 //! never queues in front of the application's queries for longer than one step.
 //!
+//! The reports are plain data that each engine fills in: their structs are open
+//! (not `#[non_exhaustive]`), so a field added later is a breaking change for
+//! engines outside this workspace, made on purpose. Options and enums stay
+//! non-exhaustive.
+//!
 //! What must not live here: SQL (each engine crate), words of the command-line tool,
 //! the config and the scheduler (`ops-agent`).
 
@@ -237,7 +242,6 @@ pub enum Inspection {
 
 /// Sizes of a database and its tables.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct SizeReport {
     /// The database.
     pub database: String,
@@ -251,7 +255,6 @@ pub struct SizeReport {
 
 /// One table's sizes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct TableSize {
     /// Schema (PostgreSQL) or database (MariaDB).
     pub schema: String,
@@ -299,7 +302,6 @@ pub enum ObjectKind {
 
 /// Wasted space in tables and indexes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct BloatReport {
     /// Largest waste first.
     pub objects: Vec<Bloat>,
@@ -309,7 +311,6 @@ pub struct BloatReport {
 
 /// Wasted space of one table or index.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct Bloat {
     /// Schema (PostgreSQL) or database (MariaDB).
     pub schema: String,
@@ -336,7 +337,6 @@ pub struct Bloat {
 
 /// Indexes that cost without serving.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct IndexReport {
     /// Never scanned since the statistics were reset (not primary keys, unique,
     /// exclusion or replica-identity indexes).
@@ -354,7 +354,6 @@ pub struct IndexReport {
 
 /// One index and what is wrong with it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct IndexIssue {
     /// Schema (PostgreSQL) or database (MariaDB).
     pub schema: String,
@@ -397,7 +396,6 @@ impl SessionKind {
 
 /// One server session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct SessionInfo {
     /// PostgreSQL backend pid; MariaDB connection id.
     pub id: i64,
@@ -431,7 +429,6 @@ pub struct SessionInfo {
 
 /// Sessions of the server.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct ActivityReport {
     /// Client sessions per state.
     pub by_state: BTreeMap<String, u64>,
@@ -449,7 +446,6 @@ pub struct ActivityReport {
 
 /// Who blocks whom.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct LockReport {
     /// One tree per root blocker (a session that blocks others and waits for no
     /// one), most sessions held first.
@@ -460,7 +456,6 @@ pub struct LockReport {
 
 /// A session and the sessions waiting for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct LockNode {
     /// The session.
     pub session: SessionInfo,
@@ -546,7 +541,6 @@ pub fn lock_trees(sessions: &[SessionInfo]) -> LockReport {
 
 /// Top statements.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct QueryReport {
     /// Where the figures come from (`pg_stat_statements`,
     /// `performance_schema.events_statements_summary_by_digest`).
@@ -561,7 +555,6 @@ pub struct QueryReport {
 
 /// One normalised statement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct StatementStats {
     /// The normalised text (truncated to 1000 characters).
     pub query: String,
@@ -577,7 +570,6 @@ pub struct StatementStats {
 
 /// Vacuum state of the tables.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct VacuumReport {
     /// The database's transaction-ID age (`age(datfrozenxid)`).
     pub database_xid_age: Option<u64>,
@@ -589,7 +581,6 @@ pub struct VacuumReport {
 
 /// Vacuum state of one table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct TableVacuum {
     /// Schema.
     pub schema: String,
@@ -672,7 +663,6 @@ impl fmt::Display for Action {
 
 /// What a running step reports (PostgreSQL `pg_stat_progress_*`).
 #[derive(Debug, Clone, Serialize)]
-#[non_exhaustive]
 pub struct StepProgress {
     /// The table or index.
     pub object: String,
@@ -682,6 +672,23 @@ pub struct StepProgress {
     pub done: Option<u64>,
     /// Total work in the phase.
     pub total: Option<u64>,
+}
+
+impl StepProgress {
+    /// `object` in `phase`, with `done` of `total` units where the engine says.
+    pub fn new(
+        object: impl Into<String>,
+        phase: impl Into<String>,
+        done: Option<u64>,
+        total: Option<u64>,
+    ) -> Self {
+        Self {
+            object: object.into(),
+            phase: phase.into(),
+            done,
+            total,
+        }
+    }
 }
 
 /// Called with progress while a step runs.
@@ -755,7 +762,6 @@ impl MaintainOptions {
 /// application's queued queries run), until `total` has passed. Each try holds the
 /// application's queries behind it for at most its timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct LockSteps {
     /// The first try's lock timeout (default 100 ms).
     pub first: Duration,
@@ -855,7 +861,6 @@ impl StepOutcome {
 
 /// One statement of a maintenance run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct MaintainStep {
     /// The table or index.
     pub object: String,
@@ -877,7 +882,6 @@ pub struct MaintainStep {
 
 /// What [`Maintenance::maintain`] did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct MaintainReport {
     /// The action.
     pub action: Action,
@@ -901,7 +905,6 @@ impl MaintainReport {
 
 /// Which sessions [`Maintenance::sessions`] and [`Maintenance::end_sessions`] take.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct SessionFilter {
     /// Running a query, or in their state, for longer than this.
     pub longer_than: Option<Duration>,
@@ -953,7 +956,6 @@ impl SessionFilter {
 /// How sessions are ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum EndMode {
     /// Cancel the running query; the session stays.
     Cancel,
@@ -1017,7 +1019,6 @@ pub enum Ended {
 
 /// One session of an [`EndReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct EndedSession {
     /// The session, as seen before.
     pub session: SessionInfo,
@@ -1027,7 +1028,6 @@ pub struct EndedSession {
 
 /// What [`Maintenance::end_sessions`] did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct EndReport {
     /// Every selected session.
     pub sessions: Vec<EndedSession>,
@@ -1038,7 +1038,6 @@ pub struct EndReport {
 
 /// The rows of a read-only query: how many, and the first few.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct QueryRows {
     /// Rows returned.
     pub count: u64,
@@ -1138,12 +1137,24 @@ impl IntegrityCheck {
     }
 }
 
+impl IntegrityResult {
+    /// The verdict of check `name` that could not run, and why.
+    pub fn unknown(name: impl Into<String>, error: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: HealthStatus::Unknown,
+            rows: None,
+            error: Some(error.into()),
+            seconds: 0.0,
+        }
+    }
+}
+
 /// Sample rows kept of a failed integrity check.
 pub const SAMPLE_ROWS: usize = 10;
 
 /// The verdict of one [`IntegrityCheck`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct IntegrityResult {
     /// The check.
     pub name: String,
@@ -1260,7 +1271,6 @@ impl ArchiveSpec {
 
 /// What [`Maintenance::archive`] did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct ArchiveReport {
     /// Rows moved (a dry run: rows that would move).
     pub rows: u64,
