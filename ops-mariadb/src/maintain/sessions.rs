@@ -1,0 +1,482 @@
+//! The server's sessions as [`SessionInfo`]: `information_schema.PROCESSLIST` with
+//! the open InnoDB transactions (`INNODB_TRX`), who waits for whom (row locks from
+//! `INNODB_LOCK_WAITS`, or `performance_schema.data_lock_waits` on MySQL 8; metadata
+//! locks from the `metadata_lock_info` plugin) and the program names of the
+//! connection attributes; and ending them (`KILL QUERY`, `KILL CONNECTION`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mysql_async::Conn;
+use ops_core::maintain::{
+    EndMode, EndOptions, EndReport, Ended, SessionFilter, SessionInfo, SessionKind,
+};
+use ops_core::{Error, ErrorKind, Result};
+
+use super::{code, connect, error_code, float, grantee, require_process, shapes, truncate};
+use crate::MariaDbEngine;
+use crate::conn;
+
+/// The processlist `STATE` of a session waiting for a metadata lock on a table.
+const MDL_WAIT: &str = "Waiting for table metadata lock";
+
+/// One row of the processlist, as read.
+struct Process {
+    id: i64,
+    user: Option<String>,
+    host: Option<String>,
+    db: Option<String>,
+    command: String,
+    seconds: Option<f64>,
+    state: Option<String>,
+    info: Option<String>,
+}
+
+/// Every session of the server, the asking one marked [`SessionKind::Own`].
+///
+/// # Errors
+/// [`ErrorKind::PermissionDenied`] naming `GRANT PROCESS` without that privilege;
+/// connection errors.
+pub(crate) async fn load(c: &mut Conn, engine: &MariaDbEngine) -> Result<Vec<SessionInfo>> {
+    require_process(c, engine, "list other accounts' sessions").await?;
+    let own = i64::try_from(conn::number(
+        conn::query_rows(c, "SELECT CONNECTION_ID()")
+            .await?
+            .first()
+            .ok_or_else(|| Error::internal("SELECT CONNECTION_ID() returned no row"))?,
+        0,
+    )?)
+    .map_err(|_| Error::internal("connection id out of range"))?;
+    let processes = processlist(c).await?;
+    // Open transactions: age, and whether a sleeping session holds one.
+    let trx_rows = conn::query_rows(
+        c,
+        "SELECT trx_mysql_thread_id, \
+         TIMESTAMPDIFF(MICROSECOND, trx_started, NOW(6)) / 1000000, trx_state \
+         FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id <> 0",
+    )
+    .await
+    .map_err(|e| e.during("reading information_schema.INNODB_TRX"))?;
+    let mut trx: BTreeMap<i64, (f64, String)> = BTreeMap::new();
+    for r in &trx_rows {
+        let id = conn::number(r, 0)? as i64;
+        let age = float(r, 1)?.unwrap_or(0.0).max(0.0);
+        trx.insert(id, (age, conn::opt_text(r, 2)?.unwrap_or_default()));
+    }
+    let mut blocked = row_lock_waits(c).await;
+    let mdl = metadata_lock_waits(c, &processes).await;
+    for (waiter, holders) in &mdl.blocked_by {
+        blocked.entry(*waiter).or_default().extend(holders);
+    }
+    let programs = program_names(c).await;
+
+    let mut out = Vec::with_capacity(processes.len());
+    for p in processes {
+        let kind = kind_of(&p, own);
+        let command = p.command.to_ascii_lowercase();
+        let open = trx.get(&p.id);
+        let state = match command.as_str() {
+            "sleep" if open.is_some() => "idle in transaction".to_owned(),
+            "sleep" => "idle".to_owned(),
+            _ => command.clone(),
+        };
+        let running = !matches!(command.as_str(), "sleep" | "daemon" | "binlog dump");
+        let mut wait = p.state.clone().filter(|s| !s.is_empty());
+        if open.is_some_and(|(_, s)| s == "LOCK WAIT") {
+            wait = Some("row lock (InnoDB)".to_owned());
+        }
+        if let Some(note) = mdl.notes.get(&p.id) {
+            wait = Some(note.clone());
+        }
+        let blocked_by: Vec<i64> = blocked
+            .get(&p.id)
+            .map(|b| b.iter().copied().filter(|b| *b != p.id).collect())
+            .unwrap_or_default();
+        out.push(
+            shapes::Session {
+                id: p.id,
+                kind,
+                user: p.user.clone(),
+                database: p.db.clone(),
+                application: programs.get(&p.id).cloned(),
+                client: p.host.clone(),
+                state,
+                wait,
+                query: p.info.as_deref().map(|q| truncate(q, 1000)),
+                query_seconds: if running { p.seconds } else { None },
+                transaction_seconds: open.map(|(age, _)| *age),
+                state_seconds: p.seconds,
+                blocked_by,
+            }
+            .build()?,
+        );
+    }
+    Ok(out)
+}
+
+/// The processlist; `TIME_MS` where the server has it (MariaDB), whole seconds
+/// otherwise (MySQL).
+async fn processlist(c: &mut Conn) -> Result<Vec<Process>> {
+    let sql = |time: &str| {
+        format!(
+            "SELECT ID, USER, HOST, DB, COMMAND, {time}, STATE, LEFT(INFO, 1000) \
+             FROM information_schema.PROCESSLIST ORDER BY ID"
+        )
+    };
+    let rows = match conn::query_rows(c, &sql("TIME_MS / 1000")).await {
+        Err(e) if error_code(&e) == Some(code::BAD_FIELD) => {
+            conn::query_rows(c, &sql("TIME")).await
+        }
+        other => other,
+    }
+    .map_err(|e| e.during("reading information_schema.PROCESSLIST"))?;
+    rows.iter()
+        .map(|r| {
+            Ok(Process {
+                id: conn::number(r, 0)? as i64,
+                user: conn::opt_text(r, 1)?,
+                host: conn::opt_text(r, 2)?.filter(|h| !h.is_empty()),
+                db: conn::opt_text(r, 3)?,
+                command: conn::opt_text(r, 4)?.unwrap_or_default(),
+                seconds: float(r, 5)?.map(|s| s.max(0.0)),
+                state: conn::opt_text(r, 6)?,
+                info: conn::opt_text(r, 7)?,
+            })
+        })
+        .collect()
+}
+
+/// Own, replication, system or client.
+fn kind_of(p: &Process, own: i64) -> SessionKind {
+    if p.id == own {
+        return SessionKind::Own;
+    }
+    let command = p.command.as_str();
+    let user = p.user.as_deref().unwrap_or_default();
+    if command.starts_with("Binlog Dump")
+        || command.starts_with("Slave_")
+        || command.starts_with("Replica_")
+        || command == "Register Slave"
+    {
+        return SessionKind::Replication;
+    }
+    if user == "system user" {
+        // Replica threads (MySQL shows them as Connect / Query of `system user`,
+        // with a replication state) are replication, the rest are the server's.
+        let state = p.state.as_deref().unwrap_or_default().to_ascii_lowercase();
+        if state.contains("master") || state.contains("source") || state.contains("relay log") {
+            return SessionKind::Replication;
+        }
+        return SessionKind::System;
+    }
+    if matches!(user, "event_scheduler" | "DELAYED" | "system user")
+        || matches!(command, "Daemon" | "Delayed insert")
+    {
+        return SessionKind::System;
+    }
+    SessionKind::Client
+}
+
+/// Waiter → the sessions holding the row locks it waits for. A server without the
+/// tables (or a reading error) gives no edges: the sessions still show, their
+/// `wait` says `row lock`.
+async fn row_lock_waits(c: &mut Conn) -> BTreeMap<i64, BTreeSet<i64>> {
+    let mariadb = "SELECT r.trx_mysql_thread_id, b.trx_mysql_thread_id \
+                   FROM information_schema.INNODB_LOCK_WAITS w \
+                   JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id \
+                   JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id";
+    let mysql = "SELECT r.trx_mysql_thread_id, b.trx_mysql_thread_id \
+                 FROM performance_schema.data_lock_waits w \
+                 JOIN information_schema.INNODB_TRX r \
+                   ON r.trx_id = w.REQUESTING_ENGINE_TRANSACTION_ID \
+                 JOIN information_schema.INNODB_TRX b \
+                   ON b.trx_id = w.BLOCKING_ENGINE_TRANSACTION_ID";
+    let rows = match conn::query_rows(c, mariadb).await {
+        Err(e) if error_code(&e) == Some(code::UNKNOWN_TABLE) => conn::query_rows(c, mysql).await,
+        other => other,
+    };
+    let mut out: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
+    match rows {
+        Ok(rows) => {
+            for r in &rows {
+                if let (Ok(w), Ok(b)) = (conn::number(r, 0), conn::number(r, 1)) {
+                    out.entry(w as i64).or_default().insert(b as i64);
+                }
+            }
+        }
+        Err(e) => tracing::debug!("row lock waits are unknown: {e}"),
+    }
+    out
+}
+
+/// Who waits for a metadata lock held by whom.
+#[derive(Default)]
+struct MdlWaits {
+    blocked_by: BTreeMap<i64, BTreeSet<i64>>,
+    /// The `wait` text of each waiter.
+    notes: BTreeMap<i64, String>,
+}
+
+/// The holders of the metadata locks that sessions in [`MDL_WAIT`] wait for, from
+/// `information_schema.METADATA_LOCK_INFO` (the `metadata_lock_info` plugin; it lists
+/// granted locks only, so a waiter's holders are the other sessions holding a lock
+/// on a table its statement names). Without the plugin the waiter's `wait` says how
+/// to install it.
+async fn metadata_lock_waits(c: &mut Conn, processes: &[Process]) -> MdlWaits {
+    let mut out = MdlWaits::default();
+    let waiters: Vec<&Process> = processes
+        .iter()
+        .filter(|p| p.state.as_deref() == Some(MDL_WAIT))
+        .collect();
+    if waiters.is_empty() {
+        return out;
+    }
+    let held = match table_locks(c).await {
+        Ok(held) => held,
+        Err(e) => {
+            let why = if error_code(&e) == Some(code::UNKNOWN_TABLE) {
+                "the holder is unknown: install the metadata_lock_info plugin to see it \
+                 (INSTALL SONAME 'metadata_lock_info')"
+                    .to_owned()
+            } else {
+                format!("the holder is unknown: {e}")
+            };
+            for w in waiters {
+                out.notes.insert(w.id, format!("{MDL_WAIT} ({why})"));
+            }
+            return out;
+        }
+    };
+    for w in waiters {
+        let text = w.info.as_deref().unwrap_or_default().to_ascii_lowercase();
+        let holders: BTreeSet<i64> = held
+            .iter()
+            .filter(|h| h.thread != w.id && names_table(&text, &h.db, &h.table))
+            .map(|h| h.thread)
+            .collect();
+        let tables: BTreeSet<String> = held
+            .iter()
+            .filter(|h| holders.contains(&h.thread) && names_table(&text, &h.db, &h.table))
+            .map(|h| format!("{}.{}", h.db, h.table))
+            .collect();
+        let note = if tables.is_empty() {
+            MDL_WAIT.to_owned()
+        } else {
+            format!(
+                "{MDL_WAIT} on {}",
+                tables.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        };
+        out.notes.insert(w.id, note);
+        out.blocked_by.insert(w.id, holders);
+    }
+    out
+}
+
+/// A granted metadata lock on a table.
+pub(crate) struct HeldLock {
+    pub(crate) thread: i64,
+    pub(crate) mode: String,
+    pub(crate) db: String,
+    pub(crate) table: String,
+}
+
+/// The granted table metadata locks (`metadata_lock_info` plugin).
+///
+/// # Errors
+/// [`code::UNKNOWN_TABLE`] when the plugin is not installed.
+pub(crate) async fn table_locks(c: &mut Conn) -> Result<Vec<HeldLock>> {
+    let rows = conn::query_rows(
+        c,
+        "SELECT THREAD_ID, LOCK_MODE, TABLE_SCHEMA, TABLE_NAME \
+         FROM information_schema.METADATA_LOCK_INFO \
+         WHERE LOCK_TYPE = 'Table metadata lock' AND THREAD_ID <> CONNECTION_ID()",
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(HeldLock {
+                thread: conn::number(r, 0)? as i64,
+                mode: conn::opt_text(r, 1)?.unwrap_or_default(),
+                db: conn::opt_text(r, 2)?.unwrap_or_default(),
+                table: conn::opt_text(r, 3)?.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Whether statement `text` (lower case) names table `table` (as a word).
+fn names_table(text: &str, _db: &str, table: &str) -> bool {
+    let table = table.to_ascii_lowercase();
+    if table.is_empty() {
+        return false;
+    }
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
+    text.match_indices(&table).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + table.len()..].chars().next();
+        !before.is_some_and(word) && !after.is_some_and(word)
+    })
+}
+
+/// `program_name` of each connection, from `performance_schema.session_connect_attrs`
+/// (empty when performance_schema is off or the client sent none).
+async fn program_names(c: &mut Conn) -> BTreeMap<i64, String> {
+    let mut out = BTreeMap::new();
+    let rows = conn::query_rows(
+        c,
+        "SELECT PROCESSLIST_ID, ATTR_VALUE FROM performance_schema.session_connect_attrs \
+         WHERE ATTR_NAME = 'program_name'",
+    )
+    .await;
+    match rows {
+        Ok(rows) => {
+            for r in &rows {
+                if let (Ok(id), Ok(Some(name))) = (conn::number(r, 0), conn::opt_text(r, 1)) {
+                    out.insert(id as i64, name);
+                }
+            }
+        }
+        Err(e) => tracing::debug!("no connection attributes: {e}"),
+    }
+    out
+}
+
+/// Ends the sessions that pass `filter`; see `Maintenance::end_sessions`.
+pub(crate) async fn end(
+    engine: &MariaDbEngine,
+    filter: &SessionFilter,
+    options: &EndOptions,
+) -> Result<EndReport> {
+    let mut c = connect(engine, "").await?;
+    let result = end_on(&mut c, engine, filter, options).await;
+    super::close(c).await;
+    result
+}
+
+async fn end_on(
+    c: &mut Conn,
+    engine: &MariaDbEngine,
+    filter: &SessionFilter,
+    options: &EndOptions,
+) -> Result<EndReport> {
+    let all = load(c, engine).await?;
+    let chosen = filter.select(&all);
+    let mut report = EndReport::default();
+    let mut outcomes: Vec<Ended> = Vec::with_capacity(chosen.len());
+    for s in &chosen {
+        let outcome = if !s.kind.may_end() {
+            Ended::Refused
+        } else if options.dry_run {
+            if options.mode == EndMode::Terminate {
+                Ended::WouldTerminate
+            } else {
+                Ended::WouldCancel
+            }
+        } else if kill(c, engine, "QUERY", s.id).await? {
+            Ended::Cancelled
+        } else {
+            Ended::Gone
+        };
+        outcomes.push(outcome);
+    }
+    if options.mode == EndMode::Terminate
+        && !options.dry_run
+        && outcomes.contains(&Ended::Cancelled)
+    {
+        tokio::time::sleep(options.grace).await;
+        let still: BTreeSet<i64> = conn::query_rows(
+            c,
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()",
+        )
+        .await?
+        .iter()
+        .filter_map(|r| conn::number(r, 0).ok().map(|n| n as i64))
+        .collect();
+        for (s, outcome) in chosen.iter().zip(outcomes.iter_mut()) {
+            if *outcome == Ended::Cancelled
+                && still.contains(&s.id)
+                && kill(c, engine, "CONNECTION", s.id).await?
+            {
+                *outcome = Ended::Terminated;
+            }
+        }
+    }
+    for (s, outcome) in chosen.into_iter().zip(outcomes) {
+        report.sessions.push(shapes::ended(s, outcome)?);
+    }
+    Ok(report)
+}
+
+/// `KILL QUERY` or `KILL CONNECTION`; false when the session is gone.
+async fn kill(c: &mut Conn, engine: &MariaDbEngine, what: &str, id: i64) -> Result<bool> {
+    match conn::exec(c, &format!("KILL {what} {id}")).await {
+        Ok(()) => Ok(true),
+        Err(e) if error_code(&e) == Some(code::NO_SUCH_THREAD) => Ok(false),
+        Err(e)
+            if matches!(
+                error_code(&e),
+                Some(code::KILL_DENIED | code::SPECIFIC_ACCESS_DENIED)
+            ) =>
+        {
+            Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "connection {id} belongs to another account and this one may not end it \
+                     ({}): GRANT CONNECTION ADMIN ON *.* TO {} (MariaDB 10.5+; SUPER on older \
+                     servers, CONNECTION_ADMIN on MySQL 8)",
+                    e.message(),
+                    grantee(engine)
+                ),
+            )
+            .with_context("code", code::KILL_DENIED))
+        }
+        Err(e) => Err(e.during(format!("KILL {what} {id}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: i64, user: &str, command: &str, state: &str) -> Process {
+        Process {
+            id,
+            user: Some(user.into()),
+            host: None,
+            db: None,
+            command: command.into(),
+            seconds: None,
+            state: Some(state.into()),
+            info: None,
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind_of(&p(1, "app", "Query", ""), 1), SessionKind::Own);
+        assert_eq!(kind_of(&p(2, "app", "Query", ""), 1), SessionKind::Client);
+        assert_eq!(
+            kind_of(&p(3, "repl", "Binlog Dump", ""), 1),
+            SessionKind::Replication
+        );
+        assert_eq!(
+            kind_of(&p(4, "system user", "Slave_IO", ""), 1),
+            SessionKind::Replication
+        );
+        assert_eq!(
+            kind_of(&p(5, "system user", "Daemon", "InnoDB purge worker"), 1),
+            SessionKind::System
+        );
+        assert_eq!(
+            kind_of(&p(6, "event_scheduler", "Daemon", ""), 1),
+            SessionKind::System
+        );
+    }
+
+    #[test]
+    fn table_names_match_as_words() {
+        assert!(names_table("alter table `t` force", "d", "t"));
+        assert!(names_table("select * from d.orders where 1", "d", "orders"));
+        assert!(!names_table("select * from orders2", "d", "orders"));
+    }
+}
