@@ -1,31 +1,496 @@
-//! PLACEHOLDER (being written): sessions, ending them, read-only queries.
-use std::time::Duration;
+//! The server's sessions (`pg_stat_activity` with `pg_blocking_pids`), ending them
+//! (`pg_cancel_backend`, then `pg_terminate_backend` after a grace period), and the
+//! read-only query runner of the integrity checks.
+//!
+//! Also here: [`shape`], which builds the `#[non_exhaustive]` report types of
+//! `ops_core::maintain` that have neither `Default` nor a constructor, and
+//! [`require_stats`], the privilege check every report on other users' sessions runs
+//! first. What must not live here: the inspection reports (`inspect.rs`).
 
-use ops_core::maintain::{EndOptions, EndReport, QueryRows, SessionFilter, SessionInfo};
-use ops_core::{Error, Result};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
+use futures::{StreamExt, pin_mut};
+use ops_core::maintain::{
+    EndMode, EndOptions, EndReport, Ended, EndedSession, QueryRows, SessionFilter, SessionInfo,
+    SessionKind,
+};
+use ops_core::{Error, ErrorKind, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::connect;
 use crate::PostgresEngine;
+use crate::errors::{column, query_error};
+
+/// Builds the core type `T` from `m`, a local struct with the same fields, through
+/// their serde shape: the report types are `#[non_exhaustive]` without constructors,
+/// so this crate cannot write them as struct literals. The unit tests build each one,
+/// so a field added in the core shows as a failing test, not as a wrong report.
+pub(super) fn shape<M: Serialize, T: DeserializeOwned>(m: &M, what: &str) -> Result<T> {
+    serde_json::to_value(m)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            Error::internal(format!(
+                "building a {what} (did ops-core's fields change? update ops-postgres \
+                 maintain/sessions.rs and inspect.rs): {e}"
+            ))
+        })
+}
+
+/// The fields of [`SessionInfo`].
+#[derive(Serialize)]
+struct Session {
+    id: i64,
+    kind: SessionKind,
+    user: Option<String>,
+    database: Option<String>,
+    application: Option<String>,
+    client: Option<String>,
+    state: String,
+    wait: Option<String>,
+    query: Option<String>,
+    query_seconds: Option<f64>,
+    transaction_seconds: Option<f64>,
+    state_seconds: Option<f64>,
+    blocked_by: Vec<i64>,
+}
+
+fn ended(session: SessionInfo, outcome: Ended) -> Result<EndedSession> {
+    #[derive(Serialize)]
+    struct M {
+        session: SessionInfo,
+        outcome: Ended,
+    }
+    shape(&M { session, outcome }, "EndedSession")
+}
+
+/// Fails unless the session's user is a superuser or a member of `pg_read_all_stats`
+/// (`pg_monitor` includes it): without it PostgreSQL shows other users' sessions and
+/// statements without state, timings, wait events or text, which would read as
+/// "nothing running, nothing waiting". `to` says what could not be done.
+///
+/// # Errors
+/// [`ErrorKind::PermissionDenied`] naming `GRANT pg_monitor TO <user>`.
+pub(super) async fn require_stats(client: &Client, to: &str) -> Result<()> {
+    let doing = "checking whether the user may see other users' sessions";
+    let row = client
+        .query_one(
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+                    OR coalesce((SELECT rolsuper FROM pg_roles
+                                  WHERE rolname = current_user), false),
+                    quote_ident(current_user)",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(e, doing))?;
+    if column::<bool>(&row, 0, doing)? {
+        return Ok(());
+    }
+    let user: String = column(&row, 1, doing)?;
+    Err(Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "user {user} may not see other users' sessions, so dbops cannot {to} \
+             (PostgreSQL would show them without state, timings or query text); grant it \
+             pg_monitor: GRANT pg_monitor TO {user}"
+        ),
+    ))
+}
+
+/// The kind of a backend from its `backend_type`.
+fn kind_of(backend_type: Option<&str>, own: bool) -> SessionKind {
+    if own {
+        return SessionKind::Own;
+    }
+    match backend_type {
+        Some("walsender" | "walreceiver") => SessionKind::Replication,
+        Some("client backend") => SessionKind::Client,
+        // Autovacuum, background and parallel workers, checkpointer, ...; and a backend
+        // whose type the server does not say is not ours to end.
+        _ => SessionKind::System,
+    }
+}
+
+/// Every session of the server, the asking one marked [`SessionKind::Own`].
+pub(super) async fn load(client: &Client) -> Result<Vec<SessionInfo>> {
+    require_stats(client, "list the server's sessions").await?;
+    let doing = "reading pg_stat_activity";
+    // pg_blocking_pids takes the lock manager's locks: ask only for waiting sessions.
+    let rows = client
+        .query(
+            "SELECT a.pid::int8, a.backend_type, a.usename::text, a.datname::text,
+                    nullif(a.application_name, ''), host(a.client_addr), a.state,
+                    a.wait_event_type || ':' || a.wait_event, left(a.query, 1000),
+                    extract(epoch FROM now() - a.query_start)::float8,
+                    extract(epoch FROM now() - a.xact_start)::float8,
+                    extract(epoch FROM now() - a.state_change)::float8,
+                    CASE WHEN a.wait_event_type = 'Lock' OR a.wait_event = 'SafeSnapshot'
+                         THEN pg_blocking_pids(a.pid) END,
+                    a.pid = pg_backend_pid()
+               FROM pg_stat_activity a
+              ORDER BY a.pid",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(e, doing))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let backend_type: Option<String> = column(r, 1, doing)?;
+        let own: bool = column::<Option<bool>>(r, 13, doing)?.unwrap_or(false);
+        let state: Option<String> = column(r, 6, doing)?;
+        let active = state.as_deref() == Some("active");
+        let blocked: Option<Vec<i32>> = column(r, 12, doing)?;
+        let s = Session {
+            id: column(r, 0, doing)?,
+            kind: kind_of(backend_type.as_deref(), own),
+            user: column(r, 2, doing)?,
+            database: column(r, 3, doing)?,
+            application: column(r, 4, doing)?,
+            client: column(r, 5, doing)?,
+            // System processes have no state.
+            state: state.unwrap_or_default(),
+            wait: column(r, 7, doing)?,
+            query: column(r, 8, doing)?,
+            // query_start stays at the last query of an idle session: its age is not
+            // "running for", so it is given for running queries only.
+            query_seconds: if active { column(r, 9, doing)? } else { None },
+            transaction_seconds: column(r, 10, doing)?,
+            state_seconds: column(r, 11, doing)?,
+            blocked_by: blocked
+                .unwrap_or_default()
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+        };
+        out.push(shape(&s, "SessionInfo")?);
+    }
+    Ok(out)
+}
 
 pub(crate) async fn sessions(
-    _engine: &PostgresEngine,
-    _filter: &SessionFilter,
+    engine: &PostgresEngine,
+    filter: &SessionFilter,
 ) -> Result<Vec<SessionInfo>> {
-    Err(Error::invalid("not written yet"))
+    let client = connect(engine).await?;
+    let all = load(&client).await?;
+    Ok(filter.select(&all))
+}
+
+/// Who the asking user is, for the signalling rules.
+struct Signaller {
+    /// As an SQL identifier (quoted where needed), to be pasted into a GRANT.
+    user: String,
+    superuser: bool,
+    signal_backend: bool,
+}
+
+async fn signaller(client: &Client) -> Result<Signaller> {
+    let doing = "checking whether the user may end other sessions";
+    let row = client
+        .query_one(
+            "SELECT quote_ident(current_user),
+                    coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                             false),
+                    pg_has_role(current_user, 'pg_signal_backend', 'USAGE')",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(e, doing))?;
+    Ok(Signaller {
+        user: column(&row, 0, doing)?,
+        superuser: column(&row, 1, doing)?,
+        signal_backend: column(&row, 2, doing)?,
+    })
+}
+
+/// Fails, before anything is signalled, when `who` may not signal one of `targets`
+/// (PostgreSQL's rules: a superuser may signal anyone; a member of the session's
+/// role may signal it; `pg_signal_backend` reaches every non-superuser's session).
+async fn check_may_signal(
+    client: &Client,
+    who: &Signaller,
+    targets: &[&SessionInfo],
+) -> Result<()> {
+    if who.superuser {
+        return Ok(());
+    }
+    let doing = "checking the roles of the sessions to end";
+    let quoted = &who.user;
+    for t in targets {
+        let Some(user) = t.user.as_deref() else {
+            continue;
+        };
+        let row = client
+            .query_one(
+                "SELECT coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = $1), false),
+                        coalesce((SELECT pg_has_role(current_user, oid, 'USAGE')
+                                    FROM pg_roles WHERE rolname = $1), false)",
+                &[&user],
+            )
+            .await
+            .map_err(|e| query_error(e, doing))?;
+        let (target_super, member): (bool, bool) =
+            (column(&row, 0, doing)?, column(&row, 1, doing)?);
+        if target_super {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "user {quoted} may not end session {} of superuser {user}: only a \
+                     superuser may (pg_signal_backend does not reach superusers' sessions); \
+                     run this as a superuser",
+                    t.id
+                ),
+            ));
+        }
+        if !member && !who.signal_backend {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "user {quoted} may not end session {} of user {user}; grant it \
+                     pg_signal_backend: GRANT pg_signal_backend TO {quoted}",
+                    t.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Sends `function` (`pg_cancel_backend`, `pg_terminate_backend`) to `pid`: whether
+/// the backend was there to receive it.
+async fn signal(client: &Client, function: &str, pid: i64, user: &str) -> Result<bool> {
+    let doing = format!("{function}({pid})");
+    let row = client
+        .query_one(&format!("SELECT {function}($1::int4)"), &[&(pid as i32)])
+        .await
+        .map_err(|e| {
+            let err = query_error(e, &doing);
+            if err.kind() == ErrorKind::PermissionDenied {
+                let quoted = user;
+                Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("{err}; grant pg_signal_backend: GRANT pg_signal_backend TO {quoted}"),
+                )
+            } else {
+                err
+            }
+        })?;
+    Ok(column::<Option<bool>>(&row, 0, &doing)?.unwrap_or(false))
+}
+
+/// Of `pids`: the ones still there, and the ones among them that block someone.
+async fn still_there(client: &Client, pids: &[i64]) -> Result<(BTreeSet<i64>, BTreeSet<i64>)> {
+    let doing = "checking whether the signalled sessions are gone";
+    let rows = client
+        .query(
+            "SELECT a.pid::int8,
+                    EXISTS (SELECT 1 FROM pg_stat_activity w
+                             WHERE w.wait_event_type = 'Lock'
+                               AND a.pid = ANY (pg_blocking_pids(w.pid)))
+               FROM pg_stat_activity a WHERE a.pid::int8 = ANY ($1)",
+            &[&pids],
+        )
+        .await
+        .map_err(|e| query_error(e, doing))?;
+    let mut there = BTreeSet::new();
+    let mut blocking = BTreeSet::new();
+    for r in &rows {
+        let pid: i64 = column(r, 0, doing)?;
+        there.insert(pid);
+        if column::<Option<bool>>(r, 1, doing)?.unwrap_or(false) {
+            blocking.insert(pid);
+        }
+    }
+    Ok((there, blocking))
 }
 
 pub(crate) async fn end_sessions(
-    _engine: &PostgresEngine,
-    _filter: &SessionFilter,
-    _options: &EndOptions,
+    engine: &PostgresEngine,
+    filter: &SessionFilter,
+    options: &EndOptions,
 ) -> Result<EndReport> {
-    Err(Error::invalid("not written yet"))
+    let client = connect(engine).await?;
+    let all = load(&client).await?;
+    let selected = filter.select(&all);
+    let blockers: BTreeSet<i64> = all.iter().flat_map(|s| s.blocked_by.clone()).collect();
+    let endable: Vec<&SessionInfo> = selected.iter().filter(|s| s.kind.may_end()).collect();
+    if !options.dry_run && !endable.is_empty() {
+        let who = signaller(&client).await?;
+        check_may_signal(&client, &who, &endable).await?;
+        let mut outcome = std::collections::BTreeMap::new();
+        // Cancel every query first, then wait for all of them together: the grace
+        // period is spent once, not once per session.
+        for s in &endable {
+            let there = signal(&client, "pg_cancel_backend", s.id, &who.user).await?;
+            outcome.insert(s.id, if there { Ended::Cancelled } else { Ended::Gone });
+        }
+        if options.mode == EndMode::Terminate {
+            let deadline = Instant::now() + options.grace;
+            let mut waiting: Vec<i64> = outcome
+                .iter()
+                .filter(|(_, o)| **o == Ended::Cancelled)
+                .map(|(id, _)| *id)
+                .collect();
+            loop {
+                let (there, blocking) = still_there(&client, &waiting).await?;
+                waiting.retain(|id| {
+                    if !there.contains(id) {
+                        outcome.insert(*id, Ended::Gone);
+                        return false;
+                    }
+                    // A blocker whose blocking ended with its cancelled query need not
+                    // lose its session.
+                    !(blockers.contains(id) && !blocking.contains(id))
+                });
+                if waiting.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for id in waiting {
+                let there = signal(&client, "pg_terminate_backend", id, &who.user).await?;
+                outcome.insert(
+                    id,
+                    if there {
+                        Ended::Terminated
+                    } else {
+                        Ended::Gone
+                    },
+                );
+            }
+        }
+        let mut report = EndReport::default();
+        for s in selected {
+            let o = if s.kind.may_end() {
+                outcome.get(&s.id).copied().unwrap_or(Ended::Gone)
+            } else {
+                Ended::Refused
+            };
+            report.sessions.push(ended(s, o)?);
+        }
+        return Ok(report);
+    }
+    let mut report = EndReport::default();
+    for s in selected {
+        let o = match (s.kind.may_end(), options.mode) {
+            (false, _) => Ended::Refused,
+            (true, EndMode::Cancel) => Ended::WouldCancel,
+            (true, _) => Ended::WouldTerminate,
+        };
+        report.sessions.push(ended(s, o)?);
+    }
+    Ok(report)
 }
 
 pub(crate) async fn query_rows(
-    _engine: &PostgresEngine,
-    _sql: &str,
-    _timeout: Duration,
-    _sample: usize,
+    engine: &PostgresEngine,
+    sql: &str,
+    timeout: Duration,
+    sample: usize,
 ) -> Result<QueryRows> {
-    Err(Error::invalid("not written yet"))
+    let client = connect(engine).await?;
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
+    client
+        .batch_execute(&format!(
+            "BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}"
+        ))
+        .await
+        .map_err(|e| query_error(e, "starting a read-only transaction"))?;
+    let result = run_counted(&client, sql, sample).await;
+    // Nothing was written (read-only), and the connection ends here anyway.
+    let _ = client.batch_execute("ROLLBACK").await;
+    result
+}
+
+/// Runs `sql` inside the open transaction, counting every row and keeping the first
+/// `sample` as text, without holding more than one row at a time beyond the sample.
+async fn run_counted(client: &Client, sql: &str, sample: usize) -> Result<QueryRows> {
+    let doing = "running the query";
+    // Preparing it first refuses several statements in one string ("SELECT 1;
+    // COMMIT; DELETE ..."), which the simple protocol below would run one after the
+    // other, out of the read-only transaction; and it gives the columns of a query
+    // that returns no rows.
+    let statement = client
+        .prepare(sql)
+        .await
+        .map_err(|e| query_error(e, doing))?;
+    let columns: Vec<String> = statement
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    // The simple protocol returns every value as text, as the server prints it.
+    let stream = client
+        .simple_query_raw(sql)
+        .await
+        .map_err(|e| query_error(e, doing))?;
+    pin_mut!(stream);
+    let mut count = 0u64;
+    let mut rows = Vec::new();
+    while let Some(message) = stream.next().await {
+        if let SimpleQueryMessage::Row(row) = message.map_err(|e| query_error(e, doing))? {
+            count += 1;
+            if rows.len() < sample {
+                rows.push(
+                    (0..row.len())
+                        .map(|i| row.try_get(i).ok().flatten().map(str::to_owned))
+                        .collect(),
+                );
+            }
+        }
+    }
+    Ok(QueryRows::new(count, columns, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_build_their_core_types() {
+        let s: SessionInfo = shape(
+            &Session {
+                id: 7,
+                kind: SessionKind::Client,
+                user: Some("app".into()),
+                database: None,
+                application: None,
+                client: None,
+                state: "idle in transaction".into(),
+                wait: None,
+                query: None,
+                query_seconds: None,
+                transaction_seconds: Some(1.5),
+                state_seconds: Some(2.0),
+                blocked_by: vec![3],
+            },
+            "SessionInfo",
+        )
+        .expect("session");
+        assert_eq!((s.id, s.blocked_by.as_slice()), (7, &[3][..]));
+        let e = ended(s, Ended::Terminated).expect("ended");
+        assert_eq!(e.outcome, Ended::Terminated);
+    }
+
+    #[test]
+    fn backend_types_map_to_kinds() {
+        assert_eq!(kind_of(Some("client backend"), false), SessionKind::Client);
+        assert_eq!(kind_of(Some("client backend"), true), SessionKind::Own);
+        assert_eq!(kind_of(Some("walsender"), false), SessionKind::Replication);
+        assert_eq!(
+            kind_of(Some("walreceiver"), false),
+            SessionKind::Replication
+        );
+        assert_eq!(
+            kind_of(Some("autovacuum worker"), false),
+            SessionKind::System
+        );
+        assert_eq!(
+            kind_of(Some("background worker"), false),
+            SessionKind::System
+        );
+        assert_eq!(kind_of(None, false), SessionKind::System);
+    }
 }
