@@ -480,7 +480,7 @@ impl Runner {
                     }
                     let failed: Vec<String> = integrity
                         .iter()
-                        .filter(|r| r.status != ops_core::HealthStatus::Healthy)
+                        .filter(|r| !r.holds())
                         .map(describe_integrity)
                         .collect();
                     if !failed.is_empty() {

@@ -568,9 +568,7 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
             let check = verify_by_restore(&repo, m, a, &checks).await;
             match check {
                 Ok((c, integrity)) => {
-                    let holds = integrity
-                        .iter()
-                        .all(|r| r.status == ops_core::HealthStatus::Healthy);
+                    let holds = integrity.iter().all(|r| r.holds());
                     let ok = c.ok() && holds;
                     damaged |= !ok;
                     restores.push(

@@ -107,8 +107,7 @@ async fn integrity_checks_find_an_injected_orphan_and_duplicate_in_pagila_and_it
         &[
             "-c",
             "SET session_replication_role = replica; \
-             INSERT INTO rental (rental_date, inventory_id, customer_id, staff_id) \
-             VALUES ('2022-06-01', 1, 99999, 1)",
+             INSERT INTO rental (inventory_id, customer_id, staff_id) VALUES (999999, 32000, 1)",
             "-c",
             "INSERT INTO customer (store_id, first_name, last_name, email, address_id) \
              SELECT store_id, 'DUP', 'LICATE', email, address_id FROM customer WHERE customer_id = 1",
@@ -145,7 +144,7 @@ async fn integrity_checks_find_an_injected_orphan_and_duplicate_in_pagila_and_it
         orphan["rows"]["columns"],
         serde_json::json!(["rental_id", "customer_id"])
     );
-    assert_eq!(orphan["rows"]["sample"][0][1], "99999", "{orphan}");
+    assert_eq!(orphan["rows"]["sample"][0][1], "32000", "{orphan}");
     let dup = check(&doc, "duplicate-emails");
     assert_eq!(dup["status"], "degraded");
     assert_eq!(dup["rows"]["sample"][0][0], email, "{dup}");
@@ -159,11 +158,45 @@ async fn integrity_checks_find_an_injected_orphan_and_duplicate_in_pagila_and_it
         r.stdout
     );
 
-    // The backup restores, but the application's invariants do not hold in the copy:
-    // verify --restore says so (exit 3) and names the check.
+    // A backup of a database whose foreign keys are broken cannot be restored (the
+    // constraint cannot be created): take the orphan out, and break an invariant that
+    // a restore carries over instead.
+    psql(
+        &pg,
+        "pagila",
+        &[
+            "-c",
+            "DELETE FROM rental WHERE customer_id = 32000",
+            "-c",
+            "UPDATE customer SET email = NULL WHERE customer_id = 2",
+        ],
+    );
+    let verify_config = write_config(
+        &ctx,
+        "verify.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+
+[databases.pagila]
+url = "{url}"
+
+[checks.customers-have-email]
+database = "pagila"
+sql = "SELECT customer_id FROM customer WHERE email IS NULL"
+
+[checks.duplicate-emails]
+database = "pagila"
+sql = "{DUPLICATE_SQL}"
+severity = "warn"
+"#,
+            state = ctx.dir.path().join("state").display(),
+            url = pg.url_for("pagila"),
+        ),
+    );
     ctx.init();
     ctx.run(&["backup", &pg.url_for("pagila")]).ok();
-    let mut cmd = common::dbops(&ctx, &config, &["verify", "--restore", "--json"]);
+    let mut cmd = common::dbops(&ctx, &verify_config, &["verify", "--restore", "--json"]);
     cmd.env("DBOPS_REPO", &ctx.repo);
     let o = cmd.output().expect("run dbops");
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -180,15 +213,40 @@ async fn integrity_checks_find_an_injected_orphan_and_duplicate_in_pagila_and_it
             .as_array()
             .map(|t| t.iter().all(|t| t["matches"] == true)),
         Some(true),
-        "{restore}"
+        "the backup itself restores: {restore}"
     );
     let on_copy = restore["integrity"].as_array().expect("integrity results");
-    let orphan = on_copy
-        .iter()
-        .find(|c| c["name"] == "orphan-rentals")
-        .expect("orphan check ran on the copy");
-    assert_eq!(orphan["rows"]["sample"][0][1], "99999");
+    let named = |n: &str| {
+        on_copy
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("{n} did not run on the copy: {restore}"))
+    };
+    assert_eq!(named("customers-have-email")["status"], "unhealthy");
+    assert_eq!(named("customers-have-email")["rows"]["sample"][0][0], "2");
+    assert_eq!(named("duplicate-emails")["status"], "degraded");
     assert_eq!(restore["ok"], false);
+
+    // A warning alone does not fail the proof.
+    psql(
+        &pg,
+        "pagila",
+        &[
+            "-c",
+            "UPDATE customer SET email = 'x@example.org' WHERE customer_id = 2",
+        ],
+    );
+    ctx.run(&["backup", &pg.url_for("pagila")]).ok();
+    let mut cmd = common::dbops(&ctx, &verify_config, &["verify", "--restore"]);
+    cmd.env("DBOPS_REPO", &ctx.repo);
+    let o = cmd.output().expect("run dbops");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("integrity degraded   duplicate-emails on the restored copy: 1 rows")
+            && stdout.contains("integrity ok         customers-have-email"),
+        "{stdout}"
+    );
 }
 
 /// A table of `rows` rows and the digest of its content, for the archive tests.

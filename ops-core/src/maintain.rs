@@ -1138,6 +1138,12 @@ impl IntegrityCheck {
 }
 
 impl IntegrityResult {
+    /// Whether the invariant holds well enough for a restore proof: no error-severity
+    /// violation, and the check could run (a warning is reported, not failed).
+    pub fn holds(&self) -> bool {
+        matches!(self.status, HealthStatus::Healthy | HealthStatus::Degraded)
+    }
+
     /// The verdict of check `name` that could not run, and why.
     pub fn unknown(name: impl Into<String>, error: impl Into<String>) -> Self {
         Self {
