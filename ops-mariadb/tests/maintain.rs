@@ -767,7 +767,8 @@ async fn archive(server: &EphemeralMariaDb) {
                 target - before,
                 outcome.as_ref().map(|r| r.rows)
             );
-            assert!(outcome.is_err(), "round {round}: {outcome:?}");
+            let e = outcome.unwrap_err();
+            assert!(e.to_string().contains("resume"), "round {round}: {e}");
         }
         // Wait for the server to roll back the interrupted batch, then count.
         until("the killed archiver's connection is gone", || async {
@@ -809,5 +810,53 @@ async fn archive(server: &EphemeralMariaDb) {
         .await
         .unwrap();
     assert_eq!((done.rows, done.remaining), (0, 0));
+
+    // A transaction open longer than the limit holds archiving back, up to max_wait.
+    let mut old = root(server, "arc").await;
+    old.query_drop("START TRANSACTION").await.unwrap();
+    old.query_drop("SELECT * FROM nopk FOR UPDATE")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let waited = Instant::now();
+    let e = db
+        .archive(
+            &ArchiveSpec::new("src", "TRUE", "arch")
+                .with_limits(Duration::from_secs(10), Duration::from_secs(1))
+                .with_max_wait(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+    assert!(
+        e.to_string().contains(&format!("connection {}", old.id())),
+        "{e}"
+    );
+    assert!(waited.elapsed() >= Duration::from_secs(2));
+    old.query_drop("ROLLBACK").await.unwrap();
+    drop(old);
+
+    // A composite primary key, string and number, in small batches.
+    server
+        .execute(
+            "arc",
+            "CREATE TABLE pair (region VARCHAR(10), n INT, v INT, PRIMARY KEY (region, n)); \
+             INSERT INTO pair SELECT ELT(1 + seq % 3, 'eu', 'us', 'Asia'), seq, seq % 5 \
+             FROM seq_1_to_300",
+        )
+        .await
+        .unwrap();
+    let moved = db
+        .archive(&ArchiveSpec::new("pair", "v < 3", "pair_archive").with_batch(7))
+        .await
+        .unwrap();
+    assert_eq!(moved.rows, 180);
+    assert_eq!(moved.batches, 180_u64.div_ceil(7));
+    assert_eq!(moved.remaining, 0);
+    assert_eq!(
+        count(server, "SELECT COUNT(*) FROM pair_archive WHERE v < 3").await,
+        180
+    );
+    assert_eq!(count(server, "SELECT COUNT(*) FROM pair").await, 120);
     eprintln!("archive: {:.1} s", t.elapsed().as_secs_f64());
 }

@@ -46,7 +46,18 @@ pub(crate) async fn archive(engine: &MariaDbEngine, spec: &ArchiveSpec) -> Resul
         let _ = conn::exec(&mut c, "ROLLBACK").await;
     }
     close(c).await;
-    result
+    result.map_err(|e| {
+        if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::Unreachable) {
+            let message = format!(
+                "{}; the batch in flight is rolled back by the server and every committed \
+                 batch stays moved: run the same archive again to resume",
+                e.message()
+            );
+            e.with_message(message)
+        } else {
+            e
+        }
+    })
 }
 
 async fn columns(c: &mut Conn, db: &str, table: &str) -> Result<Vec<Column>> {
