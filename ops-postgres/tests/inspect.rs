@@ -172,6 +172,43 @@ async fn inspection_sessions_and_ending_them_on_a_real_server() {
         // The same, as a role with pg_monitor only.
         let mon = engine_as(&server, "conf", "mon", PW);
         ops_core::testkit::maintain::conformance(&mon).await;
+
+        // Several statements in one string cannot leave the read-only transaction.
+        let t = Duration::from_secs(10);
+        let escape = engine
+            .query_rows("SELECT 1; COMMIT; CREATE TABLE escaped (a int)", t, 10)
+            .await;
+        assert!(escape.is_err(), "{escape:?}");
+        let created = engine
+            .query_rows("SELECT 1 FROM pg_class WHERE relname = 'escaped'", t, 10)
+            .await
+            .expect("look");
+        assert_eq!(created.count, 0);
+        // Every row is counted, a few kept, NULLs are None, values are text.
+        let many = engine
+            .query_rows(
+                "SELECT g, CASE WHEN g % 2 = 0 THEN 'even' END AS e, now()::date AS d
+                   FROM generate_series(1, 300000) g",
+                t,
+                3,
+            )
+            .await
+            .expect("many");
+        assert_eq!(many.count, 300_000);
+        assert_eq!(many.columns, vec!["g", "e", "d"]);
+        assert_eq!(many.sample.len(), 3);
+        assert_eq!(
+            many.sample[1][..2],
+            [Some("2".to_owned()), Some("even".to_owned())]
+        );
+        assert_eq!(many.sample[0][1], None);
+        // The statement timeout holds, and says so.
+        let slow = engine
+            .query_rows("SELECT pg_sleep(5)", Duration::from_millis(200), 1)
+            .await
+            .expect_err("times out");
+        assert_eq!(slow.kind(), ErrorKind::Interrupted, "{slow}");
+        assert!(slow.to_string().contains("statement timeout"), "{slow}");
     })
     .await;
 

@@ -9,6 +9,10 @@
 //! column widths), and withheld — never guessed — when those statistics are missing
 //! or stale. What must not live here: sessions and ending them (`sessions.rs`).
 
+// The report types are `#[non_exhaustive]`: outside ops-core they can only be made
+// from `Default` and filled in field by field.
+#![allow(clippy::field_reassign_with_default)]
+
 use std::collections::BTreeMap;
 
 use ops_core::chrono::{DateTime, Utc};
@@ -27,12 +31,20 @@ use super::{connect, resolve_tables};
 use crate::PostgresEngine;
 use crate::errors::{column, query_error};
 
+/// [`ops_core::maintain::Maintenance::inspect`]: one report.
 pub(crate) async fn inspect(
     engine: &PostgresEngine,
     what: Inspect,
     options: &InspectOptions,
 ) -> Result<Inspection> {
     let client = connect(engine).await?;
+    // Sizes and pgstattuple take a share lock on each table: behind a queued ALTER
+    // TABLE a report would wait for as long as the ALTER does. A report that cannot
+    // get its lock in time fails (or withholds that table's figure) instead.
+    client
+        .batch_execute(&format!("SET lock_timeout = {}", LOCK_TIMEOUT_MS))
+        .await
+        .map_err(|e| query_error(e, "setting the report's lock timeout"))?;
     Ok(match what {
         Inspect::Sizes => Inspection::Sizes(sizes(&client, options).await?),
         Inspect::Bloat => Inspection::Bloat(bloat(&client, options).await?),
@@ -50,6 +62,9 @@ pub(crate) async fn inspect(
         }
     })
 }
+
+/// How long a report waits for a table's share lock.
+const LOCK_TIMEOUT_MS: u32 = 10_000;
 
 /// The chosen tables as two parallel arrays (schemas, names), for
 /// `(nspname, relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))`.
@@ -522,8 +537,10 @@ async fn bloat(client: &Client, options: &InspectOptions) -> Result<BloatReport>
         report.notes.push(
             "estimated from the planner's statistics (pg_stats, pg_class), as the \
              ioguide/check_postgres queries do; figures are good to a few percent on \
-             ordinary tables, and withheld when the statistics are missing or stale. For \
-             measured figures: CREATE EXTENSION pgstattuple"
+             ordinary tables, and withheld when the statistics are missing or stale. Line \
+             pointers left by deleted rows count as waste here (a rewrite reclaims them); \
+             pgstattuple counts them as neither rows nor free space. For measured \
+             figures: CREATE EXTENSION pgstattuple"
                 .into(),
         );
     }

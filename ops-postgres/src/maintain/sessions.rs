@@ -77,7 +77,8 @@ pub(super) async fn require_stats(client: &Client, to: &str) -> Result<()> {
     let doing = "checking whether the user may see other users' sessions";
     let row = client
         .query_one(
-            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+            // USAGE, not MEMBER: a NOINHERIT member does not have the role's rights.
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')
                     OR coalesce((SELECT rolsuper FROM pg_roles
                                   WHERE rolname = current_user), false),
                     quote_ident(current_user)",
@@ -169,6 +170,8 @@ pub(super) async fn load(client: &Client) -> Result<Vec<SessionInfo>> {
     Ok(out)
 }
 
+/// [`ops_core::maintain::Maintenance::sessions`]: every session of the server, then
+/// `filter`.
 pub(crate) async fn sessions(
     engine: &PostgresEngine,
     filter: &SessionFilter,
@@ -306,6 +309,10 @@ async fn still_there(client: &Client, pids: &[i64]) -> Result<(BTreeSet<i64>, BT
     Ok((there, blocking))
 }
 
+/// [`ops_core::maintain::Maintenance::end_sessions`]: checks the right to signal every
+/// chosen session before signalling any; cancels all, waits out the grace period
+/// once for all of them (a blocker that stops blocking keeps its session), then
+/// terminates what is left.
 pub(crate) async fn end_sessions(
     engine: &PostgresEngine,
     filter: &SessionFilter,
@@ -342,7 +349,7 @@ pub(crate) async fn end_sessions(
                     }
                     // A blocker whose blocking ended with its cancelled query need not
                     // lose its session.
-                    !(blockers.contains(id) && !blocking.contains(id))
+                    !blockers.contains(id) || blocking.contains(id)
                 });
                 if waiting.is_empty() || Instant::now() >= deadline {
                     break;
@@ -384,6 +391,8 @@ pub(crate) async fn end_sessions(
     Ok(report)
 }
 
+/// [`ops_core::maintain::Maintenance::query_rows`]: one statement, in a read-only
+/// transaction with a statement timeout, rolled back.
 pub(crate) async fn query_rows(
     engine: &PostgresEngine,
     sql: &str,
