@@ -536,6 +536,53 @@ async fn metadata_locks(server: &EphemeralMariaDb) {
         .expect("the ALTER runs once the holder commits")
         .unwrap()
         .unwrap();
+
+    // Without the plugin: the sessions with an open transaction are named as likely
+    // holders, and the waiter says how to see for sure.
+    server
+        .execute("", "UNINSTALL SONAME 'metadata_lock_info'")
+        .await
+        .unwrap();
+    holder.query_drop("START TRANSACTION").await.unwrap();
+    holder.query_drop("SELECT * FROM t").await.unwrap();
+    let report = db
+        .maintain(
+            Action::Optimize,
+            &table("t").with_lock(LockSteps::default().with_total(Duration::from_secs(1))),
+        )
+        .await
+        .unwrap();
+    let step = &report.steps[0];
+    eprintln!("OPTIMIZE without metadata_lock_info: {:?}", step.message);
+    assert_eq!(step.outcome, StepOutcome::LockTimeout, "{report:?}");
+    let message = step.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains(&format!("connection {holder_id}")) && message.contains("INSTALL SONAME"),
+        "{message}"
+    );
+    let alter = root(server, "mdl").await;
+    let alter_id = i64::from(alter.id());
+    let altering = background(alter, &["ALTER TABLE t ADD COLUMN w INT"]);
+    let waiting = until("the ALTER waits", || async {
+        let all = db.sessions(&SessionFilter::default()).await.ok()?;
+        all.into_iter()
+            .find(|s| s.id == alter_id && s.wait.as_deref().is_some_and(|w| w.contains("metadata")))
+    })
+    .await;
+    assert!(
+        waiting
+            .wait
+            .as_deref()
+            .unwrap_or_default()
+            .contains("INSTALL SONAME"),
+        "{waiting:?}"
+    );
+    holder.query_drop("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), altering)
+        .await
+        .expect("the ALTER runs once the holder commits")
+        .unwrap()
+        .unwrap();
     eprintln!("metadata locks: {:.1} s", t.elapsed().as_secs_f64());
 }
 

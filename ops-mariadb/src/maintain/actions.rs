@@ -208,7 +208,8 @@ async fn with_lock_tries(c: &mut Conn, sql: &str, tries: &[(u64, Duration)]) -> 
 async fn lock_timeout_step(c: &mut Conn, t: &Table, sql: String, tries: u32) -> Step {
     let who = blockers(c, t).await;
     let mut step = Step::new(t.label(), sql, StepOutcome::LockTimeout).with_message(format!(
-        "gave up after {tries} tries waiting for the metadata lock on {}: {who}",
+        "gave up after {tries} {} waiting for the metadata lock on {}: {who}",
+        if tries == 1 { "try" } else { "tries" },
         t.label()
     ));
     step.lock_tries = tries;

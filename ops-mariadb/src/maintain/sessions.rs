@@ -250,12 +250,14 @@ async fn metadata_lock_waits(c: &mut Conn, processes: &[Process]) -> MdlWaits {
         let text = w.info.as_deref().unwrap_or_default().to_ascii_lowercase();
         let holders: BTreeSet<i64> = held
             .iter()
-            .filter(|h| h.thread != w.id && names_table(&text, &h.db, &h.table))
+            .filter(|h| h.thread != w.id && names_table(&text, w.db.as_deref(), &h.db, &h.table))
             .map(|h| h.thread)
             .collect();
         let tables: BTreeSet<String> = held
             .iter()
-            .filter(|h| holders.contains(&h.thread) && names_table(&text, &h.db, &h.table))
+            .filter(|h| {
+                holders.contains(&h.thread) && names_table(&text, w.db.as_deref(), &h.db, &h.table)
+            })
             .map(|h| format!("{}.{}", h.db, h.table))
             .collect();
         let note = if tables.is_empty() {
@@ -304,18 +306,23 @@ pub(crate) async fn table_locks(c: &mut Conn) -> Result<Vec<HeldLock>> {
         .collect()
 }
 
-/// Whether statement `text` (lower case) names table `table` (as a word).
-fn names_table(text: &str, _db: &str, table: &str) -> bool {
-    let table = table.to_ascii_lowercase();
-    if table.is_empty() {
-        return false;
-    }
-    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
-    text.match_indices(&table).any(|(i, _)| {
-        let before = text[..i].chars().next_back();
-        let after = text[i + table.len()..].chars().next();
-        !before.is_some_and(word) && !after.is_some_and(word)
-    })
+/// Whether statement `text` (lower case), run with default database `default_db`,
+/// names table `db.table`: the table's name as a word, and either the database's name
+/// too or the table in the default database.
+fn names_table(text: &str, default_db: Option<&str>, db: &str, table: &str) -> bool {
+    let has_word = |word: &str| {
+        let word = word.to_ascii_lowercase();
+        if word.is_empty() {
+            return false;
+        }
+        let part = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '$';
+        text.match_indices(&word).any(|(i, _)| {
+            let before = text[..i].chars().next_back();
+            let after = text[i + word.len()..].chars().next();
+            !before.is_some_and(part) && !after.is_some_and(part)
+        })
+    };
+    has_word(table) && (default_db == Some(db) || has_word(db))
 }
 
 /// `program_name` of each connection, from `performance_schema.session_connect_attrs`
@@ -475,8 +482,19 @@ mod tests {
 
     #[test]
     fn table_names_match_as_words() {
-        assert!(names_table("alter table `t` force", "d", "t"));
-        assert!(names_table("select * from d.orders where 1", "d", "orders"));
-        assert!(!names_table("select * from orders2", "d", "orders"));
+        assert!(names_table("alter table `t` force", Some("d"), "d", "t"));
+        assert!(names_table(
+            "select * from d.orders where 1",
+            None,
+            "d",
+            "orders"
+        ));
+        assert!(!names_table(
+            "select * from orders2",
+            Some("d"),
+            "d",
+            "orders"
+        ));
+        assert!(!names_table("alter table t force", Some("x"), "d", "t"));
     }
 }
