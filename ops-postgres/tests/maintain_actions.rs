@@ -1,0 +1,788 @@
+//! PostgreSQL maintenance actions and archiving against a real throwaway server:
+//! VACUUM FULL refusing (after its lock steps) to wait behind an open transaction
+//! while a reader measures how long its queries queue, a concurrent reindex that
+//! fails and leaves `_ccnew` indexes which are then dropped, dry runs, analyze,
+//! amcheck, a missing privilege, and an archive of a million rows killed ten times
+//! (task aborted, backend terminated) under a concurrent updater, after which no row
+//! is lost or doubled.
+//!
+//! One server for the whole binary (one test, scenarios one after another), each
+//! scenario in its own database.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ops_core::ErrorKind;
+use ops_core::maintain::{
+    Action, ArchiveSpec, LockSteps, MaintainOptions, Maintenance, StepOutcome, StepProgress,
+};
+use ops_postgres::ephemeral::EphemeralPostgres;
+use tokio_postgres::{Client, NoTls};
+
+/// A session on database `db`, named `app`, with its pid.
+async fn session(server: &EphemeralPostgres, db: &str, app: &str) -> (Client, i32) {
+    let url = format!("{}&application_name={app}", server.url_for(db));
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .expect("test session connects");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    (client, pid)
+}
+
+async fn scalar_i64(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+async fn timed<F: Future<Output = ()>>(what: &str, scenario: F) {
+    let started = Instant::now();
+    scenario.await;
+    eprintln!("--- {what}: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+fn steps(total_ms: u64, max_ms: u64) -> LockSteps {
+    LockSteps::default()
+        .with_total(Duration::from_millis(total_ms))
+        .with_max_step(Duration::from_millis(max_ms))
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i.min(samples.len() - 1)]
+}
+
+/// A small xorshift generator: random kill points without a dependency; the seed is
+/// printed so a failing run can be repeated.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo).max(1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_and_archiving_on_one_server() {
+    let server = EphemeralPostgres::start().await.expect("ephemeral server");
+    timed(
+        "vacuum full under lock steps",
+        vacuum_full_gives_way(&server),
+    )
+    .await;
+    timed(
+        "failed concurrent reindex",
+        reindex_leftovers_are_dropped(&server),
+    )
+    .await;
+    timed("dry run, analyze, check", dry_run_analyze_check(&server)).await;
+    timed("missing privilege", missing_privilege(&server)).await;
+    timed("archive table shape", archive_shapes(&server)).await;
+    timed("archive killed ten times", archive_survives_kills(&server)).await;
+}
+
+/// VACUUM FULL on a table a long open transaction reads: each try queues the readers
+/// behind it for at most one lock step, and after 3 s it gives up naming the blocker.
+async fn vacuum_full_gives_way(server: &EphemeralPostgres) {
+    server.create_database("vac").await.expect("create db");
+    let engine = server.engine_for("vac").expect("engine");
+    let (admin, _) = session(server, "vac", "test-admin").await;
+    admin
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, pad text NOT NULL);
+             INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 50000) g;
+             DELETE FROM t WHERE id % 10 <> 0;",
+        )
+        .await
+        .expect("table t");
+    let (blocker, blocker_pid) = session(server, "vac", "test-blocker").await;
+    blocker
+        .batch_execute("BEGIN; SELECT count(*) FROM t;")
+        .await
+        .expect("blocker reads t");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reader, _) = session(server, "vac", "test-reader").await;
+    let reading = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                reader
+                    .query_one("SELECT count(*) FROM t", &[])
+                    .await
+                    .expect("reader's query");
+                latencies.push(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            latencies
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let full = Action::Vacuum {
+        full: true,
+        analyze: false,
+    };
+    let options = MaintainOptions::default()
+        .with_tables(vec!["t".into()])
+        .with_lock(steps(3000, 500));
+    let started = Instant::now();
+    let report = engine
+        .maintain(full, &options)
+        .await
+        .expect("maintain runs");
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = reading.await.expect("reader task");
+    eprintln!("{report:#?}");
+    assert_eq!(report.steps.len(), 1);
+    let step = &report.steps[0];
+    assert_eq!(step.outcome, StepOutcome::LockTimeout, "{step:?}");
+    assert!(!report.ok());
+    let message = step.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains(&format!("pid {blocker_pid} ")),
+        "the blocker {blocker_pid} is not named: {message}"
+    );
+    assert!(message.contains("test-blocker"), "{message}");
+    assert!(step.lock_tries >= 4, "{step:?}");
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(6),
+        "gave up after {took:?}, not about 3 s"
+    );
+    let worst = percentile(&mut latencies, 1.0);
+    eprintln!(
+        "MEASURED reader during lock-stepped VACUUM FULL (max step 500 ms): {} queries, worst {} ms, p50 {} ms",
+        latencies.len(),
+        worst.as_millis(),
+        percentile(&mut latencies, 0.5).as_millis()
+    );
+    assert!(latencies.len() > 20, "the reader hardly ran");
+    assert!(
+        worst < Duration::from_millis(1500),
+        "a reader waited {worst:?} behind the vacuum"
+    );
+
+    blocker.batch_execute("COMMIT").await.expect("commit");
+    let report = engine
+        .maintain(full, &options)
+        .await
+        .expect("maintain runs");
+    let step = &report.steps[0];
+    assert_eq!(step.outcome, StepOutcome::Done, "{step:?}");
+    assert_eq!(step.lock_tries, 1);
+    let (before, after) = (
+        step.size_before.expect("size before"),
+        step.size_after.expect("size after"),
+    );
+    assert!(after < before / 2, "VACUUM FULL: {before} -> {after} bytes");
+    assert_eq!(step.sql, "VACUUM (FULL) \"public\".\"t\"");
+}
+
+async fn invalid_indexes(c: &Client, table: &str) -> Vec<String> {
+    c.query(
+        "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          WHERE NOT i.indisvalid AND (i.indrelid = $1::text::regclass
+             OR i.indrelid = (SELECT reltoastrelid FROM pg_class WHERE oid = $1::text::regclass))
+          ORDER BY 1",
+        &[&table],
+    )
+    .await
+    .expect("invalid indexes")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// REINDEX CONCURRENTLY waits for writers after it has created its new indexes: an
+/// open writing transaction makes every try fail, each leaving invalid `_ccnew`
+/// indexes. They cannot go while the writer is there; the next run drops them. And
+/// when the writer goes during the lock steps, the leftovers of the failed tries go
+/// in the same run.
+async fn reindex_leftovers_are_dropped(server: &EphemeralPostgres) {
+    server.create_database("reidx").await.expect("create db");
+    let engine = server.engine_for("reidx").expect("engine");
+    let (admin, _) = session(server, "reidx", "test-admin").await;
+    admin
+        .batch_execute(
+            "CREATE TABLE u (id int PRIMARY KEY, email text NOT NULL UNIQUE);
+             INSERT INTO u SELECT g, 'user' || g || '@example.org' FROM generate_series(1, 2000) g;",
+        )
+        .await
+        .expect("table u");
+    let concurrently = Action::Reindex { concurrently: true };
+    let (writer, writer_pid) = session(server, "reidx", "test-writer").await;
+    writer
+        .batch_execute("BEGIN; INSERT INTO u VALUES (1000000, 'writer@example.org');")
+        .await
+        .expect("writer");
+    let options = MaintainOptions::default()
+        .with_tables(vec!["u".into()])
+        .with_lock(steps(1500, 500));
+    let report = engine
+        .maintain(concurrently, &options)
+        .await
+        .expect("maintain runs");
+    eprintln!("{report:#?}");
+    let step = report.steps.last().expect("a step");
+    assert_eq!(step.outcome, StepOutcome::LockTimeout, "{step:?}");
+    let message = step.message.as_deref().unwrap_or_default();
+    assert!(message.contains(&format!("pid {writer_pid} ")), "{message}");
+    let left = invalid_indexes(&admin, "u").await;
+    assert!(
+        left.iter().any(|i| i.ends_with("_ccnew")),
+        "no leftover: {left:?}"
+    );
+    assert!(message.contains("_ccnew"), "leftovers not named: {message}");
+
+    writer.batch_execute("ROLLBACK").await.expect("rollback");
+    let options = options.with_lock(steps(10_000, 500));
+    let report = engine
+        .maintain(concurrently, &options)
+        .await
+        .expect("maintain runs");
+    eprintln!("{report:#?}");
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(
+        report.dropped_leftovers.len(),
+        left.len(),
+        "{:?} vs {left:?}",
+        report.dropped_leftovers
+    );
+    assert!(
+        report.steps[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("_ccnew"),
+        "{report:#?}"
+    );
+    assert_eq!(invalid_indexes(&admin, "u").await, Vec::<String>::new());
+
+    // The writer goes while the reindex tries: the failed tries' leftovers go in the
+    // same run.
+    writer
+        .batch_execute("BEGIN; INSERT INTO u VALUES (1000000, 'writer@example.org');")
+        .await
+        .expect("writer");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        writer.batch_execute("ROLLBACK").await.expect("rollback");
+        writer
+    });
+    let report = engine
+        .maintain(concurrently, &options)
+        .await
+        .expect("maintain runs");
+    let _writer = release.await.expect("release task");
+    eprintln!("{report:#?}");
+    let step = report.steps.last().expect("a step");
+    assert_eq!(step.outcome, StepOutcome::Done, "{step:?}");
+    assert!(step.lock_tries > 1, "{step:?}");
+    assert!(
+        !report.dropped_leftovers.is_empty()
+            && step
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("_ccnew"),
+        "{report:#?}"
+    );
+    assert_eq!(invalid_indexes(&admin, "u").await, Vec::<String>::new());
+    let dup = admin
+        .execute("INSERT INTO u VALUES (3000, 'user1@example.org')", &[])
+        .await;
+    assert!(dup.is_err(), "the rebuilt unique index lets a duplicate in");
+}
+
+/// A dry run plans and changes nothing; analyze records itself; amcheck checks each
+/// B-tree index, and says how to install it when it is missing.
+async fn dry_run_analyze_check(server: &EphemeralPostgres) {
+    server.create_database("plain").await.expect("create db");
+    let engine = server.engine_for("plain").expect("engine");
+    let (admin, _) = session(server, "plain", "test-admin").await;
+    admin
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, v text);
+             CREATE INDEX a_v ON a (v);
+             CREATE TABLE b (id int PRIMARY KEY);
+             INSERT INTO a SELECT g, g::text FROM generate_series(1, 5000) g;
+             INSERT INTO b SELECT generate_series(1, 100);",
+        )
+        .await
+        .expect("tables");
+    let node = "SELECT pg_relation_filenode('a')::int8";
+    let before = scalar_i64(&admin, node).await;
+    for action in [
+        Action::Vacuum {
+            full: true,
+            analyze: true,
+        },
+        Action::Reindex {
+            concurrently: false,
+        },
+        Action::Analyze,
+    ] {
+        let report = engine
+            .maintain(action, &MaintainOptions::default().with_dry_run(true))
+            .await
+            .expect("dry run");
+        assert!(report.dry_run);
+        assert_eq!(report.steps.len(), 2, "{report:#?}");
+        assert!(
+            report
+                .steps
+                .iter()
+                .all(|s| s.outcome == StepOutcome::Planned && s.seconds == 0.0),
+            "{report:#?}"
+        );
+    }
+    assert_eq!(
+        scalar_i64(&admin, node).await,
+        before,
+        "a dry run rewrote a"
+    );
+    let analyzed =
+        "SELECT count(*) FROM pg_stat_user_tables WHERE relname = 'a' AND last_analyze IS NOT NULL";
+    assert_eq!(
+        scalar_i64(&admin, analyzed).await,
+        0,
+        "a dry run analyzed a"
+    );
+
+    let report = engine
+        .maintain(
+            Action::Analyze,
+            &MaintainOptions::default().with_tables(vec!["public.a".into()]),
+        )
+        .await
+        .expect("analyze");
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(report.steps[0].sql, "ANALYZE \"public\".\"a\"");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scalar_i64(&admin, analyzed).await == 0 {
+        assert!(Instant::now() < deadline, "last_analyze not set");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let report = engine
+        .maintain(Action::Check, &MaintainOptions::default())
+        .await
+        .expect("check runs");
+    assert!(!report.ok(), "an unchecked table passed: {report:#?}");
+    assert!(
+        report.steps.iter().all(|s| s.outcome == StepOutcome::Failed
+            && s.message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("CREATE EXTENSION amcheck")),
+        "{report:#?}"
+    );
+    admin
+        .batch_execute("CREATE EXTENSION amcheck")
+        .await
+        .expect("amcheck");
+    let report = engine
+        .maintain(Action::Check, &MaintainOptions::default())
+        .await
+        .expect("check runs");
+    eprintln!("{report:#?}");
+    assert!(report.ok(), "{report:#?}");
+    let objects: Vec<&str> = report.steps.iter().map(|s| s.object.as_str()).collect();
+    assert_eq!(objects, ["public.a_pkey", "public.a_v", "public.b_pkey"]);
+    assert!(report.steps.iter().all(|s| s.outcome == StepOutcome::Done));
+
+    for action in [Action::Optimize, Action::Repair] {
+        let err = engine
+            .maintain(action, &MaintainOptions::default())
+            .await
+            .expect_err("not on PostgreSQL");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.message().contains("reindex"), "{err}");
+    }
+}
+
+/// A table the user does not own fails with the grant to ask for; the user's own
+/// table is still vacuumed.
+async fn missing_privilege(server: &EphemeralPostgres) {
+    server.create_database("priv").await.expect("create db");
+    let (admin, _) = session(server, "priv", "test-admin").await;
+    admin
+        .batch_execute(
+            "CREATE ROLE maint LOGIN PASSWORD 'maint-pw';
+             GRANT CREATE ON SCHEMA public TO maint;
+             CREATE TABLE theirs (id int PRIMARY KEY);
+             GRANT SELECT ON theirs TO maint;",
+        )
+        .await
+        .expect("role");
+    let url = format!(
+        "postgres://maint:maint-pw@127.0.0.1:{}/priv?sslmode=disable",
+        server.port()
+    );
+    let (own, conn) = tokio_postgres::connect(&url, NoTls).await.expect("maint");
+    tokio::spawn(conn);
+    own.batch_execute("CREATE TABLE mine (id int PRIMARY KEY)")
+        .await
+        .expect("mine");
+    let engine = ops_postgres::PostgresEngine::new(&url).expect("url");
+    let report = engine
+        .maintain(
+            Action::Vacuum {
+                full: false,
+                analyze: true,
+            },
+            &MaintainOptions::default(),
+        )
+        .await
+        .expect("vacuum runs");
+    eprintln!("{report:#?}");
+    let by = |name: &str| {
+        report
+            .steps
+            .iter()
+            .find(|s| s.object.contains(name))
+            .unwrap_or_else(|| panic!("no step on {name}: {report:#?}"))
+    };
+    assert_eq!(by("mine").outcome, StepOutcome::Done);
+    let theirs = by("theirs");
+    assert_eq!(theirs.outcome, StepOutcome::Failed);
+    let message = theirs.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("owner") && message.contains("postgres"),
+        "{message}"
+    );
+}
+
+/// The archive table is created like the source (its primary key, no tie to the
+/// source's sequence); an archive of another shape and a source without a primary key
+/// are refused; a dry run counts and changes nothing.
+async fn archive_shapes(server: &EphemeralPostgres) {
+    server.create_database("shapes").await.expect("create db");
+    let engine = server.engine_for("shapes").expect("engine");
+    let (admin, _) = session(server, "shapes", "test-admin").await;
+    admin
+        .batch_execute(
+            "CREATE TABLE orders (id serial PRIMARY KEY, placed date NOT NULL,
+                                  amount numeric(10,2) CHECK (amount >= 0), note text DEFAULT 'n/a');
+             INSERT INTO orders (placed, amount)
+               SELECT date '2020-01-01' + g, g FROM generate_series(1, 1000) g;
+             CREATE TABLE wrong (id int PRIMARY KEY, placed date, amount int, note text);
+             CREATE TABLE nokey (id int, placed date);",
+        )
+        .await
+        .expect("tables");
+    let old = "placed < date '2021-01-01'";
+    let spec = ArchiveSpec::new("orders", old, "orders_archive").with_batch(100);
+    let dry = engine
+        .archive(&spec.clone().with_dry_run(true))
+        .await
+        .expect("dry run");
+    assert!(dry.dry_run && !dry.created_archive);
+    assert_eq!((dry.rows, dry.batches, dry.remaining), (365, 0, 365));
+    assert_eq!(
+        scalar_i64(
+            &admin,
+            "SELECT count(*) FROM pg_class WHERE relname = 'orders_archive'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(&admin, "SELECT count(*) FROM orders").await,
+        1000
+    );
+
+    let report = engine.archive(&spec).await.expect("archive");
+    assert!(report.created_archive);
+    assert_eq!((report.rows, report.batches, report.remaining), (365, 4, 0));
+    let shape = |t: &str| {
+        format!(
+            "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod) || ' ' || attnotnull, ', ' ORDER BY attnum)
+               FROM pg_attribute WHERE attrelid = '{t}'::regclass AND attnum > 0 AND NOT attisdropped"
+        )
+    };
+    let text = |sql: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(&sql, &[])
+                .await
+                .expect("query")
+                .get::<_, Option<String>>(0)
+        }
+    };
+    assert_eq!(
+        text(shape("orders")).await,
+        text(shape("orders_archive")).await
+    );
+    assert_eq!(
+        text("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'orders_archive'::regclass AND contype = 'p'".into()).await.as_deref(),
+        Some("PRIMARY KEY (id)")
+    );
+    assert_eq!(
+        text("SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'orders_archive'::regclass ORDER BY adnum".into()).await.as_deref(),
+        Some("'n/a'::text"),
+        "the archive keeps plain defaults and none that draws from the source's sequence"
+    );
+    assert_eq!(
+        scalar_i64(
+            &admin,
+            "SELECT count(*) FROM orders_archive WHERE placed < date '2021-01-01'"
+        )
+        .await,
+        365
+    );
+    // Running again finds nothing more.
+    let again = engine.archive(&spec).await.expect("again");
+    assert_eq!(
+        (again.rows, again.remaining, again.created_archive),
+        (0, 0, false)
+    );
+
+    let err = engine
+        .archive(&ArchiveSpec::new("orders", "true", "wrong"))
+        .await
+        .expect_err("another shape");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.message().contains("amount"), "{err}");
+    let err = engine
+        .archive(&ArchiveSpec::new("nokey", "true", "nokey_archive"))
+        .await
+        .expect_err("no primary key");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        err.message().contains("nokey") && err.message().contains("primary key"),
+        "{err}"
+    );
+    assert_eq!(scalar_i64(&admin, "SELECT count(*) FROM orders").await, 635);
+}
+
+/// Row count, distinct ids, and an order-independent digest of the columns the
+/// updater does not touch.
+const DIGEST: &str = "SELECT count(*)::int8, count(DISTINCT id)::int8,
+        sum(hashtext(id::text || ':' || payload)::int8)::int8, sum(touched)::int8
+   FROM (SELECT id, payload, touched FROM big UNION ALL
+         SELECT id, payload, touched FROM big_archive) AS both_tables";
+
+/// A million rows, 90 % of them archived in batches of 5000 while another session
+/// updates random rows; the archiver is aborted at random points and its backend
+/// terminated, ten times, and resumed. At the end every row is in exactly one of the
+/// tables, unchanged, and every committed update is in it.
+async fn archive_survives_kills(server: &EphemeralPostgres) {
+    const ROWS: i64 = 1_000_000;
+    server.create_database("arch").await.expect("create db");
+    let engine = server.engine_for("arch").expect("engine");
+    let (admin, _) = session(server, "arch", "test-admin").await;
+    let started = Instant::now();
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE big (id int8 PRIMARY KEY, payload text NOT NULL, touched int NOT NULL DEFAULT 0);
+             INSERT INTO big SELECT g, md5(g::text), 0 FROM generate_series(1, {ROWS}) g;"
+        ))
+        .await
+        .expect("big");
+    admin
+        .batch_execute("VACUUM ANALYZE big")
+        .await
+        .expect("vacuum big");
+    eprintln!(
+        "loaded {ROWS} rows in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let digest_before: i64 = admin
+        .query_one(
+            "SELECT sum(hashtext(id::text || ':' || payload)::int8)::int8 FROM big",
+            &[],
+        )
+        .await
+        .expect("digest")
+        .get(0);
+
+    // The updater: random rows, each update its own transaction.
+    let stop = Arc::new(AtomicBool::new(false));
+    let archiving = Arc::new(AtomicBool::new(false));
+    let applied = Arc::new(AtomicU64::new(0));
+    let samples: Arc<Mutex<(Vec<Duration>, Vec<Duration>)>> = Arc::default();
+    let (updater, _) = session(server, "arch", "test-updater").await;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    eprintln!("kill schedule seed {seed}");
+    let updating = {
+        let (stop, archiving, applied, samples) = (
+            stop.clone(),
+            archiving.clone(),
+            applied.clone(),
+            samples.clone(),
+        );
+        tokio::spawn(async move {
+            let mut rng = Rng(seed.rotate_left(17) | 1);
+            let update = updater
+                .prepare("UPDATE big SET touched = touched + 1 WHERE id = $1")
+                .await
+                .expect("prepare");
+            while !stop.load(Ordering::Relaxed) {
+                let id = rng.range(1, ROWS as u64 + 1) as i64;
+                let during = archiving.load(Ordering::Relaxed);
+                let t = Instant::now();
+                let n = updater.execute(&update, &[&id]).await.expect("update");
+                let took = t.elapsed();
+                applied.fetch_add(n, Ordering::Relaxed);
+                {
+                    let mut s = samples.lock().expect("samples");
+                    if during {
+                        s.1.push(took)
+                    } else {
+                        s.0.push(took)
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    archiving.store(true, Ordering::Relaxed);
+    let spec = ArchiveSpec::new("big", "id % 10 <> 0", "big_archive").with_batch(5000);
+    let mut rng = Rng(seed);
+    let archive_started = Instant::now();
+    let mut kills = 0;
+    let mut terminated = 0;
+    for round in 0..10 {
+        let task = {
+            let (engine, spec) = (engine.clone(), spec.clone());
+            tokio::spawn(async move { engine.archive(&spec).await })
+        };
+        let delay = Duration::from_millis(rng.range(150, 1800));
+        tokio::time::sleep(delay).await;
+        if round % 3 == 1 {
+            // Terminate the archiver's backend from another session.
+            let n = scalar_i64(
+                &admin,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE application_name = 'dbops-maintain' AND datname = 'arch'",
+            )
+            .await;
+            let outcome = task.await.expect("archive task");
+            eprintln!(
+                "round {round}: terminated {n} backend(s) after {delay:?}: {:?}",
+                outcome.as_ref().map(|r| r.rows).map_err(|e| e.kind())
+            );
+            if n > 0 {
+                terminated += 1;
+                kills += 1;
+            }
+        } else {
+            task.abort();
+            let outcome = task.await;
+            eprintln!(
+                "round {round}: aborted after {delay:?} (finished first: {})",
+                outcome.is_ok()
+            );
+            if outcome.is_err() {
+                kills += 1;
+            }
+        }
+    }
+    let report = engine.archive(&spec).await.expect("the last run finishes");
+    let archive_time = archive_started.elapsed();
+    archiving.store(false, Ordering::Relaxed);
+    eprintln!("{report:#?}");
+    assert_eq!(report.remaining, 0);
+    stop.store(true, Ordering::Relaxed);
+    updating.await.expect("updater");
+
+    let row = admin.query_one(DIGEST, &[]).await.expect("digest");
+    let (count, distinct, digest, touched): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(count, ROWS, "rows lost or doubled");
+    assert_eq!(distinct, ROWS, "a row is in both tables");
+    assert_eq!(digest, digest_before, "a row's content changed");
+    let applied = applied.load(Ordering::Relaxed) as i64;
+    assert_eq!(touched, applied, "an update that committed is missing");
+    assert_eq!(
+        scalar_i64(&admin, "SELECT count(*) FROM big WHERE id % 10 <> 0").await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(&admin, "SELECT count(*) FROM big").await,
+        ROWS / 10
+    );
+    assert!(kills >= 8, "only {kills} kills landed");
+    assert!(terminated >= 3, "only {terminated} backends terminated");
+
+    let (mut without, mut with) = std::mem::take(&mut *samples.lock().expect("samples"));
+    eprintln!(
+        "MEASURED archive: {} rows moved of {ROWS}, {kills} kills ({terminated} backend terminations), {:.1} s; \
+         updater p99 without archiver {:.1} ms ({} updates), with archiver {:.1} ms ({} updates), max with {:.1} ms",
+        scalar_i64(&admin, "SELECT count(*) FROM big_archive").await,
+        archive_time.as_secs_f64(),
+        percentile(&mut without, 0.99).as_secs_f64() * 1e3,
+        without.len(),
+        percentile(&mut with, 0.99).as_secs_f64() * 1e3,
+        with.len(),
+        percentile(&mut with, 1.0).as_secs_f64() * 1e3,
+    );
+
+    // Progress of a longer step: rebuilding the archive's indexes.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let progress = {
+        let seen = seen.clone();
+        Arc::new(move |p: &StepProgress| {
+            seen.lock().expect("progress").push(format!(
+                "{} {} {:?}/{:?}",
+                p.object, p.phase, p.done, p.total
+            ));
+        })
+    };
+    let report = engine
+        .maintain(
+            Action::Vacuum {
+                full: true,
+                analyze: false,
+            },
+            &MaintainOptions::default()
+                .with_tables(vec!["big_archive".into()])
+                .with_progress(progress),
+        )
+        .await
+        .expect("vacuum full");
+    let seen = seen.lock().expect("progress").clone();
+    eprintln!(
+        "progress of {:.1} s VACUUM FULL: {seen:?}",
+        report.steps[0].seconds
+    );
+    assert!(report.ok(), "{report:#?}");
+    // The first look comes after half a second.
+    if report.steps[0].seconds > 1.0 {
+        assert!(
+            !seen.is_empty(),
+            "no progress in {:.1} s",
+            report.steps[0].seconds
+        );
+    }
+}
