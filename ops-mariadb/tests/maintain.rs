@@ -69,11 +69,14 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_on_a_real_server() {
     let started = Instant::now();
-    let server = EphemeralMariaDb::builder()
-        .with_arg("--performance-schema=ON")
-        .start()
-        .await
-        .expect("starting MariaDB");
+    let (server, plain) = tokio::join!(
+        EphemeralMariaDb::builder()
+            .with_arg("--performance-schema=ON")
+            .start(),
+        EphemeralMariaDb::start()
+    );
+    let server = server.expect("starting MariaDB");
+    let plain = plain.expect("starting MariaDB without performance_schema");
     server
         .execute("", "INSTALL SONAME 'metadata_lock_info'")
         .await
@@ -81,6 +84,8 @@ async fn maintenance_on_a_real_server() {
     eprintln!("server up in {:.1} s", started.elapsed().as_secs_f64());
 
     conformance(&server).await;
+    without_performance_schema(&plain).await;
+    drop(plain);
     check_and_repair(&server).await;
     optimize(&server).await;
     activity_locks_and_ending(&server).await;
@@ -128,6 +133,48 @@ async fn conformance(server: &EphemeralMariaDb) {
         .await;
     assert!(two.is_err(), "{two:?}");
     eprintln!("conformance: {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// performance_schema off (the server default): the reports that need it say how to
+/// turn it on instead of coming back empty.
+async fn without_performance_schema(server: &EphemeralMariaDb) {
+    server.create_database("plain").await.unwrap();
+    server
+        .execute(
+            "plain",
+            "CREATE TABLE t (id INT PRIMARY KEY, v INT, KEY v (v))",
+        )
+        .await
+        .unwrap();
+    let db = engine(server, "plain");
+    let Inspection::Queries(q) = db
+        .inspect(Inspect::Queries, &InspectOptions::default())
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(!q.available && q.statements.is_empty(), "{q:?}");
+    assert!(
+        q.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("performance_schema=ON"),
+        "{q:?}"
+    );
+    let Inspection::Indexes(i) = db
+        .inspect(Inspect::Indexes, &InspectOptions::default())
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(i.unused.is_empty() && i.stats_since.is_none(), "{i:?}");
+    assert!(
+        i.notes.iter().any(|n| n.contains("performance_schema=ON")),
+        "{i:?}"
+    );
+    assert!(i.notes.iter().any(|n| n.contains("invalid")), "{i:?}");
 }
 
 async fn check_and_repair(server: &EphemeralMariaDb) {
