@@ -8,6 +8,11 @@
 //! application's queries for longer than one try. MariaDB counts that timeout in
 //! whole seconds, so every try lasts at least 1 s and the steps below 1 s of the
 //! default schedule become 1 s (fewer tries fit in the total).
+//!
+//! `MaintainOptions::progress` is not called yet: `ops_core::maintain::StepProgress`
+//! is `#[non_exhaustive]` without a constructor, so no engine crate can build one.
+//! Once it has one, `information_schema.PROCESSLIST` (`STAGE`, `MAX_STAGE`,
+//! `PROGRESS` of the step's connection) can feed it from a second connection.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
