@@ -12,10 +12,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use ops_core::maintain::{
-    Action, MaintainOptions, MaintainReport, ProgressFn, StepOutcome, StepProgress,
+    Action, MaintainOptions, MaintainReport, MaintainStep, ProgressFn, StepOutcome, StepProgress,
 };
 use ops_core::{Error, ErrorKind, Result, TableRef};
-use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::{connect, resolve_tables};
@@ -107,75 +106,41 @@ pub(crate) async fn maintain(
             _ => {}
         }
     }
-    report(action, options.dry_run, steps, dropped)
+    Ok(MaintainReport {
+        action,
+        dry_run: options.dry_run,
+        steps,
+        dropped_leftovers: dropped,
+    })
 }
 
-/// The fields of [`MaintainStep`] (a `#[non_exhaustive]` type of ops-core without a
-/// constructor: built through its serde shape).
-#[derive(Debug, Clone, Serialize)]
-struct Step {
-    object: String,
-    sql: String,
+/// A step on `object` running `sql`, ending in `outcome`.
+fn new_step(
+    object: impl Into<String>,
+    sql: impl Into<String>,
     outcome: StepOutcome,
-    message: Option<String>,
-    size_before: Option<u64>,
-    size_after: Option<u64>,
-    lock_tries: u32,
-    seconds: f64,
+) -> MaintainStep {
+    MaintainStep {
+        object: object.into(),
+        sql: sql.into(),
+        outcome,
+        message: None,
+        size_before: None,
+        size_after: None,
+        lock_tries: 0,
+        seconds: 0.0,
+    }
 }
 
-impl Step {
-    fn new(object: impl Into<String>, sql: impl Into<String>, outcome: StepOutcome) -> Self {
-        Self {
-            object: object.into(),
-            sql: sql.into(),
-            outcome,
-            message: None,
-            size_before: None,
-            size_after: None,
-            lock_tries: 0,
-            seconds: 0.0,
-        }
-    }
+trait WithMessage {
+    fn with_message(self, message: impl Into<String>) -> Self;
+}
 
+impl WithMessage for MaintainStep {
     fn with_message(mut self, message: impl Into<String>) -> Self {
         self.message = Some(message.into());
         self
     }
-}
-
-fn convert<M: Serialize, T: serde::de::DeserializeOwned>(m: &M, what: &str) -> Result<T> {
-    serde_json::to_value(m)
-        .and_then(serde_json::from_value)
-        .map_err(|e| {
-            Error::internal(format!(
-                "building a {what} (ops-core's fields changed? update maintain/actions.rs): {e}"
-            ))
-        })
-}
-
-fn report(
-    action: Action,
-    dry_run: bool,
-    steps: Vec<Step>,
-    dropped_leftovers: Vec<String>,
-) -> Result<MaintainReport> {
-    #[derive(Serialize)]
-    struct M {
-        action: Action,
-        dry_run: bool,
-        steps: Vec<Step>,
-        dropped_leftovers: Vec<String>,
-    }
-    convert(
-        &M {
-            action,
-            dry_run,
-            steps,
-            dropped_leftovers,
-        },
-        "MaintainReport",
-    )
 }
 
 /// Which `pg_stat_progress_*` view reports a step.
@@ -275,6 +240,12 @@ impl<'a> Runner<'a> {
             )
             .await
             .map_err(|e| query_error(e, "setting the maintenance session's timeouts"))?;
+        // PostgreSQL 14+: a statement whose client is gone (dbops killed) stops
+        // within a second instead of holding its locks to the end; older servers
+        // do not know the setting, which only costs that.
+        let _ = client
+            .batch_execute("SET client_connection_check_interval = '1s'")
+            .await;
         let row = client
             .query_one(
                 "SELECT pg_backend_pid(), current_setting('server_version_num')::int4",
@@ -312,7 +283,12 @@ impl<'a> Runner<'a> {
     }
 
     /// `VACUUM [FULL] [ANALYZE]` of one table.
-    async fn vacuum(&mut self, table: &TableRef, full: bool, analyze: bool) -> Result<Step> {
+    async fn vacuum(
+        &mut self,
+        table: &TableRef,
+        full: bool,
+        analyze: bool,
+    ) -> Result<MaintainStep> {
         let name = qualified(table);
         let mut flags = Vec::new();
         if full {
@@ -336,7 +312,7 @@ impl<'a> Runner<'a> {
     }
 
     /// `ANALYZE` of one table.
-    async fn analyze(&mut self, table: &TableRef) -> Result<Step> {
+    async fn analyze(&mut self, table: &TableRef) -> Result<MaintainStep> {
         let sql = format!("ANALYZE {}", qualified(table));
         self.table_step(
             table,
@@ -358,14 +334,14 @@ impl<'a> Runner<'a> {
         view: ProgressView,
         sizes: bool,
         verb: &str,
-    ) -> Result<Step> {
+    ) -> Result<MaintainStep> {
         let name = qualified(table);
         let object = table.to_string();
         if self.options.dry_run {
-            return Ok(Step::new(object, sql, StepOutcome::Planned));
+            return Ok(new_step(object, sql, StepOutcome::Planned));
         }
         if let Some(missing) = self.missing_privilege(table, verb).await? {
-            return Ok(Step::new(object, sql, StepOutcome::Failed).with_message(missing));
+            return Ok(new_step(object, sql, StepOutcome::Failed).with_message(missing));
         }
         let size_before = if sizes { self.size(&name).await? } else { None };
         let tried = self.run_locked(&name, &sql, conflicts, view, &object).await;
@@ -383,7 +359,7 @@ impl<'a> Runner<'a> {
         &mut self,
         table: &TableRef,
         concurrently: bool,
-        steps: &mut Vec<Step>,
+        steps: &mut Vec<MaintainStep>,
         dropped: &mut Vec<String>,
     ) -> Result<()> {
         let name = qualified(table);
@@ -398,7 +374,7 @@ impl<'a> Runner<'a> {
                 if self.options.dry_run {
                     for index in &before {
                         steps.push(
-                            Step::new(
+                            new_step(
                                 index.clone(),
                                 format!("DROP INDEX CONCURRENTLY {index}"),
                                 StepOutcome::Planned,
@@ -417,7 +393,7 @@ impl<'a> Runner<'a> {
                     } else {
                         StepOutcome::LockTimeout
                     };
-                    let mut step = Step::new(
+                    let mut step = new_step(
                         table.to_string(),
                         before
                             .iter()
@@ -435,12 +411,11 @@ impl<'a> Runner<'a> {
             }
         }
         if self.options.dry_run {
-            steps.push(Step::new(table.to_string(), sql, StepOutcome::Planned));
+            steps.push(new_step(table.to_string(), sql, StepOutcome::Planned));
             return Ok(());
         }
         if let Some(missing) = self.missing_privilege(table, "REINDEX").await? {
-            steps
-                .push(Step::new(table.to_string(), sql, StepOutcome::Failed).with_message(missing));
+            steps.push(new_step(table.to_string(), sql, StepOutcome::Failed).with_message(missing));
             return Ok(());
         }
         let size_before = self.size(&name).await?;
@@ -489,7 +464,7 @@ impl<'a> Runner<'a> {
 
     /// amcheck's `bt_index_check` (with `heapallindexed`) on each valid B-tree index
     /// of the table.
-    async fn check(&mut self, table: &TableRef, steps: &mut Vec<Step>) -> Result<()> {
+    async fn check(&mut self, table: &TableRef, steps: &mut Vec<MaintainStep>) -> Result<()> {
         let name = qualified(table);
         let schema = self
             .client
@@ -502,7 +477,7 @@ impl<'a> Runner<'a> {
             .map_err(|e| query_error(e, "looking for the amcheck extension"))?;
         let Some(schema) = schema else {
             steps.push(
-                Step::new(
+                new_step(
                     table.to_string(),
                     "SELECT bt_index_check(...)",
                     StepOutcome::Failed,
@@ -531,7 +506,7 @@ impl<'a> Runner<'a> {
             .map_err(|e| query_error(e, format!("listing the B-tree indexes of {name}")))?;
         if rows.is_empty() {
             steps.push(
-                Step::new(table.to_string(), "", StepOutcome::Skipped)
+                new_step(table.to_string(), "", StepOutcome::Skipped)
                     .with_message("no valid B-tree index to check"),
             );
             return Ok(());
@@ -544,7 +519,7 @@ impl<'a> Runner<'a> {
                 quote_literal(&index)
             );
             if self.options.dry_run {
-                steps.push(Step::new(index, sql, StepOutcome::Planned));
+                steps.push(new_step(index, sql, StepOutcome::Planned));
                 continue;
             }
             self.reconnect_if_closed().await?;
@@ -580,16 +555,16 @@ impl<'a> Runner<'a> {
         sql: String,
         tried: &Tried,
         verb: &str,
-    ) -> Step {
+    ) -> MaintainStep {
         let mut step = match (&tried.result, tried.sqlstate()) {
-            (Ok(()), _) => Step::new(object, sql, StepOutcome::Done),
+            (Ok(()), _) => new_step(object, sql, StepOutcome::Done),
             (Err(_), Some(LOCK_NOT_AVAILABLE)) => {
                 let total: f64 = self
                     .steps()
                     .iter()
                     .map(|(t, p)| (*t + *p).as_secs_f64())
                     .sum();
-                Step::new(object, sql, StepOutcome::LockTimeout).with_message(format!(
+                new_step(object, sql, StepOutcome::LockTimeout).with_message(format!(
                     "gave up after {} tries ({total:.1} s) waiting for a lock on {table}; {}; \
                      end them (`dbops sessions --terminate`) or run again when they are done",
                     tried.tries,
@@ -599,14 +574,14 @@ impl<'a> Runner<'a> {
                         .unwrap_or("no holder of a conflicting lock is left")
                 ))
             }
-            (Err(_), Some(INSUFFICIENT_PRIVILEGE)) => Step::new(object, sql, StepOutcome::Failed)
+            (Err(_), Some(INSUFFICIENT_PRIVILEGE)) => new_step(object, sql, StepOutcome::Failed)
                 .with_message(format!(
                     "{}; {}",
                     error_text(&tried.result),
                     self.privilege_hint(table, verb)
                 )),
             (Err(_), _) => {
-                Step::new(object, sql, StepOutcome::Failed).with_message(error_text(&tried.result))
+                new_step(object, sql, StepOutcome::Failed).with_message(error_text(&tried.result))
             }
         };
         step.lock_tries = tried.tries;
@@ -616,6 +591,11 @@ impl<'a> Runner<'a> {
 
     fn privilege_hint(&self, table: &TableRef, verb: &str) -> String {
         let name = qualified(table);
+        if verb == "CHECK" {
+            return "amcheck's functions are for superusers unless granted: GRANT EXECUTE ON \
+                    FUNCTION bt_index_check(regclass, boolean) TO <user> (in amcheck's schema)"
+                .to_owned();
+        }
         if self.version >= 170_000 {
             format!(
                 "{verb} needs the table's owner (or a member of the owning role), the MAINTAIN \
@@ -625,8 +605,13 @@ impl<'a> Runner<'a> {
         } else {
             format!(
                 "{verb} needs the table's owner, a member of the owning role (GRANT <owner> TO \
-                 <user>, or ALTER TABLE {name} OWNER TO <user>) or a superuser; PostgreSQL 17 \
-                 and later also have GRANT MAINTAIN and the pg_maintain role"
+                 <user>, or ALTER TABLE {name} OWNER TO <user>){} or a superuser; PostgreSQL 17 \
+                 and later also have GRANT MAINTAIN and the pg_maintain role",
+                if verb == "REINDEX" {
+                    ""
+                } else {
+                    ", the database's owner"
+                }
             )
         }
     }
@@ -636,21 +621,31 @@ impl<'a> Runner<'a> {
     /// warn and skip it: the step would look done.
     async fn missing_privilege(&self, table: &TableRef, verb: &str) -> Result<Option<String>> {
         let name = qualified(table);
-        let sql = if self.version >= 170_000 {
-            "SELECT has_table_privilege(to_regclass($1), 'MAINTAIN'), \
-                    pg_get_userbyid(c.relowner)::text \
-             FROM pg_class c WHERE c.oid = to_regclass($1)"
+        let row = if self.version >= 170_000 {
+            self.client
+                .query_opt(
+                    "SELECT has_table_privilege(to_regclass($1), 'MAINTAIN'), \
+                            pg_get_userbyid(c.relowner)::text \
+                     FROM pg_class c WHERE c.oid = to_regclass($1)",
+                    &[&name],
+                )
+                .await
         } else {
-            "SELECT pg_has_role(c.relowner, 'USAGE') \
-                    OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
-                    pg_get_userbyid(c.relowner)::text \
-             FROM pg_class c WHERE c.oid = to_regclass($1)"
+            // Before 17 the database's owner may vacuum and analyze (not reindex)
+            // every table of it; superusers pass pg_has_role.
+            let database_owner_may = verb != "REINDEX";
+            self.client
+                .query_opt(
+                    "SELECT pg_has_role(c.relowner, 'USAGE') \
+                            OR ($2 AND pg_has_role((SELECT datdba FROM pg_database \
+                                       WHERE datname = current_database()), 'USAGE')), \
+                            pg_get_userbyid(c.relowner)::text \
+                     FROM pg_class c WHERE c.oid = to_regclass($1)",
+                    &[&name, &database_owner_may],
+                )
+                .await
         };
-        let row = self
-            .client
-            .query_opt(sql, &[&name])
-            .await
-            .map_err(|e| query_error(e, format!("checking the privileges on {name}")))?;
+        let row = row.map_err(|e| query_error(e, format!("checking the privileges on {name}")))?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -983,24 +978,12 @@ mod tests {
     use ops_core::maintain::LockSteps;
 
     #[test]
-    fn steps_build_their_core_type() {
-        let mut s = Step::new("public.t", "VACUUM public.t", StepOutcome::LockTimeout)
+    fn a_step_carries_its_message() {
+        let s = new_step("public.t", "VACUUM public.t", StepOutcome::LockTimeout)
             .with_message("blocked by pid 7");
-        s.lock_tries = 3;
-        let r = report(
-            Action::Vacuum {
-                full: true,
-                analyze: false,
-            },
-            false,
-            vec![s],
-            vec!["public.t_pkey_ccnew".into()],
-        )
-        .expect("a report builds");
-        assert!(!r.ok());
-        assert_eq!(r.steps[0].outcome, StepOutcome::LockTimeout);
-        assert_eq!(r.steps[0].lock_tries, 3);
-        assert_eq!(r.dropped_leftovers, vec!["public.t_pkey_ccnew".to_owned()]);
+        assert_eq!(s.outcome, StepOutcome::LockTimeout);
+        assert_eq!(s.message.as_deref(), Some("blocked by pid 7"));
+        assert_eq!(s.lock_tries, 0);
     }
 
     #[test]

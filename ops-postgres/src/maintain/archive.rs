@@ -41,9 +41,6 @@ const THROTTLE_SLEEP: Duration = Duration::from_millis(500);
 /// long ([`ErrorKind::Locked`], temporary: run again later, it resumes); a user who
 /// cannot see replication and other sessions' transactions
 /// ([`ErrorKind::PermissionDenied`]).
-// `ArchiveReport` is `#[non_exhaustive]`: outside ops-core it can only be made by
-// `default()` and filled in, which this lint would have written as a literal.
-#[allow(clippy::field_reassign_with_default)]
 pub(crate) async fn archive(engine: &PostgresEngine, spec: &ArchiveSpec) -> Result<ArchiveReport> {
     if spec.predicate.trim().is_empty() {
         return Err(Error::invalid(
@@ -58,6 +55,11 @@ pub(crate) async fn archive(engine: &PostgresEngine, spec: &ArchiveSpec) -> Resu
         )
         .await
         .map_err(|e| query_error(e, "setting the archive session's timeouts"))?;
+    // PostgreSQL 14+: a batch whose client is gone (the archiver killed) stops within
+    // a second and releases its row locks; older servers do not know the setting.
+    let _ = client
+        .batch_execute("SET client_connection_check_interval = '1s'")
+        .await;
     let source = resolve_tables(&client, std::slice::from_ref(&spec.table))
         .await?
         .into_iter()
@@ -82,8 +84,10 @@ pub(crate) async fn archive(engine: &PostgresEngine, spec: &ArchiveSpec) -> Resu
         )?;
     }
     let predicate = format!("({})", spec.predicate);
-    let mut report = ArchiveReport::default();
-    report.dry_run = spec.dry_run;
+    let mut report = ArchiveReport {
+        dry_run: spec.dry_run,
+        ..ArchiveReport::default()
+    };
     if spec.dry_run {
         let matching = count_matching(&client, &src, &predicate).await?;
         report.rows = spec.max_rows.map_or(matching, |m| m.min(matching));
