@@ -428,8 +428,12 @@ async fn activity(server: &EphemeralPostgres, admin: &Client) {
     let engine = server.engine_for("act").expect("engine");
     let (sleeper, sleeper_pid) = session_as(server, "act", None, LOAD).await;
     let sleeping = tokio::spawn(async move {
-        // Ends with an error when end_load terminates the session.
-        let _ = sleeper.simple_query("SELECT pg_sleep(30)").await;
+        let done = sleeper
+            .simple_query("SELECT pg_sleep(30)")
+            .await
+            .map(|_| ());
+        // The session must outlive its cancelled query.
+        (sleeper, done)
     });
     let (idle, idle_pid) = session_as(server, "act", None, LOAD).await;
     idle.batch_execute("BEGIN; SELECT 1").await.expect("begin");
@@ -484,9 +488,44 @@ async fn activity(server: &EphemeralPostgres, admin: &Client) {
         found.iter().map(|s| s.id).collect::<Vec<_>>(),
         vec![idle_pid]
     );
+    // Cancelling the long query ends the query, not the session.
+    let running = SessionFilter {
+        application: Some(LOAD.into()),
+        state: Some("active".into()),
+        ..SessionFilter::default()
+    };
+    let cancelled = engine
+        .end_sessions(&running, &EndOptions::new(EndMode::Cancel))
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.sessions.len(), 1, "{cancelled:?}");
+    assert_eq!(
+        (
+            cancelled.sessions[0].session.id,
+            cancelled.sessions[0].outcome
+        ),
+        (sleeper_pid, Ended::Cancelled)
+    );
+    let (_sleeper, done) = tokio::time::timeout(Duration::from_secs(5), sleeping)
+        .await
+        .expect("the query ends")
+        .expect("sleeper task");
+    let err = done.expect_err("cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{err:?}"
+    );
+    let after = engine
+        .sessions(&SessionFilter::default())
+        .await
+        .expect("sessions");
+    assert!(
+        after.iter().any(|s| s.id == sleeper_pid),
+        "the session stays"
+    );
     drop(idle);
     end_load(admin).await;
-    sleeping.await.expect("sleeper task");
 }
 
 async fn locks(server: &EphemeralPostgres, admin: &Client) {

@@ -577,18 +577,11 @@ async fn bloat(client: &Client, options: &InspectOptions) -> Result<BloatReport>
         reserve_note |= fillfactor < 100.0;
         let doing = format!("measuring the bloat of {schema}.{name}");
         let shown = if let Some(ext) = &pgstattuple {
-            let b = BloatShape::new(
-                &schema,
-                &name,
-                ObjectKind::Table,
-                size,
-                "pgstattuple_approx",
-            );
             // dead_tuple_percent + approx_free_percent is pgstattuple's exact
             // dead_tuple_percent + free_percent, measured on fewer pages. Not
             // table_len - approx_tuple_len: on all-visible pages that "tuple length" is
             // the page minus its free space, page header and line pointers included.
-            match client
+            let measured = client
                 .query_one(
                     &format!(
                         "SELECT table_len::int8, (dead_tuple_len + approx_free_space)::float8
@@ -596,22 +589,16 @@ async fn bloat(client: &Client, options: &InspectOptions) -> Result<BloatReport>
                     ),
                     &[&oid],
                 )
-                .await
-            {
+                .await;
+            let method = "pgstattuple_approx";
+            match measured {
                 Ok(r) => {
                     let len = bytes(column(&r, 0, &doing)?);
-                    let mut b = b.wasted(column(&r, 1, &doing)?, Confidence::Approximate);
-                    b.size_bytes = len;
-                    if let Some(w) = b.wasted_bytes {
-                        b.wasted_percent = Some(if len == 0 {
-                            0.0
-                        } else {
-                            w as f64 * 100.0 / len as f64
-                        });
-                    }
-                    b
+                    BloatShape::new(&schema, &name, ObjectKind::Table, len, method)
+                        .wasted(column(&r, 1, &doing)?, Confidence::Approximate)
                 }
-                Err(e) => b.withheld(query_error(e, &doing).to_string()),
+                Err(e) => BloatShape::new(&schema, &name, ObjectKind::Table, size, method)
+                    .withheld(query_error(e, &doing).to_string()),
             }
         } else {
             let b = BloatShape::new(&schema, &name, ObjectKind::Table, size, "statistics");
@@ -761,6 +748,7 @@ async fn index_bloat(
                         0.0
                     };
                     let mut b = b;
+                    // pgstatindex's own size, read with its figures.
                     b.size_bytes = index_size;
                     b.wasted(sparse + (empty + deleted) * block, Confidence::Exact)
                 }
