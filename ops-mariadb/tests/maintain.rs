@@ -6,13 +6,14 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use ops_core::ErrorKind;
 use ops_core::maintain::{
     Action, ArchiveSpec, EndMode, EndOptions, Ended, Inspect, InspectOptions, Inspection,
-    LockSteps, MaintainOptions, Maintenance, SessionFilter, SessionKind, StepOutcome,
+    LockSteps, MaintainOptions, Maintenance, SessionFilter, SessionKind, StepOutcome, StepProgress,
 };
 use ops_mariadb::MariaDbEngine;
 use ops_mariadb::ephemeral::EphemeralMariaDb;
@@ -534,13 +535,27 @@ async fn metadata_locks(server: &EphemeralMariaDb) {
     holder.query_drop("SELECT * FROM t").await.unwrap();
 
     let started = Instant::now();
+    let seen: Arc<Mutex<Vec<StepProgress>>> = Arc::default();
+    let sink = Arc::clone(&seen);
     let report = db
         .maintain(
             Action::Optimize,
-            &table("t").with_lock(LockSteps::default().with_total(Duration::from_secs(3))),
+            &table("t")
+                .with_lock(LockSteps::default().with_total(Duration::from_secs(3)))
+                .with_progress(Arc::new(move |p: &StepProgress| {
+                    sink.lock().unwrap().push(p.clone());
+                })),
         )
         .await
         .unwrap();
+    // The waiting step reported its progress (about once a second).
+    let seen = seen.lock().unwrap().clone();
+    eprintln!("progress while waiting: {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|p| p.object == "mdl.t" && p.phase.contains("metadata lock")),
+        "{seen:?}"
+    );
     let step = &report.steps[0];
     eprintln!(
         "OPTIMIZE behind an open transaction, after {:.1} s: {:?}",

@@ -9,23 +9,24 @@
 //! whole seconds, so every try lasts at least 1 s and the steps below 1 s of the
 //! default schedule become 1 s (fewer tries fit in the total).
 //!
-//! `MaintainOptions::progress` is not called yet: `ops_core::maintain::StepProgress`
-//! is `#[non_exhaustive]` without a constructor, so no engine crate can build one.
-//! Once it has one, `information_schema.PROCESSLIST` (`STAGE`, `MAX_STAGE`,
-//! `PROGRESS` of the step's connection) can feed it from a second connection.
+//! Progress (`MaintainOptions::progress`) comes from MariaDB's processlist columns
+//! `STAGE`, `MAX_STAGE` and `PROGRESS`, read from a second connection.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::Conn;
-use ops_core::maintain::{Action, LockSteps, MaintainOptions, MaintainReport, StepOutcome};
+use ops_core::maintain::{
+    Action, LockSteps, MaintainOptions, MaintainReport, MaintainStep, ProgressFn, StepOutcome,
+    StepProgress,
+};
 use ops_core::{Error, Result};
 
 use super::sessions::table_locks;
-use super::shapes::{self, Step};
 use super::{Table, close, code, connect, database, error_code, resolve_tables};
 use crate::MariaDbEngine;
-use crate::conn;
+use crate::conn::{self, ConnConfig, Session};
 use crate::format::quote_str;
 
 /// What InnoDB answers `REPAIR TABLE` with, in operator's words.
@@ -56,13 +57,14 @@ pub(crate) async fn maintain(
     }
     let db = database(engine).to_owned();
     let mut c = connect(engine, &db).await?;
-    let result = run(&mut c, &db, action, options).await;
+    let result = run(&mut c, Arc::clone(&engine.config), &db, action, options).await;
     close(c).await;
     result
 }
 
 async fn run(
     c: &mut Conn,
+    config: Arc<ConnConfig>,
     db: &str,
     action: Action,
     options: &MaintainOptions,
@@ -88,25 +90,107 @@ async fn run(
         };
         let sql = format!("{verb} TABLE {}", t.sql());
         if action == Action::Repair && t.is_innodb() {
-            steps.push(
-                Step::new(t.label(), sql, StepOutcome::NotSupported).with_message(INNODB_REPAIR),
-            );
+            steps.push(step(t.label(), sql, StepOutcome::NotSupported).with_message(INNODB_REPAIR));
             continue;
         }
         if options.dry_run {
-            steps.push(Step::new(t.label(), sql, StepOutcome::Planned));
+            steps.push(step(t.label(), sql, StepOutcome::Planned));
             continue;
         }
         let started = Instant::now();
+        let poller = options.progress.clone().map(|report| {
+            tokio::spawn(poll_progress(
+                Arc::clone(&config),
+                c.id(),
+                t.label(),
+                report,
+            ))
+        });
         let mut step = match action {
             Action::Optimize => optimize(c, t, sql, &tries).await,
             _ => admin_step(c, t, action, sql, &tries).await,
         };
+        if let Some(p) = poller {
+            p.abort();
+        }
         step.seconds = started.elapsed().as_secs_f64();
         steps.push(step);
     }
-    shapes::report(action, options.dry_run, &steps)
+    Ok(MaintainReport {
+        action,
+        dry_run: options.dry_run,
+        steps,
+        dropped_leftovers: Vec::new(),
+    })
 }
+
+/// A step on `object` running `sql`, ending in `outcome`.
+fn step(object: String, sql: String, outcome: StepOutcome) -> MaintainStep {
+    MaintainStep {
+        object,
+        sql,
+        outcome,
+        message: None,
+        size_before: None,
+        size_after: None,
+        lock_tries: 0,
+        seconds: 0.0,
+    }
+}
+
+/// Sets a step's message.
+trait WithMessage {
+    fn with_message(self, message: impl Into<String>) -> Self;
+}
+
+impl WithMessage for MaintainStep {
+    fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+/// Reports the progress of the statement running on connection `id` about once a
+/// second, from MariaDB's `information_schema.PROCESSLIST` (`STAGE`, `MAX_STAGE`,
+/// `PROGRESS` in percent of the stage), on a connection of its own, until aborted.
+/// A server without these columns (MySQL) or a failed poll reports nothing.
+async fn poll_progress(config: Arc<ConnConfig>, id: u32, object: String, report: ProgressFn) {
+    let Ok(mut c) = conn::connect(&config, None, Session::Catalog).await else {
+        return;
+    };
+    let sql = format!(
+        "SELECT STAGE, MAX_STAGE, PROGRESS, STATE FROM information_schema.PROCESSLIST \
+         WHERE ID = {id}"
+    );
+    loop {
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        let Ok(rows) = conn::query_rows(&mut c, &sql).await else {
+            return;
+        };
+        let Some(r) = rows.first() else {
+            return;
+        };
+        let stage = conn::number(r, 0).unwrap_or(0);
+        let stages = conn::number(r, 1).unwrap_or(0);
+        let percent = super::float(r, 2).ok().flatten();
+        let state = conn::opt_text(r, 3).ok().flatten().unwrap_or_default();
+        let phase = if stages > 0 {
+            format!("stage {stage} of {stages}: {state}")
+        } else {
+            state
+        };
+        let done = percent.filter(|_| stages > 0).map(|p| p.round() as u64);
+        report(&StepProgress::new(
+            object.clone(),
+            phase,
+            done,
+            done.map(|_| 100),
+        ));
+    }
+}
+
+/// How often a running step's progress is read.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// The lock tries of `steps` in whole seconds (MariaDB's `lock_wait_timeout` unit):
 /// each try at least 1 s, as many as fit in the total (always one).
@@ -210,9 +294,9 @@ async fn with_lock_tries(c: &mut Conn, sql: &str, tries: &[(u64, Duration)]) -> 
 }
 
 /// A step that gave up waiting for the lock, naming who holds it.
-async fn lock_timeout_step(c: &mut Conn, t: &Table, sql: String, tries: u32) -> Step {
+async fn lock_timeout_step(c: &mut Conn, t: &Table, sql: String, tries: u32) -> MaintainStep {
     let who = blockers(c, t).await;
-    let mut step = Step::new(t.label(), sql, StepOutcome::LockTimeout).with_message(format!(
+    let mut step = step(t.label(), sql, StepOutcome::LockTimeout).with_message(format!(
         "gave up after {tries} {} waiting for the metadata lock on {}: {who}",
         if tries == 1 { "try" } else { "tries" },
         t.label()
@@ -327,12 +411,12 @@ async fn table_size(c: &mut Conn, t: &Table) -> Option<u64> {
     rows.first().and_then(|r| conn::number(r, 0).ok())
 }
 
-async fn optimize(c: &mut Conn, t: &Table, sql: String, tries: &[(u64, Duration)]) -> Step {
+async fn optimize(c: &mut Conn, t: &Table, sql: String, tries: &[(u64, Duration)]) -> MaintainStep {
     let before = table_size(c, t).await;
     let mut step = match with_lock_tries(c, &sql, tries).await {
         Admin::LockTimeout(n) => return lock_timeout_step(c, t, sql, n).await,
         Admin::Failed(e, n) => {
-            let mut s = Step::new(t.label(), sql, StepOutcome::Failed).with_message(e.to_string());
+            let mut s = step(t.label(), sql, StepOutcome::Failed).with_message(e.to_string());
             s.lock_tries = n;
             return s;
         }
@@ -354,7 +438,7 @@ async fn optimize(c: &mut Conn, t: &Table, sql: String, tries: &[(u64, Duration)
             } else {
                 (StepOutcome::Done, result.text())
             };
-            let mut s = Step::new(t.label(), sql, outcome).with_message(message);
+            let mut s = step(t.label(), sql, outcome).with_message(message);
             s.lock_tries = n;
             s
         }
@@ -372,11 +456,11 @@ async fn admin_step(
     action: Action,
     sql: String,
     tries: &[(u64, Duration)],
-) -> Step {
+) -> MaintainStep {
     match with_lock_tries(c, &sql, tries).await {
         Admin::LockTimeout(n) => lock_timeout_step(c, t, sql, n).await,
         Admin::Failed(e, n) => {
-            let mut s = Step::new(t.label(), sql, StepOutcome::Failed).with_message(e.to_string());
+            let mut s = step(t.label(), sql, StepOutcome::Failed).with_message(e.to_string());
             s.lock_tries = n;
             s
         }
@@ -396,7 +480,7 @@ async fn admin_step(
             } else {
                 result.text()
             };
-            let mut s = Step::new(t.label(), sql, outcome).with_message(message);
+            let mut s = step(t.label(), sql, outcome).with_message(message);
             s.lock_tries = n;
             s
         }

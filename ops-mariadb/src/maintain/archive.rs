@@ -6,12 +6,6 @@
 //! `NOW()` and friends are pinned per batch (`SET timestamp`) so that a time-based
 //! predicate means the same in the copy and the delete.
 
-#![allow(
-    clippy::field_reassign_with_default,
-    reason = "the core's report types are #[non_exhaustive]: outside ops-core they can only be \
-              built from Default and then filled in"
-)]
-
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -311,8 +305,10 @@ async fn run(
         )));
     }
     let src_cols = columns(c, &src_db, &src).await?;
-    let mut report = ArchiveReport::default();
-    report.dry_run = spec.dry_run;
+    let mut report = ArchiveReport {
+        dry_run: spec.dry_run,
+        ..ArchiveReport::default()
+    };
     if exists(c, &arch_db, &arch).await? {
         let arch_cols = columns(c, &arch_db, &arch).await?;
         let shape = |cols: &[Column]| -> Vec<(String, String)> {

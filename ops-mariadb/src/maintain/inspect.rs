@@ -4,23 +4,18 @@
 //! performance_schema digests. MariaDB has no vacuum: that report is refused with
 //! what to use instead.
 
-#![allow(
-    clippy::field_reassign_with_default,
-    reason = "the core's report types are #[non_exhaustive]: outside ops-core they can only be \
-              built from Default and then filled in"
-)]
-
 use std::collections::BTreeMap;
 
 use mysql_async::Conn;
 use ops_core::chrono::{Duration as ChronoDuration, Utc};
 use ops_core::maintain::{
-    ActivityReport, BloatReport, Confidence, IndexReport, Inspect, InspectOptions, Inspection,
-    ObjectKind, QueryReport, SessionKind, SizeReport, TableSize, lock_trees,
+    ActivityReport, Bloat, BloatReport, Confidence, IndexIssue, IndexReport, Inspect,
+    InspectOptions, Inspection, ObjectKind, QueryReport, SessionKind, SizeReport, StatementStats,
+    TableSize, lock_trees,
 };
 use ops_core::{Error, ErrorKind, Result};
 
-use super::{close, code, connect, database, error_code, grantee, shapes, split_name};
+use super::{close, code, connect, database, error_code, grantee, split_name};
 use crate::MariaDbEngine;
 use crate::conn;
 use crate::format::quote_str;
@@ -137,13 +132,14 @@ fn is_innodb(engine: Option<&str>) -> bool {
 
 async fn sizes(c: &mut Conn, db: &str, options: &InspectOptions) -> Result<SizeReport> {
     let rows = table_rows(c, db, options).await?;
-    let mut report = SizeReport::default();
-    report.database = db.to_owned();
-    report.database_bytes = rows.iter().map(|t| t.data + t.index).sum();
+    let mut report = SizeReport {
+        database: db.to_owned(),
+        database_bytes: rows.iter().map(|t| t.data + t.index).sum(),
+        ..SizeReport::default()
+    };
     let mut tables = Vec::with_capacity(rows.len());
     for t in rows {
-        let mut size = TableSize::default();
-        size.rows_method = match (t.engine.as_deref(), t.rows) {
+        let rows_method = match (t.engine.as_deref(), t.rows) {
             (_, None) => "no estimate (the table could not be opened)".to_owned(),
             (e, Some(_)) if is_innodb(e) => {
                 "information_schema.TABLES.TABLE_ROWS: InnoDB's estimate from sampled pages \
@@ -158,14 +154,16 @@ async fn sizes(c: &mut Conn, db: &str, options: &InspectOptions) -> Result<SizeR
                 e.unwrap_or("the")
             ),
         };
-        size.schema = t.schema;
-        size.name = t.name;
-        size.heap_bytes = t.data;
-        size.index_bytes = t.index;
-        size.toast_bytes = None;
-        size.total_bytes = t.data + t.index;
-        size.rows = t.rows;
-        tables.push(size);
+        tables.push(TableSize {
+            schema: t.schema,
+            name: t.name,
+            heap_bytes: t.data,
+            index_bytes: t.index,
+            toast_bytes: None,
+            total_bytes: t.data + t.index,
+            rows: t.rows,
+            rows_method,
+        });
     }
     tables.sort_by(|a, b| b.total_bytes.cmp(&a.total_bytes).then(a.name.cmp(&b.name)));
     if tables.len() > options.limit {
@@ -214,25 +212,22 @@ async fn bloat(c: &mut Conn, db: &str, options: &InspectOptions) -> Result<Bloat
         } else {
             None
         };
-        objects.push(
-            shapes::BloatShape {
-                schema: t.schema,
-                name: t.name,
-                kind: ObjectKind::Table,
-                table: None,
-                size_bytes: size,
-                wasted_bytes: Some(t.free),
-                wasted_percent: Some(if size == 0 {
-                    0.0
-                } else {
-                    t.free as f64 * 100.0 / size as f64
-                }),
-                method: "information_schema.TABLES.DATA_FREE".to_owned(),
-                confidence: Confidence::Approximate,
-                note,
-            }
-            .build()?,
-        );
+        objects.push(Bloat {
+            schema: t.schema,
+            name: t.name,
+            kind: ObjectKind::Table,
+            table: None,
+            size_bytes: size,
+            wasted_bytes: Some(t.free),
+            wasted_percent: Some(if size == 0 {
+                0.0
+            } else {
+                t.free as f64 * 100.0 / size as f64
+            }),
+            method: "information_schema.TABLES.DATA_FREE".to_owned(),
+            confidence: Confidence::Approximate,
+            note,
+        });
     }
     objects.sort_by(|a, b| {
         b.wasted_bytes
@@ -405,18 +400,15 @@ async fn indexes(
                     b.definition()
                 )
             };
-            report.duplicate.push(
-                shapes::Issue {
-                    schema: a.schema.clone(),
-                    table: a.table.clone(),
-                    index: a.name.clone(),
-                    size_bytes: size_of(a),
-                    scans: None,
-                    definition: Some(a.definition()),
-                    detail,
-                }
-                .build()?,
-            );
+            report.duplicate.push(IndexIssue {
+                schema: a.schema.clone(),
+                table: a.table.clone(),
+                index: a.name.clone(),
+                size_bytes: size_of(a),
+                scans: None,
+                definition: Some(a.definition()),
+                detail,
+            });
         }
     }
 
@@ -463,20 +455,17 @@ async fn indexes(
         for d in defs.iter().filter(|d| !d.unique && d.name != "PRIMARY") {
             let key = (d.schema.clone(), d.table.clone(), d.name.clone());
             if counted.get(&key) == Some(&0) {
-                report.unused.push(
-                    shapes::Issue {
-                        schema: d.schema.clone(),
-                        table: d.table.clone(),
-                        index: d.name.clone(),
-                        size_bytes: size_of(d),
-                        scans: Some(0),
-                        definition: Some(d.definition()),
-                        detail: "never used since the server started (performance_schema \
+                report.unused.push(IndexIssue {
+                    schema: d.schema.clone(),
+                    table: d.table.clone(),
+                    index: d.name.clone(),
+                    size_bytes: size_of(d),
+                    scans: Some(0),
+                    definition: Some(d.definition()),
+                    detail: "never used since the server started (performance_schema \
                                  table_io_waits_summary_by_index_usage)"
-                            .to_owned(),
-                    }
-                    .build()?,
-                );
+                        .to_owned(),
+                });
             }
         }
         if counted_any && let Some(up) = uptime(c).await {
@@ -571,10 +560,12 @@ async fn queries(
     engine: &MariaDbEngine,
     options: &InspectOptions,
 ) -> Result<QueryReport> {
-    let mut report = QueryReport::default();
-    report.source = "performance_schema.events_statements_summary_by_digest (whole server, \
-                     since the server started or the table was truncated)"
-        .to_owned();
+    let mut report = QueryReport {
+        source: "performance_schema.events_statements_summary_by_digest (whole server, since \
+                 the server started or the table was truncated)"
+            .to_owned(),
+        ..QueryReport::default()
+    };
     if !performance_schema_on(c).await {
         report.available = false;
         report.message = Some(
@@ -614,13 +605,13 @@ async fn queries(
     };
     report.available = true;
     for r in &rows {
-        report.statements.push(shapes::statement(
-            conn::text(r, 0)?,
-            conn::number(r, 1)?,
-            super::float(r, 2)?.unwrap_or(0.0),
-            super::float(r, 3)?.unwrap_or(0.0),
-            conn::number(r, 4)?,
-        )?);
+        report.statements.push(StatementStats {
+            query: conn::text(r, 0)?,
+            calls: conn::number(r, 1)?,
+            total_ms: super::float(r, 2)?.unwrap_or(0.0),
+            mean_ms: super::float(r, 3)?.unwrap_or(0.0),
+            rows: conn::number(r, 4)?,
+        });
     }
     Ok(report)
 }

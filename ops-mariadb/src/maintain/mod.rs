@@ -30,7 +30,6 @@ mod actions;
 mod archive;
 mod inspect;
 mod sessions;
-mod shapes;
 
 /// Server error codes maintenance reacts to.
 pub(crate) mod code {

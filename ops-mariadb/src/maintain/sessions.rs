@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use mysql_async::Conn;
 use ops_core::maintain::{
-    EndMode, EndOptions, EndReport, Ended, SessionFilter, SessionInfo, SessionKind,
+    EndMode, EndOptions, EndReport, Ended, EndedSession, SessionFilter, SessionInfo, SessionKind,
 };
 use ops_core::{Error, ErrorKind, Result};
 
-use super::{code, connect, error_code, float, grantee, require_process, shapes, truncate};
+use super::{code, connect, error_code, float, grantee, require_process, truncate};
 use crate::MariaDbEngine;
 use crate::conn;
 
@@ -91,24 +91,21 @@ pub(crate) async fn load(c: &mut Conn, engine: &MariaDbEngine) -> Result<Vec<Ses
             .get(&p.id)
             .map(|b| b.iter().copied().filter(|b| *b != p.id).collect())
             .unwrap_or_default();
-        out.push(
-            shapes::Session {
-                id: p.id,
-                kind,
-                user: p.user.clone(),
-                database: p.db.clone(),
-                application: programs.get(&p.id).cloned(),
-                client: p.host.clone(),
-                state,
-                wait,
-                query: p.info.as_deref().map(|q| truncate(q, 1000)),
-                query_seconds: if running { p.seconds } else { None },
-                transaction_seconds: open.map(|(age, _)| *age),
-                state_seconds: p.seconds,
-                blocked_by,
-            }
-            .build()?,
-        );
+        out.push(SessionInfo {
+            id: p.id,
+            kind,
+            user: p.user.clone(),
+            database: p.db.clone(),
+            application: programs.get(&p.id).cloned(),
+            client: p.host.clone(),
+            state,
+            wait,
+            query: p.info.as_deref().map(|q| truncate(q, 1000)),
+            query_seconds: if running { p.seconds } else { None },
+            transaction_seconds: open.map(|(age, _)| *age),
+            state_seconds: p.seconds,
+            blocked_by,
+        });
     }
     Ok(out)
 }
@@ -409,7 +406,10 @@ async fn end_on(
         }
     }
     for (s, outcome) in chosen.into_iter().zip(outcomes) {
-        report.sessions.push(shapes::ended(s, outcome)?);
+        report.sessions.push(EndedSession {
+            session: s,
+            outcome,
+        });
     }
     Ok(report)
 }
