@@ -9,10 +9,6 @@
 //! column widths), and withheld — never guessed — when those statistics are missing
 //! or stale. What must not live here: sessions and ending them (`sessions.rs`).
 
-// The report types are `#[non_exhaustive]`: outside ops-core they can only be made
-// from `Default` and filled in field by field.
-#![allow(clippy::field_reassign_with_default)]
-
 use std::collections::BTreeMap;
 
 use ops_core::chrono::{DateTime, Utc};
@@ -22,11 +18,10 @@ use ops_core::maintain::{
     StatementStats, TableSize, TableVacuum, VacuumReport, lock_trees,
 };
 use ops_core::{Result, TableRef};
-use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
-use super::sessions::{load, require_stats, shape};
+use super::sessions::{load, require_stats};
 use super::{connect, resolve_tables};
 use crate::PostgresEngine;
 use crate::errors::{column, query_error};
@@ -114,31 +109,34 @@ async fn sizes(client: &Client, options: &InspectOptions) -> Result<SizeReport> 
         )
         .await
         .map_err(|e| query_error(e, doing))?;
-    let mut report = SizeReport::default();
-    report.database = column(&db, 0, doing)?;
-    report.database_bytes = bytes(column(&db, 1, doing)?);
+    let mut report = SizeReport {
+        database: column(&db, 0, doing)?,
+        database_bytes: bytes(column(&db, 1, doing)?),
+        tables: Vec::with_capacity(rows.len()),
+        notes: Vec::new(),
+    };
     let mut never = 0;
     let mut partitioned = false;
     for r in &rows {
-        let mut t = TableSize::default();
-        t.schema = column(r, 0, doing)?;
-        t.name = column(r, 1, doing)?;
-        t.heap_bytes = bytes(column(r, 2, doing)?);
-        t.index_bytes = bytes(column(r, 3, doing)?);
-        t.toast_bytes = column::<Option<i64>>(r, 4, doing)?.map(bytes);
-        t.total_bytes = bytes(column(r, 5, doing)?);
         let reltuples: f64 = column(r, 6, doing)?;
         // PostgreSQL 14+: -1 until the first VACUUM or ANALYZE.
-        if reltuples < 0.0 {
-            t.rows = None;
-            t.rows_method = "never analyzed".into();
+        let (rows, rows_method) = if reltuples < 0.0 {
             never += 1;
+            (None, "never analyzed")
         } else {
-            t.rows = Some(reltuples.round() as u64);
-            t.rows_method = "pg_class.reltuples".into();
-        }
+            (Some(reltuples.round() as u64), "pg_class.reltuples")
+        };
         partitioned |= column::<bool>(r, 7, doing)?;
-        report.tables.push(t);
+        report.tables.push(TableSize {
+            schema: column(r, 0, doing)?,
+            name: column(r, 1, doing)?,
+            heap_bytes: bytes(column(r, 2, doing)?),
+            index_bytes: bytes(column(r, 3, doing)?),
+            toast_bytes: column::<Option<i64>>(r, 4, doing)?.map(bytes),
+            total_bytes: bytes(column(r, 5, doing)?),
+            rows,
+            rows_method: rows_method.into(),
+        });
     }
     report.notes.push(
         "rows are the planner's estimates (pg_class.reltuples, as of the last VACUUM or \
@@ -168,8 +166,7 @@ fn limit(options: &InspectOptions) -> i64 {
 // ---------------------------------------------------------------------------------
 // Bloat.
 
-/// The fields of [`Bloat`].
-#[derive(Serialize)]
+/// A [`Bloat`] being worked out: withheld until a figure is given.
 struct BloatShape {
     schema: String,
     name: String,
@@ -219,8 +216,19 @@ impl BloatShape {
         self
     }
 
-    fn build(&self) -> Result<Bloat> {
-        shape(self, "Bloat")
+    fn build(self) -> Bloat {
+        Bloat {
+            schema: self.schema,
+            name: self.name,
+            kind: self.kind,
+            table: self.table,
+            size_bytes: self.size_bytes,
+            wasted_bytes: self.wasted_bytes,
+            wasted_percent: self.wasted_percent,
+            method: self.method,
+            confidence: self.confidence,
+            note: self.note,
+        }
     }
 }
 
@@ -612,7 +620,7 @@ async fn bloat(client: &Client, options: &InspectOptions) -> Result<BloatReport>
                 }
             }
         };
-        objects.push(shown.build()?);
+        objects.push(shown.build());
         objects.extend(
             index_bloat(
                 client,
@@ -719,7 +727,7 @@ async fn index_bloat(
                 b.withheld(
                     "invalid index (a failed concurrent build): see the indexes report".into(),
                 )
-                .build()?,
+                .build(),
             );
             continue;
         }
@@ -778,7 +786,7 @@ async fn index_bloat(
                 b.wasted(size as f64 - pages * block, Confidence::Estimate)
             }
         };
-        out.push(b.build()?);
+        out.push(b.build());
     }
     if other_methods && !report.notes.iter().any(|n| n.starts_with("only B-tree")) {
         report
@@ -791,18 +799,6 @@ async fn index_bloat(
 // ---------------------------------------------------------------------------------
 // Indexes.
 
-/// The fields of [`IndexIssue`].
-#[derive(Serialize)]
-struct Issue {
-    schema: String,
-    table: String,
-    index: String,
-    size_bytes: u64,
-    scans: Option<u64>,
-    definition: Option<String>,
-    detail: String,
-}
-
 fn issues(
     rows: &[tokio_postgres::Row],
     doing: &str,
@@ -811,7 +807,7 @@ fn issues(
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let index: String = column(r, 2, doing)?;
-        let i = Issue {
+        out.push(IndexIssue {
             schema: column(r, 0, doing)?,
             table: column(r, 1, doing)?,
             detail: detail(&index, r)?,
@@ -819,8 +815,7 @@ fn issues(
             size_bytes: bytes(column(r, 3, doing)?),
             scans: column::<Option<i64>>(r, 4, doing)?.map(bytes),
             definition: column(r, 5, doing)?,
-        };
-        out.push(shape(&i, "IndexIssue")?);
+        });
     }
     Ok(out)
 }
@@ -918,13 +913,15 @@ async fn indexes(client: &Client, options: &InspectOptions) -> Result<IndexRepor
         )
         .await
         .map_err(|e| query_error(e, doing))?;
-    let mut report = IndexReport::default();
-    report.unused = issues(&unused, doing, |_, _| Ok("never scanned".into()))?;
-    report.duplicate = issues(&duplicate, doing, |_, r| {
-        Ok(format!("duplicate of {}", column::<String>(r, 6, doing)?))
-    })?;
-    report.invalid = issues(&invalid, doing, |index, _| Ok(invalid_detail(index)))?;
-    report.stats_since = time(column(&since, 0, doing)?);
+    let mut report = IndexReport {
+        unused: issues(&unused, doing, |_, _| Ok("never scanned".into()))?,
+        duplicate: issues(&duplicate, doing, |_, r| {
+            Ok(format!("duplicate of {}", column::<String>(r, 6, doing)?))
+        })?,
+        invalid: issues(&invalid, doing, |index, _| Ok(invalid_detail(index)))?,
+        stats_since: time(column(&since, 0, doing)?),
+        notes: Vec::new(),
+    };
     if report.stats_since.is_none() {
         report.notes.push(
             "since when the scans are counted is unknown: this database's statistics were \
@@ -1006,16 +1003,6 @@ fn enable_statements(loaded: bool, database: &str) -> String {
     }
 }
 
-/// The fields of [`StatementStats`].
-#[derive(Serialize)]
-struct Statement {
-    query: String,
-    calls: u64,
-    total_ms: f64,
-    mean_ms: f64,
-    rows: u64,
-}
-
 async fn queries(client: &Client, options: &InspectOptions) -> Result<QueryReport> {
     require_stats(client, "read other users' statements").await?;
     let doing = "reading pg_stat_statements";
@@ -1031,8 +1018,10 @@ async fn queries(client: &Client, options: &InspectOptions) -> Result<QueryRepor
     let database: String = column(&setup, 0, doing)?;
     let version: i32 = column(&setup, 1, doing)?;
     let loaded: bool = column(&setup, 2, doing)?;
-    let mut report = QueryReport::default();
-    report.source = "pg_stat_statements".into();
+    let mut report = QueryReport {
+        source: "pg_stat_statements".into(),
+        ..QueryReport::default()
+    };
     let schema = match extension(client, "pg_stat_statements", "").await? {
         Some(Ok(schema)) => schema,
         _ => {
@@ -1068,39 +1057,19 @@ async fn queries(client: &Client, options: &InspectOptions) -> Result<QueryRepor
     };
     report.available = true;
     for r in &rows {
-        let s = Statement {
+        report.statements.push(StatementStats {
             query: column::<Option<String>>(r, 0, doing)?.unwrap_or_default(),
             calls: bytes(column(r, 1, doing)?),
             total_ms: column(r, 2, doing)?,
             mean_ms: column(r, 3, doing)?,
             rows: bytes(column(r, 4, doing)?),
-        };
-        report
-            .statements
-            .push(shape::<_, StatementStats>(&s, "StatementStats")?);
+        });
     }
     Ok(report)
 }
 
 // ---------------------------------------------------------------------------------
 // Vacuum.
-
-/// The fields of [`TableVacuum`].
-#[derive(Serialize)]
-struct Vacuumed {
-    schema: String,
-    name: String,
-    live_rows: u64,
-    dead_rows: u64,
-    modified_since_analyze: u64,
-    last_vacuum: Option<DateTime<Utc>>,
-    last_autovacuum: Option<DateTime<Utc>>,
-    last_analyze: Option<DateTime<Utc>>,
-    last_autoanalyze: Option<DateTime<Utc>>,
-    autovacuum_at_dead_rows: Option<u64>,
-    autovacuum_due: bool,
-    xid_age: Option<u64>,
-}
 
 async fn vacuum(client: &Client, options: &InspectOptions) -> Result<VacuumReport> {
     let (schemas, names) = chosen(client, options).await?;
@@ -1150,13 +1119,15 @@ async fn vacuum(client: &Client, options: &InspectOptions) -> Result<VacuumRepor
         )
         .await
         .map_err(|e| query_error(e, doing))?;
-    let mut report = VacuumReport::default();
-    report.database_xid_age = column::<Option<i64>>(&db, 0, doing)?.map(bytes);
-    report.freeze_max_age = column::<Option<i64>>(&db, 1, doing)?.map(bytes);
+    let mut report = VacuumReport {
+        database_xid_age: column::<Option<i64>>(&db, 0, doing)?.map(bytes),
+        freeze_max_age: column::<Option<i64>>(&db, 1, doing)?.map(bytes),
+        tables: Vec::with_capacity(rows.len()),
+    };
     for r in &rows {
         let dead = bytes(column(r, 3, doing)?);
         let at: Option<f64> = column(r, 9, doing)?;
-        let v = Vacuumed {
+        report.tables.push(TableVacuum {
             schema: column(r, 0, doing)?,
             name: column(r, 1, doing)?,
             live_rows: bytes(column(r, 2, doing)?),
@@ -1169,10 +1140,7 @@ async fn vacuum(client: &Client, options: &InspectOptions) -> Result<VacuumRepor
             autovacuum_at_dead_rows: at.map(|a| a.floor().max(0.0) as u64),
             autovacuum_due: at.is_some_and(|a| dead as f64 > a),
             xid_age: column::<Option<i64>>(r, 10, doing)?.map(bytes),
-        };
-        report
-            .tables
-            .push(shape::<_, TableVacuum>(&v, "TableVacuum")?);
+        });
     }
     Ok(report)
 }
@@ -1211,62 +1179,30 @@ mod tests {
     }
 
     #[test]
-    fn shapes_build_their_core_types() {
+    fn bloat_figures_are_clamped_and_withheld_without_one() {
         let b = BloatShape::new("s", "t", ObjectKind::Table, 1000, "statistics")
             .wasted(250.0, Confidence::Estimate)
-            .build()
-            .expect("bloat");
+            .build();
         assert_eq!((b.wasted_bytes, b.wasted_percent), (Some(250), Some(25.0)));
+        let over = BloatShape::new("s", "t", ObjectKind::Table, 1000, "statistics")
+            .wasted(5000.0, Confidence::Estimate)
+            .build();
+        assert_eq!(
+            (over.wasted_bytes, over.wasted_percent),
+            (Some(1000), Some(100.0))
+        );
+        let empty = BloatShape::new("s", "t", ObjectKind::Table, 0, "statistics")
+            .wasted(-3.0, Confidence::Estimate)
+            .build();
+        assert_eq!(
+            (empty.wasted_bytes, empty.wasted_percent),
+            (Some(0), Some(0.0))
+        );
         let w = BloatShape::new("s", "t", ObjectKind::Index, 1000, "statistics")
             .withheld("why".into())
-            .build()
-            .expect("withheld");
+            .build();
         assert_eq!((w.wasted_bytes, w.confidence), (None, Confidence::Withheld));
-        let i: IndexIssue = shape(
-            &Issue {
-                schema: "s".into(),
-                table: "t".into(),
-                index: "i".into(),
-                size_bytes: 0,
-                scans: None,
-                definition: None,
-                detail: "x".into(),
-            },
-            "IndexIssue",
-        )
-        .expect("issue");
-        assert_eq!(i.index, "i");
-        let s: StatementStats = shape(
-            &Statement {
-                query: "SELECT $1".into(),
-                calls: 2,
-                total_ms: 3.0,
-                mean_ms: 1.5,
-                rows: 4,
-            },
-            "StatementStats",
-        )
-        .expect("statement");
-        assert_eq!(s.calls, 2);
-        let v: TableVacuum = shape(
-            &Vacuumed {
-                schema: "s".into(),
-                name: "t".into(),
-                live_rows: 1,
-                dead_rows: 2,
-                modified_since_analyze: 3,
-                last_vacuum: None,
-                last_autovacuum: time(Some(1.5)),
-                last_analyze: None,
-                last_autoanalyze: None,
-                autovacuum_at_dead_rows: Some(50),
-                autovacuum_due: false,
-                xid_age: Some(7),
-            },
-            "TableVacuum",
-        )
-        .expect("vacuum");
-        assert_eq!(v.xid_age, Some(7));
+        assert_eq!(w.note.as_deref(), Some("why"));
     }
 
     #[test]

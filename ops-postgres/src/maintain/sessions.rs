@@ -2,10 +2,8 @@
 //! (`pg_cancel_backend`, then `pg_terminate_backend` after a grace period), and the
 //! read-only query runner of the integrity checks.
 //!
-//! Also here: [`shape`], which builds the `#[non_exhaustive]` report types of
-//! `ops_core::maintain` that have neither `Default` nor a constructor, and
-//! [`require_stats`], the privilege check every report on other users' sessions runs
-//! first. What must not live here: the inspection reports (`inspect.rs`).
+//! Also here: [`require_stats`], the privilege check every report on other users'
+//! sessions runs first. What must not live here: the inspection reports (`inspect.rs`).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -16,55 +14,11 @@ use ops_core::maintain::{
     SessionKind,
 };
 use ops_core::{Error, ErrorKind, Result};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::connect;
 use crate::PostgresEngine;
 use crate::errors::{column, query_error};
-
-/// Builds the core type `T` from `m`, a local struct with the same fields, through
-/// their serde shape: the report types are `#[non_exhaustive]` without constructors,
-/// so this crate cannot write them as struct literals. The unit tests build each one,
-/// so a field added in the core shows as a failing test, not as a wrong report.
-pub(super) fn shape<M: Serialize, T: DeserializeOwned>(m: &M, what: &str) -> Result<T> {
-    serde_json::to_value(m)
-        .and_then(serde_json::from_value)
-        .map_err(|e| {
-            Error::internal(format!(
-                "building a {what} (did ops-core's fields change? update ops-postgres \
-                 maintain/sessions.rs and inspect.rs): {e}"
-            ))
-        })
-}
-
-/// The fields of [`SessionInfo`].
-#[derive(Serialize)]
-struct Session {
-    id: i64,
-    kind: SessionKind,
-    user: Option<String>,
-    database: Option<String>,
-    application: Option<String>,
-    client: Option<String>,
-    state: String,
-    wait: Option<String>,
-    query: Option<String>,
-    query_seconds: Option<f64>,
-    transaction_seconds: Option<f64>,
-    state_seconds: Option<f64>,
-    blocked_by: Vec<i64>,
-}
-
-fn ended(session: SessionInfo, outcome: Ended) -> Result<EndedSession> {
-    #[derive(Serialize)]
-    struct M {
-        session: SessionInfo,
-        outcome: Ended,
-    }
-    shape(&M { session, outcome }, "EndedSession")
-}
 
 /// Fails unless the session's user is a superuser or a member of `pg_read_all_stats`
 /// (`pg_monitor` includes it): without it PostgreSQL shows other users' sessions and
@@ -143,7 +97,7 @@ pub(super) async fn load(client: &Client) -> Result<Vec<SessionInfo>> {
         let state: Option<String> = column(r, 6, doing)?;
         let active = state.as_deref() == Some("active");
         let blocked: Option<Vec<i32>> = column(r, 12, doing)?;
-        let s = Session {
+        out.push(SessionInfo {
             id: column(r, 0, doing)?,
             kind: kind_of(backend_type.as_deref(), own),
             user: column(r, 2, doing)?,
@@ -164,8 +118,7 @@ pub(super) async fn load(client: &Client) -> Result<Vec<SessionInfo>> {
                 .into_iter()
                 .map(i64::from)
                 .collect(),
-        };
-        out.push(shape(&s, "SessionInfo")?);
+        });
     }
     Ok(out)
 }
@@ -375,7 +328,10 @@ pub(crate) async fn end_sessions(
             } else {
                 Ended::Refused
             };
-            report.sessions.push(ended(s, o)?);
+            report.sessions.push(EndedSession {
+                session: s,
+                outcome: o,
+            });
         }
         return Ok(report);
     }
@@ -386,7 +342,10 @@ pub(crate) async fn end_sessions(
             (true, EndMode::Cancel) => Ended::WouldCancel,
             (true, _) => Ended::WouldTerminate,
         };
-        report.sessions.push(ended(s, o)?);
+        report.sessions.push(EndedSession {
+            session: s,
+            outcome: o,
+        });
     }
     Ok(report)
 }
@@ -456,32 +415,6 @@ async fn run_counted(client: &Client, sql: &str, sample: usize) -> Result<QueryR
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shapes_build_their_core_types() {
-        let s: SessionInfo = shape(
-            &Session {
-                id: 7,
-                kind: SessionKind::Client,
-                user: Some("app".into()),
-                database: None,
-                application: None,
-                client: None,
-                state: "idle in transaction".into(),
-                wait: None,
-                query: None,
-                query_seconds: None,
-                transaction_seconds: Some(1.5),
-                state_seconds: Some(2.0),
-                blocked_by: vec![3],
-            },
-            "SessionInfo",
-        )
-        .expect("session");
-        assert_eq!((s.id, s.blocked_by.as_slice()), (7, &[3][..]));
-        let e = ended(s, Ended::Terminated).expect("ended");
-        assert_eq!(e.outcome, Ended::Terminated);
-    }
 
     #[test]
     fn backend_types_map_to_kinds() {
