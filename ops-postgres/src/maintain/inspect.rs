@@ -538,7 +538,8 @@ async fn bloat(client: &Client, options: &InspectOptions) -> Result<BloatReport>
         report.notes.push(
             "tables: pgstattuple_approx (reads the pages not marked all-visible, takes the \
              free space of the others from the free space map); indexes: pgstatindex \
-             (reads every page). Wasted = dead rows + free space"
+             (reads every page of every B-tree: on a large database, name the tables). \
+             Wasted = dead rows + free space"
                 .into(),
         );
     } else {
@@ -613,6 +614,11 @@ async fn bloat(client: &Client, options: &InspectOptions) -> Result<BloatReport>
             let columns = column_stats(client, TABLE_COLUMNS, oid, &doing).await?;
             match stats_problem(&columns, reltuples, modified, &user) {
                 Some(problem) if size > 0 => b.withheld(problem),
+                // Analyzed while empty, filled since by fewer rows than count as stale:
+                // against 0 rows, every byte would read as waste.
+                _ if relpages <= 0.0 && reltuples <= 0.0 && size > 0 => b.withheld(
+                    "the statistics were taken before the table had rows: ANALYZE the table".into(),
+                ),
                 _ => {
                     let row = heap_row_bytes(&columns);
                     let free = heap_free_estimate(size as f64, block, relpages, reltuples, row);
