@@ -204,8 +204,8 @@ sql = "SELEC 1"
         "SET foreign_key_checks = 0; \
          INSERT INTO rental (rental_date, inventory_id, customer_id, staff_id) \
          VALUES ('2022-06-01', 1, 65000, 1); \
-         INSERT INTO customer (store_id, first_name, last_name, email, address_id) \
-         SELECT store_id, 'DUP', 'LICATE', email, address_id FROM customer WHERE customer_id = 1;",
+         INSERT INTO customer (store_id, first_name, last_name, email, address_id, create_date) \
+         SELECT store_id, 'DUP', 'LICATE', email, address_id, NOW() FROM customer WHERE customer_id = 1;",
     );
     let email = query(
         port,
