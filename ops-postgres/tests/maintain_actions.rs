@@ -577,6 +577,54 @@ async fn archive_shapes(server: &EphemeralPostgres) {
         "{err}"
     );
     assert_eq!(scalar_i64(&admin, "SELECT count(*) FROM orders").await, 635);
+
+    // An old transaction of another session holds the archiver back: it waits, and
+    // gives up after max_wait naming the session; when the transaction ends within
+    // max_wait, the wait is counted and the rows move.
+    let (old, old_pid) = session(server, "shapes", "test-old-transaction").await;
+    old.batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("old transaction");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let spec = ArchiveSpec::new("orders", "placed < date '2021-07-01'", "orders_archive")
+        .with_limits(Duration::from_secs(10), Duration::from_secs(1))
+        .with_max_wait(Duration::from_millis(1500));
+    let started = Instant::now();
+    let err = engine.archive(&spec).await.expect_err("held back");
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+    assert!(err.message().contains(&format!("pid {old_pid} ")), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        old.batch_execute("COMMIT").await.expect("commit");
+        old
+    });
+    let report = engine
+        .archive(&spec.with_max_wait(Duration::from_secs(20)))
+        .await
+        .expect("archive after the wait");
+    let _old = release.await.expect("release");
+    assert!(report.throttled_seconds >= 0.5, "{report:?}");
+    assert_eq!((report.rows, report.remaining), (181, 0), "{report:?}");
+
+    // max_rows stops early and says what is left.
+    let report = engine
+        .archive(
+            &ArchiveSpec::new("orders", "true", "orders_archive")
+                .with_batch(20)
+                .with_max_rows(Some(50)),
+        )
+        .await
+        .expect("a first, careful run");
+    assert_eq!(
+        (report.rows, report.batches, report.remaining),
+        (50, 3, 404),
+        "{report:?}"
+    );
 }
 
 /// Row count, distinct ids, and an order-independent digest of the columns the
@@ -673,6 +721,11 @@ async fn archive_survives_kills(server: &EphemeralPostgres) {
     let mut kills = 0;
     let mut terminated = 0;
     for round in 0..10 {
+        let spawned: String = admin
+            .query_one("SELECT clock_timestamp()::text", &[])
+            .await
+            .expect("clock")
+            .get(0);
         let task = {
             let (engine, spec) = (engine.clone(), spec.clone());
             tokio::spawn(async move { engine.archive(&spec).await })
@@ -680,18 +733,26 @@ async fn archive_survives_kills(server: &EphemeralPostgres) {
         let delay = Duration::from_millis(rng.range(150, 1800));
         tokio::time::sleep(delay).await;
         if round % 3 == 1 {
-            // Terminate the archiver's backend from another session.
-            let n = scalar_i64(
-                &admin,
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                  WHERE application_name = 'dbops-maintain' AND datname = 'arch'",
-            )
-            .await;
-            let outcome = task.await.expect("archive task");
-            eprintln!(
-                "round {round}: terminated {n} backend(s) after {delay:?}: {:?}",
-                outcome.as_ref().map(|r| r.rows).map_err(|e| e.kind())
-            );
+            // Terminate this round's archiver backend from another session (an
+            // earlier, aborted one may still be finishing its statement).
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                      WHERE application_name = 'dbops-maintain' AND datname = 'arch'
+                        AND backend_start >= $1::text::timestamptz",
+                    &[&spawned],
+                )
+                .await
+                .expect("terminate")
+                .get(0);
+            if n == 0 {
+                task.abort();
+            }
+            let outcome = task
+                .await
+                .map_err(|_| "aborted")
+                .map(|r| r.map(|r| r.rows).map_err(|e| e.kind()));
+            eprintln!("round {round}: terminated {n} backend(s) after {delay:?}: {outcome:?}");
             if n > 0 {
                 terminated += 1;
                 kills += 1;
