@@ -695,7 +695,7 @@ impl StepProgress {
 pub type ProgressFn = Arc<dyn Fn(&StepProgress) + Send + Sync>;
 
 /// Options of [`Maintenance::maintain`].
-#[derive(Clone)]
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct MaintainOptions {
     /// Only these tables (`name` or `schema.name`); every table when empty.
@@ -716,17 +716,6 @@ impl fmt::Debug for MaintainOptions {
             .field("lock", &self.lock)
             .field("progress", &self.progress.is_some())
             .finish()
-    }
-}
-
-impl Default for MaintainOptions {
-    fn default() -> Self {
-        Self {
-            tables: Vec::new(),
-            dry_run: false,
-            lock: LockSteps::default(),
-            progress: None,
-        }
     }
 }
 
@@ -932,10 +921,10 @@ impl SessionFilter {
             want.as_ref()
                 .is_none_or(|w| have.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(w)))
         };
-        if let Some(state) = &self.state {
-            if !s.state.eq_ignore_ascii_case(state) {
-                return false;
-            }
+        if let Some(state) = &self.state
+            && !s.state.eq_ignore_ascii_case(state)
+        {
+            return false;
         }
         eq(&self.user, &s.user) && eq(&self.application, &s.application)
     }
