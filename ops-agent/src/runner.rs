@@ -555,18 +555,7 @@ impl Runner {
                     summary.checks.len(),
                     bad.len()
                 );
-                if !bad.is_empty() {
-                    // Not an error of the library: the run fails so that it notifies
-                    // (once, and again on recovery), and nothing retries it.
-                    return Err(Error::new(
-                        ErrorKind::Mismatch,
-                        format!("{line}: {}", bad.join("; ")),
-                    ));
-                }
-                Ok(WorkOutcome {
-                    summary: line,
-                    ..WorkOutcome::default()
-                })
+                verdict(line, &bad)
             }
             Work::Maintenance {
                 database,
@@ -625,18 +614,7 @@ impl Runner {
                     run.checks.len(),
                     bad.len()
                 );
-                if !bad.is_empty() {
-                    // Like a health run: the run fails so that it notifies, once, and
-                    // again on recovery; a violation is not retried.
-                    return Err(Error::new(
-                        ErrorKind::Mismatch,
-                        format!("{line}: {}", bad.join("; ")),
-                    ));
-                }
-                Ok(WorkOutcome {
-                    summary: line,
-                    ..WorkOutcome::default()
-                })
+                verdict(line, &bad)
             }
             Work::Archive { database, spec } => {
                 let db = self.maintenance_of(database)?;
@@ -755,6 +733,22 @@ impl Runner {
             }
         }
     }
+}
+
+/// The outcome of a health or integrity run: a success, or with `bad` findings a
+/// failure. Not an error of the library: the run fails so that it notifies (once, and
+/// again on recovery), and nothing retries it.
+fn verdict(line: String, bad: &[String]) -> Result<WorkOutcome> {
+    if bad.is_empty() {
+        return Ok(WorkOutcome {
+            summary: line,
+            ..WorkOutcome::default()
+        });
+    }
+    Err(Error::new(
+        ErrorKind::Mismatch,
+        format!("{line}: {}", bad.join("; ")),
+    ))
 }
 
 /// One integrity verdict in a line: the check, its status, the rows or the error.

@@ -869,6 +869,29 @@ pub struct MaintainStep {
     pub seconds: f64,
 }
 
+impl MaintainStep {
+    /// A step on `object` running `sql` that ended as `outcome`; the rest empty.
+    pub fn new(object: impl Into<String>, sql: impl Into<String>, outcome: StepOutcome) -> Self {
+        Self {
+            object: object.into(),
+            sql: sql.into(),
+            outcome,
+            message: None,
+            size_before: None,
+            size_after: None,
+            lock_tries: 0,
+            seconds: 0.0,
+        }
+    }
+
+    /// The step with `message`.
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
 /// What [`Maintenance::maintain`] did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MaintainReport {
