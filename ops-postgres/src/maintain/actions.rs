@@ -353,8 +353,8 @@ impl<'a> Runner<'a> {
         Ok(step)
     }
 
-    /// `REINDEX TABLE [CONCURRENTLY]`; concurrently, the invalid leftovers of earlier
-    /// failed runs are dropped first and those of this run after it.
+    /// `REINDEX TABLE [CONCURRENTLY]`; the invalid leftovers of earlier failed
+    /// concurrent runs are dropped first, and concurrently those of this run after it.
     async fn reindex(
         &mut self,
         table: &TableRef,
@@ -368,7 +368,9 @@ impl<'a> Runner<'a> {
         } else {
             format!("REINDEX TABLE {name}")
         };
-        if concurrently {
+        // Leftovers go first in both modes: a plain REINDEX would make them valid
+        // duplicates of the indexes they were to replace.
+        {
             let before = self.leftovers(&name).await?;
             if !before.is_empty() {
                 if self.options.dry_run {
@@ -419,11 +421,10 @@ impl<'a> Runner<'a> {
             return Ok(());
         }
         let size_before = self.size(&name).await?;
-        let conflicts = if concurrently {
-            CONFLICTS_SHARE_UPDATE_EXCLUSIVE
-        } else {
-            CONFLICTS_ACCESS_EXCLUSIVE
-        };
+        // Concurrently, it starts with a ShareUpdateExclusiveLock but then waits for
+        // the writers and, before it drops the old indexes, for every session that
+        // holds any lock on the table: any holder can be the one it waits for.
+        let conflicts = CONFLICTS_ACCESS_EXCLUSIVE;
         let tried = self
             .run_locked(
                 &name,
