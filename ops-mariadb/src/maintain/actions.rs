@@ -90,11 +90,14 @@ async fn run(
         };
         let sql = format!("{verb} TABLE {}", t.sql());
         if action == Action::Repair && t.is_innodb() {
-            steps.push(step(t.label(), sql, StepOutcome::NotSupported).with_message(INNODB_REPAIR));
+            steps.push(
+                MaintainStep::new(t.label(), sql, StepOutcome::NotSupported)
+                    .with_message(INNODB_REPAIR),
+            );
             continue;
         }
         if options.dry_run {
-            steps.push(step(t.label(), sql, StepOutcome::Planned));
+            steps.push(MaintainStep::new(t.label(), sql, StepOutcome::Planned));
             continue;
         }
         let started = Instant::now();
@@ -122,32 +125,6 @@ async fn run(
         steps,
         dropped_leftovers: Vec::new(),
     })
-}
-
-/// A step on `object` running `sql`, ending in `outcome`.
-fn step(object: String, sql: String, outcome: StepOutcome) -> MaintainStep {
-    MaintainStep {
-        object,
-        sql,
-        outcome,
-        message: None,
-        size_before: None,
-        size_after: None,
-        lock_tries: 0,
-        seconds: 0.0,
-    }
-}
-
-/// Sets a step's message.
-trait WithMessage {
-    fn with_message(self, message: impl Into<String>) -> Self;
-}
-
-impl WithMessage for MaintainStep {
-    fn with_message(mut self, message: impl Into<String>) -> Self {
-        self.message = Some(message.into());
-        self
-    }
 }
 
 /// Reports the progress of the statement running on connection `id` about once a
@@ -296,11 +273,12 @@ async fn with_lock_tries(c: &mut Conn, sql: &str, tries: &[(u64, Duration)]) -> 
 /// A step that gave up waiting for the lock, naming who holds it.
 async fn lock_timeout_step(c: &mut Conn, t: &Table, sql: String, tries: u32) -> MaintainStep {
     let who = blockers(c, t).await;
-    let mut step = step(t.label(), sql, StepOutcome::LockTimeout).with_message(format!(
-        "gave up after {tries} {} waiting for the metadata lock on {}: {who}",
-        if tries == 1 { "try" } else { "tries" },
-        t.label()
-    ));
+    let mut step =
+        MaintainStep::new(t.label(), sql, StepOutcome::LockTimeout).with_message(format!(
+            "gave up after {tries} {} waiting for the metadata lock on {}: {who}",
+            if tries == 1 { "try" } else { "tries" },
+            t.label()
+        ));
     step.lock_tries = tries;
     step
 }
@@ -416,7 +394,8 @@ async fn optimize(c: &mut Conn, t: &Table, sql: String, tries: &[(u64, Duration)
     let mut step = match with_lock_tries(c, &sql, tries).await {
         Admin::LockTimeout(n) => return lock_timeout_step(c, t, sql, n).await,
         Admin::Failed(e, n) => {
-            let mut s = step(t.label(), sql, StepOutcome::Failed).with_message(e.to_string());
+            let mut s =
+                MaintainStep::new(t.label(), sql, StepOutcome::Failed).with_message(e.to_string());
             s.lock_tries = n;
             return s;
         }
@@ -438,7 +417,7 @@ async fn optimize(c: &mut Conn, t: &Table, sql: String, tries: &[(u64, Duration)
             } else {
                 (StepOutcome::Done, result.text())
             };
-            let mut s = step(t.label(), sql, outcome).with_message(message);
+            let mut s = MaintainStep::new(t.label(), sql, outcome).with_message(message);
             s.lock_tries = n;
             s
         }
@@ -460,7 +439,8 @@ async fn admin_step(
     match with_lock_tries(c, &sql, tries).await {
         Admin::LockTimeout(n) => lock_timeout_step(c, t, sql, n).await,
         Admin::Failed(e, n) => {
-            let mut s = step(t.label(), sql, StepOutcome::Failed).with_message(e.to_string());
+            let mut s =
+                MaintainStep::new(t.label(), sql, StepOutcome::Failed).with_message(e.to_string());
             s.lock_tries = n;
             s
         }
@@ -480,7 +460,7 @@ async fn admin_step(
             } else {
                 result.text()
             };
-            let mut s = step(t.label(), sql, outcome).with_message(message);
+            let mut s = MaintainStep::new(t.label(), sql, outcome).with_message(message);
             s.lock_tries = n;
             s
         }
