@@ -114,35 +114,6 @@ pub(crate) async fn maintain(
     })
 }
 
-/// A step on `object` running `sql`, ending in `outcome`.
-fn new_step(
-    object: impl Into<String>,
-    sql: impl Into<String>,
-    outcome: StepOutcome,
-) -> MaintainStep {
-    MaintainStep {
-        object: object.into(),
-        sql: sql.into(),
-        outcome,
-        message: None,
-        size_before: None,
-        size_after: None,
-        lock_tries: 0,
-        seconds: 0.0,
-    }
-}
-
-trait WithMessage {
-    fn with_message(self, message: impl Into<String>) -> Self;
-}
-
-impl WithMessage for MaintainStep {
-    fn with_message(mut self, message: impl Into<String>) -> Self {
-        self.message = Some(message.into());
-        self
-    }
-}
-
 /// Which `pg_stat_progress_*` view reports a step.
 #[derive(Debug, Clone, Copy)]
 enum ProgressView {
@@ -338,10 +309,10 @@ impl<'a> Runner<'a> {
         let name = qualified(table);
         let object = table.to_string();
         if self.options.dry_run {
-            return Ok(new_step(object, sql, StepOutcome::Planned));
+            return Ok(MaintainStep::new(object, sql, StepOutcome::Planned));
         }
         if let Some(missing) = self.missing_privilege(table, verb).await? {
-            return Ok(new_step(object, sql, StepOutcome::Failed).with_message(missing));
+            return Ok(MaintainStep::new(object, sql, StepOutcome::Failed).with_message(missing));
         }
         let size_before = if sizes { self.size(&name).await? } else { None };
         let tried = self.run_locked(&name, &sql, conflicts, view, &object).await;
@@ -376,7 +347,7 @@ impl<'a> Runner<'a> {
                 if self.options.dry_run {
                     for index in &before {
                         steps.push(
-                            new_step(
+                            MaintainStep::new(
                                 index.clone(),
                                 format!("DROP INDEX CONCURRENTLY {index}"),
                                 StepOutcome::Planned,
@@ -395,7 +366,7 @@ impl<'a> Runner<'a> {
                     } else {
                         StepOutcome::LockTimeout
                     };
-                    let mut step = new_step(
+                    let mut step = MaintainStep::new(
                         table.to_string(),
                         before
                             .iter()
@@ -413,11 +384,18 @@ impl<'a> Runner<'a> {
             }
         }
         if self.options.dry_run {
-            steps.push(new_step(table.to_string(), sql, StepOutcome::Planned));
+            steps.push(MaintainStep::new(
+                table.to_string(),
+                sql,
+                StepOutcome::Planned,
+            ));
             return Ok(());
         }
         if let Some(missing) = self.missing_privilege(table, "REINDEX").await? {
-            steps.push(new_step(table.to_string(), sql, StepOutcome::Failed).with_message(missing));
+            steps.push(
+                MaintainStep::new(table.to_string(), sql, StepOutcome::Failed)
+                    .with_message(missing),
+            );
             return Ok(());
         }
         let size_before = self.size(&name).await?;
@@ -478,7 +456,7 @@ impl<'a> Runner<'a> {
             .map_err(|e| query_error(e, "looking for the amcheck extension"))?;
         let Some(schema) = schema else {
             steps.push(
-                new_step(
+                MaintainStep::new(
                     table.to_string(),
                     "SELECT bt_index_check(...)",
                     StepOutcome::Failed,
@@ -507,7 +485,7 @@ impl<'a> Runner<'a> {
             .map_err(|e| query_error(e, format!("listing the B-tree indexes of {name}")))?;
         if rows.is_empty() {
             steps.push(
-                new_step(table.to_string(), "", StepOutcome::Skipped)
+                MaintainStep::new(table.to_string(), "", StepOutcome::Skipped)
                     .with_message("no valid B-tree index to check"),
             );
             return Ok(());
@@ -520,7 +498,7 @@ impl<'a> Runner<'a> {
                 quote_literal(&index)
             );
             if self.options.dry_run {
-                steps.push(new_step(index, sql, StepOutcome::Planned));
+                steps.push(MaintainStep::new(index, sql, StepOutcome::Planned));
                 continue;
             }
             self.reconnect_if_closed().await?;
@@ -558,14 +536,14 @@ impl<'a> Runner<'a> {
         verb: &str,
     ) -> MaintainStep {
         let mut step = match (&tried.result, tried.sqlstate()) {
-            (Ok(()), _) => new_step(object, sql, StepOutcome::Done),
+            (Ok(()), _) => MaintainStep::new(object, sql, StepOutcome::Done),
             (Err(_), Some(LOCK_NOT_AVAILABLE)) => {
                 let total: f64 = self
                     .steps()
                     .iter()
                     .map(|(t, p)| (*t + *p).as_secs_f64())
                     .sum();
-                new_step(object, sql, StepOutcome::LockTimeout).with_message(format!(
+                MaintainStep::new(object, sql, StepOutcome::LockTimeout).with_message(format!(
                     "gave up after {} tries ({total:.1} s) waiting for a lock on {table}; {}; \
                      end them (`dbops sessions --terminate`) or run again when they are done",
                     tried.tries,
@@ -575,15 +553,15 @@ impl<'a> Runner<'a> {
                         .unwrap_or("no holder of a conflicting lock is left")
                 ))
             }
-            (Err(_), Some(INSUFFICIENT_PRIVILEGE)) => new_step(object, sql, StepOutcome::Failed)
-                .with_message(format!(
+            (Err(_), Some(INSUFFICIENT_PRIVILEGE)) => {
+                MaintainStep::new(object, sql, StepOutcome::Failed).with_message(format!(
                     "{}; {}",
                     error_text(&tried.result),
                     self.privilege_hint(table, verb)
-                )),
-            (Err(_), _) => {
-                new_step(object, sql, StepOutcome::Failed).with_message(error_text(&tried.result))
+                ))
             }
+            (Err(_), _) => MaintainStep::new(object, sql, StepOutcome::Failed)
+                .with_message(error_text(&tried.result)),
         };
         step.lock_tries = tried.tries;
         step.seconds = tried.seconds;
@@ -980,7 +958,7 @@ mod tests {
 
     #[test]
     fn a_step_carries_its_message() {
-        let s = new_step("public.t", "VACUUM public.t", StepOutcome::LockTimeout)
+        let s = MaintainStep::new("public.t", "VACUUM public.t", StepOutcome::LockTimeout)
             .with_message("blocked by pid 7");
         assert_eq!(s.outcome, StepOutcome::LockTimeout);
         assert_eq!(s.message.as_deref(), Some("blocked by pid 7"));
