@@ -1046,6 +1046,14 @@ fn edit_distance(a: &str, b: &str) -> usize {
 // ---------------------------------------------------------------------------------
 // Resolving: interpolation, defaults, references, checks.
 
+/// The config's named sections a job may refer to.
+struct Sections<'a> {
+    repositories: &'a BTreeMap<String, RepositoryConfig>,
+    databases: &'a BTreeMap<String, DatabaseConfig>,
+    notifications: &'a BTreeSet<String>,
+    checks: &'a BTreeMap<String, CheckConfig>,
+}
+
 struct Resolver<'a> {
     text: &'a str,
     origin: &'a str,
@@ -1417,15 +1425,13 @@ impl Resolver<'_> {
         let notification_names: BTreeSet<String> = raw.notifications.keys().cloned().collect();
         let mut jobs = BTreeMap::new();
         for (name, j) in &raw.jobs {
-            let job = self.job(
-                name,
-                j,
-                hook_timeout,
-                &repositories,
-                &databases,
-                &notification_names,
-                &checks,
-            )?;
+            let sections = Sections {
+                repositories: &repositories,
+                databases: &databases,
+                notifications: &notification_names,
+                checks: &checks,
+            };
+            let job = self.job(name, j, hook_timeout, &sections)?;
             jobs.insert(name.clone(), job);
         }
 
@@ -1749,11 +1755,14 @@ impl Resolver<'_> {
         name: &str,
         j: &Spanned<RawJob>,
         hook_timeout: Duration,
-        repositories: &BTreeMap<String, RepositoryConfig>,
-        databases: &BTreeMap<String, DatabaseConfig>,
-        notifications: &BTreeSet<String>,
-        checks: &BTreeMap<String, CheckConfig>,
+        sections: &Sections<'_>,
     ) -> Result<JobConfig> {
+        let Sections {
+            repositories,
+            databases,
+            notifications,
+            checks,
+        } = sections;
         let what = format!("[jobs.{name}]");
         let r = j.get_ref();
         let kind = JobKind::parse(r.kind.get_ref())

@@ -70,7 +70,7 @@ pub(crate) async fn resolve_tables(client: &Client, names: &[String]) -> Result<
                 &[name],
             )
             .await
-            .map_err(|e| query_error(e, &format!("looking up table {name}")))?;
+            .map_err(|e| query_error(e, format!("looking up table {name}")))?;
         match row {
             Some(r) => out.push(TableRef::new(r.get::<_, String>(0), r.get::<_, String>(1))),
             None => {
