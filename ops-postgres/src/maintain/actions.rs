@@ -545,7 +545,7 @@ impl<'a> Runner<'a> {
                     .sum();
                 MaintainStep::new(object, sql, StepOutcome::LockTimeout).with_message(format!(
                     "gave up after {} tries ({total:.1} s) waiting for a lock on {table}; {}; \
-                     end them (`dbops sessions --terminate`) or run again when they are done",
+                     end those sessions (cancel or terminate them) or run again when they are done",
                     tried.tries,
                     tried
                         .blockers

@@ -72,7 +72,7 @@ pub(crate) async fn archive(engine: &PostgresEngine, spec: &ArchiveSpec) -> Resu
     if let Some(existing) = &target {
         if qualified(existing) == src {
             return Err(Error::invalid(format!(
-                "the archive table {src} is the source table: name another table with --into"
+                "the archive table {src} is the source table: name another archive table"
             )));
         }
         let archive_columns = columns(&client, &qualified(existing)).await?;
@@ -287,7 +287,7 @@ fn compare_columns(
         if sn != an || st != at {
             return Err(Error::invalid(format!(
                 "the archive table {arch} does not match {src}: column {} is {an} {at} there \
-                 but {sn} {st} in the source; give another --into (it is created like the \
+                 but {sn} {st} in the source; name another archive table (it is created like the \
                  source) or make its columns the source's, in the same order",
                 i + 1
             )));
@@ -301,7 +301,7 @@ fn compare_columns(
         };
         return Err(Error::invalid(format!(
             "the archive table {arch} does not match {src}: {src} has {} columns, {arch} {}; \
-             only {more} has {}; give another --into or make the columns the same",
+             only {more} has {}; name another archive table or make the columns the same",
             source.len(),
             archive.len(),
             extra
