@@ -200,6 +200,36 @@ fn take_owner_lock(state_dir: &Path) -> Result<Owner> {
         })
 }
 
+/// An exclusive lock on `<state_dir>/history.lock`, held while one process opens and
+/// sets up the history file; released on drop.
+async fn lock_for_opening(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let file = state_dir.join("history.lock");
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&file)
+            .map_err(|e| Error::io(format!("creating {}", file.display()), e))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+            Error::io(
+                format!("locking {}", file.display()),
+                std::io::Error::from(e),
+            )
+        })
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Io, format!("locking the run history: {e}")))?
+}
+
+/// SQLite's "database is locked" (`SQLITE_BUSY`, code 5, and its extended codes).
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == 5)
+}
+
 fn db_error(doing: &str, path: &Path, e: sqlx::Error) -> Error {
     Error::new(
         ErrorKind::Io,
@@ -247,6 +277,11 @@ impl RunHistory {
     pub async fn open(state_dir: &Path) -> Result<Self> {
         create_private_dir(state_dir)?;
         let path = state_dir.join(HISTORY_FILE);
+        // Processes opening the file at once take turns: switching a new file to WAL
+        // and creating its tables can fail at once with "database is locked" (SQLite
+        // does not wait on its busy handler for a journal-mode change), which stopped
+        // a daemon at start while a `history` command opened the same file.
+        let _opening = lock_for_opening(state_dir).await?;
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|e| db_error("opening", &path, e))?
             .filename(&path)
@@ -257,11 +292,24 @@ impl RunHistory {
             // busy disk a fsync per record made runs crawl.
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await
-            .map_err(|e| db_error("opening", &path, e))?;
+        // And a connection refused as busy is tried again for a while: the busy
+        // handler covers reads and writes, not every step of setting a connection up.
+        let mut pause = Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        let pool = loop {
+            match SqlitePoolOptions::new()
+                .max_connections(2)
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => break pool,
+                Err(e) if is_busy(&e) && started.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(db_error("opening", &path, e)),
+            }
+        };
         for stmt in SCHEMA {
             sqlx::query(*stmt)
                 .execute(&pool)

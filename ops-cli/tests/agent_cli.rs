@@ -978,3 +978,40 @@ after = ["touch {m}/after-skip"]
         "after runs whenever before ran"
     );
 }
+
+/// A fresh history opened by several processes at once: each waits its turn instead
+/// of failing with SQLite's "database is locked" (a daemon once died at start that
+/// way while a `history` command opened the same new file).
+#[test]
+fn processes_opening_a_new_history_at_once_all_succeed() {
+    let ctx = Ctx::new();
+    for round in 0..8 {
+        let state = ctx.dir.path().join(format!("state-{round}"));
+        let config = write_config(
+            &ctx,
+            &format!("dbops-{round}.toml"),
+            &format!(
+                "state_dir = \"{}\"\n[repositories.main]\nurl = \"{}\"\npassword_env = \"DBOPS_PASSWORD\"\n",
+                state.display(),
+                ctx.repo,
+            ),
+        );
+        let children: Vec<Child> = (0..6)
+            .map(|_| {
+                dbops(&ctx, &config, &["--json", "history"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().expect("wait");
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
