@@ -172,7 +172,9 @@ pub struct SessionsArgs {
     /// Database URL, or the name of a [databases.NAME] in the config.
     #[arg(value_name = "DB_URL")]
     pub database: String,
-    /// Only sessions whose query (or state) is older than this (e.g. 5m).
+    /// Only sessions older than this (e.g. 5m): a running query by its start, a
+    /// session idle in a transaction by the transaction's start; idle sessions
+    /// only with --state idle, by their time idle.
     #[arg(long, value_name = "DURATION")]
     pub longer_than: Option<String>,
     /// Only sessions in this state (active, idle, "idle in transaction", …).
@@ -187,6 +189,13 @@ pub struct SessionsArgs {
     /// Only sessions that block others and wait for no one.
     #[arg(long)]
     pub root_blockers: bool,
+    /// Sessions of every database of the server, not only the one the URL names.
+    #[arg(long)]
+    pub all_databases: bool,
+    /// With --cancel or --terminate and no other condition: really every client
+    /// session (refused without it).
+    #[arg(long)]
+    pub all: bool,
     /// Cancel the sessions' running queries.
     #[arg(long, conflicts_with = "terminate")]
     pub cancel: bool,

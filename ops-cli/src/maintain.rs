@@ -20,8 +20,13 @@ use crate::output::{bytes, print_json, progress_wanted};
 /// The database a command works on: a URL, or the name of a `[databases.NAME]` of the
 /// config (which brings its password source).
 fn database(cli: &Cli, given: &str) -> Result<(Arc<dyn Maintenance>, String)> {
+    database_and_url(cli, given).map(|(db, location, _)| (db, location))
+}
+
+/// [`database`], with the URL itself (for the database name it names).
+fn database_and_url(cli: &Cli, given: &str) -> Result<(Arc<dyn Maintenance>, String, String)> {
     if given.contains("://") {
-        return Ok((dbops::maintenance(given)?, redact_url(given)));
+        return Ok((dbops::maintenance(given)?, redact_url(given), given.to_owned()));
     }
     let config = crate::commands::required_config(cli).map_err(|_| {
         Error::invalid(format!(
@@ -38,7 +43,18 @@ fn database(cli: &Cli, given: &str) -> Result<(Arc<dyn Maintenance>, String)> {
             names.join(", ")
         )));
     };
-    Ok((db.maintenance()?, redact_url(&db.url)))
+    Ok((db.maintenance()?, redact_url(&db.url), db.url.clone()))
+}
+
+/// The database a URL names (its path), if any.
+fn url_database(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let name = parsed.path().trim_start_matches('/');
+    (!name.is_empty()).then(|| {
+        percent_encoding::percent_decode_str(name)
+            .decode_utf8_lossy()
+            .into_owned()
+    })
 }
 
 fn duration(flag: &str, text: &str) -> Result<Duration> {
@@ -488,7 +504,7 @@ fn maintain_exit(report: &ops_core::maintain::MaintainReport) -> u8 {
 
 /// `dbops sessions DB`.
 pub async fn sessions(cli: &Cli, a: &SessionsArgs) -> Result<ExitCode> {
-    let (db, location) = database(cli, &a.database)?;
+    let (db, location, url) = database_and_url(cli, &a.database)?;
     let filter = SessionFilter {
         longer_than: a
             .longer_than
@@ -499,6 +515,14 @@ pub async fn sessions(cli: &Cli, a: &SessionsArgs) -> Result<ExitCode> {
         user: a.user.clone(),
         application: a.application.clone(),
         root_blockers: a.root_blockers,
+        // The URL's database, as an operator reads `sessions postgres://…/erp`;
+        // every database with --all-databases.
+        database: if a.all_databases {
+            None
+        } else {
+            url_database(&url)
+        },
+        all: a.all,
     };
     let mode = if a.terminate {
         Some(EndMode::Terminate)
@@ -517,6 +541,11 @@ pub async fn sessions(cli: &Cli, a: &SessionsArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
+    if filter.is_unconditional() && !filter.all {
+        return Err(Error::invalid(
+            "no condition chooses the sessions to end, so every client session of the server would end: add --longer-than, --state, --user, --application or --root-blockers, give a URL that names a database (without --all-databases), or pass --all to mean it",
+        ));
+    }
     let options = EndOptions::new(mode)
         .with_grace(duration("--grace", &a.grace)?)
         .with_dry_run(!a.yes);

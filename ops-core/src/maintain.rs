@@ -32,7 +32,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::health::HealthStatus;
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 // ---------------------------------------------------------------------------------
 // The trait.
@@ -918,7 +918,10 @@ impl MaintainReport {
 /// Which sessions [`Maintenance::sessions`] and [`Maintenance::end_sessions`] take.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionFilter {
-    /// Running a query, or in their state, for longer than this.
+    /// Older than this: an active session by its running query, a session idle
+    /// inside a transaction by its transaction. An idle session (a pooled
+    /// connection) has no age here and never passes, unless [`state`](Self::state)
+    /// asks for idle sessions, which are then judged by the time in that state.
     pub longer_than: Option<Duration>,
     /// In this state (`active`, `idle`, `idle in transaction`, ...).
     pub state: Option<String>,
@@ -926,8 +929,13 @@ pub struct SessionFilter {
     pub user: Option<String>,
     /// Of this application.
     pub application: Option<String>,
+    /// Connected to this database.
+    pub database: Option<String>,
     /// Only sessions that block others and wait for no one.
     pub root_blockers: bool,
+    /// Ending sessions with no other condition takes every client session of the
+    /// server; it is refused unless this says so.
+    pub all: bool,
 }
 
 impl SessionFilter {
@@ -935,8 +943,11 @@ impl SessionFilter {
     /// session to judge).
     pub fn matches(&self, s: &SessionInfo) -> bool {
         if let Some(d) = self.longer_than {
-            let age = s.query_seconds.or(s.state_seconds).unwrap_or(0.0);
-            if age < d.as_secs_f64() {
+            let age = s
+                .query_seconds
+                .or(s.transaction_seconds)
+                .or(self.state.as_ref().and(s.state_seconds));
+            if age.is_none_or(|a| a < d.as_secs_f64()) {
                 return false;
             }
         }
@@ -949,7 +960,36 @@ impl SessionFilter {
         {
             return false;
         }
-        eq(&self.user, &s.user) && eq(&self.application, &s.application)
+        eq(&self.user, &s.user)
+            && eq(&self.application, &s.application)
+            && eq(&self.database, &s.database)
+    }
+
+    /// Whether the filter names no condition at all (every session passes).
+    pub fn is_unconditional(&self) -> bool {
+        self.longer_than.is_none()
+            && self.state.is_none()
+            && self.user.is_none()
+            && self.application.is_none()
+            && self.database.is_none()
+            && !self.root_blockers
+    }
+
+    /// Refuses to end sessions on a filter without conditions unless
+    /// [`all`](Self::all) is set: a slip would end every client session of the
+    /// server. Engines call it first in [`Maintenance::end_sessions`], dry runs
+    /// included.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] when there is no condition and `all` is unset.
+    pub fn check_for_ending(&self) -> Result<()> {
+        if self.is_unconditional() && !self.all {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "no condition chooses the sessions to end, so every client session of the server would end: name a database, user, application, state, age or the root blockers, or ask for all sessions explicitly",
+            ));
+        }
+        Ok(())
     }
 
     /// The sessions that pass the filter, `all` being every session of the server.
@@ -1387,7 +1427,44 @@ mod tests {
         assert!(f.matches(&s));
         s.query_seconds = Some(1.0);
         assert!(!f.matches(&s));
+        // Idle inside a transaction: judged by the transaction's age.
+        s.state = "idle in transaction".into();
+        s.query_seconds = None;
+        s.transaction_seconds = Some(60.0);
+        s.state_seconds = Some(60.0);
+        assert!(f.matches(&s));
+        // Idle (a pooled connection): no age, unless idle sessions are asked for.
+        s.state = "idle".into();
+        s.transaction_seconds = None;
+        assert!(!f.matches(&s));
+        let idle = SessionFilter {
+            state: Some("idle".into()),
+            ..f.clone()
+        };
+        assert!(idle.matches(&s));
         assert_eq!("bloat".parse::<Inspect>().expect("parse"), Inspect::Bloat);
         assert!("nope".parse::<Inspect>().is_err());
+    }
+
+    #[test]
+    fn ending_needs_a_condition_or_all() {
+        let none = SessionFilter::default();
+        let e = none.check_for_ending().expect_err("refused");
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("every client session"), "{e}");
+        let all = SessionFilter {
+            all: true,
+            ..SessionFilter::default()
+        };
+        assert!(all.check_for_ending().is_ok());
+        let one_db = SessionFilter {
+            database: Some("erp".into()),
+            ..SessionFilter::default()
+        };
+        assert!(one_db.check_for_ending().is_ok());
+        let mut s = session(1, &[]);
+        assert!(one_db.matches(&s) == (s.database.as_deref() == Some("erp")));
+        s.database = Some("ERP".into());
+        assert!(one_db.matches(&s));
     }
 }

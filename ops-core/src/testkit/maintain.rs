@@ -39,6 +39,26 @@ pub async fn conformance(db: &dyn Maintenance) {
         .query_rows("CREATE TABLE dbops_conformance_write (a int)", t, 10)
         .await;
     assert!(write.is_err(), "checks run read-only: a write must fail");
+    // Only one query: a second statement (which could write or call a procedure
+    // outside the read-only guard) is refused, not run.
+    let two = db
+        .query_rows("SELECT 1; CREATE TABLE dbops_conformance_write (a int)", t, 10)
+        .await;
+    assert!(two.is_err(), "a second statement is refused");
+    let call = db.query_rows("CALL dbops_no_such_procedure()", t, 10).await;
+    assert!(call.is_err(), "only queries run: CALL is refused");
+    let end_all = db
+        .end_sessions(
+            &SessionFilter::default(),
+            &crate::maintain::EndOptions::new(crate::maintain::EndMode::Cancel)
+                .with_dry_run(true),
+        )
+        .await;
+    assert_eq!(
+        end_all.map(|_| ()).map_err(|e| e.kind()),
+        Err(crate::ErrorKind::InvalidInput),
+        "ending sessions without a condition is refused, even as a dry run"
+    );
 
     let check = IntegrityCheck::new("four", sql).with_severity(Severity::Warn);
     assert_eq!(check.run(db).await.status, HealthStatus::Degraded);
