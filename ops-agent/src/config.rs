@@ -220,6 +220,7 @@ struct RawJob {
     max_rows: Option<u64>,
     max_replication_lag: Option<Spanned<String>>,
     max_transaction_age: Option<Spanned<String>>,
+    max_wait: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -934,6 +935,7 @@ impl Config {
                 v["max_rows"] = json!(spec.max_rows);
                 v["max_replication_lag"] = json!(format_duration(spec.max_replication_lag));
                 v["max_transaction_age"] = json!(format_duration(spec.max_transaction_age));
+                v["max_wait"] = json!(format_duration(spec.max_wait));
             }
             Work::Copy {
                 repository,
@@ -1986,6 +1988,7 @@ impl Resolver<'_> {
             (r.max_rows.is_some(), "max_rows"),
             (r.max_replication_lag.is_some(), "max_replication_lag"),
             (r.max_transaction_age.is_some(), "max_transaction_age"),
+            (r.max_wait.is_some(), "max_wait"),
         ] {
             not_for(present, key, &[K::Archive]);
         }
@@ -2244,9 +2247,12 @@ impl Resolver<'_> {
                     &format!("{what} max_transaction_age"),
                     spec.max_transaction_age,
                 )?;
+                let max_wait =
+                    self.duration(&r.max_wait, &format!("{what} max_wait"), spec.max_wait)?;
                 spec = spec
                     .with_pause(pause)
                     .with_limits(lag, age)
+                    .with_max_wait(max_wait)
                     .with_max_rows(r.max_rows);
                 Work::Archive {
                     database: database(self, &r.database, true)?.unwrap_or_default(),
@@ -2438,7 +2444,7 @@ mod tests {
                 "{BASE}{db}[checks.orphans]\ndatabase = \"erp\"\nsql = \"SELECT 1 WHERE false\"\nseverity = \"warn\"\n\
                  [jobs.v]\nkind = \"maintenance\"\ndatabase = \"erp\"\naction = \"vacuum\"\nfull = true\nlock_wait = \"5s\"\n\
                  [jobs.i]\nkind = \"integrity\"\nchecks = [\"orphans\"]\n\
-                 [jobs.a]\nkind = \"archive\"\ndatabase = \"erp\"\ntable = \"invoices\"\nwhere = \"year < 2020\"\ninto = \"invoices_old\"\nbatch = 50\n"
+                 [jobs.a]\nkind = \"archive\"\ndatabase = \"erp\"\ntable = \"invoices\"\nwhere = \"year < 2020\"\ninto = \"invoices_old\"\nbatch = 50\nmax_wait = \"20m\"\n"
             ),
             &[],
         )
@@ -2456,7 +2462,7 @@ mod tests {
         ));
         assert_eq!(c.checks["orphans"].check.severity, Severity::Warn);
         assert!(
-            matches!(&c.jobs["a"].work, Work::Archive { spec, .. } if spec.batch == 50 && spec.predicate == "year < 2020")
+            matches!(&c.jobs["a"].work, Work::Archive { spec, .. } if spec.batch == 50 && spec.predicate == "year < 2020" && spec.max_wait == Duration::from_secs(1200))
         );
         assert_eq!(c.redacted()["checks"]["orphans"]["severity"], "warn");
 

@@ -254,6 +254,10 @@ pub struct ArchiveArgs {
     /// Wait while another transaction has been open longer than this.
     #[arg(long, default_value = "5m", value_name = "DURATION")]
     pub max_transaction_age: String,
+    /// Give up (rows moved so far stay moved) after waiting this long in one go
+    /// for the replica or the old transaction.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub max_wait: String,
 }
 
 /// `config …`.

@@ -26,7 +26,11 @@ fn database(cli: &Cli, given: &str) -> Result<(Arc<dyn Maintenance>, String)> {
 /// [`database`], with the URL itself (for the database name it names).
 fn database_and_url(cli: &Cli, given: &str) -> Result<(Arc<dyn Maintenance>, String, String)> {
     if given.contains("://") {
-        return Ok((dbops::maintenance(given)?, redact_url(given), given.to_owned()));
+        return Ok((
+            dbops::maintenance(given)?,
+            redact_url(given),
+            given.to_owned(),
+        ));
     }
     let config = crate::commands::required_config(cli).map_err(|_| {
         Error::invalid(format!(
@@ -658,6 +662,7 @@ pub async fn archive(cli: &Cli, a: &ArchiveArgs) -> Result<ExitCode> {
             duration("--max-replication-lag", &a.max_replication_lag)?,
             duration("--max-transaction-age", &a.max_transaction_age)?,
         )
+        .with_max_wait(duration("--max-wait", &a.max_wait)?)
         .with_max_rows(a.max_rows);
     let report = db.archive(&spec).await.map_err(|e| {
         if e.kind() == ErrorKind::Interrupted {

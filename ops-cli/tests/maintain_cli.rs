@@ -489,3 +489,194 @@ batch = 500
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("did you mean 'vacuum'"), "{}", r.stderr);
 }
+
+/// A psql session left open on `db` under `application_name = app`, running `sql`
+/// (for instance `BEGIN; SELECT …;` to hold a lock while idle in the transaction).
+/// Its stdin stays open: the session lives until the child is killed or ended.
+fn open_session(pg: &EphemeralPostgres, db: &str, app: &str, sql: &str) -> std::process::Child {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(pg.bin_dir().join("psql"))
+        .args(["-X", "-q", "-d", &pg.url_for(db)])
+        .env("PGAPPNAME", app)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start psql");
+    let stdin = child.stdin.as_mut().expect("stdin");
+    writeln!(stdin, "{sql}").expect("write to psql");
+    stdin.flush().expect("flush");
+    child
+}
+
+/// The pid and wait event type of the session of `app`, once it is in `state`.
+fn session_of(pg: &EphemeralPostgres, app: &str, state: &str) -> (i64, String) {
+    let mut found = None;
+    common::wait_for(
+        &format!("{app} to be {state}"),
+        Duration::from_secs(30),
+        || {
+            let out = psql(
+                pg,
+                "postgres",
+                &[
+                    "-At",
+                    "-c",
+                    &format!(
+                        "SELECT pid, coalesce(wait_event_type, '') FROM pg_stat_activity \
+                     WHERE application_name = '{app}' AND state = '{state}'"
+                    ),
+                ],
+            );
+            found = out.lines().next().and_then(|l| {
+                let (pid, wait) = l.split_once('|')?;
+                Some((pid.parse().ok()?, wait.to_owned()))
+            });
+            found.is_some()
+        },
+    );
+    found.expect("found")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_for_damage_and_lock_timeouts_and_ending_root_blockers() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    pg.create_database("ledger").await.expect("create db");
+    // An index over a function declared immutable that then changes its answer: the
+    // index no longer matches its table, which amcheck's heapallindexed finds.
+    pg.execute(
+        "ledger",
+        "CREATE EXTENSION amcheck;
+         CREATE TABLE entries (id int PRIMARY KEY, amount int NOT NULL);
+         INSERT INTO entries SELECT g, g % 97 FROM generate_series(1, 2000) g;
+         CREATE FUNCTION cents(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 * 100';
+         CREATE INDEX entries_cents ON entries (cents(amount));
+         CREATE OR REPLACE FUNCTION cents(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 * 10';",
+    )
+    .await
+    .expect("set up");
+    let ctx = Ctx::new();
+    let url = pg.url_for("ledger");
+
+    let r = ctx.run(&["maintain", "check", &url, "--table", "entries", "--json"]);
+    assert_eq!(r.code, 3, "damage found is exit 3: {}", r.all());
+    let steps = r.json()["report"]["steps"].clone();
+    assert!(
+        steps.as_array().is_some_and(|s| s
+            .iter()
+            .any(|s| s["object"] == "public.entries_cents" && s["outcome"] == "failed")),
+        "{steps}"
+    );
+    pg.execute("ledger", "DROP INDEX entries_cents")
+        .await
+        .expect("drop the damaged index");
+    let r = ctx.run(&["maintain", "check", &url, "--table", "entries"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    // A session idle in a transaction that read the table holds a lock VACUUM FULL
+    // needs: the action gives up after --lock-wait, exit 4, naming the blocker.
+    let mut holder = open_session(
+        &pg,
+        "ledger",
+        "holder",
+        "BEGIN; SELECT count(*) FROM entries;",
+    );
+    let (holder_pid, _) = session_of(&pg, "holder", "idle in transaction");
+    let started = std::time::Instant::now();
+    let r = ctx.run(&[
+        "maintain",
+        "vacuum",
+        &url,
+        "--full",
+        "--table",
+        "entries",
+        "--lock-wait",
+        "2s",
+    ]);
+    assert_eq!(r.code, 4, "a lock not taken in time is exit 4: {}", r.all());
+    assert!(r.all().contains(&holder_pid.to_string()), "{}", r.all());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Sessions are those of the URL's database unless --all-databases.
+    let other = ctx
+        .run(&["sessions", &pg.url_for("postgres"), "--json"])
+        .ok()
+        .json();
+    let ids = |doc: &serde_json::Value| -> Vec<i64> {
+        doc["sessions"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|s| s["id"].as_i64()).collect())
+            .unwrap_or_default()
+    };
+    assert!(!ids(&other).contains(&holder_pid), "{other}");
+    let every = ctx
+        .run(&[
+            "sessions",
+            &pg.url_for("postgres"),
+            "--all-databases",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert!(ids(&every).contains(&holder_pid), "{every}");
+    // With no condition at all, ending is refused unless --all says so.
+    let r = ctx.run(&[
+        "sessions",
+        &pg.url_for("postgres"),
+        "--all-databases",
+        "--terminate",
+        "--yes",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("--all"), "{}", r.all());
+    // An idle session is not "long-running": --longer-than takes the open
+    // transaction by its age, never an idle pooled connection.
+    let mut pooled = open_session(&pg, "ledger", "pooled", "SELECT 1;");
+    let (pooled_pid, _) = session_of(&pg, "pooled", "idle");
+    std::thread::sleep(Duration::from_secs(2));
+    let old = ctx
+        .run(&["sessions", &url, "--longer-than", "1s", "--json"])
+        .ok()
+        .json();
+    assert!(ids(&old).contains(&holder_pid), "{old}");
+    assert!(!ids(&old).contains(&pooled_pid), "{old}");
+
+    // A waiter queues behind the holder; ending the root blockers ends the holder
+    // only, and the waiter gets its lock.
+    let mut waiter = open_session(
+        &pg,
+        "ledger",
+        "waiter",
+        "BEGIN; LOCK TABLE entries IN ACCESS EXCLUSIVE MODE;",
+    );
+    let (waiter_pid, wait) = session_of(&pg, "waiter", "active");
+    assert_eq!(wait, "Lock");
+    let ended = ctx
+        .run(&[
+            "sessions",
+            &url,
+            "--root-blockers",
+            "--terminate",
+            "--grace",
+            "1s",
+            "--yes",
+            "--json",
+        ])
+        .ok()
+        .json();
+    let report = ended["report"]["sessions"].as_array().expect("sessions");
+    assert_eq!(report.len(), 1, "{ended}");
+    assert_eq!(report[0]["session"]["id"], holder_pid, "{ended}");
+    assert_eq!(report[0]["outcome"], "terminated", "{ended}");
+    let (still, _) = session_of(&pg, "waiter", "idle in transaction");
+    assert_eq!(still, waiter_pid);
+    assert!(holder.wait().is_ok());
+    for child in [&mut waiter, &mut pooled] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
