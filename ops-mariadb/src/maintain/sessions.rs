@@ -351,6 +351,7 @@ pub(crate) async fn end(
     filter: &SessionFilter,
     options: &EndOptions,
 ) -> Result<EndReport> {
+    filter.check_for_ending()?;
     let mut c = connect(engine, "").await?;
     let result = end_on(&mut c, engine, filter, options).await;
     super::close(c).await;
@@ -365,7 +366,10 @@ async fn end_on(
 ) -> Result<EndReport> {
     let all = load(c, engine).await?;
     let chosen = filter.select(&all);
-    let mut report = EndReport::default();
+    let endable: Vec<&SessionInfo> = chosen.iter().filter(|s| s.kind.may_end()).collect();
+    if !options.dry_run && !endable.is_empty() {
+        check_may_kill(c, engine, &endable).await?;
+    }
     let mut outcomes: Vec<Ended> = Vec::with_capacity(chosen.len());
     for s in &chosen {
         let outcome = if !s.kind.may_end() {
@@ -376,10 +380,12 @@ async fn end_on(
             } else {
                 Ended::WouldCancel
             }
-        } else if kill(c, engine, "QUERY", s.id).await? {
-            Ended::Cancelled
         } else {
-            Ended::Gone
+            match kill(c, engine, "QUERY", s.id).await {
+                Ok(true) => Ended::Cancelled,
+                Ok(false) => Ended::Gone,
+                Err(e) => return Err(partial(e, &chosen, &outcomes)),
+            }
         };
         outcomes.push(outcome);
     }
@@ -388,23 +394,38 @@ async fn end_on(
         && outcomes.contains(&Ended::Cancelled)
     {
         tokio::time::sleep(options.grace).await;
-        let still: BTreeSet<i64> = conn::query_rows(
+        let still: BTreeSet<i64> = match conn::query_rows(
             c,
             "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()",
         )
-        .await?
-        .iter()
-        .filter_map(|r| conn::number(r, 0).ok().map(|n| n as i64))
-        .collect();
-        for (s, outcome) in chosen.iter().zip(outcomes.iter_mut()) {
-            if *outcome == Ended::Cancelled
-                && still.contains(&s.id)
-                && kill(c, engine, "CONNECTION", s.id).await?
-            {
-                *outcome = Ended::Terminated;
+        .await
+        {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|r| conn::number(r, 0).ok().map(|n| n as i64))
+                .collect(),
+            Err(e) => return Err(partial(e, &chosen, &outcomes)),
+        };
+        for i in 0..chosen.len() {
+            if outcomes[i] != Ended::Cancelled {
+                continue;
             }
+            let id = chosen[i].id;
+            // A session that went away after its query was cancelled (or between the
+            // look and the KILL: "Unknown thread id") is recorded as gone, and the
+            // others are still ended.
+            outcomes[i] = if !still.contains(&id) {
+                Ended::Gone
+            } else {
+                match kill(c, engine, "CONNECTION", id).await {
+                    Ok(true) => Ended::Terminated,
+                    Ok(false) => Ended::Gone,
+                    Err(e) => return Err(partial(e, &chosen, &outcomes)),
+                }
+            };
         }
     }
+    let mut report = EndReport::default();
     for (s, outcome) in chosen.into_iter().zip(outcomes) {
         report.sessions.push(EndedSession {
             session: s,
@@ -412,6 +433,115 @@ async fn end_on(
         });
     }
     Ok(report)
+}
+
+/// `e`, saying which sessions were ended before it: the report is lost with the
+/// error, so its message carries what was done.
+fn partial(e: Error, chosen: &[SessionInfo], outcomes: &[Ended]) -> Error {
+    let done: Vec<String> = chosen
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| matches!(o, Ended::Cancelled | Ended::Terminated))
+        .map(|(s, o)| {
+            let what = if *o == Ended::Terminated {
+                "terminated"
+            } else {
+                "query cancelled"
+            };
+            format!("{} ({what})", s.id)
+        })
+        .collect();
+    if done.is_empty() {
+        return e;
+    }
+    let message = format!(
+        "{}; before this, sessions were already ended: {}",
+        e.message(),
+        done.join(", ")
+    );
+    e.with_message(message)
+}
+
+/// Fails, before anything is killed, when this account may not end one of
+/// `targets`: MariaDB lets an account kill its own sessions (same user name) and,
+/// with `CONNECTION ADMIN` (10.5+) or `SUPER`, anyone's. The account's global
+/// privileges, its active role's included, come from `SHOW GRANTS`; when they cannot
+/// be read the KILLs go ahead and the server judges each.
+async fn check_may_kill(
+    c: &mut Conn,
+    engine: &MariaDbEngine,
+    targets: &[&SessionInfo],
+) -> Result<()> {
+    let me = conn::query_string(c, "SELECT SUBSTRING_INDEX(USER(), '@', 1)").await?;
+    let others: Vec<&&SessionInfo> = targets
+        .iter()
+        .filter(|s| s.user.as_deref() != Some(me.as_str()))
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let grants = match conn::query_strings(c, "SHOW GRANTS").await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::debug!("the account's grants are unknown, the server will judge: {e}");
+            return Ok(());
+        }
+    };
+    if grants.iter().any(|g| may_kill_others(g)) {
+        return Ok(());
+    }
+    let list = others
+        .iter()
+        .take(10)
+        .map(|s| format!("{} (user {})", s.id, s.user.as_deref().unwrap_or("?")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = others.len().saturating_sub(10);
+    Err(Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "account {me} may end only its own sessions, and of the sessions chosen {} {} to \
+             other accounts: {list}{}; nothing was ended. GRANT CONNECTION ADMIN ON *.* TO {} \
+             (MariaDB 10.5+; SUPER on older servers, CONNECTION_ADMIN on MySQL 8), or choose \
+             only this account's sessions",
+            others.len(),
+            if others.len() == 1 {
+                "belongs"
+            } else {
+                "belong"
+            },
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+            grantee(engine)
+        ),
+    )
+    .with_context("code", code::KILL_DENIED))
+}
+
+/// Whether a line of `SHOW GRANTS` gives a global privilege that kills other
+/// accounts' sessions.
+fn may_kill_others(grant: &str) -> bool {
+    let Some(rest) = grant.strip_prefix("GRANT ") else {
+        return false;
+    };
+    let Some(end) = rest.find(" ON *.* TO ") else {
+        return false;
+    };
+    rest[..end].split(", ").any(|p| {
+        let p = p.trim();
+        [
+            "ALL PRIVILEGES",
+            "ALL",
+            "SUPER",
+            "CONNECTION ADMIN",
+            "CONNECTION_ADMIN",
+        ]
+        .iter()
+        .any(|k| p.eq_ignore_ascii_case(k))
+    })
 }
 
 /// `KILL QUERY` or `KILL CONNECTION`; false when the session is gone.
@@ -478,6 +608,24 @@ mod tests {
             kind_of(&p(6, "event_scheduler", "Daemon", ""), 1),
             SessionKind::System
         );
+    }
+
+    #[test]
+    fn grants_that_kill_other_sessions() {
+        assert!(may_kill_others(
+            "GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"
+        ));
+        assert!(may_kill_others(
+            "GRANT PROCESS, CONNECTION ADMIN ON *.* TO `ops`@`%` IDENTIFIED BY PASSWORD '*AB'"
+        ));
+        assert!(may_kill_others("GRANT SUPER ON *.* TO `r1`"));
+        assert!(!may_kill_others(
+            "GRANT PROCESS, SLAVE MONITOR ON *.* TO `watcher`@`%`"
+        ));
+        assert!(!may_kill_others(
+            "GRANT ALL PRIVILEGES ON `app`.* TO `app`@`%`"
+        ));
+        assert!(!may_kill_others("GRANT `r1` TO `w`@`%`"));
     }
 
     #[test]
