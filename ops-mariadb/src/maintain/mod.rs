@@ -288,18 +288,133 @@ pub(crate) async fn close(c: Conn) {
     }
 }
 
+/// The one read-only query in `sql`, without the blanks around it and one trailing
+/// `;`: it must start with `SELECT`, `WITH` or `VALUES` (parentheses and comments
+/// before them allowed), hold no second statement, no executable comment (`/*! … */`,
+/// whose text the server runs) and write no file (`INTO OUTFILE`, `INTO DUMPFILE`).
+/// Literals and comments are skipped as the server reads them with the maintenance
+/// session's `sql_mode = ''` (backslash escapes; `"` quotes a string).
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] naming what is refused.
+pub(crate) fn read_statement(sql: &str) -> Result<&str> {
+    let text = sql.trim();
+    let text = text.strip_suffix(';').unwrap_or(text).trim_end();
+    let refuse = |why: String| {
+        Err(Error::invalid(format!(
+            "an integrity check runs one read-only query (SELECT, WITH or VALUES): {why}"
+        )))
+    };
+    let b = text.as_bytes();
+    let word_byte = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let mut first: Option<&str> = None;
+    let mut previous: Option<&str> = None;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let next = b.get(i + 1).copied();
+        match c {
+            b'\'' | b'"' | b'`' => {
+                if first.is_none() {
+                    return refuse(format!("it starts with a quoted {}", char::from(c)));
+                }
+                // To the closing quote: doubled quotes stay inside; in strings a
+                // backslash escapes the next character. An unclosed one runs to the
+                // end (the server reports the syntax error).
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\\' && c != b'`' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == c {
+                        if b.get(i + 1) == Some(&c) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'#' => i = text[i..].find('\n').map_or(b.len(), |n| i + n + 1),
+            b'-' if next == Some(b'-')
+                && b.get(i + 2)
+                    .is_none_or(|c| c.is_ascii_whitespace() || c.is_ascii_control()) =>
+            {
+                i = text[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+            }
+            b'/' if next == Some(b'*') => {
+                let body = &text[i + 2..];
+                if body.starts_with('!') || body.starts_with("M!") {
+                    return refuse(
+                        "it holds an executable comment (/*! ... */), whose text the server \
+                         runs; write that SQL plainly"
+                            .into(),
+                    );
+                }
+                i = body.find("*/").map_or(b.len(), |n| i + 2 + n + 2);
+            }
+            b';' => {
+                return refuse(
+                    "a second statement follows the first ';' (only one query runs)".into(),
+                );
+            }
+            c if word_byte(c) => {
+                let start = i;
+                while i < b.len() && word_byte(b[i]) {
+                    i += 1;
+                }
+                let word = &text[start..i];
+                if first.is_none() {
+                    if !["SELECT", "WITH", "VALUES"]
+                        .iter()
+                        .any(|k| word.eq_ignore_ascii_case(k))
+                    {
+                        return refuse(format!("it starts with {word}"));
+                    }
+                    first = Some(word);
+                }
+                if previous.is_some_and(|p| p.eq_ignore_ascii_case("INTO"))
+                    && (word.eq_ignore_ascii_case("OUTFILE")
+                        || word.eq_ignore_ascii_case("DUMPFILE"))
+                {
+                    return refuse(format!("INTO {word} writes a file on the server"));
+                }
+                previous = Some(word);
+            }
+            b'(' if first.is_none() => i += 1,
+            c if c.is_ascii_whitespace() => i += 1,
+            _ if first.is_none() => {
+                return refuse(format!(
+                    "it starts with '{}'",
+                    text[i..].chars().next().unwrap_or_default()
+                ));
+            }
+            _ => i += 1,
+        }
+    }
+    if first.is_none() {
+        return refuse("there is no query".into());
+    }
+    Ok(text)
+}
+
 /// Runs `sql` read-only and counts its rows; see [`Maintenance::query_rows`].
 ///
-/// The statement is prepared first (and closed again) so that only one statement can
-/// run: a text-protocol query may hold several, and a second one could commit the
-/// read-only transaction and write. The rows then stream through the text protocol,
-/// so values read as the `mariadb` client prints them.
+/// Only one query runs ([`read_statement`]), and the server confirms it: the
+/// statement is prepared first (and closed again), which refuses more than one
+/// statement, since a text-protocol query may hold several and a second one could
+/// commit the read-only transaction and write. The rows then stream through the text
+/// protocol, so values read as the `mariadb` client prints them.
 async fn read_only_rows(
     c: &mut Conn,
     sql: &str,
     timeout: Duration,
     sample: usize,
 ) -> Result<QueryRows> {
+    let sql = read_statement(sql)?;
     let stmt = c
         .prep(sql)
         .await
@@ -395,5 +510,60 @@ mod tests {
         assert_eq!(s("`x.y`"), ("app".into(), "x.y".into()));
         assert!(split_name("t", "").is_err());
         assert!(split_name("db.", "app").is_err());
+    }
+
+    proptest::proptest! {
+        /// Any text, quotes and comments cut anywhere, multi-byte characters included:
+        /// an answer, never a panic; and what passes is a query that starts as one.
+        #[test]
+        fn any_text_gets_an_answer(sql in "(SELECT|select|CALL|[ '\"`#/*;!M\\\\é(-]|[a-z0-9 ]{1,4}){0,24}") {
+            if let Ok(text) = read_statement(&sql) {
+                let first = text
+                    .trim_start_matches(|c: char| c == '(' || c.is_whitespace())
+                    .to_ascii_uppercase();
+                proptest::prop_assert!(
+                    first.starts_with("SELECT") || first.starts_with("WITH")
+                        || first.starts_with("VALUES") || first.starts_with('#')
+                        || first.starts_with("--") || first.starts_with("/*"),
+                    "{sql:?} -> {text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_one_read_query_passes() {
+        fn ok(sql: &str) -> &str {
+            read_statement(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+        }
+        assert_eq!(ok("  SELECT 1 ;  "), "SELECT 1");
+        assert_eq!(
+            ok("select ';' AS a, \"x;\" AS b"),
+            "select ';' AS a, \"x;\" AS b"
+        );
+        ok("((SELECT 1)) UNION (SELECT 2)");
+        ok("WITH x AS (SELECT 1 AS n) SELECT n FROM x");
+        ok("VALUES (1), (2)");
+        ok("/* why */ -- because\n# and so\nSELECT `a;b` FROM t WHERE s = 'it''s; \\' ok'");
+        ok("SELECT 1 INTO @x");
+        for bad in [
+            "CALL dbops_no_such_procedure()",
+            "SELECT 1; CREATE TABLE t (a int)",
+            "SELECT 1;;",
+            "SELECT 'a'; DROP TABLE t",
+            "/*! DROP TABLE t */ SELECT 1",
+            "SELECT 1 /*M!100000 ; DROP TABLE t */",
+            "SELECT * FROM t INTO OUTFILE '/tmp/x'",
+            "SELECT * FROM t INTO\nDUMPFILE '/tmp/x'",
+            "DELETE FROM t",
+            "SET @a = 1",
+            "@a",
+            "",
+            " ; ",
+            "-- SELECT 1",
+        ] {
+            let e = read_statement(bad).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{bad}: {e}");
+        }
     }
 }
