@@ -47,6 +47,8 @@ pub(crate) mod code {
     pub const UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
     /// `Lock wait timeout exceeded` (metadata and row locks).
     pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    /// `Deadlock found when trying to get lock` (the transaction was rolled back).
+    pub const DEADLOCK: u16 = 1213;
     /// A global privilege such as `PROCESS` is missing.
     pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
 }
