@@ -534,6 +534,14 @@ pub struct RestoreArgs {
     /// Keep a database created by --create when the restore fails.
     #[arg(long)]
     pub keep_failed: bool,
+    /// With --clean: do not back up what the target holds first (by default a
+    /// backup tagged `safety` is taken, and a failed restore names it).
+    #[arg(long, requires = "clean")]
+    pub no_safety_backup: bool,
+    /// With --clean: end the sessions connected to the target database first
+    /// (without it, connected sessions stop the restore before anything changes).
+    #[arg(long, requires = "clean")]
+    pub terminate_connections: bool,
     /// Restore only this table, schema.name (repeatable).
     #[arg(long = "table", value_name = "SCHEMA.TABLE")]
     pub tables: Vec<String>,
@@ -593,6 +601,10 @@ pub struct ForgetArgs {
     /// Prune right after forgetting.
     #[arg(long)]
     pub prune: bool,
+    /// How long safety backups (taken before an in-place restore, tag `safety`) are
+    /// kept; the rules above do not count them.
+    #[arg(long, default_value = "7d", value_name = "DURATION")]
+    pub keep_safety: String,
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use ops_core::maintain::Ended;
 use ops_core::repo::{
-    BackupFilter, BackupOptions, ChunkerParams, Encryption, ForgetOptions, GroupBy, InitOptions,
-    KdfParams, Manifest, Progress, PruneOptions, Repository, VerifyOptions, groups_of,
+    BackupFilter, BackupOptions, ChunkerParams, Encryption, ForgetOptions, GroupBy, InPlaceOptions,
+    InitOptions, KdfParams, Manifest, Progress, PruneOptions, Repository, VerifyOptions, groups_of,
     source_address,
 };
 use ops_core::{DumpOptions, Error, ErrorKind, RestoreOptions, Result, Secret, TableRef};
@@ -751,8 +752,15 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         .with_schemas(a.schemas.clone())
         .with_no_owner(a.no_owner);
     let started = Instant::now();
+    let sessions = dbops::maintenance(&a.database)?;
+    let in_place = InPlaceOptions::default()
+        .with_safety_backup(!a.no_safety_backup)
+        .with_end_sessions(a.terminate_connections)
+        .with_backup(
+            BackupOptions::default().with_dump(DumpOptions::default().with_jobs(a.jobs.max(1))),
+        );
     let report = repo
-        .restore(&m, engine.as_ref(), &options)
+        .restore_in_place(&m, engine.as_ref(), sessions.as_ref(), &options, &in_place)
         .await
         .map_err(|e| {
             let e = match e.kind() {
@@ -760,6 +768,13 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
                 ErrorKind::TargetNotEmpty => {
                     let message = format!(
                         "{} (dbops: --clean replaces the content; or restore into a new database with --create)",
+                        e.message()
+                    );
+                    e.with_message(message)
+                }
+                ErrorKind::Locked if a.clean && !a.terminate_connections => {
+                    let message = format!(
+                        "{} (dbops: --terminate-connections ends them)",
                         e.message()
                     );
                     e.with_message(message)
@@ -774,6 +789,15 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         })?;
     drop(display);
     let secs = started.elapsed().as_secs_f64();
+    let safety = report.safety_backup.as_ref().map(|m| m.id.clone());
+    let ended: Vec<i64> = report
+        .ended
+        .iter()
+        .flat_map(|r| &r.sessions)
+        .filter(|s| matches!(s.outcome, Ended::Cancelled | Ended::Terminated))
+        .map(|s| s.session.id)
+        .collect();
+    let report = report.restore;
     let rows: u64 = report.tables.values().sum();
     if cli.json {
         print_json(&json!({
@@ -786,11 +810,21 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
             "tables": report.tables,
             "rows": rows,
             "warnings": report.warnings,
+            "safety_backup": safety,
+            "ended_sessions": ended,
             "seconds": secs,
         }));
     } else {
         for w in &report.warnings {
             eprintln!("warning: {w}");
+        }
+        if let Some(id) = &safety {
+            println!(
+                "safety backup {id} holds the target as it was before (restore it by id to roll back; `--tag safety` lists them)"
+            );
+        }
+        if !ended.is_empty() {
+            println!("ended {} sessions on the target: {ended:?}", ended.len());
         }
         println!(
             "restored backup {} of database {} (taken {}) into {}: {} tables, {rows} rows in {secs:.1} s",
@@ -953,7 +987,10 @@ fn keep_rules(cli: &Cli, a: &ForgetArgs) -> Result<ops_core::retention::KeepRule
 
 async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
     let rules = keep_rules(cli, a)?;
+    let keep_safety = ops_core::schedule::parse_duration(&a.keep_safety)
+        .map_err(|e| Error::invalid(format!("--keep-safety: {}", e.message())))?;
     let options = ForgetOptions::default()
+        .with_keep_safety(keep_safety)
         .with_dry_run(a.dry_run)
         .with_group_by(GroupBy::parse(&a.group_by)?)
         .with_filter(backup_filter(&a.filter));
@@ -971,6 +1008,7 @@ async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
             "group_by": options.group_by,
             "dry_run": report.dry_run,
             "groups": report.groups,
+            "safety": report.safety,
             "decisions": report.decisions().collect::<Vec<_>>(),
             "removed": report.removed,
             "prune": pruned,
@@ -981,6 +1019,22 @@ async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
             println!();
             println!("{}:", g.group);
             for d in &g.decisions {
+                println!(
+                    "  {:<7} {:<28} {}  {}",
+                    if d.keep { "keep" } else { "forget" },
+                    d.id,
+                    d.time.format("%Y-%m-%d %H:%M:%S"),
+                    d.reasons.join("; ")
+                );
+            }
+        }
+        if !report.safety.is_empty() {
+            println!();
+            println!(
+                "safety backups (kept {} after they were taken):",
+                a.keep_safety
+            );
+            for d in &report.safety {
                 println!(
                     "  {:<7} {:<28} {}  {}",
                     if d.keep { "keep" } else { "forget" },

@@ -8,7 +8,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Ctx, fixtures, psql, run, write_config};
+use common::{Ctx, fixtures, open_session, psql, run, session_of, write_config};
 use ops_postgres::ephemeral::EphemeralPostgres;
 
 const ORPHAN_SQL: &str = "SELECT r.rental_id, r.customer_id FROM rental r \
@@ -488,54 +488,6 @@ batch = 500
     let r = run(&ctx, &bad, &["config", "check"], &[]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("did you mean 'vacuum'"), "{}", r.stderr);
-}
-
-/// A psql session left open on `db` under `application_name = app`, running `sql`
-/// (for instance `BEGIN; SELECT …;` to hold a lock while idle in the transaction).
-/// Its stdin stays open: the session lives until the child is killed or ended.
-fn open_session(pg: &EphemeralPostgres, db: &str, app: &str, sql: &str) -> std::process::Child {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(pg.bin_dir().join("psql"))
-        .args(["-X", "-q", "-d", &pg.url_for(db)])
-        .env("PGAPPNAME", app)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start psql");
-    let stdin = child.stdin.as_mut().expect("stdin");
-    writeln!(stdin, "{sql}").expect("write to psql");
-    stdin.flush().expect("flush");
-    child
-}
-
-/// The pid and wait event type of the session of `app`, once it is in `state`.
-fn session_of(pg: &EphemeralPostgres, app: &str, state: &str) -> (i64, String) {
-    let mut found = None;
-    common::wait_for(
-        &format!("{app} to be {state}"),
-        Duration::from_secs(30),
-        || {
-            let out = psql(
-                pg,
-                "postgres",
-                &[
-                    "-At",
-                    "-c",
-                    &format!(
-                        "SELECT pid, coalesce(wait_event_type, '') FROM pg_stat_activity \
-                     WHERE application_name = '{app}' AND state = '{state}'"
-                    ),
-                ],
-            );
-            found = out.lines().next().and_then(|l| {
-                let (pid, wait) = l.split_once('|')?;
-                Some((pid.parse().ok()?, wait.to_owned()))
-            });
-            found.is_some()
-        },
-    );
-    found.expect("found")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

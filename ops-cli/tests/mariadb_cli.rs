@@ -234,3 +234,99 @@ sql = "SELEC 1"
     assert_eq!(r.code, 3, "a syntax error could not run: {}", r.all());
     assert!(r.stdout.contains("could not run"), "{}", r.stdout);
 }
+
+/// `restore --clean` over a MariaDB database in use: a connected session is named and
+/// stops the restore, --terminate-connections ends it; the safety backup taken first
+/// is not `latest` and restores the replaced content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_over_a_database_in_use_keeps_a_safety_backup() {
+    use std::io::Write as _;
+    let db = EphemeralMariaDb::start().await.expect("start mariadb");
+    let port = db.port();
+    db.create_database("shop").await.expect("create db");
+    db.execute(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, total int NOT NULL) ENGINE=InnoDB;
+         INSERT INTO orders SELECT seq, seq * 3 FROM seq_1_to_100;",
+    )
+    .await
+    .expect("set up");
+    let ctx = Ctx::new();
+    ctx.init();
+    let url = db.url_for("shop");
+    let first = ctx.run(&["backup", &url, "--json"]).ok().json()["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    db.execute(
+        "shop",
+        "INSERT INTO orders SELECT seq, seq * 3 FROM seq_101_to_150;",
+    )
+    .await
+    .expect("more rows");
+    let before = tables(port, "shop");
+    let count = || {
+        query(port, "shop", "SELECT count(*) FROM orders")
+            .trim()
+            .to_owned()
+    };
+
+    let mut app = client(port, Some("shop"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("a client session");
+    writeln!(app.stdin.as_mut().expect("stdin"), "SELECT 1;").expect("write");
+    let mut app_id = String::new();
+    common::wait_for(
+        "the client session",
+        std::time::Duration::from_secs(30),
+        || {
+            app_id = query(
+            port,
+            "shop",
+            "SELECT id FROM information_schema.processlist WHERE db = 'shop' AND command = 'Sleep' AND id <> CONNECTION_ID()",
+        )
+        .trim()
+        .to_owned();
+            !app_id.is_empty()
+        },
+    );
+    let r = ctx.run(&["restore", &first, &url, "--clean"]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains(&app_id), "{}", r.all());
+    assert_eq!(count(), "150");
+
+    let done = ctx
+        .run(&[
+            "restore",
+            &first,
+            &url,
+            "--clean",
+            "--terminate-connections",
+            "--json",
+        ])
+        .ok()
+        .json();
+    let safety = done["safety_backup"]
+        .as_str()
+        .expect("safety backup")
+        .to_owned();
+    assert_eq!(
+        done["ended_sessions"].to_string(),
+        format!("[{app_id}]"),
+        "{done}"
+    );
+    assert_eq!(count(), "100");
+    let _ = app.kill();
+    let _ = app.wait();
+
+    let again = ctx
+        .run(&["restore", "latest", &url, "--clean", "--json"])
+        .ok()
+        .json();
+    assert_eq!(again["backup"], first.as_str(), "{again}");
+    ctx.run(&["restore", &safety, &url, "--clean", "--no-safety-backup"])
+        .ok();
+    assert_eq!(tables(port, "shop"), before);
+}

@@ -434,3 +434,143 @@ fn nix_is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// `restore --clean` over a database in use: connected sessions stop it before
+/// anything changes (named in the error) unless --terminate-connections; a safety
+/// backup of the replaced content is taken first, never chosen as `latest`, restores
+/// the pre-restore state, is named when a restore fails, and expires by
+/// --keep-safety rather than by the retention rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_over_a_database_in_use_keeps_a_safety_backup() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    pg.create_database("shop").await.expect("create db");
+    pg.execute(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, total int NOT NULL);
+         INSERT INTO orders SELECT g, g * 3 FROM generate_series(1, 100) g;",
+    )
+    .await
+    .expect("set up");
+    let ctx = Ctx::new();
+    ctx.init();
+    let url = pg.url_for("shop");
+    let backup = ctx.run(&["backup", &url, "--json"]).ok().json();
+    let first = backup["id"].as_str().expect("id").to_owned();
+    pg.execute(
+        "shop",
+        "INSERT INTO orders SELECT g, g * 3 FROM generate_series(101, 150) g;",
+    )
+    .await
+    .expect("more rows");
+    let before = table_checksums(&pg, "shop");
+    let count = || psql(&pg, "shop", &["-At", "-c", "SELECT count(*) FROM orders"]);
+    let backups = |ctx: &Ctx| -> usize {
+        ctx.run(&["list", "--json"]).ok().json()["backups"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+
+    // A session connected to the target: refused before anything changes.
+    let mut app = common::open_session(&pg, "shop", "portal", "SELECT 1;");
+    let (app_pid, _) = common::session_of(&pg, "portal", "idle");
+    let r = ctx.run(&["restore", &first, &url, "--clean"]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains(&app_pid.to_string()), "{}", r.all());
+    assert!(r.stderr.contains("--terminate-connections"), "{}", r.all());
+    assert_eq!(count().trim(), "150");
+    assert_eq!(backups(&ctx), 1, "no safety backup before a refusal");
+
+    // With --terminate-connections: a safety backup, the session ended, the restore.
+    let done = ctx
+        .run(&[
+            "restore",
+            &first,
+            &url,
+            "--clean",
+            "--terminate-connections",
+            "--json",
+        ])
+        .ok()
+        .json();
+    let safety = done["safety_backup"]
+        .as_str()
+        .expect("safety backup")
+        .to_owned();
+    assert_eq!(
+        done["ended_sessions"],
+        serde_json::json!([app_pid]),
+        "{done}"
+    );
+    assert_eq!(count().trim(), "100");
+    assert!(app.wait().is_ok());
+    let tagged = ctx.run(&["list", "--tag", "safety", "--json"]).ok().json();
+    assert!(tagged.to_string().contains(&safety), "{tagged}");
+
+    // `latest` is the real backup, never the safety one.
+    let again = ctx
+        .run(&["restore", "latest", &url, "--clean", "--json"])
+        .ok()
+        .json();
+    assert_eq!(again["backup"], first.as_str(), "{again}");
+    assert_eq!(count().trim(), "100");
+    // The safety backup restores the state before the first restore.
+    ctx.run(&["restore", &safety, &url, "--clean", "--no-safety-backup"])
+        .ok();
+    assert_eq!(table_checksums(&pg, "shop"), before);
+
+    // A restore that fails after its safety backup names it: a table restore with
+    // clean stops at a view the clean does not drop but that needs the table.
+    pg.execute(
+        "shop",
+        "CREATE SCHEMA extra; CREATE VIEW extra.big AS SELECT * FROM orders WHERE total > 100;",
+    )
+    .await
+    .expect("a dependent view");
+    let failed = ctx.run(&[
+        "restore",
+        &first,
+        &url,
+        "--clean",
+        "--table",
+        "public.orders",
+    ]);
+    assert_ne!(failed.code, 0, "{}", failed.all());
+    assert!(failed.stderr.contains("safety backup"), "{}", failed.all());
+    assert_eq!(count().trim(), "150", "nothing was dropped");
+
+    // Retention: the rules do not count safety backups; they expire by age.
+    let kept = ctx
+        .run(&["forget", "--keep-last", "1", "--dry-run", "--json"])
+        .ok()
+        .json();
+    let safety_decisions = kept["safety"].as_array().expect("safety decisions");
+    assert!(safety_decisions.len() >= 2, "{kept}");
+    assert!(safety_decisions.iter().all(|d| d["keep"] == true), "{kept}");
+    let gone = ctx
+        .run(&[
+            "forget",
+            "--keep-last",
+            "1",
+            "--keep-safety",
+            "0s",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert!(
+        gone["safety"]
+            .as_array()
+            .expect("safety")
+            .iter()
+            .all(|d| d["keep"] == false),
+        "{gone}"
+    );
+    let left = ctx.run(&["list", "--json"]).ok().json();
+    let ids: Vec<&str> = left["backups"]
+        .as_array()
+        .expect("backups")
+        .iter()
+        .filter_map(|b| b["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![first.as_str()], "{left}");
+}

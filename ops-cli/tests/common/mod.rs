@@ -383,3 +383,50 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// A psql session left open on `db` under `application_name = app`, running `sql`
+/// (for instance `BEGIN; SELECT …;` to hold a lock while idle in the transaction).
+/// Its stdin stays open: the session lives until the child is killed or ended.
+pub fn open_session(pg: &EphemeralPostgres, db: &str, app: &str, sql: &str) -> std::process::Child {
+    let mut child = std::process::Command::new(pg.bin_dir().join("psql"))
+        .args(["-X", "-q", "-d", &pg.url_for(db)])
+        .env("PGAPPNAME", app)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start psql");
+    let stdin = child.stdin.as_mut().expect("stdin");
+    writeln!(stdin, "{sql}").expect("write to psql");
+    stdin.flush().expect("flush");
+    child
+}
+
+/// The pid and wait event type of the session of `app`, once it is in `state`.
+pub fn session_of(pg: &EphemeralPostgres, app: &str, state: &str) -> (i64, String) {
+    let mut found = None;
+    wait_for(
+        &format!("{app} to be {state}"),
+        std::time::Duration::from_secs(30),
+        || {
+            let out = psql(
+                pg,
+                "postgres",
+                &[
+                    "-At",
+                    "-c",
+                    &format!(
+                        "SELECT pid, coalesce(wait_event_type, '') FROM pg_stat_activity \
+                     WHERE application_name = '{app}' AND state = '{state}'"
+                    ),
+                ],
+            );
+            found = out.lines().next().and_then(|l| {
+                let (pid, wait) = l.split_once('|')?;
+                Some((pid.parse().ok()?, wait.to_owned()))
+            });
+            found.is_some()
+        },
+    );
+    found.expect("found")
+}

@@ -332,6 +332,12 @@ pub fn apply_per_group(
     Ok(out)
 }
 
+/// The tag of a safety backup: the target's state taken before an in-place restore
+/// replaced it. `latest` skips such backups unless a filter asks for the tag, and
+/// retention keeps them for a fixed time rather than counting them among their
+/// group's backups.
+pub const SAFETY_TAG: &str = "safety";
+
 /// How a backup is named on a command line: `latest`, `latest:DATABASE`, a full id,
 /// a unique prefix of one, or a unique prefix of an id's random suffix.
 #[derive(Debug, Clone, PartialEq, Eq)]

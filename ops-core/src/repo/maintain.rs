@@ -116,7 +116,7 @@ pub struct PruneReport {
 }
 
 /// Options of [`Repository::forget`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ForgetOptions {
     /// Say what would be forgotten; change nothing.
@@ -125,9 +125,30 @@ pub struct ForgetOptions {
     pub group_by: GroupBy,
     /// Only these backups are considered; the others are neither kept nor forgotten.
     pub filter: BackupFilter,
+    /// How long a safety backup (tag [`super::SAFETY_TAG`]) is kept after it was
+    /// taken (default 7 days). The retention rules do not count safety backups.
+    pub keep_safety: std::time::Duration,
+}
+
+impl Default for ForgetOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            group_by: GroupBy::default(),
+            filter: BackupFilter::default(),
+            keep_safety: std::time::Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 impl ForgetOptions {
+    /// How long safety backups are kept.
+    #[must_use]
+    pub fn with_keep_safety(mut self, keep: std::time::Duration) -> Self {
+        self.keep_safety = keep;
+        self
+    }
+
     /// Sets dry run.
     #[must_use]
     pub fn with_dry_run(mut self, dry_run: bool) -> Self {
@@ -155,16 +176,54 @@ impl ForgetOptions {
 pub struct ForgetReport {
     /// Per group, one decision per backup, oldest first, with the reasons.
     pub groups: Vec<GroupDecisions>,
+    /// The safety backups, judged by their age alone, oldest first.
+    #[serde(default)]
+    pub safety: Vec<RetentionDecision>,
     /// Manifests removed (empty on a dry run).
     pub removed: Vec<String>,
     /// True when nothing was changed.
     pub dry_run: bool,
 }
 
+/// Keeps each safety backup while it is younger than `keep`, oldest first.
+fn safety_decisions(
+    safety: &[Manifest],
+    keep: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Vec<RetentionDecision> {
+    let keep_for = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    let days = keep.as_secs_f64() / 86_400.0;
+    let mut out: Vec<RetentionDecision> = safety
+        .iter()
+        .map(|m| {
+            let until = m.started.checked_add_signed(keep_for);
+            let kept = until.is_none_or(|u| now < u);
+            RetentionDecision {
+                id: m.id.clone(),
+                time: m.started,
+                keep: kept,
+                reasons: vec![if kept {
+                    format!(
+                        "safety backup: kept {days:.1} days after it was taken, until {}",
+                        until.map_or_else(|| "ever".to_owned(), |u| u.to_rfc3339())
+                    )
+                } else {
+                    format!("safety backup older than {days:.1} days")
+                }],
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
 impl ForgetReport {
-    /// Every decision, group after group.
+    /// Every decision, group after group, then the safety backups.
     pub fn decisions(&self) -> impl Iterator<Item = &RetentionDecision> {
-        self.groups.iter().flat_map(|g| g.decisions.iter())
+        self.groups
+            .iter()
+            .flat_map(|g| g.decisions.iter())
+            .chain(&self.safety)
     }
 }
 
@@ -183,17 +242,28 @@ impl Repository {
     ) -> Result<ForgetReport> {
         let lock = self.lock(LockKind::Shared, "forget").await?;
         let result = async {
-            let manifests = self.list_backups_matching(&options.filter).await?;
+            let (safety, manifests): (Vec<Manifest>, Vec<Manifest>) = self
+                .list_backups_matching(&options.filter)
+                .await?
+                .into_iter()
+                .partition(|m| m.tags.contains(super::SAFETY_TAG));
             let groups = apply_per_group(policy, &manifests, &options.group_by, now)?;
+            let safety = safety_decisions(&safety, options.keep_safety, now);
             let mut removed = Vec::new();
             if !options.dry_run {
-                for d in groups.iter().flat_map(|g| &g.decisions).filter(|d| !d.keep) {
+                for d in groups
+                    .iter()
+                    .flat_map(|g| &g.decisions)
+                    .chain(&safety)
+                    .filter(|d| !d.keep)
+                {
                     self.delete_manifest(&d.id).await?;
                     removed.push(d.id.clone());
                 }
             }
             Ok::<_, Error>(ForgetReport {
                 groups,
+                safety,
                 removed,
                 dry_run: options.dry_run,
             })

@@ -12,6 +12,7 @@ mod format;
 mod group;
 mod health;
 mod index;
+mod inplace;
 mod keys;
 mod lock;
 mod maintain;
@@ -34,10 +35,11 @@ pub use format::{
     FORMAT_VERSION, RepoConfig,
 };
 pub use group::{
-    BackupFilter, BackupGroup, GroupBy, GroupDecisions, Selector, apply_per_group, groups_of,
-    match_ids, source_address,
+    BackupFilter, BackupGroup, GroupBy, GroupDecisions, SAFETY_TAG, Selector, apply_per_group,
+    groups_of, match_ids, source_address,
 };
 pub use health::LastBackupAge;
+pub use inplace::{InPlaceOptions, InPlaceReport};
 pub use keys::KeyInfo;
 pub(crate) use lock::LockGuard;
 pub use lock::{
@@ -611,7 +613,12 @@ impl Repository {
         let location = self.target.location();
         match selector {
             Selector::Latest => {
-                let candidates = self.list_backups_matching(&filter).await?;
+                let mut candidates = self.list_backups_matching(&filter).await?;
+                // A safety backup (the state before an in-place restore) is never
+                // `latest` unless asked for by its tag.
+                if !filter.tags.contains(SAFETY_TAG) {
+                    candidates.retain(|m| !m.tags.contains(SAFETY_TAG));
+                }
                 let groups = groups_of(&candidates, &GroupBy::default());
                 let mut newest: std::collections::BTreeMap<&BackupGroup, &Manifest> =
                     std::collections::BTreeMap::new();

@@ -42,7 +42,11 @@ pub async fn conformance(db: &dyn Maintenance) {
     // Only one query: a second statement (which could write or call a procedure
     // outside the read-only guard) is refused, not run.
     let two = db
-        .query_rows("SELECT 1; CREATE TABLE dbops_conformance_write (a int)", t, 10)
+        .query_rows(
+            "SELECT 1; CREATE TABLE dbops_conformance_write (a int)",
+            t,
+            10,
+        )
         .await;
     assert!(two.is_err(), "a second statement is refused");
     let call = db.query_rows("CALL dbops_no_such_procedure()", t, 10).await;
@@ -50,8 +54,7 @@ pub async fn conformance(db: &dyn Maintenance) {
     let end_all = db
         .end_sessions(
             &SessionFilter::default(),
-            &crate::maintain::EndOptions::new(crate::maintain::EndMode::Cancel)
-                .with_dry_run(true),
+            &crate::maintain::EndOptions::new(crate::maintain::EndMode::Cancel).with_dry_run(true),
         )
         .await;
     assert_eq!(
