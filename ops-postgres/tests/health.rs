@@ -25,48 +25,12 @@ use ops_postgres::health::{
     APPLICATION_NAME, BlockedLocks, CHECKS, Connections, DatabaseLogin, IdleInTransaction,
     LongestQuery, OldestTransaction, ReplicationLag, ReplicationSlots, XidAge, probes,
 };
-use tokio_postgres::{Client, NoTls};
+
+mod common;
+use common::{end_sessions_named, session, timed};
 
 /// The `application_name` of the sessions the tests open to create load.
 const LOAD: &str = "health-test";
-
-/// A session on `server` (database `postgres`), named `app`, with its pid.
-async fn session(server: &EphemeralPostgres, app: &str) -> (Client, i32) {
-    let url = format!("{}&application_name={app}", server.url());
-    let (client, connection) = tokio_postgres::connect(&url, NoTls)
-        .await
-        .expect("test session connects");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
-    (client, pid)
-}
-
-/// Ends every load session and waits until the server has none left.
-async fn end_load(admin: &Client) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: i64 = admin
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                  WHERE application_name = $1",
-                &[&LOAD],
-            )
-            .await
-            .expect("terminating load sessions")
-            .get(0);
-        if left == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{left} load sessions do not end");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Runs `check` until it reports `want`, for at most `within`.
 async fn wait_for(check: &dyn HealthCheck, want: HealthStatus, within: Duration) -> HealthReport {
@@ -106,13 +70,6 @@ fn pick(checks: &[Arc<dyn HealthCheck>], name: &str) -> Arc<dyn HealthCheck> {
         .unwrap_or_else(|| panic!("no check {name}"))
 }
 
-/// Runs a scenario and prints how long it took.
-async fn timed<F: Future<Output = ()>>(what: &str, scenario: F) {
-    let started = Instant::now();
-    scenario.await;
-    println!("{what}: {:.2} s", started.elapsed().as_secs_f64());
-}
-
 /// The password in an ephemeral server's URL (`postgres://postgres:PW@…`).
 fn password_of(server: &EphemeralPostgres) -> String {
     let url = server.url();
@@ -131,7 +88,7 @@ async fn every_probe_in_every_state_on_one_server() {
     println!("server start: {:.2} s", started.elapsed().as_secs_f64());
     let engine = server.engine_for("postgres").expect("engine");
     let budget = ProbeBudget::default();
-    let (admin, _) = session(&server, "health-admin").await;
+    let (admin, _) = session(&server, "postgres", None, "health-admin").await;
     let all = probes(&engine, &Thresholds::default(), budget);
 
     timed("names, Debug and conformance", async {
@@ -229,9 +186,9 @@ async fn every_probe_in_every_state_on_one_server() {
         let check = LongestQuery::new(&engine, Limits::new(1.0, 2.0), budget);
         let r = measure(&check).await;
         assert_eq!((r.status, r.value), (HealthStatus::Healthy, 0.0), "{r:?}");
-        let (sleeper, pid) = session(&server, LOAD).await;
+        let (sleeper, pid) = session(&server, "postgres", None, LOAD).await;
         let sleeping = tokio::spawn(async move {
-            // Ends with an error when end_load terminates the session.
+            // Ends with an error when the load sessions are ended.
             let _ = sleeper.simple_query("SELECT pg_sleep(30)").await;
         });
         let r = wait_for(&check, HealthStatus::Degraded, Duration::from_secs(5)).await;
@@ -245,7 +202,7 @@ async fn every_probe_in_every_state_on_one_server() {
         }
         let r = wait_for(&check, HealthStatus::Unhealthy, Duration::from_secs(5)).await;
         assert!(r.value >= 2.0, "{r:?}");
-        end_load(&admin).await;
+        end_sessions_named(&admin, LOAD).await;
         sleeping.await.expect("sleeper task");
         let r = measure(&check).await;
         assert_eq!(r.status, HealthStatus::Healthy, "{r:?}");
@@ -261,7 +218,7 @@ async fn every_probe_in_every_state_on_one_server() {
             let r = measure(check).await;
             assert_eq!((r.status, r.value), (HealthStatus::Healthy, 0.0), "{r:?}");
         }
-        let (open, pid) = session(&server, LOAD).await;
+        let (open, pid) = session(&server, "postgres", None, LOAD).await;
         open.batch_execute("BEGIN; SELECT 1").await.expect("begin");
         for check in [&oldest as &dyn HealthCheck, &idle] {
             let r = wait_for(check, HealthStatus::Degraded, Duration::from_secs(5)).await;
@@ -276,7 +233,7 @@ async fn every_probe_in_every_state_on_one_server() {
         let r = measure(&longest).await;
         assert_eq!(r.value, 0.0, "{r:?}");
         drop(open);
-        end_load(&admin).await;
+        end_sessions_named(&admin, LOAD).await;
         let r = measure(&idle).await;
         assert_eq!(r.status, HealthStatus::Healthy, "{r:?}");
     })
@@ -290,12 +247,12 @@ async fn every_probe_in_every_state_on_one_server() {
             .batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
             .await
             .expect("table");
-        let (holder, holder_pid) = session(&server, LOAD).await;
+        let (holder, holder_pid) = session(&server, "postgres", None, LOAD).await;
         holder
             .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
             .await
             .expect("lock");
-        let (reader, reader_pid) = session(&server, LOAD).await;
+        let (reader, reader_pid) = session(&server, "postgres", None, LOAD).await;
         let reading = tokio::spawn(async move {
             let _ = reader.simple_query("SELECT * FROM t").await;
         });
@@ -319,7 +276,7 @@ async fn every_probe_in_every_state_on_one_server() {
         assert!(r.reason.contains("idle in transaction"), "{}", r.reason);
         assert!(r.reason.contains("SELECT * FROM t"), "{}", r.reason);
         drop(holder);
-        end_load(&admin).await;
+        end_sessions_named(&admin, LOAD).await;
         reading.await.expect("reader task");
         let r = measure(check.as_ref()).await;
         assert_eq!(r.value, 0.0, "{r:?}");
@@ -415,7 +372,7 @@ async fn connections_saturate_and_then_the_server_stops() {
             } else {
                 LOAD
             };
-            held.push(session(&server, name).await.0);
+            held.push(session(&server, "postgres", None, name).await.0);
         }
         // A backend that was just closed (the role's creation) may take a moment to
         // leave pg_stat_activity.
@@ -441,7 +398,7 @@ async fn connections_saturate_and_then_the_server_stops() {
     }
     // All but the reserved slots taken: an ordinary user cannot log in, and the
     // connections check of an ordinary user, refused too, measures that: 100 %.
-    held.push(session(&server, LOAD).await.0);
+    held.push(session(&server, "postgres", None, LOAD).await.0);
     let r = measure(&app_login).await;
     assert_eq!(r.status, HealthStatus::Unhealthy, "{r:?}");
     assert!(r.reason.contains("53300"), "{}", r.reason);
@@ -584,21 +541,21 @@ async fn without_pg_monitor_the_session_checks_refuse_to_guess() {
     ];
 
     // Other users' sessions to be blind to: a long query and a lock wait.
-    let (admin, _) = session(&server, "health-admin").await;
+    let (admin, _) = session(&server, "postgres", None, "health-admin").await;
     admin
         .batch_execute("CREATE TABLE t (id int); GRANT SELECT ON t TO watcher")
         .await
         .expect("table");
-    let (sleeper, sleeper_pid) = session(&server, LOAD).await;
+    let (sleeper, sleeper_pid) = session(&server, "postgres", None, LOAD).await;
     let sleeping = tokio::spawn(async move {
         let _ = sleeper.simple_query("SELECT pg_sleep(30)").await;
     });
-    let (holder, holder_pid) = session(&server, LOAD).await;
+    let (holder, holder_pid) = session(&server, "postgres", None, LOAD).await;
     holder
         .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock");
-    let (reader, reader_pid) = session(&server, LOAD).await;
+    let (reader, reader_pid) = session(&server, "postgres", None, LOAD).await;
     let reading = tokio::spawn(async move {
         let _ = reader.simple_query("SELECT * FROM t").await;
     });
@@ -687,7 +644,7 @@ async fn without_pg_monitor_the_session_checks_refuse_to_guess() {
     }
 
     drop(holder);
-    end_load(&admin).await;
+    end_sessions_named(&admin, LOAD).await;
     sleeping.await.expect("sleeper task");
     reading.await.expect("reader task");
 }

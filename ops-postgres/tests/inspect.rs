@@ -20,38 +20,13 @@ use ops_core::maintain::{
 };
 use ops_postgres::PostgresEngine;
 use ops_postgres::ephemeral::{EphemeralOptions, EphemeralPostgres};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+mod common;
+use common::{end_sessions_named, session, session_with_id, timed, wait_for_lock_wait};
 
 /// The `application_name` of the sessions the tests open to create load.
 const LOAD: &str = "inspect-test";
-
-/// A session on database `db` as `user` (password `pw`), named `app`, with its pid.
-async fn session_as(
-    server: &EphemeralPostgres,
-    db: &str,
-    user: Option<(&str, &str)>,
-    app: &str,
-) -> (Client, i64) {
-    let url = match user {
-        None => format!("{}&application_name={app}", server.url_for(db)),
-        Some((u, pw)) => format!(
-            "postgres://{u}:{pw}@127.0.0.1:{}/{db}?sslmode=disable&application_name={app}",
-            server.port()
-        ),
-    };
-    let (client, connection) = tokio_postgres::connect(&url, NoTls)
-        .await
-        .expect("test session connects");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
-    (client, i64::from(pid))
-}
 
 /// An engine on database `db` as `user` with password `pw`.
 fn engine_as(server: &EphemeralPostgres, db: &str, user: &str, pw: &str) -> PostgresEngine {
@@ -62,54 +37,39 @@ fn engine_as(server: &EphemeralPostgres, db: &str, user: &str, pw: &str) -> Post
     .expect("engine")
 }
 
-/// Ends every load session and waits until the server has none left.
-async fn end_load(admin: &Client) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: i64 = admin
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                  WHERE application_name = $1",
-                &[&LOAD],
-            )
-            .await
-            .expect("terminating load sessions")
-            .get(0);
-        if left == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{left} load sessions do not end");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn report(db: &dyn Maintenance, what: Inspect, options: &InspectOptions) -> Inspection {
     db.inspect(what, options)
         .await
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-async fn bloat_of(db: &dyn Maintenance) -> Vec<Bloat> {
-    match report(db, Inspect::Bloat, &InspectOptions::default()).await {
-        Inspection::Bloat(b) => {
-            for o in &b.objects {
-                eprintln!(
-                    "  {:?} {}: size {} wasted {:?} ({:?} %) {} {:?} {}",
-                    o.kind,
-                    o.name,
-                    o.size_bytes,
-                    o.wasted_bytes,
-                    o.wasted_percent.map(|p| (p * 10.0).round() / 10.0),
-                    o.method,
-                    o.confidence,
-                    o.note.as_deref().unwrap_or("")
-                );
-            }
-            eprintln!("  notes: {:?}", b.notes);
-            b.objects
+/// The `$report` report of `$db`, taken out of its [`Inspection`] variant.
+macro_rules! report_of {
+    ($db:expr, $report:ident, $options:expr) => {
+        match report($db, Inspect::$report, $options).await {
+            Inspection::$report(r) => r,
+            other => panic!("not a {} report: {other:?}", stringify!($report)),
         }
-        other => panic!("not a bloat report: {other:?}"),
+    };
+}
+
+async fn bloat_of(db: &dyn Maintenance) -> Vec<Bloat> {
+    let b = report_of!(db, Bloat, &InspectOptions::default());
+    for o in &b.objects {
+        eprintln!(
+            "  {:?} {}: size {} wasted {:?} ({:?} %) {} {:?} {}",
+            o.kind,
+            o.name,
+            o.size_bytes,
+            o.wasted_bytes,
+            o.wasted_percent.map(|p| (p * 10.0).round() / 10.0),
+            o.method,
+            o.confidence,
+            o.note.as_deref().unwrap_or("")
+        );
     }
+    eprintln!("  notes: {:?}", b.notes);
+    b.objects
 }
 
 fn find<'a>(objects: &'a [Bloat], name: &str) -> &'a Bloat {
@@ -117,13 +77,6 @@ fn find<'a>(objects: &'a [Bloat], name: &str) -> &'a Bloat {
         .iter()
         .find(|o| o.name == name)
         .unwrap_or_else(|| panic!("no {name} in {objects:?}"))
-}
-
-/// Runs a scenario and prints how long it took.
-async fn timed<F: Future<Output = ()>>(what: &str, scenario: F) {
-    let started = Instant::now();
-    scenario.await;
-    eprintln!("{what}: {:.2} s", started.elapsed().as_secs_f64());
 }
 
 /// Waits until `ok` holds for a report of `what`, for at most 5 s.
@@ -155,7 +108,7 @@ async fn inspection_sessions_and_ending_them_on_a_real_server() {
     .await
     .expect("server starts");
     eprintln!("server start: {:.2} s", started.elapsed().as_secs_f64());
-    let (admin, _) = session_as(&server, "postgres", None, "inspect-admin").await;
+    let (admin, _) = session(&server, "postgres", None, "inspect-admin").await;
     admin
         .batch_execute(&format!(
             "CREATE ROLE app LOGIN PASSWORD '{PW}';
@@ -259,7 +212,7 @@ async fn bloat_and_friends(server: &EphemeralPostgres) {
     eprintln!("data: {:.2} s", t.elapsed().as_secs_f64());
 
     let truth_row = {
-        let c = session_as(server, "bloat", None, "inspect-truth").await.0;
+        let c = session(server, "bloat", None, "inspect-truth").await.0;
         c.query_one(
             "SELECT (dead_tuple_percent + free_percent)::float8, table_len::int8
                FROM pgstattuple('t')",
@@ -352,19 +305,13 @@ async fn bloat_and_friends(server: &EphemeralPostgres) {
 
     // Only the tables asked for.
     let only = InspectOptions::default().with_tables(vec!["public.never".into()]);
-    let Inspection::Sizes(sizes) = report(&engine, Inspect::Sizes, &only).await else {
-        panic!("sizes")
-    };
+    let sizes = report_of!(&engine, Sizes, &only);
     assert_eq!(sizes.tables.len(), 1);
     assert_eq!(
         (sizes.tables[0].rows, sizes.tables[0].rows_method.as_str()),
         (None, "never analyzed")
     );
-    let Inspection::Sizes(sizes) =
-        report(&engine, Inspect::Sizes, &InspectOptions::default()).await
-    else {
-        panic!("sizes")
-    };
+    let sizes = report_of!(&engine, Sizes, &InspectOptions::default());
     let t = &sizes.tables[0];
     assert_eq!(t.name, "t", "largest first: {sizes:?}");
     assert!(sizes.database_bytes > t.total_bytes);
@@ -385,11 +332,7 @@ async fn bloat_and_friends(server: &EphemeralPostgres) {
         .expect_err("no such table");
     assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
 
-    let Inspection::Indexes(ix) =
-        report(&engine, Inspect::Indexes, &InspectOptions::default()).await
-    else {
-        panic!("indexes")
-    };
+    let ix = report_of!(&engine, Indexes, &InspectOptions::default());
     let names = |l: &[ops_core::maintain::IndexIssue]| {
         l.iter().map(|i| i.index.clone()).collect::<Vec<_>>()
     };
@@ -402,10 +345,7 @@ async fn bloat_and_friends(server: &EphemeralPostgres) {
     assert!(ix.invalid[0].detail.contains("CREATE INDEX CONCURRENTLY"));
     assert!(ix.stats_since.is_some() || !ix.notes.is_empty());
 
-    let Inspection::Vacuum(v) = report(&engine, Inspect::Vacuum, &InspectOptions::default()).await
-    else {
-        panic!("vacuum")
-    };
+    let v = report_of!(&engine, Vacuum, &InspectOptions::default());
     eprintln!("vacuum: {v:?}");
     assert!(v.database_xid_age.is_some() && v.freeze_max_age == Some(200_000_000));
     let d = v.tables.iter().find(|t| t.name == "d").expect("d");
@@ -417,16 +357,14 @@ async fn bloat_and_friends(server: &EphemeralPostgres) {
     assert!(t.xid_age.is_some());
     assert_eq!(v.tables[0].name, "d", "most dead rows first");
     let one = InspectOptions::default().with_limit(1);
-    let Inspection::Vacuum(v) = report(&engine, Inspect::Vacuum, &one).await else {
-        panic!("vacuum")
-    };
+    let v = report_of!(&engine, Vacuum, &one);
     assert_eq!(v.tables.len(), 1);
 }
 
 async fn activity(server: &EphemeralPostgres, admin: &Client) {
     server.create_database("act").await.expect("act db");
     let engine = server.engine_for("act").expect("engine");
-    let (sleeper, sleeper_pid) = session_as(server, "act", None, LOAD).await;
+    let (sleeper, sleeper_pid) = session(server, "act", None, LOAD).await;
     let sleeping = tokio::spawn(async move {
         let done = sleeper
             .simple_query("SELECT pg_sleep(30)")
@@ -435,31 +373,27 @@ async fn activity(server: &EphemeralPostgres, admin: &Client) {
         // The session must outlive its cancelled query.
         (sleeper, done)
     });
-    let (idle, idle_pid) = session_as(server, "act", None, LOAD).await;
+    let (idle, idle_pid) = session(server, "act", None, LOAD).await;
     idle.batch_execute("BEGIN; SELECT 1").await.expect("begin");
     let options = InspectOptions::default().with_longer_than(Duration::from_secs(1));
     let r = wait_report(&engine, Inspect::Activity, &options, |r| {
         matches!(r, Inspection::Activity(a)
-            if a.long_running.iter().any(|s| s.id == sleeper_pid))
+            if session_with_id(&a.long_running, sleeper_pid).is_some())
     })
     .await;
     let Inspection::Activity(a) = r else {
         unreachable!()
     };
-    let long = a
-        .long_running
-        .iter()
-        .find(|s| s.id == sleeper_pid)
-        .expect("sleeper");
+    let long = session_with_id(&a.long_running, sleeper_pid).expect("sleeper");
     assert!(long.query_seconds.is_some_and(|q| q >= 1.0), "{long:?}");
     assert_eq!(long.query.as_deref(), Some("SELECT pg_sleep(30)"));
     assert_eq!(long.application.as_deref(), Some(LOAD));
     assert!(
-        a.idle_in_transaction.iter().any(|s| s.id == idle_pid),
+        session_with_id(&a.idle_in_transaction, idle_pid).is_some(),
         "{:?}",
         a.idle_in_transaction
     );
-    assert!(!a.long_running.iter().any(|s| s.id == idle_pid));
+    assert!(session_with_id(&a.long_running, idle_pid).is_none());
     assert!(a.by_state.get("active").is_some_and(|n| *n >= 1), "{a:?}");
     assert!(
         a.by_state
@@ -521,11 +455,11 @@ async fn activity(server: &EphemeralPostgres, admin: &Client) {
         .await
         .expect("sessions");
     assert!(
-        after.iter().any(|s| s.id == sleeper_pid),
+        session_with_id(&after, sleeper_pid).is_some(),
         "the session stays"
     );
     drop(idle);
-    end_load(admin).await;
+    end_sessions_named(admin, LOAD).await;
 }
 
 async fn locks(server: &EphemeralPostgres, admin: &Client) {
@@ -541,12 +475,12 @@ async fn locks(server: &EphemeralPostgres, admin: &Client) {
         .expect("lock tables");
     let engine = server.engine_for("locks").expect("engine");
     let app = Some(("app", PW));
-    let (holder, a_pid) = session_as(server, "locks", app, LOAD).await;
+    let (holder, a_pid) = session(server, "locks", app, LOAD).await;
     holder
         .batch_execute("BEGIN; UPDATE a SET n = n + 1 WHERE id = 1")
         .await
         .expect("A holds a row of a");
-    let (b, b_pid) = session_as(server, "locks", app, LOAD).await;
+    let (b, b_pid) = session(server, "locks", app, LOAD).await;
     let b_task = tokio::spawn(async move {
         b.batch_execute(
             "BEGIN; UPDATE b SET n = n + 1 WHERE id = 1; UPDATE a SET n = n + 1 WHERE id = 1;
@@ -554,25 +488,9 @@ async fn locks(server: &EphemeralPostgres, admin: &Client) {
         )
         .await
     });
-    let (c, c_pid) = session_as(server, "locks", app, LOAD).await;
+    let (c, c_pid) = session(server, "locks", app, LOAD).await;
     // C starts once B holds its row of b.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let waiting: bool = admin
-            .query_one(
-                "SELECT wait_event_type IS NOT DISTINCT FROM 'Lock' FROM pg_stat_activity
-                  WHERE pid = $1",
-                &[&(b_pid as i32)],
-            )
-            .await
-            .expect("B's state")
-            .get(0);
-        if waiting {
-            break;
-        }
-        assert!(Instant::now() < deadline, "B does not wait for A");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_lock_wait(admin, b_pid).await;
     let c_task =
         tokio::spawn(async move { c.batch_execute("UPDATE b SET n = n + 1 WHERE id = 1").await });
 
@@ -623,7 +541,10 @@ async fn locks(server: &EphemeralPostgres, admin: &Client) {
         .await
         .expect("sessions");
     for pid in [a_pid, b_pid, c_pid] {
-        assert!(still.iter().any(|s| s.id == pid), "a dry run ended {pid}");
+        assert!(
+            session_with_id(&still, pid).is_some(),
+            "a dry run ended {pid}"
+        );
     }
     assert!(!b_task.is_finished() && !c_task.is_finished());
 
@@ -654,14 +575,14 @@ async fn locks(server: &EphemeralPostgres, admin: &Client) {
         .sessions(&SessionFilter::default())
         .await
         .expect("sessions");
-    assert!(!left.iter().any(|s| s.id == a_pid));
+    assert!(session_with_id(&left, a_pid).is_none());
     let n: i32 = admin_query(server, "locks", "SELECT n FROM a").await;
     assert_eq!(n, 1, "only B's update of a is there: A's was rolled back");
-    end_load(admin).await;
+    end_sessions_named(admin, LOAD).await;
 }
 
 async fn admin_query(server: &EphemeralPostgres, db: &str, sql: &str) -> i32 {
-    let (c, _) = session_as(server, db, None, "inspect-admin").await;
+    let (c, _) = session(server, db, None, "inspect-admin").await;
     c.query_one(sql, &[]).await.expect("query").get(0)
 }
 
@@ -690,7 +611,7 @@ async fn privileges(server: &EphemeralPostgres, admin: &Client) {
     );
 
     // A session of another (non-superuser) user for mon to try to end.
-    let (victim, victim_pid) = session_as(server, "priv", Some(("app", PW)), LOAD).await;
+    let (victim, victim_pid) = session(server, "priv", Some(("app", PW)), LOAD).await;
     victim
         .batch_execute("BEGIN; SELECT 1")
         .await
@@ -699,10 +620,7 @@ async fn privileges(server: &EphemeralPostgres, admin: &Client) {
         .sessions(&SessionFilter::default())
         .await
         .expect("sessions");
-    let seen = sessions
-        .iter()
-        .find(|s| s.id == victim_pid)
-        .expect("victim seen");
+    let seen = session_with_id(&sessions, victim_pid).expect("victim seen");
     assert_eq!(seen.state, "idle in transaction", "{seen:?}");
     let filter = SessionFilter {
         user: Some("app".into()),
@@ -756,16 +674,13 @@ async fn privileges(server: &EphemeralPostgres, admin: &Client) {
         );
     }
     drop(victim);
-    end_load(admin).await;
+    end_sessions_named(admin, LOAD).await;
 }
 
 async fn statements(server: &EphemeralPostgres) {
     // conf has no pg_stat_statements extension.
     let conf = server.engine_for("conf").expect("engine");
-    let Inspection::Queries(q) = report(&conf, Inspect::Queries, &InspectOptions::default()).await
-    else {
-        panic!("queries")
-    };
+    let q = report_of!(&conf, Queries, &InspectOptions::default());
     assert!(!q.available && q.statements.is_empty(), "{q:?}");
     let message = q.message.expect("how to enable it");
     eprintln!("queries without the extension: {message}");
@@ -784,18 +699,14 @@ async fn statements(server: &EphemeralPostgres) {
         )
         .await
         .expect("stmts");
-    let (c, _) = session_as(server, "stmts", None, "inspect-statements").await;
+    let (c, _) = session(server, "stmts", None, "inspect-statements").await;
     for _ in 0..5 {
         c.query("SELECT count(*) FROM s WHERE id > $1", &[&10])
             .await
             .expect("query");
     }
     let engine = server.engine_for("stmts").expect("engine");
-    let Inspection::Queries(q) =
-        report(&engine, Inspect::Queries, &InspectOptions::default()).await
-    else {
-        panic!("queries")
-    };
+    let q = report_of!(&engine, Queries, &InspectOptions::default());
     assert!(q.available && q.message.is_none(), "{q:?}");
     let s = q
         .statements

@@ -9,7 +9,6 @@
 //! One server for the whole binary (one test, scenarios one after another), each
 //! scenario in its own database.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,34 +20,14 @@ use ops_core::maintain::{
 use ops_postgres::ephemeral::EphemeralPostgres;
 use tokio_postgres::{Client, NoTls};
 
-/// A session on database `db`, named `app`, with its pid.
-async fn session(server: &EphemeralPostgres, db: &str, app: &str) -> (Client, i32) {
-    let url = format!("{}&application_name={app}", server.url_for(db));
-    let (client, connection) = tokio_postgres::connect(&url, NoTls)
-        .await
-        .expect("test session connects");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
-    (client, pid)
-}
+mod common;
+use common::{session, timed};
 
 async fn scalar_i64(c: &Client, sql: &str) -> i64 {
     c.query_one(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
         .get(0)
-}
-
-async fn timed<F: Future<Output = ()>>(what: &str, scenario: F) {
-    let started = Instant::now();
-    scenario.await;
-    eprintln!("--- {what}: {:.1} s", started.elapsed().as_secs_f64());
 }
 
 fn steps(total_ms: u64, max_ms: u64) -> LockSteps {
@@ -105,7 +84,7 @@ async fn maintenance_and_archiving_on_one_server() {
 async fn vacuum_full_gives_way(server: &EphemeralPostgres) {
     server.create_database("vac").await.expect("create db");
     let engine = server.engine_for("vac").expect("engine");
-    let (admin, _) = session(server, "vac", "test-admin").await;
+    let (admin, _) = session(server, "vac", None, "test-admin").await;
     admin
         .batch_execute(
             "CREATE TABLE t (id int PRIMARY KEY, pad text NOT NULL);
@@ -114,14 +93,14 @@ async fn vacuum_full_gives_way(server: &EphemeralPostgres) {
         )
         .await
         .expect("table t");
-    let (blocker, blocker_pid) = session(server, "vac", "test-blocker").await;
+    let (blocker, blocker_pid) = session(server, "vac", None, "test-blocker").await;
     blocker
         .batch_execute("BEGIN; SELECT count(*) FROM t;")
         .await
         .expect("blocker reads t");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (reader, _) = session(server, "vac", "test-reader").await;
+    let (reader, _) = session(server, "vac", None, "test-reader").await;
     let reading = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -223,7 +202,7 @@ async fn invalid_indexes(c: &Client, table: &str) -> Vec<String> {
 async fn reindex_leftovers_are_dropped(server: &EphemeralPostgres) {
     server.create_database("reidx").await.expect("create db");
     let engine = server.engine_for("reidx").expect("engine");
-    let (admin, _) = session(server, "reidx", "test-admin").await;
+    let (admin, _) = session(server, "reidx", None, "test-admin").await;
     admin
         .batch_execute(
             "CREATE TABLE u (id int PRIMARY KEY, email text NOT NULL UNIQUE);
@@ -232,7 +211,7 @@ async fn reindex_leftovers_are_dropped(server: &EphemeralPostgres) {
         .await
         .expect("table u");
     let concurrently = Action::Reindex { concurrently: true };
-    let (writer, writer_pid) = session(server, "reidx", "test-writer").await;
+    let (writer, writer_pid) = session(server, "reidx", None, "test-writer").await;
     writer
         .batch_execute("BEGIN; INSERT INTO u VALUES (1000000, 'writer@example.org');")
         .await
@@ -321,7 +300,7 @@ async fn reindex_leftovers_are_dropped(server: &EphemeralPostgres) {
 async fn dry_run_analyze_check(server: &EphemeralPostgres) {
     server.create_database("plain").await.expect("create db");
     let engine = server.engine_for("plain").expect("engine");
-    let (admin, _) = session(server, "plain", "test-admin").await;
+    let (admin, _) = session(server, "plain", None, "test-admin").await;
     admin
         .batch_execute(
             "CREATE TABLE a (id int PRIMARY KEY, v text);
@@ -427,7 +406,7 @@ async fn dry_run_analyze_check(server: &EphemeralPostgres) {
 /// table is still vacuumed.
 async fn missing_privilege(server: &EphemeralPostgres) {
     server.create_database("priv").await.expect("create db");
-    let (admin, _) = session(server, "priv", "test-admin").await;
+    let (admin, _) = session(server, "priv", None, "test-admin").await;
     admin
         .batch_execute(
             "CREATE ROLE maint LOGIN PASSWORD 'maint-pw';
@@ -481,7 +460,7 @@ async fn missing_privilege(server: &EphemeralPostgres) {
 async fn archive_shapes(server: &EphemeralPostgres) {
     server.create_database("shapes").await.expect("create db");
     let engine = server.engine_for("shapes").expect("engine");
-    let (admin, _) = session(server, "shapes", "test-admin").await;
+    let (admin, _) = session(server, "shapes", None, "test-admin").await;
     admin
         .batch_execute(
             "CREATE TABLE orders (id serial PRIMARY KEY, placed date NOT NULL,
@@ -581,7 +560,7 @@ async fn archive_shapes(server: &EphemeralPostgres) {
     // An old transaction of another session holds the archiver back: it waits, and
     // gives up after max_wait naming the session; when the transaction ends within
     // max_wait, the wait is counted and the rows move.
-    let (old, old_pid) = session(server, "shapes", "test-old-transaction").await;
+    let (old, old_pid) = session(server, "shapes", None, "test-old-transaction").await;
     old.batch_execute("BEGIN; SELECT 1")
         .await
         .expect("old transaction");
@@ -642,7 +621,7 @@ async fn archive_survives_kills(server: &EphemeralPostgres) {
     const ROWS: i64 = 1_000_000;
     server.create_database("arch").await.expect("create db");
     let engine = server.engine_for("arch").expect("engine");
-    let (admin, _) = session(server, "arch", "test-admin").await;
+    let (admin, _) = session(server, "arch", None, "test-admin").await;
     let started = Instant::now();
     admin
         .batch_execute(&format!(
@@ -673,7 +652,7 @@ async fn archive_survives_kills(server: &EphemeralPostgres) {
     let archiving = Arc::new(AtomicBool::new(false));
     let applied = Arc::new(AtomicU64::new(0));
     let samples: Arc<Mutex<(Vec<Duration>, Vec<Duration>)>> = Arc::default();
-    let (updater, _) = session(server, "arch", "test-updater").await;
+    let (updater, _) = session(server, "arch", None, "test-updater").await;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

@@ -117,6 +117,102 @@ pub async fn client(server: &EphemeralPostgres, db: &str) -> tokio_postgres::Cli
     client
 }
 
+/// A session on database `db` of `server`, named `app` (its `application_name`), as
+/// the superuser or as `login` (user, password), with its backend pid: the load and
+/// the blockers of the maintenance, inspection and health tests.
+pub async fn session(
+    server: &EphemeralPostgres,
+    db: &str,
+    login: Option<(&str, &str)>,
+    app: &str,
+) -> (tokio_postgres::Client, i64) {
+    let url = match login {
+        None => format!("{}&application_name={app}", server.url_for(db)),
+        Some((user, pw)) => format!(
+            "postgres://{user}:{pw}@127.0.0.1:{}/{db}?sslmode=disable&application_name={app}",
+            server.port()
+        ),
+    };
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("test session connects");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    (client, i64::from(pid))
+}
+
+/// Waits until the server shows session `pid` in `pg_stat_activity` as `state` (an
+/// SQL condition on the row, such as `wait_event_type = 'Lock'`), for at most 5 s.
+pub async fn wait_for_session(observer: &tokio_postgres::Client, pid: i64, state: &str) {
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND ({state})");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n: i64 = observer
+            .query_one(&sql, &[&(pid as i32)])
+            .await
+            .unwrap_or_else(|e| panic!("looking for session {pid}: {e}"))
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session {pid} is not {state} after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until session `pid` waits for a lock, for at most 5 s.
+pub async fn wait_for_lock_wait(observer: &tokio_postgres::Client, pid: i64) {
+    wait_for_session(observer, pid, "wait_event_type = 'Lock'").await;
+}
+
+/// The session with id `pid` of a session list.
+pub fn session_with_id(
+    sessions: &[ops_core::maintain::SessionInfo],
+    pid: i64,
+) -> Option<&ops_core::maintain::SessionInfo> {
+    sessions.iter().find(|s| s.id == pid)
+}
+
+/// Terminates every session named `app` and waits until the server has none left.
+pub async fn end_sessions_named(admin: &tokio_postgres::Client, app: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                  WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .expect("terminating load sessions")
+            .get(0);
+        if left == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} sessions named {app} do not end"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a scenario and prints how long it took.
+pub async fn timed<F: std::future::Future<Output = ()>>(what: &str, scenario: F) {
+    let started = std::time::Instant::now();
+    scenario.await;
+    eprintln!("--- {what}: {:.2} s", started.elapsed().as_secs_f64());
+}
+
 /// Rows of one query as text, for comparisons.
 pub async fn rows_text(server: &EphemeralPostgres, db: &str, sql: &str) -> Vec<String> {
     let c = client(server, db).await;
