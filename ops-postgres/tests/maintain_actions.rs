@@ -1,10 +1,13 @@
 //! PostgreSQL maintenance actions and archiving against a real throwaway server:
 //! VACUUM FULL refusing (after its lock steps) to wait behind an open transaction
 //! while a reader measures how long its queries queue, a concurrent reindex that
-//! fails and leaves `_ccnew` indexes which are then dropped, dry runs, analyze,
-//! amcheck, a missing privilege, and an archive of a million rows killed ten times
-//! (task aborted, backend terminated) under a concurrent updater, after which no row
-//! is lost or doubled.
+//! fails and leaves `_ccnew` indexes which are dropped between its tries and after
+//! it, a concurrent reindex stopped after its swap that does not rebuild again,
+//! partitions worked on once each (an ANALYZE of a partitioned table that takes its
+//! locks before any work), dry runs, analyze, amcheck (and without it), a missing
+//! privilege, and an archive of a million rows killed ten times (task aborted,
+//! backend terminated) under a concurrent updater, after which no row is lost or
+//! doubled.
 //!
 //! One server for the whole binary (one test, scenarios one after another), each
 //! scenario in its own database.
@@ -73,6 +76,12 @@ async fn maintenance_and_archiving_on_one_server() {
         reindex_leftovers_are_dropped(&server),
     )
     .await;
+    timed(
+        "concurrent reindex stopped after its swap",
+        reindex_after_the_swap_is_not_redone(&server),
+    )
+    .await;
+    timed("partitions once each", partitions_once_each(&server)).await;
     timed("dry run, analyze, check", dry_run_analyze_check(&server)).await;
     timed("missing privilege", missing_privilege(&server)).await;
     timed("archive table shape", archive_shapes(&server)).await;
@@ -219,13 +228,18 @@ async fn reindex_leftovers_are_dropped(server: &EphemeralPostgres) {
     let options = MaintainOptions::default()
         .with_tables(vec!["u".into()])
         .with_lock(steps(1500, 500));
+    let started = Instant::now();
     let report = engine
         .maintain(concurrently, &options)
         .await
         .expect("maintain runs");
+    let took = started.elapsed();
     eprintln!("{report:#?}");
     let step = report.steps.last().expect("a step");
     assert_eq!(step.outcome, StepOutcome::LockTimeout, "{step:?}");
+    // The lock wait's total, one short try at the leftovers, and the bookkeeping.
+    assert!(took < Duration::from_millis(1500 + 1500), "{took:?}");
+    assert!(step.lock_tries > 1, "{step:?}");
     let message = step.message.as_deref().unwrap_or_default();
     assert!(message.contains(&format!("pid {writer_pid} ")), "{message}");
     let left = invalid_indexes(&admin, "u").await;
@@ -259,8 +273,9 @@ async fn reindex_leftovers_are_dropped(server: &EphemeralPostgres) {
     );
     assert_eq!(invalid_indexes(&admin, "u").await, Vec::<String>::new());
 
-    // The writer goes while the reindex tries: the failed tries' leftovers go in the
-    // same run.
+    // The writer goes while the reindex tries: the leftovers of the failed tries go
+    // before the next try (dropping them is the cheap test of whether the writer is
+    // still there), all within the lock wait's total.
     writer
         .batch_execute("BEGIN; INSERT INTO u VALUES (1000000, 'writer@example.org');")
         .await
@@ -270,15 +285,19 @@ async fn reindex_leftovers_are_dropped(server: &EphemeralPostgres) {
         writer.batch_execute("ROLLBACK").await.expect("rollback");
         writer
     });
+    let options = options.with_lock(steps(3000, 500));
+    let started = Instant::now();
     let report = engine
         .maintain(concurrently, &options)
         .await
         .expect("maintain runs");
+    let took = started.elapsed();
     let _writer = release.await.expect("release task");
     eprintln!("{report:#?}");
     let step = report.steps.last().expect("a step");
     assert_eq!(step.outcome, StepOutcome::Done, "{step:?}");
     assert!(step.lock_tries > 1, "{step:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
     assert!(
         !report.dropped_leftovers.is_empty()
             && step
@@ -295,6 +314,332 @@ async fn reindex_leftovers_are_dropped(server: &EphemeralPostgres) {
     assert!(dup.is_err(), "the rebuilt unique index lets a duplicate in");
 }
 
+/// The ids of the indexes `pg_stat_progress_create_index` shows being built by a
+/// REINDEX CONCURRENTLY, polled every 10 ms until `stop`: each build of a new index
+/// has an id of its own.
+fn watch_builds(observer: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<u32>> {
+    tokio::spawn(async move {
+        let mut seen = std::collections::BTreeSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            for row in observer
+                .query(
+                    "SELECT index_relid FROM pg_stat_progress_create_index
+                      WHERE command = 'REINDEX CONCURRENTLY'
+                        AND phase LIKE 'building index%' AND index_relid <> 0",
+                    &[],
+                )
+                .await
+                .expect("progress")
+            {
+                seen.insert(row.get::<_, u32>(0));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen.into_iter().collect()
+    })
+}
+
+/// A reader's open transaction lets REINDEX CONCURRENTLY build, validate and swap in
+/// its new indexes, then stops it where it waits for every session holding a lock
+/// before it drops the old ones. The rebuild is done: no try builds again; the old
+/// copies (`_ccold`) are dropped once the reader has gone, within the lock wait's
+/// total, and no invalid index is left. A snapshot held open stops a try after its
+/// build: the next tries wait for it without building again, and the run ends
+/// within the lock wait's total and one build, naming it.
+async fn reindex_after_the_swap_is_not_redone(server: &EphemeralPostgres) {
+    server.create_database("swap").await.expect("create db");
+    let engine = server.engine_for("swap").expect("engine");
+    let (admin, _) = session(server, "swap", None, "test-admin").await;
+    // Integers only: no TOAST table, so exactly two indexes are rebuilt.
+    admin
+        .batch_execute(
+            "CREATE TABLE r (id int PRIMARY KEY, v int NOT NULL);
+             CREATE INDEX r_v ON r (v);
+             INSERT INTO r SELECT g, g % 1000 FROM generate_series(1, 300000) g;",
+        )
+        .await
+        .expect("table r");
+    let (reader, reader_pid) = session(server, "swap", None, "test-reader").await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM r;")
+        .await
+        .expect("reader");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        reader.batch_execute("COMMIT").await.expect("commit");
+        reader
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let builds = watch_builds(
+        session(server, "swap", None, "test-observer").await.0,
+        stop.clone(),
+    );
+    let options = MaintainOptions::default()
+        .with_tables(vec!["r".into()])
+        .with_lock(steps(3000, 500));
+    let started = Instant::now();
+    let report = engine
+        .maintain(Action::Reindex { concurrently: true }, &options)
+        .await
+        .expect("maintain runs");
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let builds = builds.await.expect("observer");
+    let _reader = release.await.expect("release");
+    eprintln!("{report:#?}\nbuilt: {builds:?} in {took:?} (reader {reader_pid})");
+    let step = report.steps.last().expect("a step");
+    assert_eq!(step.outcome, StepOutcome::Done, "{step:?}");
+    let message = step.message.as_deref().unwrap_or_default();
+    assert!(message.contains("rebuilt"), "{message}");
+    assert!(
+        !builds.is_empty() && builds.len() <= 2,
+        "each of the 2 indexes is built once, not once per try: {builds:?}"
+    );
+    assert!(
+        report.dropped_leftovers.len() == 2
+            && report
+                .dropped_leftovers
+                .iter()
+                .all(|i| i.ends_with("_ccold")),
+        "{report:#?}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(invalid_indexes(&admin, "r").await, Vec::<String>::new());
+    assert_eq!(
+        scalar_i64(&admin, "SELECT count(*) FROM r WHERE v = 7").await,
+        300,
+        "the rebuilt index answers"
+    );
+
+    // A transaction holding an old snapshot stops every try after its build and
+    // validation. How long one rebuild takes here, with no one in the way:
+    let report = engine
+        .maintain(Action::Reindex { concurrently: true }, &options)
+        .await
+        .expect("maintain runs");
+    assert!(report.ok(), "{report:#?}");
+    let rebuild = Duration::from_secs_f64(report.steps[0].seconds);
+    let (snapshot, snapshot_pid) = session(server, "swap", None, "test-snapshot").await;
+    snapshot
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;")
+        .await
+        .expect("snapshot");
+    let stop = Arc::new(AtomicBool::new(false));
+    let builds = watch_builds(
+        session(server, "swap", None, "test-observer").await.0,
+        stop.clone(),
+    );
+    let total = Duration::from_secs(2);
+    let started = Instant::now();
+    let report = engine
+        .maintain(
+            Action::Reindex { concurrently: true },
+            &options.with_lock(steps(2000, 500)),
+        )
+        .await
+        .expect("maintain runs");
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let builds = builds.await.expect("observer");
+    snapshot.batch_execute("COMMIT").await.expect("commit");
+    eprintln!("{report:#?}\nbuilt: {builds:?} in {took:?}, one rebuild {rebuild:?}");
+    let step = report.steps.last().expect("a step");
+    assert_eq!(step.outcome, StepOutcome::LockTimeout, "{step:?}");
+    assert!(step.lock_tries > 1, "{step:?}");
+    let message = step.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains(&format!("pid {snapshot_pid} ")),
+        "{message}"
+    );
+    assert!(
+        !builds.is_empty() && builds.len() <= 2,
+        "built once, then waited for the snapshot to go: {builds:?}"
+    );
+    assert!(
+        took < total + rebuild + Duration::from_secs(1),
+        "{took:?}: the lock wait's total is {total:?}, one rebuild {rebuild:?}"
+    );
+    assert_eq!(invalid_indexes(&admin, "r").await, Vec::<String>::new());
+}
+
+/// Per-table counters of the statistics views.
+async fn counts(c: &Client, column: &str) -> Vec<(String, i64)> {
+    c.query(
+        &format!(
+            "SELECT relname::text, {column} FROM pg_stat_user_tables
+              WHERE relname IN ('m1', 'm2', 'solo') ORDER BY 1"
+        ),
+        &[],
+    )
+    .await
+    .expect("counters")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// A partitioned table and its partitions, named together or reached through it:
+/// each partition is vacuumed and analyzed once; the partitioned table itself only
+/// by ANALYZE (it gets statistics of its own). Its ANALYZE takes the lock on every
+/// partition before any work: a lock held on the second partition makes tries fail
+/// before the first partition is analyzed, never after.
+async fn partitions_once_each(server: &EphemeralPostgres) {
+    server.create_database("parts").await.expect("create db");
+    let engine = server.engine_for("parts").expect("engine");
+    let (admin, _) = session(server, "parts", None, "test-admin").await;
+    admin
+        .batch_execute(
+            "CREATE TABLE m (id int, k int) PARTITION BY RANGE (id);
+             CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (1000)
+               WITH (autovacuum_enabled = off);
+             CREATE TABLE m2 PARTITION OF m FOR VALUES FROM (1000) TO (2000)
+               WITH (autovacuum_enabled = off);
+             CREATE TABLE solo (id int PRIMARY KEY) WITH (autovacuum_enabled = off);
+             INSERT INTO m SELECT g, g % 7 FROM generate_series(0, 1999) g;
+             INSERT INTO solo SELECT generate_series(1, 10);",
+        )
+        .await
+        .expect("tables");
+    let objects = |r: &ops_core::maintain::MaintainReport| -> Vec<String> {
+        r.steps.iter().map(|s| s.object.clone()).collect()
+    };
+
+    // Every table of the database: the partitions and the plain table, once each.
+    let dry = engine
+        .maintain(
+            Action::Vacuum {
+                full: false,
+                analyze: false,
+            },
+            &MaintainOptions::default().with_dry_run(true),
+        )
+        .await
+        .expect("dry run");
+    assert_eq!(objects(&dry), ["public.m1", "public.m2", "public.solo"]);
+
+    let both = MaintainOptions::default().with_tables(vec!["m".into(), "public.m1".into()]);
+    let vacuum = Action::Vacuum {
+        full: false,
+        analyze: false,
+    };
+    let report = engine.maintain(vacuum, &both).await.expect("vacuum");
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(objects(&report), ["public.m1", "public.m2"]);
+    assert_eq!(
+        counts(&admin, "vacuum_count").await,
+        [
+            ("m1".to_owned(), 1),
+            ("m2".to_owned(), 1),
+            ("solo".to_owned(), 0)
+        ]
+    );
+
+    // ANALYZE of the partitioned table covers its partitions, named or not.
+    let report = engine
+        .maintain(
+            Action::Analyze,
+            &MaintainOptions::default().with_tables(vec!["m".into(), "m2".into()]),
+        )
+        .await
+        .expect("analyze");
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(objects(&report), ["public.m"]);
+    assert_eq!(
+        counts(&admin, "analyze_count").await,
+        [
+            ("m1".to_owned(), 1),
+            ("m2".to_owned(), 1),
+            ("solo".to_owned(), 0)
+        ]
+    );
+    let parent_stats = "SELECT count(*) FROM pg_stats WHERE tablename = 'm' AND inherited";
+    assert!(scalar_i64(&admin, parent_stats).await > 0);
+
+    // VACUUM ANALYZE: each partition vacuumed once, analyzed once (with the
+    // partitioned table).
+    let report = engine
+        .maintain(
+            Action::Vacuum {
+                full: false,
+                analyze: true,
+            },
+            &both,
+        )
+        .await
+        .expect("vacuum analyze");
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(objects(&report), ["public.m1", "public.m2", "public.m"]);
+    assert_eq!(report.steps[0].sql, "VACUUM \"public\".\"m1\"");
+    assert_eq!(
+        counts(&admin, "vacuum_count").await,
+        [
+            ("m1".to_owned(), 2),
+            ("m2".to_owned(), 2),
+            ("solo".to_owned(), 0)
+        ]
+    );
+    assert_eq!(
+        counts(&admin, "analyze_count").await,
+        [
+            ("m1".to_owned(), 2),
+            ("m2".to_owned(), 2),
+            ("solo".to_owned(), 0)
+        ]
+    );
+
+    // A session holds a lock on m2 that ANALYZE conflicts with: every try fails on
+    // the LOCK, naming it, and m1 is not analyzed by a try that failed later.
+    let (blocker, blocker_pid) = session(server, "parts", None, "test-blocker").await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE m2 IN SHARE UPDATE EXCLUSIVE MODE")
+        .await
+        .expect("blocker");
+    let only_m = MaintainOptions::default().with_tables(vec!["m".into()]);
+    let report = engine
+        .maintain(Action::Analyze, &only_m.clone().with_lock(steps(600, 200)))
+        .await
+        .expect("analyze");
+    let step = &report.steps[0];
+    assert_eq!(step.outcome, StepOutcome::LockTimeout, "{step:?}");
+    assert!(step.lock_tries > 1, "{step:?}");
+    let message = step.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains(&format!("pid {blocker_pid} ")),
+        "{message}"
+    );
+    assert!(message.contains("test-blocker"), "{message}");
+    assert_eq!(
+        counts(&admin, "analyze_count").await,
+        [
+            ("m1".to_owned(), 2),
+            ("m2".to_owned(), 2),
+            ("solo".to_owned(), 0)
+        ]
+    );
+    // It lets go while the tries go on: one ANALYZE of each, in the end.
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        blocker.batch_execute("COMMIT").await.expect("commit");
+        blocker
+    });
+    let report = engine
+        .maintain(Action::Analyze, &only_m.with_lock(steps(3000, 500)))
+        .await
+        .expect("analyze");
+    let _blocker = release.await.expect("release");
+    let step = &report.steps[0];
+    assert_eq!(step.outcome, StepOutcome::Done, "{step:?}");
+    assert!(step.lock_tries > 1, "{step:?}");
+    assert_eq!(
+        counts(&admin, "analyze_count").await,
+        [
+            ("m1".to_owned(), 3),
+            ("m2".to_owned(), 3),
+            ("solo".to_owned(), 0)
+        ]
+    );
+}
+
 /// A dry run plans and changes nothing; analyze records itself; amcheck checks each
 /// B-tree index, and says how to install it when it is missing.
 async fn dry_run_analyze_check(server: &EphemeralPostgres) {
@@ -306,6 +651,7 @@ async fn dry_run_analyze_check(server: &EphemeralPostgres) {
             "CREATE TABLE a (id int PRIMARY KEY, v text);
              CREATE INDEX a_v ON a (v);
              CREATE TABLE b (id int PRIMARY KEY);
+             CREATE INDEX \"b.odd'name\" ON b (id);
              INSERT INTO a SELECT g, g::text FROM generate_series(1, 5000) g;
              INSERT INTO b SELECT generate_series(1, 100);",
         )
@@ -389,8 +735,24 @@ async fn dry_run_analyze_check(server: &EphemeralPostgres) {
     eprintln!("{report:#?}");
     assert!(report.ok(), "{report:#?}");
     let objects: Vec<&str> = report.steps.iter().map(|s| s.object.as_str()).collect();
-    assert_eq!(objects, ["public.a_pkey", "public.a_v", "public.b_pkey"]);
+    assert_eq!(
+        objects,
+        [
+            "public.a_pkey",
+            "public.a_v",
+            "public.\"b.odd'name\"",
+            "public.b_pkey"
+        ]
+    );
     assert!(report.steps.iter().all(|s| s.outcome == StepOutcome::Done));
+    // The index's name reaches the server as a parameter, not inside the SQL text.
+    assert!(
+        report
+            .steps
+            .iter()
+            .all(|s| s.sql.contains("bt_index_check($1::text::regclass, true)")),
+        "{report:#?}"
+    );
 
     for action in [Action::Optimize, Action::Repair] {
         let err = engine

@@ -1,18 +1,33 @@
 //! Maintenance actions on PostgreSQL: vacuum, analyze, reindex (concurrently), and
-//! `check` with amcheck. One autocommit statement per table (VACUUM cannot run in a
-//! transaction), each taken the pg_repack way: a short `lock_timeout` per try
-//! ([`LockSteps::tries`]), a pause between tries so the application's queued queries
-//! run, and after the last try a refusal that names the sessions holding the lock.
-//! The statement itself runs without a statement timeout.
+//! `check` with amcheck. One statement per table, each taken the pg_repack way: a
+//! short `lock_timeout` per try ([`LockSteps::tries`]), a pause between tries so the
+//! application's queued queries run, no new try once the steps' total has passed, and
+//! then a refusal that names the sessions holding the lock. The statement itself runs
+//! without a statement timeout.
+//!
+//! A try must fail cheaply, never halfway through the work: what can run in a
+//! transaction (ANALYZE, plain REINDEX) first takes its heavy lock with `LOCK TABLE`
+//! under the try's timeout, so only that LOCK is tried again. VACUUM cannot run in a
+//! transaction, but takes the table's lock first anyway. REINDEX CONCURRENTLY cannot
+//! either, and waits for other sessions at several points of its work: the indexes a
+//! failed try leaves (`_ccnew`, `_ccold`) are dropped before the next try (a drop waits
+//! for the same sessions, cheaply), and a try that failed after the new indexes took
+//! over is not run again: only the old copies are left to drop.
+//!
+//! Partitioned tables: every partition that holds rows is worked on once, whether it
+//! was named or reached through its partitioned table; the partitioned table itself
+//! only for ANALYZE (its own statistics, which autovacuum never collects).
 //!
 //! What must not live here: reports (inspect.rs), session ending (sessions.rs),
 //! archiving (archive.rs).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use ops_core::maintain::{
-    Action, MaintainOptions, MaintainReport, MaintainStep, ProgressFn, StepOutcome, StepProgress,
+    Action, LockSteps, MaintainOptions, MaintainReport, MaintainStep, ProgressFn, StepOutcome,
+    StepProgress,
 };
 use ops_core::{Error, ErrorKind, Result, TableRef};
 use tokio_postgres::Client;
@@ -20,7 +35,7 @@ use tokio_postgres::Client;
 use super::{connect, resolve_tables};
 use crate::PostgresEngine;
 use crate::errors::{column, query_error};
-use crate::session::{qualified, quote_ident, quote_literal};
+use crate::session::{qualified, quote_ident};
 
 /// SQLSTATE `lock_not_available`: a `lock_timeout` expired.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -66,16 +81,17 @@ pub(crate) async fn maintain(
     match action {
         Action::Optimize => {
             return Err(Error::invalid(
-                "optimize is MariaDB's OPTIMIZE TABLE; on PostgreSQL use `vacuum` (marks dead \
-                 rows reusable), `vacuum --full` (rewrites the table and gives space back to \
-                 the operating system, under an exclusive lock) or `reindex --concurrently`",
+                "optimize is MariaDB's OPTIMIZE TABLE; on PostgreSQL use vacuum (marks dead \
+                 rows reusable), a full vacuum (VACUUM FULL: rewrites the table and gives \
+                 space back to the operating system, under an exclusive lock) or a concurrent \
+                 reindex (REINDEX CONCURRENTLY)",
             ));
         }
         Action::Repair => {
             return Err(Error::invalid(
-                "repair is MariaDB's REPAIR TABLE; PostgreSQL has no table repair: run `check` \
-                 (amcheck) to find damaged indexes and `reindex --concurrently` to rebuild them; \
-                 damaged table data needs a restore from backup",
+                "repair is MariaDB's REPAIR TABLE; PostgreSQL has no table repair: run check \
+                 (amcheck) to find damaged indexes and a concurrent reindex (REINDEX \
+                 CONCURRENTLY) to rebuild them; damaged table data needs a restore from backup",
             ));
         }
         Action::Vacuum { .. } | Action::Analyze | Action::Reindex { .. } | Action::Check => {}
@@ -86,24 +102,41 @@ pub(crate) async fn maintain(
         }
     }
     let mut runner = Runner::open(engine, options).await?;
-    let tables = resolve_tables(&runner.client, &options.tables).await?;
+    let chosen = resolve_tables(&runner.client, &options.tables).await?;
+    let plan = Plan::of(&runner.client, &chosen).await?;
     let mut steps = Vec::new();
     let mut dropped = Vec::new();
-    for table in &tables {
+    for leaf in &plan.leaves {
         runner.reconnect_if_closed().await?;
+        let table = &leaf.table;
         match action {
             Action::Vacuum { full, analyze } => {
+                // A partition under a partitioned table that is analyzed below is
+                // analyzed there, once.
+                let analyze = analyze && !leaf.under_parent;
                 steps.push(runner.vacuum(table, full, analyze).await?);
             }
-            Action::Analyze => steps.push(runner.analyze(table).await?),
+            Action::Analyze if !leaf.under_parent => steps.push(runner.analyze(table).await?),
             Action::Reindex { concurrently } => {
                 runner
                     .reindex(table, concurrently, &mut steps, &mut dropped)
                     .await?;
             }
             Action::Check => runner.check(table, &mut steps).await?,
-            // Refused above.
+            // Analyzed with its partitioned table; the others are refused above.
             _ => {}
+        }
+    }
+    if matches!(
+        action,
+        Action::Analyze | Action::Vacuum { analyze: true, .. }
+    ) {
+        // ANALYZE of a partitioned table samples its partitions for its own statistics
+        // and (before PostgreSQL 18, which has ANALYZE ONLY) analyzes each of them as
+        // well: its partitions got no ANALYZE of their own above.
+        for parent in &plan.parents {
+            runner.reconnect_if_closed().await?;
+            steps.push(runner.analyze(parent).await?);
         }
     }
     Ok(MaintainReport {
@@ -112,6 +145,112 @@ pub(crate) async fn maintain(
         steps,
         dropped_leftovers: dropped,
     })
+}
+
+/// One table that holds rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Leaf {
+    table: TableRef,
+    /// Whether a chosen partitioned table is above it (its ANALYZE covers this one).
+    under_parent: bool,
+}
+
+/// The tables an action works on. A partitioned table holds no rows: VACUUM of it
+/// only recurses into its partitions and REINDEX rebuilds theirs, so each partition
+/// is worked on once, on its own (with its own lock steps), whether it was named,
+/// reached through its partitioned table, or both.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Ordinary tables, partitions and materialized views, each once, in the order
+    /// they were chosen.
+    leaves: Vec<Leaf>,
+    /// The chosen partitioned tables that no other chosen one is above.
+    parents: Vec<TableRef>,
+}
+
+impl Plan {
+    async fn of(client: &Client, chosen: &[TableRef]) -> Result<Plan> {
+        struct Chosen {
+            table: TableRef,
+            oid: u32,
+            /// Partitioned: its partitions that hold rows (foreign tables have no
+            /// storage here); `None` for a table that holds rows itself.
+            leaves: Option<Vec<TableRef>>,
+            /// The partitioned tables above it.
+            ancestors: Vec<u32>,
+        }
+        let doing = "listing the partitions of the chosen tables";
+        let mut all = Vec::with_capacity(chosen.len());
+        for table in chosen {
+            let row = client
+                .query_one(
+                    "SELECT c.oid, c.relkind = 'p',
+                            ARRAY(SELECT a.relid::oid FROM pg_partition_ancestors(c.oid) a
+                                   WHERE a.relid <> c.oid),
+                            ARRAY(SELECT ln.nspname::text FROM pg_partition_tree(c.oid) t
+                                    JOIN pg_class l ON l.oid = t.relid
+                                    JOIN pg_namespace ln ON ln.oid = l.relnamespace
+                                   WHERE t.isleaf AND l.relkind IN ('r', 'm')
+                                   ORDER BY ln.nspname, l.relname),
+                            ARRAY(SELECT l.relname::text FROM pg_partition_tree(c.oid) t
+                                    JOIN pg_class l ON l.oid = t.relid
+                                    JOIN pg_namespace ln ON ln.oid = l.relnamespace
+                                   WHERE t.isleaf AND l.relkind IN ('r', 'm')
+                                   ORDER BY ln.nspname, l.relname)
+                       FROM pg_class c WHERE c.oid = $1::text::regclass",
+                    &[&qualified(table)],
+                )
+                .await
+                .map_err(|e| query_error(e, doing))?;
+            let partitioned: bool = column(&row, 1, doing)?;
+            let schemas: Vec<String> = column(&row, 3, doing)?;
+            let names: Vec<String> = column(&row, 4, doing)?;
+            all.push(Chosen {
+                table: table.clone(),
+                oid: column(&row, 0, doing)?,
+                leaves: partitioned.then(|| {
+                    schemas
+                        .into_iter()
+                        .zip(names)
+                        .map(|(s, n)| TableRef::new(s, n))
+                        .collect()
+                }),
+                ancestors: column(&row, 2, doing)?,
+            });
+        }
+        let parent_oids: BTreeSet<u32> = all
+            .iter()
+            .filter(|c| c.leaves.is_some())
+            .map(|c| c.oid)
+            .collect();
+        let mut plan = Plan::default();
+        let mut covered = BTreeSet::new();
+        for c in &all {
+            if let Some(leaves) = &c.leaves
+                && !c.ancestors.iter().any(|a| parent_oids.contains(a))
+            {
+                plan.parents.push(c.table.clone());
+                covered.extend(leaves.iter().cloned());
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for c in &all {
+            let leaves = match &c.leaves {
+                Some(leaves) => leaves.clone(),
+                None => vec![c.table.clone()],
+            };
+            for table in leaves {
+                if seen.insert(table.clone()) {
+                    let under_parent = covered.contains(&table);
+                    plan.leaves.push(Leaf {
+                        table,
+                        under_parent,
+                    });
+                }
+            }
+        }
+        Ok(plan)
+    }
 }
 
 /// Which `pg_stat_progress_*` view reports a step.
@@ -151,6 +290,22 @@ impl ProgressView {
     }
 }
 
+/// How a try takes its locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Take {
+    /// The statement alone, under the try's lock timeout. VACUUM (which cannot run in
+    /// a transaction) takes the table's lock, its heaviest, before any work.
+    Alone,
+    /// In a transaction: `LOCK TABLE ... IN <mode> MODE` under the try's lock timeout,
+    /// then the statement. A try fails on that LOCK, before any work; on a partitioned
+    /// table the LOCK takes every partition too.
+    LockFirst(&'static str),
+    /// REINDEX CONCURRENTLY: before each try the indexes the failed tries left are
+    /// dropped (under the try's timeout; the drop waits for the same sessions as the
+    /// reindex, and fails as cheaply), and a try that got past the swap is the last.
+    Concurrently,
+}
+
 /// How one lock-stepped statement ended.
 struct Tried {
     /// `Ok`, or the server's error (a lock timeout only when every try timed out).
@@ -159,6 +314,13 @@ struct Tried {
     /// After the last try timed out: who holds the conflicting locks.
     blockers: Option<String>,
     seconds: f64,
+    /// REINDEX CONCURRENTLY: the leftovers of failed tries that were dropped before
+    /// the next one.
+    dropped: Vec<String>,
+    /// REINDEX CONCURRENTLY: a try failed on a lock after the new indexes had taken
+    /// over (its `_ccold` leftovers say so): the rebuild is done, only the old copies
+    /// are left.
+    rebuilt: bool,
 }
 
 impl Tried {
@@ -253,6 +415,15 @@ impl<'a> Runner<'a> {
         self.options.lock.tries()
     }
 
+    /// The lock steps that fit in `budget` (at least one short try).
+    fn steps_within(&self, budget: Duration) -> Vec<(Duration, Duration)> {
+        LockSteps {
+            total: budget,
+            ..self.options.lock
+        }
+        .tries()
+    }
+
     /// `VACUUM [FULL] [ANALYZE]` of one table.
     async fn vacuum(
         &mut self,
@@ -278,16 +449,17 @@ impl<'a> Runner<'a> {
         } else {
             (CONFLICTS_SHARE_UPDATE_EXCLUSIVE, ProgressView::Vacuum)
         };
-        self.table_step(table, sql, conflicts, view, full, "VACUUM")
+        self.table_step(table, sql, Take::Alone, conflicts, view, full, "VACUUM")
             .await
     }
 
-    /// `ANALYZE` of one table.
+    /// `ANALYZE` of one table (of a partitioned table: of it and its partitions).
     async fn analyze(&mut self, table: &TableRef) -> Result<MaintainStep> {
         let sql = format!("ANALYZE {}", qualified(table));
         self.table_step(
             table,
             sql,
+            Take::LockFirst("SHARE UPDATE EXCLUSIVE"),
             CONFLICTS_SHARE_UPDATE_EXCLUSIVE,
             ProgressView::Analyze,
             false,
@@ -297,10 +469,12 @@ impl<'a> Runner<'a> {
     }
 
     /// One statement on one table: privilege check, sizes, lock steps, verdict.
+    #[allow(clippy::too_many_arguments)]
     async fn table_step(
         &mut self,
         table: &TableRef,
         sql: String,
+        take: Take,
         conflicts: &[&str],
         view: ProgressView,
         sizes: bool,
@@ -315,7 +489,8 @@ impl<'a> Runner<'a> {
             return Ok(MaintainStep::new(object, sql, StepOutcome::Failed).with_message(missing));
         }
         let size_before = if sizes { self.size(&name).await? } else { None };
-        let tried = self.run_locked(&name, &sql, conflicts, view, &object).await;
+        let statement = Statement::new(&name, &sql, &object).with(take, conflicts, view);
+        let tried = self.run_locked(&statement).await;
         let mut step = self.judge(table, &object, sql, &tried, verb);
         if sizes {
             step.size_before = size_before;
@@ -325,7 +500,8 @@ impl<'a> Runner<'a> {
     }
 
     /// `REINDEX TABLE [CONCURRENTLY]`; the invalid leftovers of earlier failed
-    /// concurrent runs are dropped first, and concurrently those of this run after it.
+    /// concurrent runs are dropped first, those of failed tries before the next try,
+    /// and those of this run's last try after it.
     async fn reindex(
         &mut self,
         table: &TableRef,
@@ -334,6 +510,7 @@ impl<'a> Runner<'a> {
         dropped: &mut Vec<String>,
     ) -> Result<()> {
         let name = qualified(table);
+        let object = table.to_string();
         let sql = if concurrently {
             format!("REINDEX TABLE CONCURRENTLY {name}")
         } else {
@@ -341,100 +518,141 @@ impl<'a> Runner<'a> {
         };
         // Leftovers go first in both modes: a plain REINDEX would make them valid
         // duplicates of the indexes they were to replace.
-        {
-            let before = self.leftovers(&name).await?;
-            if !before.is_empty() {
-                if self.options.dry_run {
-                    for index in &before {
-                        steps.push(
-                            MaintainStep::new(
-                                index.clone(),
-                                format!("DROP INDEX CONCURRENTLY {index}"),
-                                StepOutcome::Planned,
-                            )
-                            .with_message(
-                                "invalid leftover of an earlier failed concurrent reindex",
-                            ),
-                        );
-                    }
+        let before = self.leftovers(&name).await?;
+        if !before.is_empty() {
+            if self.options.dry_run {
+                for index in &before {
+                    steps.push(
+                        MaintainStep::new(
+                            index.clone(),
+                            format!("DROP INDEX CONCURRENTLY {index}"),
+                            StepOutcome::Planned,
+                        )
+                        .with_message("invalid leftover of an earlier failed concurrent reindex"),
+                    );
+                }
+            } else {
+                let started = Instant::now();
+                let (gone, left, message) = self
+                    .drop_leftovers(&name, &before, self.options.lock.total)
+                    .await;
+                dropped.extend(gone.iter().cloned());
+                let outcome = if left.is_empty() {
+                    StepOutcome::Done
                 } else {
-                    let (gone, left, message) =
-                        self.drop_leftovers(&name, &before, &self.steps()).await;
-                    dropped.extend(gone.iter().cloned());
-                    let outcome = if left.is_empty() {
-                        StepOutcome::Done
-                    } else {
-                        StepOutcome::LockTimeout
-                    };
-                    let mut step = MaintainStep::new(
-                        table.to_string(),
-                        before
-                            .iter()
-                            .map(|i| format!("DROP INDEX CONCURRENTLY {i}"))
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        outcome,
-                    )
-                    .with_message(format!(
-                        "invalid leftovers of an earlier failed concurrent reindex: {message}"
-                    ));
-                    step.lock_tries = 1;
-                    steps.push(step);
+                    StepOutcome::LockTimeout
+                };
+                let mut step = MaintainStep::new(
+                    object.clone(),
+                    before
+                        .iter()
+                        .map(|i| format!("DROP INDEX CONCURRENTLY {i}"))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    outcome,
+                )
+                .with_message(format!(
+                    "invalid leftovers of an earlier failed concurrent reindex: {message}"
+                ));
+                step.lock_tries = 1;
+                step.seconds = started.elapsed().as_secs_f64();
+                steps.push(step);
+                if !left.is_empty() {
+                    // The sessions that kept them wait in front of the reindex too (a
+                    // concurrent one waits for every session holding a lock on the
+                    // table at its end, a plain one locks the table's indexes
+                    // exclusively): a second full wait behind them would be no wiser.
+                    steps.push(
+                        MaintainStep::new(object, sql, StepOutcome::LockTimeout).with_message(
+                            "not run: the sessions that kept the leftovers of an earlier \
+                             failed concurrent reindex from being dropped would block it too",
+                        ),
+                    );
+                    return Ok(());
                 }
             }
         }
         if self.options.dry_run {
-            steps.push(MaintainStep::new(
-                table.to_string(),
-                sql,
-                StepOutcome::Planned,
-            ));
+            steps.push(MaintainStep::new(object, sql, StepOutcome::Planned));
             return Ok(());
         }
         if let Some(missing) = self.missing_privilege(table, "REINDEX").await? {
-            steps.push(
-                MaintainStep::new(table.to_string(), sql, StepOutcome::Failed)
-                    .with_message(missing),
-            );
+            steps.push(MaintainStep::new(object, sql, StepOutcome::Failed).with_message(missing));
             return Ok(());
         }
         let size_before = self.size(&name).await?;
+        let started = Instant::now();
         // Concurrently, it starts with a ShareUpdateExclusiveLock but then waits for
         // the writers and, before it drops the old indexes, for every session that
-        // holds any lock on the table: any holder can be the one it waits for.
-        let conflicts = CONFLICTS_ACCESS_EXCLUSIVE;
-        let tried = self
-            .run_locked(
-                &name,
-                &sql,
-                conflicts,
+        // holds any lock on the table: any holder can be the one it waits for. A plain
+        // REINDEX locks each index exclusively, which every query planned on the table
+        // conflicts with: the table's ACCESS EXCLUSIVE lock, taken first, costs the
+        // application nothing more and lets no try fail after the first rebuilt index.
+        let (take, view) = if concurrently {
+            (Take::Concurrently, ProgressView::CreateIndex)
+        } else {
+            (
+                Take::LockFirst("ACCESS EXCLUSIVE"),
                 ProgressView::CreateIndex,
-                &table.to_string(),
             )
-            .await;
-        let mut step = self.judge(table, &table.to_string(), sql, &tried, "REINDEX");
+        };
+        let statement =
+            Statement::new(&name, &sql, &object).with(take, CONFLICTS_ACCESS_EXCLUSIVE, view);
+        let tried = self.run_locked(&statement).await;
+        dropped.extend(tried.dropped.iter().cloned());
+        let mut step = self.judge(table, &object, sql, &tried, "REINDEX");
+        let mut notes = Vec::new();
+        if !tried.dropped.is_empty() {
+            notes.push(format!(
+                "dropped the invalid leftover index(es) of failed tries before trying again: {}",
+                tried.dropped.join(", ")
+            ));
+        }
         if concurrently {
-            // Every failed try (lock timeout, cancel, unique violation) leaves an
-            // invalid `_ccnew` index that each write keeps up to date; they go now.
+            // Every failed try (lock timeout, cancel, unique violation) leaves invalid
+            // indexes that each write keeps up to date; they go now.
             self.reconnect_if_closed().await?;
             let after = self.leftovers(&name).await?;
-            if !after.is_empty() {
+            if tried.rebuilt {
+                // The new indexes took over before a lock wait stopped the try: the
+                // work is done, the old copies are all that is left.
+                let budget = self.options.lock.total.saturating_sub(started.elapsed());
+                let (gone, left, message) = self.drop_leftovers(&name, &after, budget).await;
+                dropped.extend(gone.iter().cloned());
+                let rebuilt = "the indexes were rebuilt and are in use; a lock wait stopped \
+                               the reindex before it could drop the old copies";
+                step = if left.is_empty() {
+                    MaintainStep::new(object.clone(), step.sql, StepOutcome::Done)
+                        .with_message(format!("{rebuilt}: {message}"))
+                } else {
+                    MaintainStep::new(object.clone(), step.sql, StepOutcome::LockTimeout)
+                        .with_message(format!(
+                            "{rebuilt}, and they could not be dropped within the lock wait: \
+                             {message}"
+                        ))
+                };
+                step.lock_tries = tried.tries;
+            } else if !after.is_empty() {
                 // When the blocker outlasted every try it is most likely still there:
                 // one short try, not a second full wait.
-                let tries = if step.outcome == StepOutcome::LockTimeout {
-                    vec![(self.options.lock.first, Duration::ZERO)]
+                let budget = if step.outcome == StepOutcome::LockTimeout {
+                    Duration::ZERO
                 } else {
-                    self.steps()
+                    self.options.lock.total.saturating_sub(started.elapsed())
                 };
-                let (gone, _left, message) = self.drop_leftovers(&name, &after, &tries).await;
+                let (gone, _left, message) = self.drop_leftovers(&name, &after, budget).await;
                 dropped.extend(gone.iter().cloned());
-                let text = match step.message.take() {
-                    Some(m) => format!("{m}; {message}"),
-                    None => message,
-                };
-                step.message = Some(text);
+                notes.push(message);
             }
         }
+        if !notes.is_empty() {
+            let notes = notes.join("; ");
+            step.message = Some(match step.message.take() {
+                Some(m) => format!("{m}; {notes}"),
+                None => notes,
+            });
+        }
+        step.seconds = started.elapsed().as_secs_f64();
         step.size_before = size_before;
         step.size_after = self.size(&name).await.ok().flatten();
         steps.push(step);
@@ -478,7 +696,7 @@ impl<'a> Runner<'a> {
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
                  JOIN pg_am am ON am.oid = c.relam \
                  WHERE i.indrelid = to_regclass($1) AND am.amname = 'btree' \
-                   AND i.indisvalid AND i.indisready ORDER BY 1",
+                   AND c.relkind = 'i' AND i.indisvalid AND i.indisready ORDER BY 1",
                 &[&name],
             )
             .await
@@ -490,32 +708,28 @@ impl<'a> Runner<'a> {
             );
             return Ok(());
         }
+        // The index's name goes as a parameter, never pasted into the SQL.
+        let sql = format!(
+            "SELECT {}.bt_index_check($1::text::regclass, true)",
+            quote_ident(&schema)
+        );
         for row in &rows {
             let index: String = column(row, 0, "index name")?;
-            let sql = format!(
-                "SELECT {}.bt_index_check({}::regclass, true)",
-                quote_ident(&schema),
-                quote_literal(&index)
-            );
             if self.options.dry_run {
-                steps.push(MaintainStep::new(index, sql, StepOutcome::Planned));
+                steps.push(MaintainStep::new(index, sql.clone(), StepOutcome::Planned));
                 continue;
             }
             self.reconnect_if_closed().await?;
-            let tried = self
-                .run_locked(
-                    &name,
-                    &sql,
-                    CONFLICTS_ACCESS_SHARE,
-                    ProgressView::None,
-                    &index,
-                )
-                .await;
-            let mut step = self.judge(table, &index, sql, &tried, "CHECK");
+            let statement = Statement::new(&name, &sql, &index)
+                .with(Take::Alone, CONFLICTS_ACCESS_SHARE, ProgressView::None)
+                .with_param(&index);
+            let tried = self.run_locked(&statement).await;
+            let mut step = self.judge(table, &index, sql.clone(), &tried, "CHECK");
             if tried.sqlstate() == Some(INDEX_CORRUPTED) {
                 step.message = Some(format!(
-                    "damaged: {}; rebuild it with `reindex --concurrently` (and look for the \
-                     cause: storage, memory, a collation change)",
+                    "damaged: {}; rebuild it with a concurrent reindex (REINDEX INDEX \
+                     CONCURRENTLY {index}), and look for the cause: storage, memory, a \
+                     collation change",
                     error_text(&tried.result)
                 ));
             } else if step.outcome == StepOutcome::Done {
@@ -538,15 +752,13 @@ impl<'a> Runner<'a> {
         let mut step = match (&tried.result, tried.sqlstate()) {
             (Ok(()), _) => MaintainStep::new(object, sql, StepOutcome::Done),
             (Err(_), Some(LOCK_NOT_AVAILABLE)) => {
-                let total: f64 = self
-                    .steps()
-                    .iter()
-                    .map(|(t, p)| (*t + *p).as_secs_f64())
-                    .sum();
                 MaintainStep::new(object, sql, StepOutcome::LockTimeout).with_message(format!(
-                    "gave up after {} tries ({total:.1} s) waiting for a lock on {table}; {}; \
-                     end those sessions (cancel or terminate them) or run again when they are done",
+                    "gave up after {} tries ({:.1} s, the lock wait's total being {:.1} s) \
+                     waiting for a lock on {table}; {}; end those sessions (cancel or terminate \
+                     them) or run again when they are done",
                     tried.tries,
+                    tried.seconds,
+                    self.options.lock.total.as_secs_f64(),
                     tried
                         .blockers
                         .as_deref()
@@ -654,34 +866,89 @@ impl<'a> Runner<'a> {
         Ok(size.and_then(|s| u64::try_from(s).ok()))
     }
 
-    /// Runs `sql` once per lock step until it gets its locks; after the last try
-    /// timed out, names the sessions holding a conflicting lock on `table`.
-    async fn run_locked(
-        &self,
-        table: &str,
-        sql: &str,
-        conflicts: &[&str],
-        view: ProgressView,
-        object: &str,
-    ) -> Tried {
+    /// Runs `statement` once per lock step until it gets its locks, starting no try
+    /// once the steps' total has passed (a try's work counts, not only its waits);
+    /// after the last try timed out, names the sessions holding a conflicting lock.
+    async fn run_locked(&self, statement: &Statement<'_>) -> Tried {
         let started = Instant::now();
-        let tries = self.steps();
+        let total = self.options.lock.total;
+        let mut take = statement.take;
+        // REINDEX CONCURRENTLY: leftovers there before are not this run's to judge by.
+        let mut known: BTreeSet<String> = BTreeSet::new();
+        if take == Take::Concurrently {
+            known.extend(self.leftovers(statement.table).await.unwrap_or_default());
+        }
+        let mut pending: Vec<String> = Vec::new();
+        let mut dropped = Vec::new();
+        let mut rebuilt = false;
         let mut result = Ok(());
         let mut count = 0;
-        for (timeout, pause) in &tries {
-            count += 1;
-            let set = format!("SET lock_timeout = '{}ms'", timeout.as_millis().max(1));
-            if let Err(e) = self.client.batch_execute(&set).await {
-                result = Err(e);
+        let mut last_try: Option<Instant> = None;
+        for (timeout, pause) in self.steps() {
+            let left = total.saturating_sub(started.elapsed());
+            if count > 0 && left.is_zero() {
                 break;
             }
-            result = self
-                .watched(self.client.batch_execute(sql), view, object)
-                .await;
+            count += 1;
+            let timeout = timeout.min(left).max(Duration::from_millis(1));
+            if take == Take::Concurrently
+                && let Some(at) = last_try
+                && self.snapshots_older_than(at).await
+            {
+                // A transaction with a snapshot from before the last try is still
+                // open: the reindex waits for it after building and validating the
+                // new indexes, and would build them again only to fail there. The
+                // try waits its time here instead; the last error stands.
+                tokio::time::sleep(timeout + pause.min(total.saturating_sub(started.elapsed())))
+                    .await;
+                continue;
+            }
+            last_try = Some(Instant::now());
+            result = match take {
+                Take::Alone => self.alone(statement, timeout).await,
+                Take::LockFirst(mode) => {
+                    match self.lock_table(statement.table, mode, timeout).await {
+                        Ok(()) => self.rest_of_transaction(statement).await,
+                        Err(e) if sqlstate(&e) == Some(INSUFFICIENT_PRIVILEGE) => {
+                            // LOCK TABLE asks for UPDATE, DELETE or TRUNCATE (or, from
+                            // PostgreSQL 17, MAINTAIN), which a database owner who may
+                            // ANALYZE every table need not have: the statement alone then.
+                            take = Take::Alone;
+                            self.alone(statement, timeout).await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Take::Concurrently => match self.drop_indexes(&mut pending, timeout).await {
+                    Ok(gone) => {
+                        dropped.extend(gone);
+                        self.alone(statement, timeout).await
+                    }
+                    Err((gone, e)) => {
+                        dropped.extend(gone);
+                        Err(e)
+                    }
+                },
+            };
             match &result {
                 Err(e) if sqlstate(e) == Some(LOCK_NOT_AVAILABLE) => {
+                    if take == Take::Concurrently {
+                        // What did this try leave? `_ccold` copies exist only once the
+                        // new indexes have taken over their names.
+                        let now = self.leftovers(statement.table).await.unwrap_or_default();
+                        let new: Vec<String> = now
+                            .into_iter()
+                            .filter(|i| !known.contains(i) && !pending.contains(i))
+                            .collect();
+                        rebuilt = new.iter().any(|i| is_old_copy(i));
+                        pending.extend(new);
+                        if rebuilt {
+                            break;
+                        }
+                    }
+                    let pause = pause.min(total.saturating_sub(started.elapsed()));
                     if !pause.is_zero() {
-                        tokio::time::sleep(*pause).await;
+                        tokio::time::sleep(pause).await;
                     }
                 }
                 _ => break,
@@ -691,9 +958,10 @@ impl<'a> Runner<'a> {
         // in the next statement.
         let _ = self.client.batch_execute("SET lock_timeout = 0").await;
         let blockers = match &result {
-            Err(e) if sqlstate(e) == Some(LOCK_NOT_AVAILABLE) => {
-                Some(self.blockers(table, conflicts, started).await)
-            }
+            Err(e) if sqlstate(e) == Some(LOCK_NOT_AVAILABLE) => Some(
+                self.blockers(statement.table, statement.conflicts, started)
+                    .await,
+            ),
             _ => None,
         };
         Tried {
@@ -701,7 +969,128 @@ impl<'a> Runner<'a> {
             tries: count,
             blockers,
             seconds: started.elapsed().as_secs_f64(),
+            dropped,
+            rebuilt,
         }
+    }
+
+    /// Whether a client session of this database holds a snapshot (`backend_xmin`)
+    /// in a transaction older than `since`: REINDEX CONCURRENTLY, once its new indexes
+    /// are built and validated, waits for every such session.
+    async fn snapshots_older_than(&self, since: Instant) -> bool {
+        self.client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                 WHERE pid <> pg_backend_pid() AND datname = current_database() \
+                   AND backend_type = 'client backend' AND backend_xmin IS NOT NULL \
+                   AND xact_start < now() - make_interval(secs => $1))",
+                &[&since.elapsed().as_secs_f64()],
+            )
+            .await
+            .ok()
+            .and_then(|r| r.try_get::<_, bool>(0).ok())
+            .unwrap_or(false)
+    }
+
+    /// One try of the statement on its own, under `timeout`.
+    async fn alone(
+        &self,
+        statement: &Statement<'_>,
+        timeout: Duration,
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        self.client
+            .batch_execute(&set_lock_timeout(timeout))
+            .await?;
+        self.watched(
+            self.execute(statement.sql, statement.param),
+            statement.view,
+            statement.object,
+        )
+        .await
+    }
+
+    /// Opens a transaction and locks `table` in `mode` under `timeout`; rolled back
+    /// when the lock does not come.
+    async fn lock_table(
+        &self,
+        table: &str,
+        mode: &str,
+        timeout: Duration,
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        let sql = format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'; LOCK TABLE {table} IN {mode} MODE",
+            timeout.as_millis().max(1)
+        );
+        let locked = self.client.batch_execute(&sql).await;
+        if locked.is_err() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        locked
+    }
+
+    /// The statement inside the transaction [`Self::lock_table`] opened (its lock
+    /// timeout still the try's: with the heavy lock held, a later wait is not
+    /// expected, and it must not queue the application for longer), then COMMIT.
+    async fn rest_of_transaction(
+        &self,
+        statement: &Statement<'_>,
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        let done = match self
+            .watched(
+                self.execute(statement.sql, statement.param),
+                statement.view,
+                statement.object,
+            )
+            .await
+        {
+            Ok(()) => self.client.batch_execute("COMMIT").await,
+            Err(e) => Err(e),
+        };
+        if done.is_err() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        done
+    }
+
+    /// `sql`, with its one text parameter when it has one.
+    async fn execute(
+        &self,
+        sql: &str,
+        param: Option<&str>,
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        match param {
+            None => self.client.batch_execute(sql).await,
+            Some(p) => self.client.execute(sql, &[&p]).await.map(|_| ()),
+        }
+    }
+
+    /// Drops the indexes of `pending` (leftovers of failed tries), each under
+    /// `timeout`, taking those dropped out of it: the names dropped, or with the error
+    /// that stopped the dropping, the names dropped before it.
+    async fn drop_indexes(
+        &self,
+        pending: &mut Vec<String>,
+        timeout: Duration,
+    ) -> std::result::Result<Vec<String>, (Vec<String>, tokio_postgres::Error)> {
+        let mut gone = Vec::new();
+        while let Some(index) = pending.first().cloned() {
+            let dropped = match self.client.batch_execute(&set_lock_timeout(timeout)).await {
+                Ok(()) => {
+                    self.client
+                        .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match dropped {
+                Ok(()) => {
+                    pending.remove(0);
+                    gone.push(index);
+                }
+                Err(e) => return Err((gone, e)),
+            }
+        }
+        Ok(gone)
     }
 
     /// Runs `work`, reporting the step's progress about once a second from the
@@ -750,15 +1139,19 @@ impl<'a> Runner<'a> {
         let holders = self
             .client
             .query(
-                "SELECT a.pid, a.usename::text, a.application_name, a.state, \
+                // The table, and for a partitioned table its partitions, with their
+                // indexes: LOCK TABLE and ANALYZE of a partitioned table lock them all.
+                "WITH tables AS (SELECT to_regclass($1)::oid AS r \
+                                 UNION SELECT relid::oid FROM pg_partition_tree(to_regclass($1))) \
+                 SELECT a.pid, a.usename::text, a.application_name, a.state, \
                         extract(epoch FROM now() - a.xact_start)::float8, \
                         left(rtrim(regexp_replace(a.query, '\\s+', ' ', 'g'), '; '), 200), \
                         string_agg(DISTINCT l.mode, ', ') \
                  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
                  WHERE l.granted AND l.pid <> ALL($3) AND l.mode = ANY($2) \
                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                   AND l.relation IN (SELECT to_regclass($1)::oid UNION ALL \
-                                      SELECT indexrelid FROM pg_index WHERE indrelid = to_regclass($1)) \
+                   AND l.relation IN (SELECT r FROM tables UNION ALL \
+                                      SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT r FROM tables)) \
                  GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 5 DESC NULLS LAST",
                 &[&table, &modes, &own],
             )
@@ -797,7 +1190,44 @@ impl<'a> Runner<'a> {
                 return format!("blocked by {}", describe(&rows, true).join("; "));
             }
             Ok(_) => {}
-            Err(e) => return format!("could not list the blockers: {}", error_text(&Err(e))),
+            Err(e) => return format!("could not list the blockers: {}", error_words(&e)),
+        }
+        // A prepared transaction holds its locks with no session behind it (pg_locks
+        // shows it without a pid): only COMMIT PREPARED or ROLLBACK PREPARED ends it.
+        let prepared = self
+            .client
+            .query(
+                "WITH tables AS (SELECT to_regclass($1)::oid AS r \
+                                 UNION SELECT relid::oid FROM pg_partition_tree(to_regclass($1))) \
+                 SELECT DISTINCT p.gid, p.owner::text, \
+                        extract(epoch FROM now() - p.prepared)::float8 \
+                 FROM pg_locks l JOIN pg_prepared_xacts p \
+                   ON l.virtualtransaction = '-1/' || p.transaction::text \
+                 WHERE l.pid IS NULL AND l.granted AND l.mode = ANY($2) \
+                   AND l.relation IN (SELECT r FROM tables UNION ALL \
+                                      SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT r FROM tables)) \
+                 ORDER BY 3 DESC",
+                &[&table, &modes],
+            )
+            .await;
+        if let Ok(rows) = prepared
+            && !rows.is_empty()
+        {
+            let named: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    let gid: String = r.try_get(0).unwrap_or_default();
+                    let owner: Option<String> = r.try_get(1).ok().flatten();
+                    let age: Option<f64> = r.try_get(2).ok().flatten();
+                    format!(
+                        "prepared transaction '{gid}' (owner {}, prepared {} ago; no session \
+                         to end: COMMIT PREPARED or ROLLBACK PREPARED it)",
+                        owner.as_deref().unwrap_or("?"),
+                        age.map_or_else(|| "-".to_owned(), |a| format!("{a:.1} s")),
+                    )
+                })
+                .collect();
+            return format!("blocked by {}", named.join("; "));
         }
         let waited = since.elapsed().as_secs_f64();
         let old = self
@@ -821,7 +1251,7 @@ impl<'a> Runner<'a> {
                 describe(&rows, false).join("; ")
             ),
             Ok(_) => "no holder of a conflicting lock is left".to_owned(),
-            Err(e) => format!("could not list the blockers: {}", error_text(&Err(e))),
+            Err(e) => format!("could not list the blockers: {}", error_words(&e)),
         }
     }
 
@@ -850,57 +1280,62 @@ impl<'a> Runner<'a> {
             .collect()
     }
 
-    /// Drops `indexes` with `DROP INDEX CONCURRENTLY`, lock-stepped by `tries`;
-    /// returns those dropped, those left and a sentence naming both.
+    /// Drops `indexes` with `DROP INDEX CONCURRENTLY`, lock-stepped within `budget`
+    /// (at least one short try); returns those dropped, those left and a sentence
+    /// naming both.
     async fn drop_leftovers(
         &self,
         table: &str,
         indexes: &[String],
-        tries: &[(Duration, Duration)],
+        budget: Duration,
     ) -> (Vec<String>, Vec<String>, String) {
+        let started = Instant::now();
+        let tries = self.steps_within(budget);
+        let mut pending = indexes.to_vec();
         let mut gone = Vec::new();
-        let mut left = Vec::new();
-        let mut why = None;
-        for index in indexes {
-            if why.is_some() {
-                // The same blocker stands in front of the next one.
-                left.push(index.clone());
-                continue;
+        let mut failure = None;
+        for (n, (timeout, pause)) in tries.into_iter().enumerate() {
+            let left = budget.saturating_sub(started.elapsed());
+            if n > 0 && left.is_zero() {
+                break;
             }
-            let sql = format!("DROP INDEX CONCURRENTLY IF EXISTS {index}");
-            let mut result = Ok(());
-            for (timeout, pause) in tries {
-                let set = format!("SET lock_timeout = '{}ms'", timeout.as_millis().max(1));
-                result = match self.client.batch_execute(&set).await {
-                    Ok(()) => self.client.batch_execute(&sql).await,
-                    Err(e) => Err(e),
-                };
-                match &result {
-                    Err(e) if sqlstate(e) == Some(LOCK_NOT_AVAILABLE) => {
-                        if !pause.is_zero() {
-                            tokio::time::sleep(*pause).await;
-                        }
-                    }
-                    _ => break,
+            // The first try as planned: with no budget left, that is one short try.
+            let timeout = if n == 0 {
+                timeout
+            } else {
+                timeout.min(left).max(Duration::from_millis(1))
+            };
+            match self.drop_indexes(&mut pending, timeout).await {
+                Ok(dropped) => {
+                    gone.extend(dropped);
+                    failure = None;
+                    break;
                 }
-            }
-            let _ = self.client.batch_execute("SET lock_timeout = 0").await;
-            match result {
-                Ok(()) => gone.push(index.clone()),
-                Err(e) => {
-                    let reason = if sqlstate(&e) == Some(LOCK_NOT_AVAILABLE) {
-                        let who = self
-                            .blockers(table, CONFLICTS_ACCESS_EXCLUSIVE, Instant::now())
-                            .await;
-                        format!("lock timeout, {who}")
-                    } else {
-                        error_text(&Err(e))
-                    };
-                    why = Some(reason);
-                    left.push(index.clone());
+                Err((dropped, e)) => {
+                    gone.extend(dropped);
+                    let lock = sqlstate(&e) == Some(LOCK_NOT_AVAILABLE);
+                    failure = Some(e);
+                    if !lock {
+                        break;
+                    }
+                    let pause = pause.min(budget.saturating_sub(started.elapsed()));
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
             }
         }
+        let _ = self.client.batch_execute("SET lock_timeout = 0").await;
+        let why = match &failure {
+            None => None,
+            // The same blocker stands in front of every one of them.
+            Some(e) if sqlstate(e) == Some(LOCK_NOT_AVAILABLE) => Some(format!(
+                "lock timeout, {}",
+                self.blockers(table, CONFLICTS_ACCESS_EXCLUSIVE, started)
+                    .await
+            )),
+            Some(e) => Some(error_words(e)),
+        };
         let mut message = Vec::new();
         if !gone.is_empty() {
             message.push(format!(
@@ -908,16 +1343,69 @@ impl<'a> Runner<'a> {
                 gone.join(", ")
             ));
         }
-        if !left.is_empty() {
+        if !pending.is_empty() {
             message.push(format!(
-                "left the invalid leftover index(es) {} ({}); the next `reindex \
-                 --concurrently` drops them, or run DROP INDEX CONCURRENTLY on each",
-                left.join(", "),
+                "left the invalid leftover index(es) {} ({}); the next concurrent reindex of \
+                 the table drops them, or run DROP INDEX CONCURRENTLY on each",
+                pending.join(", "),
                 why.as_deref().unwrap_or("not tried")
             ));
         }
-        (gone, left, message.join("; "))
+        (gone, pending, message.join("; "))
     }
+}
+
+/// A statement of a step and how it is lock-stepped.
+struct Statement<'a> {
+    /// The table, qualified: whose lock holders are named, which LOCK TABLE locks.
+    table: &'a str,
+    sql: &'a str,
+    /// The one text parameter of `sql` (`$1`), if any.
+    param: Option<&'a str>,
+    /// The table or index, as the step and its progress name it.
+    object: &'a str,
+    take: Take,
+    conflicts: &'a [&'a str],
+    view: ProgressView,
+}
+
+impl<'a> Statement<'a> {
+    fn new(table: &'a str, sql: &'a str, object: &'a str) -> Self {
+        Self {
+            table,
+            sql,
+            param: None,
+            object,
+            take: Take::Alone,
+            conflicts: CONFLICTS_ACCESS_EXCLUSIVE,
+            view: ProgressView::None,
+        }
+    }
+
+    fn with(mut self, take: Take, conflicts: &'a [&'a str], view: ProgressView) -> Self {
+        self.take = take;
+        self.conflicts = conflicts;
+        self.view = view;
+        self
+    }
+
+    fn with_param(mut self, param: &'a str) -> Self {
+        self.param = Some(param);
+        self
+    }
+}
+
+fn set_lock_timeout(timeout: Duration) -> String {
+    format!("SET lock_timeout = '{}ms'", timeout.as_millis().max(1))
+}
+
+/// Whether `index` is the old copy a concurrent reindex leaves after the new index
+/// took over its name (`_ccold`, `_ccold1`, ...), rather than an unfinished new one.
+fn is_old_copy(index: &str) -> bool {
+    index
+        .trim_end_matches('"')
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .ends_with("_ccold")
 }
 
 fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
@@ -928,26 +1416,32 @@ fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
 fn error_text(result: &std::result::Result<(), tokio_postgres::Error>) -> String {
     match result {
         Ok(()) => String::new(),
-        Err(e) => match e.as_db_error() {
-            Some(db) => {
-                let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-                if let Some(d) = db.detail() {
-                    s.push_str(&format!("; detail: {d}"));
-                }
-                if let Some(h) = db.hint() {
-                    s.push_str(&format!("; hint: {h}"));
-                }
-                s
+        Err(e) => error_words(e),
+    }
+}
+
+/// The server's words for `e` (message, detail, hint, SQLSTATE), or what became of
+/// the session.
+fn error_words(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; detail: {d}"));
             }
-            None => {
-                let kind = if e.is_closed() {
-                    ErrorKind::Interrupted
-                } else {
-                    ErrorKind::Database
-                };
-                format!("{kind:?}: {e} (the session was lost; the step may not have run)")
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
             }
-        },
+            s
+        }
+        None => {
+            let kind = if e.is_closed() {
+                ErrorKind::Interrupted
+            } else {
+                ErrorKind::Database
+            };
+            format!("{kind:?}: {e} (the session was lost; the step may not have run)")
+        }
     }
 }
 
