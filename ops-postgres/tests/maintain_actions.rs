@@ -716,12 +716,17 @@ async fn dry_run_analyze_check(server: &EphemeralPostgres) {
         .await
         .expect("check runs");
     assert!(!report.ok(), "an unchecked table passed: {report:#?}");
+    // Not a verdict on the data (which would read as damage found): not supported
+    // here, saying how to make it so.
     assert!(
-        report.steps.iter().all(|s| s.outcome == StepOutcome::Failed
-            && s.message
-                .as_deref()
-                .unwrap_or_default()
-                .contains("CREATE EXTENSION amcheck")),
+        report
+            .steps
+            .iter()
+            .all(|s| s.outcome == StepOutcome::NotSupported
+                && s.message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("CREATE EXTENSION amcheck")),
         "{report:#?}"
     );
     admin

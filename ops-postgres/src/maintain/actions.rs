@@ -673,16 +673,17 @@ impl<'a> Runner<'a> {
             .await
             .map_err(|e| query_error(e, "looking for the amcheck extension"))?;
         let Some(schema) = schema else {
+            // Nothing was looked at, so nothing was found: not a verdict on the data.
             steps.push(
                 MaintainStep::new(
                     table.to_string(),
                     "SELECT bt_index_check(...)",
-                    StepOutcome::Failed,
+                    StepOutcome::NotSupported,
                 )
                 .with_message(
-                    "not checked: the amcheck extension is not installed in this database; \
-                     run CREATE EXTENSION amcheck (as a superuser, or a user allowed to create \
-                     extensions) and check again",
+                    "not checked: the amcheck extension (one of PostgreSQL's contrib \
+                     modules) is not installed in this database; run CREATE EXTENSION amcheck \
+                     (as a superuser, or a user allowed to create extensions) and check again",
                 ),
             );
             return Ok(());
