@@ -846,7 +846,16 @@ async fn archive_shapes(server: &EphemeralPostgres) {
         .await
         .expect("dry run");
     assert!(dry.dry_run && !dry.created_archive);
-    assert_eq!((dry.rows, dry.batches, dry.remaining), (365, 0, 365));
+    // Remaining: what a real run would leave matching.
+    assert_eq!((dry.rows, dry.batches, dry.remaining), (365, 0, 0));
+    let careful = engine
+        .archive(&spec.clone().with_dry_run(true).with_max_rows(Some(100)))
+        .await
+        .expect("dry run");
+    assert_eq!(
+        (careful.rows, careful.batches, careful.remaining),
+        (100, 0, 265)
+    );
     assert_eq!(
         scalar_i64(
             &admin,

@@ -91,7 +91,8 @@ pub(crate) async fn archive(engine: &PostgresEngine, spec: &ArchiveSpec) -> Resu
     if spec.dry_run {
         let matching = count_matching(&client, &src, &predicate).await?;
         report.rows = spec.max_rows.map_or(matching, |m| m.min(matching));
-        report.remaining = matching;
+        // What a real run would leave: the rows it would not get to.
+        report.remaining = matching - report.rows;
         return Ok(report);
     }
     check_visibility(&client).await?;
