@@ -5,9 +5,9 @@
 //! it, a concurrent reindex stopped after its swap that does not rebuild again,
 //! partitions worked on once each (an ANALYZE of a partitioned table that takes its
 //! locks before any work), dry runs, analyze, amcheck (and without it), a missing
-//! privilege, and an archive of a million rows killed ten times (task aborted,
-//! backend terminated) under a concurrent updater, after which no row is lost or
-//! doubled.
+//! privilege, archives refused for cascading foreign keys, and an archive of a
+//! million rows killed ten times (task aborted, backend terminated) under a
+//! concurrent updater, after which no row is lost or doubled.
 //!
 //! One server for the whole binary (one test, scenarios one after another), each
 //! scenario in its own database.
@@ -85,6 +85,7 @@ async fn maintenance_and_archiving_on_one_server() {
     timed("dry run, analyze, check", dry_run_analyze_check(&server)).await;
     timed("missing privilege", missing_privilege(&server)).await;
     timed("archive table shape", archive_shapes(&server)).await;
+    timed("archive refusals", archive_refusals(&server)).await;
     timed("archive killed ten times", archive_survives_kills(&server)).await;
 }
 
@@ -979,6 +980,86 @@ async fn archive_shapes(server: &EphemeralPostgres) {
         (report.rows, report.batches, report.remaining),
         (50, 3, 404),
         "{report:?}"
+    );
+}
+
+/// Archives that must not start: foreign keys that point at the source with an
+/// action on delete (the archiver's deletes would delete or change other tables'
+/// rows), named, whether a dry run or not; a plain reference is fine, and the batch
+/// that would break it fails and moves nothing.
+async fn archive_refusals(server: &EphemeralPostgres) {
+    server.create_database("refs").await.expect("create db");
+    let engine = server.engine_for("refs").expect("engine");
+    let (admin, _) = session(server, "refs", None, "test-admin").await;
+    admin
+        .batch_execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, since date NOT NULL);
+             INSERT INTO customers SELECT g, date '2010-01-01' + g FROM generate_series(1, 100) g;
+             CREATE TABLE orders (id int PRIMARY KEY,
+               customer int REFERENCES customers ON DELETE CASCADE);
+             CREATE TABLE notes (id int PRIMARY KEY,
+               customer int CONSTRAINT notes_of REFERENCES customers ON DELETE SET NULL);
+             CREATE TABLE invoices (id int PRIMARY KEY, customer int REFERENCES customers);
+             INSERT INTO orders VALUES (1, 1), (2, 50);
+             INSERT INTO notes VALUES (1, 2);
+             INSERT INTO invoices VALUES (1, 90);",
+        )
+        .await
+        .expect("tables");
+    let spec = ArchiveSpec::new("customers", "id <= 80", "customers_archive");
+    for dry_run in [true, false] {
+        let err = engine
+            .archive(&spec.clone().with_dry_run(dry_run))
+            .await
+            .expect_err("cascading references");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        let message = err.message();
+        for part in [
+            "orders_customer_fkey on public.orders (ON DELETE CASCADE)",
+            "notes_of on public.notes (ON DELETE SET NULL)",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        assert!(!message.contains("invoices"), "{message}");
+    }
+    assert_eq!(
+        scalar_i64(
+            &admin,
+            "SELECT (SELECT count(*) FROM customers) + (SELECT count(*) FROM orders)
+                    + (SELECT count(*) FROM notes WHERE customer IS NOT NULL)"
+        )
+        .await,
+        100 + 2 + 1,
+        "nothing moved, nothing cascaded"
+    );
+    assert_eq!(
+        scalar_i64(
+            &admin,
+            "SELECT count(*) FROM pg_class WHERE relname = 'customers_archive'"
+        )
+        .await,
+        0
+    );
+
+    // A plain reference: the rows no one refers to move; a batch with a row that
+    // is referred to fails and moves nothing.
+    admin
+        .batch_execute(
+            "ALTER TABLE orders DROP CONSTRAINT orders_customer_fkey;
+             ALTER TABLE notes DROP CONSTRAINT notes_of;",
+        )
+        .await
+        .expect("drop the cascading keys");
+    let report = engine.archive(&spec).await.expect("archive");
+    assert_eq!((report.rows, report.remaining), (80, 0), "{report:?}");
+    let err = engine
+        .archive(&ArchiveSpec::new("customers", "id > 85", "customers_archive").with_batch(100))
+        .await
+        .expect_err("invoice 1 refers to customer 90");
+    assert!(err.to_string().contains("invoices"), "{err}");
+    assert_eq!(
+        scalar_i64(&admin, "SELECT count(*) FROM customers").await,
+        20
     );
 }
 

@@ -66,6 +66,7 @@ pub(crate) async fn archive(engine: &PostgresEngine, spec: &ArchiveSpec) -> Resu
         .next()
         .ok_or_else(|| Error::internal("resolve_tables returned no table for one name"))?;
     let src = qualified(&source);
+    refuse_cascading_references(&client, &src).await?;
     let pk = primary_key(&client, &src).await?;
     let target = find_archive(&client, &spec.into).await?;
     let source_columns = columns(&client, &src).await?;
@@ -201,6 +202,53 @@ pub(crate) async fn archive(engine: &PostgresEngine, spec: &ArchiveSpec) -> Resu
     }
     report.remaining = count_matching(&client, &src, &predicate).await?;
     Ok(report)
+}
+
+/// Refuses a source that foreign keys point at with `ON DELETE CASCADE`, `SET NULL`
+/// or `SET DEFAULT`: deleting the archived rows would delete or change rows of
+/// those tables, silently and for good (the archive keeps no foreign keys). A
+/// `NO ACTION` or `RESTRICT` reference is fine: a batch that would break it fails,
+/// loudly, and nothing of it moves.
+async fn refuse_cascading_references(client: &Client, src: &str) -> Result<()> {
+    let doing = format!("looking for foreign keys that point at {src}");
+    let rows = client
+        .query(
+            "SELECT quote_ident(k.conname), format('%I.%I', n.nspname, c.relname),
+                    CASE k.confdeltype WHEN 'c' THEN 'ON DELETE CASCADE'
+                                       WHEN 'n' THEN 'ON DELETE SET NULL'
+                                       ELSE 'ON DELETE SET DEFAULT' END
+               FROM pg_constraint k
+               JOIN pg_class c ON c.oid = k.conrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE k.contype = 'f' AND k.confrelid = $1::text::regclass
+                AND k.confdeltype IN ('c', 'n', 'd')
+                -- The copies a partitioned referring table gives its partitions are
+                -- the same key, named once.
+                AND NOT EXISTS (SELECT 1 FROM pg_constraint p
+                                 WHERE p.oid = k.conparentid AND p.confrelid = k.confrelid)
+              ORDER BY 2, 1",
+            &[&src],
+        )
+        .await
+        .map_err(|e| query_error(e, &doing))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut named = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let constraint: String = column(r, 0, &doing)?;
+        let table: String = column(r, 1, &doing)?;
+        let action: String = column(r, 2, &doing)?;
+        named.push(format!("{constraint} on {table} ({action})"));
+    }
+    Err(Error::invalid(format!(
+        "foreign keys point at {src} with an action on delete: {}; deleting the archived \
+         rows from {src} would delete or change the rows of those tables that refer to them. \
+         Nothing was moved. Archive the referring rows first, or change those constraints to \
+         ON DELETE NO ACTION (then a batch whose rows are still referred to fails and moves \
+         nothing)",
+        named.join(", ")
+    )))
 }
 
 /// The primary key's columns of `table`, in key order.
