@@ -5,9 +5,10 @@
 //! it, a concurrent reindex stopped after its swap that does not rebuild again,
 //! partitions worked on once each (an ANALYZE of a partitioned table that takes its
 //! locks before any work), dry runs, analyze, amcheck (and without it), a missing
-//! privilege, archives refused for cascading foreign keys, and an archive of a
-//! million rows killed ten times (task aborted, backend terminated) under a
-//! concurrent updater, after which no row is lost or doubled.
+//! privilege, archives refused for cascading foreign keys and for a monitoring role
+//! that does not inherit its rights, and an archive of a million rows killed ten
+//! times (task aborted, backend terminated) under a concurrent updater, after which
+//! no row is lost or doubled.
 //!
 //! One server for the whole binary (one test, scenarios one after another), each
 //! scenario in its own database.
@@ -986,7 +987,8 @@ async fn archive_shapes(server: &EphemeralPostgres) {
 /// Archives that must not start: foreign keys that point at the source with an
 /// action on delete (the archiver's deletes would delete or change other tables'
 /// rows), named, whether a dry run or not; a plain reference is fine, and the batch
-/// that would break it fails and moves nothing.
+/// that would break it fails and moves nothing. And a member of pg_monitor that does
+/// not inherit its rights cannot see what the archiver waits for.
 async fn archive_refusals(server: &EphemeralPostgres) {
     server.create_database("refs").await.expect("create db");
     let engine = server.engine_for("refs").expect("engine");
@@ -1061,6 +1063,33 @@ async fn archive_refusals(server: &EphemeralPostgres) {
         scalar_i64(&admin, "SELECT count(*) FROM customers").await,
         20
     );
+
+    // pg_monitor without its rights (NOINHERIT) is as blind as no pg_monitor.
+    admin
+        .batch_execute(
+            "CREATE ROLE archer LOGIN PASSWORD 'archer-pw' NOINHERIT IN ROLE pg_monitor;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON customers, customers_archive TO archer;",
+        )
+        .await
+        .expect("role");
+    let archer = ops_postgres::PostgresEngine::new(&format!(
+        "postgres://archer:archer-pw@127.0.0.1:{}/refs?sslmode=disable",
+        server.port()
+    ))
+    .expect("url");
+    let some = ArchiveSpec::new("customers", "id BETWEEN 81 AND 82", "customers_archive");
+    let err = archer.archive(&some).await.expect_err("blind");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(
+        err.message().contains("GRANT pg_monitor TO archer"),
+        "{err}"
+    );
+    admin
+        .batch_execute("ALTER ROLE archer INHERIT")
+        .await
+        .expect("inherit");
+    let report = archer.archive(&some).await.expect("sees now");
+    assert_eq!(report.rows, 2, "{report:?}");
 }
 
 /// Row count, distinct ids, and an order-independent digest of the columns the

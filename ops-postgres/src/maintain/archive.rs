@@ -484,7 +484,10 @@ async fn any_matching(client: &Client, src: &str, predicate: &str) -> Result<boo
 async fn check_visibility(client: &Client) -> Result<()> {
     let row = client
         .query_one(
-            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'), current_user::text",
+            // USAGE, not MEMBER: a member of pg_monitor (or pg_read_all_stats) that does
+            // not inherit its rights sees other sessions without their transaction
+            // ages and the replicas without their lag, like a user without the role.
+            "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'), current_user::text",
             &[],
         )
         .await
