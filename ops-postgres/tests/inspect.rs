@@ -1,12 +1,14 @@
 //! The PostgreSQL inspection reports, sessions and session ending against one real
-//! throwaway server (started with `shared_preload_libraries = pg_stat_statements`):
+//! throwaway server (started with `shared_preload_libraries = pg_stat_statements`
+//! and room for prepared transactions):
 //! the shared maintenance conformance suite; heap bloat of a half-deleted table
 //! against pgstattuple's exact figure, with the extension (pgstattuple_approx) and
 //! without (statistics), and a deduplicated B-tree flagged rather than estimated;
 //! sizes, unused, duplicate and invalid indexes, vacuum state; a long query and an
 //! idle transaction in the activity report; a chain of three blocked sessions as one
-//! tree, ended at its root; what a `pg_monitor` role may see and a role without it
-//! may not; pg_stat_statements present and absent.
+//! tree, ended at its root; a prepared transaction as the root of a tree, which no
+//! one ends; what a `pg_monitor` role may see and a role without it may not;
+//! pg_stat_statements present and absent.
 //!
 //! The scenarios run one after another on one server (the session reports see the
 //! whole server), each on a database of its own.
@@ -103,7 +105,10 @@ const PW: &str = "inspect-test-pw";
 async fn inspection_sessions_and_ending_them_on_a_real_server() {
     let started = Instant::now();
     let server = EphemeralPostgres::start_with(
-        EphemeralOptions::default().with_setting("shared_preload_libraries", "pg_stat_statements"),
+        EphemeralOptions::default()
+            .with_setting("shared_preload_libraries", "pg_stat_statements")
+            // For a prepared transaction that blocks a session.
+            .with_setting("max_prepared_transactions", "2"),
     )
     .await
     .expect("server starts");
@@ -168,6 +173,11 @@ async fn inspection_sessions_and_ending_them_on_a_real_server() {
     timed("bloat, sizes, indexes, vacuum", bloat_and_friends(&server)).await;
     timed("activity", activity(&server, &admin)).await;
     timed("locks and ending the root blocker", locks(&server, &admin)).await;
+    timed(
+        "a prepared transaction in the lock tree",
+        prepared_transaction(&server, &admin),
+    )
+    .await;
     timed("privileges", privileges(&server, &admin)).await;
     timed("pg_stat_statements", statements(&server)).await;
     eprintln!("total: {:.2} s", started.elapsed().as_secs_f64());
@@ -578,6 +588,87 @@ async fn locks(server: &EphemeralPostgres, admin: &Client) {
     assert!(session_with_id(&left, a_pid).is_none());
     let n: i32 = admin_query(server, "locks", "SELECT n FROM a").await;
     assert_eq!(n, 1, "only B's update of a is there: A's was rolled back");
+    end_sessions_named(admin, LOAD).await;
+}
+
+/// A prepared transaction holds a row another session waits for: PostgreSQL names
+/// the blocker pid 0, since no session stands behind it. The lock tree shows it as
+/// the root (not as a cycle through a session that does not exist), and ending the
+/// root blockers leaves it alone, naming what ends it.
+async fn prepared_transaction(server: &EphemeralPostgres, admin: &Client) {
+    server.create_database("prep").await.expect("prep db");
+    server
+        .execute(
+            "prep",
+            "CREATE TABLE pt (id int PRIMARY KEY, n int); INSERT INTO pt VALUES (1, 0);",
+        )
+        .await
+        .expect("table");
+    let engine = server.engine_for("prep").expect("engine");
+    let (preparer, _) = session(server, "prep", None, LOAD).await;
+    preparer
+        .batch_execute(
+            "BEGIN; UPDATE pt SET n = n + 1 WHERE id = 1; PREPARE TRANSACTION 'dbops-test-px'",
+        )
+        .await
+        .expect("prepared");
+    let (waiter, waiter_pid) = session(server, "prep", None, LOAD).await;
+    let waiting = tokio::spawn(async move {
+        waiter
+            .batch_execute("UPDATE pt SET n = n + 1 WHERE id = 1")
+            .await
+    });
+    wait_for_lock_wait(admin, waiter_pid).await;
+
+    let l = report_of!(&engine, Locks, &InspectOptions::default());
+    eprintln!("lock report with a prepared transaction: {l:?}");
+    assert!(l.cycles.is_empty(), "{l:?}");
+    assert_eq!(l.trees.len(), 1, "{l:?}");
+    let root = &l.trees[0];
+    assert_eq!(
+        (
+            root.session.id,
+            root.session.kind,
+            root.session.state.as_str()
+        ),
+        (0, SessionKind::System, "prepared transaction")
+    );
+    assert!(
+        root.session
+            .query
+            .as_deref()
+            .is_some_and(|q| q.contains("'dbops-test-px'") && q.contains("ROLLBACK PREPARED")),
+        "{root:?}"
+    );
+    assert_eq!(root.blocks.len(), 1);
+    assert_eq!(root.blocks[0].session.id, waiter_pid);
+    assert_eq!(root.blocks[0].session.blocked_by, vec![0]);
+
+    let roots = SessionFilter {
+        root_blockers: true,
+        ..SessionFilter::default()
+    };
+    let ended = engine
+        .end_sessions(&roots, &EndOptions::new(EndMode::Terminate))
+        .await
+        .expect("end the root blockers");
+    assert_eq!(ended.sessions.len(), 1, "{ended:?}");
+    assert_eq!(
+        (ended.sessions[0].session.id, ended.sessions[0].outcome),
+        (0, Ended::Refused)
+    );
+    assert!(!waiting.is_finished(), "the waiter was not touched");
+
+    let (prep_admin, _) = session(server, "prep", None, "inspect-admin").await;
+    prep_admin
+        .batch_execute("ROLLBACK PREPARED 'dbops-test-px'")
+        .await
+        .expect("rollback prepared");
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter goes on")
+        .expect("waiter task")
+        .expect("its update");
     end_sessions_named(admin, LOAD).await;
 }
 

@@ -96,7 +96,14 @@ pub(super) async fn load(client: &Client) -> Result<Vec<SessionInfo>> {
         let own: bool = column::<Option<bool>>(r, 13, doing)?.unwrap_or(false);
         let state: Option<String> = column(r, 6, doing)?;
         let active = state.as_deref() == Some("active");
-        let blocked: Option<Vec<i32>> = column(r, 12, doing)?;
+        let mut blocked: Vec<i64> = column::<Option<Vec<i32>>>(r, 12, doing)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        // One 0 per prepared transaction in the way: one is enough.
+        blocked.sort_unstable();
+        blocked.dedup();
         out.push(SessionInfo {
             id: column(r, 0, doing)?,
             kind: kind_of(backend_type.as_deref(), own),
@@ -113,14 +120,74 @@ pub(super) async fn load(client: &Client) -> Result<Vec<SessionInfo>> {
             query_seconds: if active { column(r, 9, doing)? } else { None },
             transaction_seconds: column(r, 10, doing)?,
             state_seconds: column(r, 11, doing)?,
-            blocked_by: blocked
-                .unwrap_or_default()
-                .into_iter()
-                .map(i64::from)
-                .collect(),
+            blocked_by: blocked,
         });
     }
+    if out
+        .iter()
+        .any(|s| s.blocked_by.contains(&PREPARED_TRANSACTIONS))
+    {
+        out.push(prepared_transactions(client).await?);
+    }
     Ok(out)
+}
+
+/// The id under which `pg_blocking_pids` names a prepared transaction: it holds its
+/// locks with no session behind it.
+pub(super) const PREPARED_TRANSACTIONS: i64 = 0;
+
+/// The stand-in for the prepared transactions some session waits for (pid 0 in
+/// `pg_blocking_pids`, which does not say which one): a [`SessionKind::System`] entry
+/// with id 0, so that the lock trees show them as the root they are, rather than a
+/// cycle through a session that does not exist, and so that no one tries to end it.
+/// Only `COMMIT PREPARED` or `ROLLBACK PREPARED` ends a prepared transaction.
+async fn prepared_transactions(client: &Client) -> Result<SessionInfo> {
+    let doing = "reading pg_prepared_xacts";
+    let rows = client
+        .query(
+            "SELECT gid, owner::text, database::text,
+                    extract(epoch FROM now() - prepared)::float8
+               FROM pg_prepared_xacts ORDER BY prepared",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(e, doing))?;
+    let mut gids = Vec::with_capacity(rows.len());
+    for r in &rows {
+        gids.push(format!("'{}'", column::<String>(r, 0, doing)?));
+    }
+    let oldest = rows.first();
+    let of_oldest = |i: usize| -> Result<Option<String>> {
+        oldest.map_or(Ok(None), |r| column::<Option<String>>(r, i, doing))
+    };
+    let age: Option<f64> = match oldest {
+        Some(r) => column(r, 3, doing)?,
+        None => None,
+    };
+    let query = if gids.is_empty() {
+        "a prepared transaction (ended since): no session to end".to_owned()
+    } else {
+        format!(
+            "prepared transaction(s) {}: no session to end; COMMIT PREPARED or ROLLBACK \
+             PREPARED ends one",
+            gids.join(", ")
+        )
+    };
+    Ok(SessionInfo {
+        id: PREPARED_TRANSACTIONS,
+        kind: SessionKind::System,
+        user: of_oldest(1)?,
+        database: of_oldest(2)?,
+        application: None,
+        client: None,
+        state: "prepared transaction".into(),
+        wait: None,
+        query: Some(query),
+        query_seconds: None,
+        transaction_seconds: age,
+        state_seconds: age,
+        blocked_by: Vec::new(),
+    })
 }
 
 /// [`ops_core::maintain::Maintenance::sessions`]: every session of the server, then
@@ -271,6 +338,7 @@ pub(crate) async fn end_sessions(
     filter: &SessionFilter,
     options: &EndOptions,
 ) -> Result<EndReport> {
+    filter.check_for_ending()?;
     let client = connect(engine).await?;
     let all = load(&client).await?;
     let selected = filter.select(&all);
