@@ -7,8 +7,9 @@
 //! sizes, unused, duplicate and invalid indexes, vacuum state; a long query and an
 //! idle transaction in the activity report; a chain of three blocked sessions as one
 //! tree, ended at its root; a prepared transaction as the root of a tree, which no
-//! one ends; what a `pg_monitor` role may see and a role without it may not;
-//! pg_stat_statements present and absent.
+//! one ends; what a `pg_monitor` role may see and a role without it may not; a
+//! signal that fails for one session (its role dropped) recorded while the others
+//! are ended; pg_stat_statements present and absent.
 //!
 //! The scenarios run one after another on one server (the session reports see the
 //! whole server), each on a database of its own.
@@ -179,6 +180,11 @@ async fn inspection_sessions_and_ending_them_on_a_real_server() {
     )
     .await;
     timed("privileges", privileges(&server, &admin)).await;
+    timed(
+        "a signal that fails mid-way",
+        a_failed_signal_is_recorded(&server, &admin),
+    )
+    .await;
     timed("pg_stat_statements", statements(&server)).await;
     eprintln!("total: {:.2} s", started.elapsed().as_secs_f64());
 }
@@ -670,6 +676,47 @@ async fn prepared_transaction(server: &EphemeralPostgres, admin: &Client) {
         .expect("waiter task")
         .expect("its update");
     end_sessions_named(admin, LOAD).await;
+}
+
+/// One of the sessions to end belongs to a role dropped while it stayed connected:
+/// no user to judge the right by, and signalling it fails. That session is left
+/// (refused) and recorded; the others are still ended.
+async fn a_failed_signal_is_recorded(server: &EphemeralPostgres, admin: &Client) {
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE ender LOGIN PASSWORD '{PW}' IN ROLE pg_monitor, app;
+             CREATE ROLE ghost LOGIN PASSWORD '{PW}';"
+        ))
+        .await
+        .expect("roles");
+    let app = "inspect-end-test";
+    let (ghost, ghost_pid) = session(server, "priv", Some(("ghost", PW)), app).await;
+    let (mine, mine_pid) = session(server, "priv", Some(("app", PW)), app).await;
+    admin
+        .batch_execute("DROP ROLE ghost")
+        .await
+        .expect("drop ghost");
+    let ender = engine_as(server, "priv", "ender", PW);
+    let filter = SessionFilter {
+        application: Some(app.into()),
+        ..SessionFilter::default()
+    };
+    let report = ender
+        .end_sessions(&filter, &EndOptions::new(EndMode::Cancel))
+        .await
+        .expect("a report, not an error");
+    eprintln!("{report:?}");
+    let outcome = |pid: i64| {
+        report
+            .sessions
+            .iter()
+            .find(|s| s.session.id == pid)
+            .map(|s| s.outcome)
+    };
+    assert_eq!(outcome(ghost_pid), Some(Ended::Refused), "{report:?}");
+    assert_eq!(outcome(mine_pid), Some(Ended::Cancelled), "{report:?}");
+    drop((ghost, mine));
+    end_sessions_named(admin, app).await;
 }
 
 async fn admin_query(server: &EphemeralPostgres, db: &str, sql: &str) -> i32 {

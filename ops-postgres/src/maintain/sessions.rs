@@ -242,6 +242,8 @@ async fn check_may_signal(
     let doing = "checking the roles of the sessions to end";
     let quoted = &who.user;
     for t in targets {
+        // A session whose role was dropped while it stayed connected has no user to
+        // judge by: it is tried, and a refusal is recorded for it alone.
         let Some(user) = t.user.as_deref() else {
             continue;
         };
@@ -332,14 +334,16 @@ async fn still_there(client: &Client, pids: &[i64]) -> Result<(BTreeSet<i64>, BT
 /// [`ops_core::maintain::Maintenance::end_sessions`]: checks the right to signal every
 /// chosen session before signalling any; cancels all, waits out the grace period
 /// once for all of them (a blocker that stops blocking keeps its session), then
-/// terminates what is left.
+/// terminates what is left. A signal that fails on its own (a session whose role is
+/// gone, a right lost since the check) leaves that session [`Ended::Refused`] and the
+/// others go on: the report says what became of each.
 pub(crate) async fn end_sessions(
     engine: &PostgresEngine,
     filter: &SessionFilter,
     options: &EndOptions,
 ) -> Result<EndReport> {
     filter.check_for_ending()?;
-    let client = connect(engine).await?;
+    let mut client = connect(engine).await?;
     let all = load(&client).await?;
     let selected = filter.select(&all);
     let blockers: BTreeSet<i64> = all.iter().flat_map(|s| s.blocked_by.clone()).collect();
@@ -351,8 +355,12 @@ pub(crate) async fn end_sessions(
         // Cancel every query first, then wait for all of them together: the grace
         // period is spent once, not once per session.
         for s in &endable {
-            let there = signal(&client, "pg_cancel_backend", s.id, &who.user).await?;
-            outcome.insert(s.id, if there { Ended::Cancelled } else { Ended::Gone });
+            let ended = match signal(&client, "pg_cancel_backend", s.id, &who.user).await {
+                Ok(true) => Ended::Cancelled,
+                Ok(false) => Ended::Gone,
+                Err(e) => not_signalled(engine, &mut client, s.id, &e).await,
+            };
+            outcome.insert(s.id, ended);
         }
         if options.mode == EndMode::Terminate {
             let deadline = Instant::now() + options.grace;
@@ -362,7 +370,15 @@ pub(crate) async fn end_sessions(
                 .map(|(id, _)| *id)
                 .collect();
             loop {
-                let (there, blocking) = still_there(&client, &waiting).await?;
+                let (there, blocking) = match still_there(&client, &waiting).await {
+                    Ok(seen) => seen,
+                    Err(e) => {
+                        // Not knowing who left, the rest are terminated as planned.
+                        tracing::warn!(error = %e, "could not see which sessions are gone");
+                        reopen_if_closed(engine, &mut client).await;
+                        break;
+                    }
+                };
                 waiting.retain(|id| {
                     if !there.contains(id) {
                         outcome.insert(*id, Ended::Gone);
@@ -378,15 +394,16 @@ pub(crate) async fn end_sessions(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             for id in waiting {
-                let there = signal(&client, "pg_terminate_backend", id, &who.user).await?;
-                outcome.insert(
-                    id,
-                    if there {
-                        Ended::Terminated
-                    } else {
-                        Ended::Gone
-                    },
-                );
+                let ended = match signal(&client, "pg_terminate_backend", id, &who.user).await {
+                    Ok(true) => Ended::Terminated,
+                    Ok(false) => Ended::Gone,
+                    // Its query was cancelled; the session stays.
+                    Err(e) => {
+                        not_signalled(engine, &mut client, id, &e).await;
+                        Ended::Cancelled
+                    }
+                };
+                outcome.insert(id, ended);
             }
         }
         let mut report = EndReport::default();
@@ -416,6 +433,29 @@ pub(crate) async fn end_sessions(
         });
     }
     Ok(report)
+}
+
+/// A signal to session `id` failed: logged, the session left as it is
+/// ([`Ended::Refused`]), and a lost connection opened again for the sessions after it.
+async fn not_signalled(
+    engine: &PostgresEngine,
+    client: &mut Client,
+    id: i64,
+    error: &Error,
+) -> Ended {
+    tracing::warn!(session = id, error = %error, "the session could not be signalled; it is left as it is");
+    reopen_if_closed(engine, client).await;
+    Ended::Refused
+}
+
+/// Opens a new session when the server ended ours; when that fails too, every signal
+/// after fails and is recorded as such.
+async fn reopen_if_closed(engine: &PostgresEngine, client: &mut Client) {
+    if client.is_closed()
+        && let Ok(fresh) = connect(engine).await
+    {
+        *client = fresh;
+    }
 }
 
 /// [`ops_core::maintain::Maintenance::query_rows`]: one statement, in a read-only
