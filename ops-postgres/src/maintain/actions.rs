@@ -1461,6 +1461,16 @@ mod tests {
     }
 
     #[test]
+    fn old_copies_are_told_from_new_ones() {
+        assert!(is_old_copy("public.t_pkey_ccold"));
+        assert!(is_old_copy("public.t_pkey_ccold12"));
+        assert!(is_old_copy("public.\"T_pkey_ccold1\""));
+        assert!(!is_old_copy("public.t_pkey_ccnew"));
+        assert!(!is_old_copy("public.t_pkey_ccnew1"));
+        assert!(!is_old_copy("public.ccold_t"));
+    }
+
+    #[test]
     fn only_lock_steps_of_the_options_are_used() {
         let tries = LockSteps::default()
             .with_total(Duration::from_secs(3))
