@@ -477,6 +477,13 @@ pub async fn maintain(cli: &Cli, a: &MaintainArgs, lock_wait: Duration) -> Resul
     for d in &report.dropped_leftovers {
         println!("dropped the invalid leftover of a failed concurrent reindex: {d}");
     }
+    // The table cuts details short; what went wrong is printed whole (the blocker's
+    // pid and query, the damage found).
+    for s in report.steps.iter().filter(|s| !s.outcome.is_ok()) {
+        if let Some(m) = &s.message {
+            println!("{}: {m}", s.object);
+        }
+    }
     let failed = report.steps.iter().filter(|s| !s.outcome.is_ok()).count();
     println!(
         "{}{action}: {} steps, {failed} not ok",

@@ -514,9 +514,13 @@ async fn exit_codes_for_damage_and_lock_timeouts_and_ending_root_blockers() {
     assert_eq!(r.code, 3, "damage found is exit 3: {}", r.all());
     let steps = r.json()["report"]["steps"].clone();
     assert!(
-        steps.as_array().is_some_and(|s| s
-            .iter()
-            .any(|s| s["object"] == "public.entries_cents" && s["outcome"] == "failed")),
+        steps
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["object"] == "public.entries_cents"
+                && s["outcome"] == "failed"
+                && s["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("damaged: ")))),
         "{steps}"
     );
     pg.execute("ledger", "DROP INDEX entries_cents")

@@ -47,6 +47,22 @@ const CLI_FLAGS: &[&str] = &[
     "--dry-run",
     "--prune",
     "--kdf-memory-mib",
+    "--concurrently",
+    "--full",
+    "--analyze",
+    "--yes",
+    "--cancel",
+    "--terminate",
+    "--grace",
+    "--root-blockers",
+    "--longer-than",
+    "--all-databases",
+    "--max-wait",
+    "--max-rows",
+    "--max-transaction-age",
+    "--max-replication-lag",
+    "--batch",
+    "--where",
 ];
 
 /// One string literal: where it starts and its source text between the quotes (escapes

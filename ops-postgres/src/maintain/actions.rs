@@ -41,8 +41,11 @@ use crate::session::{qualified, quote_ident};
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// SQLSTATE `insufficient_privilege`.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
-/// SQLSTATE `index_corrupted` (amcheck's verdict).
+/// SQLSTATE `index_corrupted` (amcheck's verdict on an index's structure).
 const INDEX_CORRUPTED: &str = "XX002";
+/// SQLSTATE `data_corrupted` (amcheck's heapallindexed verdict: a table row the index
+/// lacks).
+const DATA_CORRUPTED: &str = "XX001";
 
 /// Lock modes that conflict with `ShareUpdateExclusiveLock` (VACUUM, ANALYZE, the
 /// first phase of REINDEX CONCURRENTLY).
@@ -726,7 +729,7 @@ impl<'a> Runner<'a> {
                 .with_param(&index);
             let tried = self.run_locked(&statement).await;
             let mut step = self.judge(table, &index, sql.clone(), &tried, "CHECK");
-            if tried.sqlstate() == Some(INDEX_CORRUPTED) {
+            if matches!(tried.sqlstate(), Some(INDEX_CORRUPTED | DATA_CORRUPTED)) {
                 step.message = Some(format!(
                     "damaged: {}; rebuild it with a concurrent reindex (REINDEX INDEX \
                      CONCURRENTLY {index}), and look for the cause: storage, memory, a \
