@@ -236,17 +236,23 @@ async fn retention_latest_and_restores_act_per_database() {
         .ok()
         .json();
     assert_eq!(clean["source_database"], "alpha");
+    // What beta_copy held was backed up first, as a safety backup.
+    let safety = clean["safety_backup"]
+        .as_str()
+        .expect("a safety backup of the replaced content")
+        .to_owned();
     assert_eq!(tables(&pg1, "beta_copy"), tables(&pg1, "alpha"));
     assert_eq!(
         table_checksums(&pg1, "beta_copy"),
         table_checksums(&pg1, "alpha")
     );
 
-    // The real forget: each group keeps its newest; everything left still verifies.
+    // The real forget: each group keeps its newest (and the safety backup its 7 days);
+    // everything left still verifies.
     ctx.run(&["forget", "--keep-daily", "7", "--prune"]).ok();
     let mut left = ids_of(&ctx.run(&["--json", "list"]).ok().json());
     left.sort();
-    let mut expected = vec![alpha1_new, beta, alpha2];
+    let mut expected = vec![alpha1_new, beta, alpha2, safety];
     expected.sort();
     assert_eq!(left, expected);
     let verified = ctx
