@@ -221,6 +221,14 @@ struct RawJob {
     max_replication_lag: Option<Spanned<String>>,
     max_transaction_age: Option<Spanned<String>>,
     max_wait: Option<Spanned<String>>,
+    // Restore.
+    backup: Option<Spanned<String>>,
+    clean: Option<bool>,
+    create: Option<bool>,
+    safety_backup: Option<bool>,
+    terminate_connections: Option<bool>,
+    // Forget.
+    keep_safety: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -508,6 +516,8 @@ pub enum Work {
         group_by: GroupBy,
         /// Prune afterwards.
         prune: bool,
+        /// How long safety backups are kept (the rules do not count them).
+        keep_safety: Duration,
     },
     /// Delete unused data.
     Prune {
@@ -557,6 +567,26 @@ pub enum Work {
         /// Which backups.
         which: Which,
     },
+    /// Restore a backup into a database.
+    Restore {
+        /// The target's name in the config (`[databases.NAME]`).
+        database: String,
+        /// The repository's name.
+        repository: String,
+        /// Which backup: `latest` (of the target's database name), `latest:NAME`, or
+        /// an id.
+        backup: String,
+        /// Replace what the target holds.
+        clean: bool,
+        /// Create the target database.
+        create: bool,
+        /// With clean: back up what the target holds first.
+        safety_backup: bool,
+        /// With clean: end the sessions connected to the target first.
+        terminate_connections: bool,
+        /// Parallel connections.
+        parallel: usize,
+    },
 }
 
 impl Work {
@@ -568,7 +598,8 @@ impl Work {
             | Work::Verify { repository, .. }
             | Work::Forget { repository, .. }
             | Work::Prune { repository, .. }
-            | Work::Copy { repository, .. } => Some(repository),
+            | Work::Copy { repository, .. }
+            | Work::Restore { repository, .. } => Some(repository),
             Work::Health { .. }
             | Work::Maintenance { .. }
             | Work::Integrity { .. }
@@ -893,12 +924,14 @@ impl Config {
                 rules,
                 group_by,
                 prune,
+                keep_safety,
             } => {
                 v["repository"] = json!(repository);
                 v["database"] = json!(database);
                 v["rules"] = json!(rules.to_string());
                 v["group_by"] = json!(group_by.to_string());
                 v["prune"] = json!(prune);
+                v["keep_safety"] = json!(format_duration(*keep_safety));
             }
             Work::Prune {
                 repository,
@@ -951,6 +984,25 @@ impl Config {
                 } else {
                     "latest"
                 });
+            }
+            Work::Restore {
+                database,
+                repository,
+                backup,
+                clean,
+                create,
+                safety_backup,
+                terminate_connections,
+                parallel,
+            } => {
+                v["database"] = json!(database);
+                v["repository"] = json!(repository);
+                v["backup"] = json!(backup);
+                v["clean"] = json!(clean);
+                v["create"] = json!(create);
+                v["safety_backup"] = json!(safety_backup);
+                v["terminate_connections"] = json!(terminate_connections);
+                v["parallel"] = json!(parallel);
             }
         }
         v
@@ -1971,6 +2023,7 @@ impl Resolver<'_> {
                 K::Maintenance,
                 K::Integrity,
                 K::Archive,
+                K::Restore,
             ],
         );
         not_for(r.action.is_some(), "action", &[K::Maintenance]);
@@ -1994,7 +2047,17 @@ impl Resolver<'_> {
         }
         not_for(r.to.is_some(), "to", &[K::Copy]);
         not_for(!r.tags.is_empty(), "tags", &[K::Backup]);
-        not_for(r.parallel.is_some(), "parallel", &[K::Backup]);
+        not_for(r.parallel.is_some(), "parallel", &[K::Backup, K::Restore]);
+        not_for(r.backup.is_some(), "backup", &[K::Restore]);
+        not_for(r.clean.is_some(), "clean", &[K::Restore]);
+        not_for(r.create.is_some(), "create", &[K::Restore]);
+        not_for(r.safety_backup.is_some(), "safety_backup", &[K::Restore]);
+        not_for(
+            r.terminate_connections.is_some(),
+            "terminate_connections",
+            &[K::Restore],
+        );
+        not_for(r.keep_safety.is_some(), "keep_safety", &[K::Forget]);
         not_for(r.backups.is_some(), "backups", &[K::Verify, K::Copy]);
         not_for(r.read_data.is_some(), "read_data", &[K::Verify]);
         not_for(r.restore.is_some(), "restore", &[K::Verify]);
@@ -2078,12 +2141,18 @@ impl Resolver<'_> {
                         .map_err(|e| self.err(g, &format!("{what} group_by"), e.message()))?,
                     None => GroupBy::default(),
                 };
+                let keep_safety = self.duration(
+                    &r.keep_safety,
+                    &format!("{what} keep_safety"),
+                    ops_core::repo::ForgetOptions::default().keep_safety,
+                )?;
                 Work::Forget {
                     repository: repository(self, &r.repository, "repository")?,
                     database: database(self, &r.database, false)?,
                     rules,
                     group_by,
                     prune: r.prune.unwrap_or(false),
+                    keep_safety,
                 }
             }
             K::Health => {
@@ -2285,6 +2354,42 @@ impl Resolver<'_> {
                     to,
                     database: database(self, &r.database, false)?,
                     which: which(self)?,
+                }
+            }
+            K::Restore => {
+                let target = database(self, &r.database, true)?.unwrap_or_default();
+                let backup = match &r.backup {
+                    Some(b) if b.get_ref().trim().is_empty() => {
+                        return Err(self.err(b, &format!("{what} backup"), "empty"));
+                    }
+                    Some(b) => b.get_ref().trim().to_owned(),
+                    None => "latest".to_owned(),
+                };
+                let clean = r.clean.unwrap_or(false);
+                let create = r.create.unwrap_or(false);
+                if clean && create {
+                    return Err(self.err(
+                        &r.kind,
+                        &what,
+                        "`clean` replaces what an existing database holds and `create` makes a new one: choose one",
+                    ));
+                }
+                if !clean && (r.safety_backup.is_some() || r.terminate_connections.is_some()) {
+                    return Err(self.err(
+                        &r.kind,
+                        &what,
+                        "`safety_backup` and `terminate_connections` apply to a restore with `clean = true`",
+                    ));
+                }
+                Work::Restore {
+                    database: target,
+                    repository: repository(self, &r.repository, "repository")?,
+                    backup,
+                    clean,
+                    create,
+                    safety_backup: r.safety_backup.unwrap_or(true),
+                    terminate_connections: r.terminate_connections.unwrap_or(false),
+                    parallel: r.parallel.unwrap_or(2).max(1),
                 }
             }
             _ => {

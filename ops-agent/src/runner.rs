@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use ops_core::jobs::{Event, EventKind, RunRecord, RunStatus, Trigger};
 use ops_core::maintain::{LockSteps, MaintainOptions};
 use ops_core::repo::{
-    BackupOptions, ForgetOptions, Manifest, PruneOptions, Repository, VerifyOptions,
+    BackupFilter, BackupOptions, ForgetOptions, InPlaceOptions, Manifest, PruneOptions, Repository,
+    VerifyOptions,
 };
 use ops_core::{DumpOptions, Error, ErrorKind, PutOutcome, RestoreOptions, Result};
 
@@ -520,9 +521,11 @@ impl Runner {
                 rules,
                 group_by,
                 prune,
+                keep_safety,
             } => {
                 let repo = open_repository(&self.config, repository).await?;
                 let options = ForgetOptions::default()
+                    .with_keep_safety(*keep_safety)
                     .with_group_by(*group_by)
                     .with_filter(self.filter_of(database.as_ref()));
                 let report = repo.forget(rules, Utc::now(), &options).await?;
@@ -663,6 +666,67 @@ impl Runner {
                 Ok(WorkOutcome {
                     backup_id: last,
                     summary: format!("{copied} of {} backups copied", manifests.len()),
+                    ..WorkOutcome::default()
+                })
+            }
+            Work::Restore {
+                database,
+                repository,
+                backup,
+                clean,
+                create,
+                safety_backup,
+                terminate_connections,
+                parallel,
+            } => {
+                let db = self.config.databases.get(database).ok_or_else(|| {
+                    Error::invalid(format!("no database '{database}' in the config"))
+                })?;
+                let engine = db.engine()?;
+                let sessions = db.maintenance()?;
+                let repo = open_repository(&self.config, repository).await?;
+                // `latest` means the newest backup of the target's own database name;
+                // `latest:NAME` names another.
+                let filter = if backup.starts_with("latest:") {
+                    BackupFilter::default()
+                } else {
+                    BackupFilter::default().with_database(engine.database())
+                };
+                let m = repo.select(backup, &filter).await?;
+                let options = RestoreOptions::default()
+                    .with_jobs(*parallel)
+                    .with_clean(*clean)
+                    .with_create(*create);
+                let in_place = InPlaceOptions::default()
+                    .with_safety_backup(*safety_backup)
+                    .with_end_sessions(*terminate_connections)
+                    .with_backup(
+                        BackupOptions::default()
+                            .with_dump(DumpOptions::default().with_jobs(*parallel)),
+                    );
+                let report = repo
+                    .restore_in_place(&m, engine.as_ref(), sessions.as_ref(), &options, &in_place)
+                    .await?;
+                let ended = report.ended.as_ref().map_or(0, |r| r.sessions.len());
+                Ok(WorkOutcome {
+                    backup_id: Some(m.id.clone()),
+                    rows: Some(report.restore.tables.values().sum()),
+                    summary: format!(
+                        "restored backup {} of {} into {}{}{}",
+                        m.id,
+                        m.database,
+                        engine.database(),
+                        report
+                            .safety_backup
+                            .as_ref()
+                            .map(|s| format!("; safety backup {} holds what it replaced", s.id))
+                            .unwrap_or_default(),
+                        if ended > 0 {
+                            format!("; {ended} connected sessions ended")
+                        } else {
+                            String::new()
+                        }
+                    ),
                     ..WorkOutcome::default()
                 })
             }

@@ -1015,3 +1015,113 @@ fn processes_opening_a_new_history_at_once_all_succeed() {
         }
     }
 }
+
+/// The runbooks' in-place restore as a job: maintenance mode on (before hook), a
+/// safety backup, connected sessions ended, the restore, maintenance mode off (after
+/// hook) — and off again when the restore is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_job_switches_maintenance_mode_around_an_in_place_restore() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    shop(&pg).await;
+    let ctx = Ctx::new();
+    ctx.init();
+    let marks = ctx.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).expect("marks");
+    let job = |name: &str, terminate: bool| {
+        format!(
+            "[jobs.{name}]\nkind = \"restore\"\ndatabase = \"shop\"\nclean = true\n\
+             terminate_connections = {terminate}\n\
+             before = [\"echo on > {m}/maintenance\"]\n\
+             after = [\"echo \\\"$DBOPS_STATUS\\\" >> {m}/after-{name}; rm -f {m}/maintenance\"]\n",
+            m = marks.display()
+        )
+    };
+    let config = write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            "state_dir = \"{state}\"\n[repositories.main]\nurl = \"{repo}\"\npassword_env = \"DBOPS_PASSWORD\"\n\
+             [databases.shop]\nurl = \"{db}\"\n[jobs.nightly]\nkind = \"backup\"\ndatabase = \"shop\"\n{polite}{force}",
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+            db = pg.url_for("shop"),
+            polite = job("polite", false),
+            force = job("force", true),
+        ),
+    );
+    run(&ctx, &config, &["run", "nightly"], &[]).ok();
+    pg.execute("shop", "DELETE FROM orders WHERE id > 500")
+        .await
+        .expect("a bad migration");
+    let count = || {
+        common::psql(&pg, "shop", &["-At", "-c", "SELECT count(*) FROM orders"])
+            .trim()
+            .to_owned()
+    };
+
+    // A session of the application is still connected: the polite job is refused
+    // before anything changes, and maintenance mode is switched off again.
+    let mut app = common::open_session(&pg, "shop", "portal", "SELECT 1;");
+    let (app_pid, _) = common::session_of(&pg, "portal", "idle");
+    let r = run(&ctx, &config, &["run", "polite"], &[]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert_eq!(count(), "500");
+    assert!(
+        !marks.join("maintenance").exists(),
+        "maintenance mode left on"
+    );
+    let after = std::fs::read_to_string(marks.join("after-polite")).expect("after hook");
+    assert_eq!(after.trim(), "failure");
+    let history = run(&ctx, &config, &["--json", "history", "polite"], &[])
+        .ok()
+        .json();
+    let error = history["runs"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains(&app_pid.to_string()), "{history}");
+
+    // The forcing job ends the session, keeps a safety backup, restores.
+    run(&ctx, &config, &["run", "force"], &[]).ok();
+    assert_eq!(count(), "2000");
+    assert!(!marks.join("maintenance").exists());
+    assert!(app.wait().is_ok(), "the session was ended");
+    let history = run(&ctx, &config, &["--json", "history", "force"], &[])
+        .ok()
+        .json();
+    let run0 = &history["runs"][0];
+    assert_eq!(run0["status"], "success", "{history}");
+    let safety = ctx.run(&["list", "--tag", "safety", "--json"]).ok().json();
+    let ids = safety["backups"].as_array().expect("backups");
+    assert_eq!(ids.len(), 1, "{safety}");
+    // The safety backup holds the state the restore replaced (500 rows).
+    let safety_id = ids[0]["id"].as_str().expect("id");
+    ctx.run(&[
+        "restore",
+        safety_id,
+        &pg.url_for("before_restore"),
+        "--create",
+    ])
+    .ok();
+    let before = common::psql(
+        &pg,
+        "before_restore",
+        &["-At", "-c", "SELECT count(*) FROM orders"],
+    );
+    assert_eq!(before.trim(), "500");
+
+    // Mistakes in a restore job are named.
+    let bad = write_config(
+        &ctx,
+        "bad.toml",
+        &format!(
+            "[repositories.main]\nurl = \"{repo}\"\npassword_env = \"DBOPS_PASSWORD\"\n\
+             [databases.shop]\nurl = \"{db}\"\n[jobs.x]\nkind = \"restore\"\ndatabase = \"shop\"\nterminate_connections = true\n",
+            repo = ctx.repo,
+            db = pg.url_for("shop"),
+        ),
+    );
+    let r = run(&ctx, &bad, &["config", "check"], &[]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("clean = true"), "{}", r.all());
+}

@@ -27,6 +27,10 @@ pub enum JobKind {
     Prune,
     /// Copy backups to another repository.
     Copy,
+    /// Restore a backup into a database; over one in use (clean), a safety backup is
+    /// taken first and connected sessions are ended or named. Its `before`/`after`
+    /// hooks switch the application's maintenance mode on and always off again.
+    Restore,
     /// Run the health checks; a critical or unknown result fails the run (and
     /// notifies), so "no backup in 8 hours" is heard even when no backup job runs.
     Health,
@@ -42,12 +46,13 @@ pub enum JobKind {
 
 impl JobKind {
     /// Every kind, in the order the config documents them.
-    pub const ALL: [JobKind; 9] = [
+    pub const ALL: [JobKind; 10] = [
         JobKind::Backup,
         JobKind::Verify,
         JobKind::Forget,
         JobKind::Prune,
         JobKind::Copy,
+        JobKind::Restore,
         JobKind::Health,
         JobKind::Maintenance,
         JobKind::Integrity,
@@ -62,6 +67,7 @@ impl JobKind {
             JobKind::Forget => "forget",
             JobKind::Prune => "prune",
             JobKind::Copy => "copy",
+            JobKind::Restore => "restore",
             JobKind::Health => "health",
             JobKind::Maintenance => "maintenance",
             JobKind::Integrity => "integrity",
