@@ -985,6 +985,19 @@ fn keep_rules(cli: &Cli, a: &ForgetArgs) -> Result<ops_core::retention::KeepRule
     Ok(r)
 }
 
+/// One line per retention decision: keep or forget, the backup, when, why.
+fn print_decisions(decisions: &[ops_core::retention::RetentionDecision]) {
+    for d in decisions {
+        println!(
+            "  {:<7} {:<28} {}  {}",
+            if d.keep { "keep" } else { "forget" },
+            d.id,
+            d.time.format("%Y-%m-%d %H:%M:%S"),
+            d.reasons.join("; ")
+        );
+    }
+}
+
 async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
     let rules = keep_rules(cli, a)?;
     let keep_safety = ops_core::schedule::parse_duration(&a.keep_safety)
@@ -1018,15 +1031,7 @@ async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
         for g in &report.groups {
             println!();
             println!("{}:", g.group);
-            for d in &g.decisions {
-                println!(
-                    "  {:<7} {:<28} {}  {}",
-                    if d.keep { "keep" } else { "forget" },
-                    d.id,
-                    d.time.format("%Y-%m-%d %H:%M:%S"),
-                    d.reasons.join("; ")
-                );
-            }
+            print_decisions(&g.decisions);
         }
         if !report.safety.is_empty() {
             println!();
@@ -1034,15 +1039,7 @@ async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
                 "safety backups (kept {} after they were taken):",
                 a.keep_safety
             );
-            for d in &report.safety {
-                println!(
-                    "  {:<7} {:<28} {}  {}",
-                    if d.keep { "keep" } else { "forget" },
-                    d.id,
-                    d.time.format("%Y-%m-%d %H:%M:%S"),
-                    d.reasons.join("; ")
-                );
-            }
+            print_decisions(&report.safety);
         }
         let forgotten = report.decisions().filter(|d| !d.keep).count();
         println!();

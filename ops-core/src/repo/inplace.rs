@@ -91,7 +91,7 @@ impl Repository {
     /// off); then the client sessions connected to the target (found through
     /// `sessions`, the target's [`Maintenance`]) are ended, or, unless
     /// `in_place.end_sessions`, named in an error before anything changed. Without
-    /// clean this is [`Repository::restore`].
+    /// clean, or with create, this is [`Repository::restore`].
     ///
     /// # Errors
     /// [`ErrorKind::Locked`] naming the connected sessions; the safety backup's
@@ -105,7 +105,9 @@ impl Repository {
         options: &RestoreOptions,
         in_place: &InPlaceOptions,
     ) -> Result<InPlaceReport> {
-        if !options.clean {
+        // Nothing to save or to end: no clean leaves the content alone (a target with
+        // data is refused), and create makes a new database.
+        if !options.clean || options.create {
             let restore = self.restore(manifest, engine, options).await?;
             return Ok(InPlaceReport {
                 restore,
