@@ -2,7 +2,7 @@
 //! (`inspect`), maintenance actions (`actions`), sessions (`sessions`), integrity
 //! queries (here) and archiving (`archive`); see `ops_core::maintain` for the contract.
 //!
-//! Every connection opened here is a [`Session::Catalog`] connection with the
+//! Every connection opened here is a `Session::Catalog` connection with the
 //! session time zone set back to the server's (`SYSTEM`): `INNODB_TRX.trx_started`
 //! is in that zone, and an operator's predicate such as `created_at < NOW() -
 //! INTERVAL 2 YEAR` means what the application means by it.
