@@ -686,11 +686,12 @@ impl Runner {
                 let sessions = db.maintenance()?;
                 let repo = open_repository(&self.config, repository).await?;
                 // `latest` means the newest backup of the target's own database name;
-                // `latest:NAME` names another.
-                let filter = if backup.starts_with("latest:") {
-                    BackupFilter::default()
+                // `latest:NAME` names another, an id names itself.
+                let filter = BackupFilter::default().with_engine(engine.name());
+                let filter = if backup == "latest" {
+                    filter.with_database(engine.database())
                 } else {
-                    BackupFilter::default().with_database(engine.database())
+                    filter
                 };
                 let m = repo.select(backup, &filter).await?;
                 let options = RestoreOptions::default()

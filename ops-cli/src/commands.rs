@@ -347,6 +347,12 @@ password kept elsewhere as a recovery key (`dbops key add`).";
 async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
     let engine = dbops::engine(&a.database)?;
     let (repo, display) = watched(cli, open_repo(cli).await?, "backup");
+    if a.tags.iter().any(|t| t == ops_core::repo::SAFETY_TAG) {
+        return Err(Error::invalid(format!(
+            "the tag '{}' marks the backups dbops takes before an in-place restore (never `latest`, kept by --keep-safety): choose another tag",
+            ops_core::repo::SAFETY_TAG
+        )));
+    }
     // The repository's progress (set by `watched` on a terminal) is the backup's too.
     let options = BackupOptions::default()
         .with_dump(
@@ -772,7 +778,9 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
                     );
                     e.with_message(message)
                 }
-                ErrorKind::Locked if a.clean && !a.terminate_connections => {
+                ErrorKind::Locked
+                    if e.context_value("sessions").is_some() && !a.terminate_connections =>
+                {
                     let message = format!(
                         "{} (dbops: --terminate-connections ends them)",
                         e.message()
@@ -794,7 +802,7 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         .ended
         .iter()
         .flat_map(|r| &r.sessions)
-        .filter(|s| matches!(s.outcome, Ended::Cancelled | Ended::Terminated))
+        .filter(|s| s.outcome == Ended::Terminated)
         .map(|s| s.session.id)
         .collect();
     let report = report.restore;

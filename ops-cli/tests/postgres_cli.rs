@@ -480,7 +480,19 @@ async fn restore_over_a_database_in_use_keeps_a_safety_backup() {
     assert_eq!(count().trim(), "150");
     assert_eq!(backups(&ctx), 1, "no safety backup before a refusal");
 
-    // With --terminate-connections: a safety backup, the session ended, the restore.
+    // With --terminate-connections: a safety backup, the sessions ended — also a
+    // blocker idle in its transaction whose waiter is cancelled first (it stops
+    // blocking, yet must go) — and the restore.
+    let mut holder =
+        common::open_session(&pg, "shop", "holder", "BEGIN; SELECT count(*) FROM orders;");
+    let (holder_pid, _) = common::session_of(&pg, "holder", "idle in transaction");
+    let mut waiter = common::open_session(
+        &pg,
+        "shop",
+        "waiter",
+        "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE;",
+    );
+    let (waiter_pid, _) = common::session_of(&pg, "waiter", "active");
     let done = ctx
         .run(&[
             "restore",
@@ -496,11 +508,17 @@ async fn restore_over_a_database_in_use_keeps_a_safety_backup() {
         .as_str()
         .expect("safety backup")
         .to_owned();
-    assert_eq!(
-        done["ended_sessions"],
-        serde_json::json!([app_pid]),
-        "{done}"
-    );
+    let mut ended: Vec<i64> = done["ended_sessions"]
+        .as_array()
+        .expect("ended sessions")
+        .iter()
+        .filter_map(serde_json::Value::as_i64)
+        .collect();
+    ended.sort_unstable();
+    let mut want = vec![app_pid, holder_pid, waiter_pid];
+    want.sort_unstable();
+    assert_eq!(ended, want, "{done}");
+    assert!(holder.wait().is_ok() && waiter.wait().is_ok());
     assert_eq!(count().trim(), "100");
     assert!(app.wait().is_ok());
     let tagged = ctx.run(&["list", "--tag", "safety", "--json"]).ok().json();

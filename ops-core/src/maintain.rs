@@ -960,9 +960,14 @@ impl SessionFilter {
         {
             return false;
         }
+        // Database names are case-sensitive on both engines (MariaDB on Linux):
+        // `shop` never takes the sessions of `Shop`.
         eq(&self.user, &s.user)
             && eq(&self.application, &s.application)
-            && eq(&self.database, &s.database)
+            && self
+                .database
+                .as_ref()
+                .is_none_or(|want| s.database.as_deref() == Some(want.as_str()))
     }
 
     /// Whether the filter names no condition at all (every session passes).
@@ -1464,7 +1469,9 @@ mod tests {
         assert!(one_db.check_for_ending().is_ok());
         let mut s = session(1, &[]);
         assert!(one_db.matches(&s) == (s.database.as_deref() == Some("erp")));
-        s.database = Some("ERP".into());
+        s.database = Some("erp".into());
         assert!(one_db.matches(&s));
+        s.database = Some("ERP".into());
+        assert!(!one_db.matches(&s), "database names are case-sensitive");
     }
 }

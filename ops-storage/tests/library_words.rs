@@ -63,6 +63,12 @@ const CLI_FLAGS: &[&str] = &[
     "--max-replication-lag",
     "--batch",
     "--where",
+    "--terminate-connections",
+    "--no-safety-backup",
+    "--keep-safety",
+    "--state",
+    "--application",
+    "--tag",
 ];
 
 /// One string literal: where it starts and its source text between the quotes (escapes

@@ -344,6 +344,9 @@ impl BackupCheck {
             .map(crate::config::DatabaseConfig::filter)
             .unwrap_or_default();
         let mut list = repo.list_backups_matching(&filter).await?;
+        // Safety backups (taken before in-place restores) are not the backup jobs'
+        // work: a fresh one must not hide a backup job that stopped.
+        list.retain(|m| !m.tags.contains(ops_core::repo::SAFETY_TAG));
         list.sort_by_key(|m| std::cmp::Reverse(m.finished));
         Ok(list)
     }

@@ -58,6 +58,8 @@ impl HealthCheck for LastBackupAge {
         let newest = backups
             .iter()
             .filter(|m| self.database.as_ref().is_none_or(|d| *d == m.database))
+            // A safety backup is the state before a restore, not the schedule's work.
+            .filter(|m| !m.tags.contains(super::SAFETY_TAG))
             .max_by_key(|m| m.finished);
         let Some(newest) = newest else {
             return Ok(HealthReport::new(

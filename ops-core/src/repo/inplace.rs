@@ -15,7 +15,9 @@ use serde::Serialize;
 
 use super::{BackupOptions, Manifest, Repository, SAFETY_TAG};
 use crate::engine::{DatabaseEngine, RestoreOptions, RestoreReport};
-use crate::maintain::{EndMode, EndOptions, EndReport, Maintenance, SessionFilter, SessionKind};
+use crate::maintain::{
+    EndMode, EndOptions, EndReport, Ended, Maintenance, SessionFilter, SessionKind,
+};
 use crate::{Error, ErrorKind, Result};
 
 /// Options of [`Repository::restore_in_place`].
@@ -105,6 +107,15 @@ impl Repository {
         options: &RestoreOptions,
         in_place: &InPlaceOptions,
     ) -> Result<InPlaceReport> {
+        // A backup of another engine is refused before anything is touched.
+        if manifest.engine != engine.name() {
+            return Err(Error::invalid(format!(
+                "backup {} is a {} backup; it cannot be restored into a {} database",
+                manifest.id,
+                manifest.engine,
+                engine.name()
+            )));
+        }
         // Nothing to save or to end: no clean leaves the content alone (a target with
         // data is refused), and create makes a new database.
         if !options.clean || options.create {
@@ -116,18 +127,33 @@ impl Repository {
             });
         }
         let database = engine.database();
-        let connected = connected_sessions(sessions, &database).await?;
-        if !connected.is_empty() && !in_place.end_sessions {
-            return Err(Error::new(
-                ErrorKind::Locked,
-                format!(
-                    "{} session(s) are connected to database {database}, and replacing its \
-                     content would fail or wait behind them; nothing was changed. Stop the \
-                     application or let the restore end them: {}",
-                    connected.len(),
-                    connected.join("; ")
-                ),
-            ));
+        // Who is connected. Listing other users' sessions needs monitoring rights; a
+        // user without them can still restore (the clean then waits a bounded time
+        // for their locks), unless it was asked to end sessions, which needs more.
+        let connected = match connected_sessions(sessions, &database).await {
+            Ok(list) => Some(list),
+            Err(e) if e.kind() == ErrorKind::PermissionDenied && !in_place.end_sessions => {
+                tracing::warn!(
+                    "cannot see the sessions connected to {database} before the restore: {e}"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(list) = connected.as_ref().filter(|l| !l.is_empty())
+            && !in_place.end_sessions
+        {
+            return Err(connected_error(&database, list, None));
+        }
+        // Sessions are ended before the safety backup too: a lock one of them holds,
+        // or waits for, would hold the backup's own locks up.
+        let mut ended = None;
+        if in_place.end_sessions {
+            ended = Some(
+                end_all(sessions, &database, in_place.grace)
+                    .await
+                    .map_err(|e| e.during(format!("ending the sessions on {database}")))?,
+            );
         }
         let safety_backup = if in_place.safety_backup {
             let held = engine.describe().await.map_err(|e| {
@@ -149,43 +175,120 @@ impl Repository {
         } else {
             None
         };
-        let ended = if connected.is_empty() {
-            None
-        } else {
-            let filter = SessionFilter {
-                database: Some(database.clone()),
-                ..SessionFilter::default()
+        // From here on an error names the safety backup, and is not worth a retry:
+        // another attempt would back up a half-restored database as "the state
+        // before".
+        let after_safety = |e: Error| -> Error {
+            let Some(safe) = &safety_backup else {
+                return e;
             };
-            Some(
-                sessions
-                    .end_sessions(
-                        &filter,
-                        &EndOptions::new(EndMode::Terminate).with_grace(in_place.grace),
-                    )
-                    .await
-                    .map_err(|e| e.during(format!("ending the sessions on {database}")))?,
-            )
+            let message = format!(
+                "{}; safety backup {} holds {database} as it was before this restore (restore \
+                 it with clean if the target was changed)",
+                e.message(),
+                safe.id
+            );
+            e.with_message(message)
+                .with_context("safety_backup", &safe.id)
+                .persist()
         };
-        match self.restore(manifest, engine, options).await {
-            Ok(restore) => Ok(InPlaceReport {
-                restore,
-                safety_backup,
-                ended,
-            }),
-            Err(e) => Err(match &safety_backup {
-                Some(safe) => {
-                    let message = format!(
-                        "{}; the database as it was before is safety backup {}: restore that \
-                         backup with clean to roll back",
-                        e.message(),
-                        safe.id
-                    );
-                    e.with_message(message)
-                }
-                None => e,
-            }),
+        // Sessions are looked at again after the backup, which may have taken long:
+        // those that connected meanwhile are ended when asked, else refused.
+        if in_place.end_sessions {
+            let again = end_all(sessions, &database, in_place.grace)
+                .await
+                .map_err(|e| {
+                    after_safety(e.during(format!("ending the sessions on {database}")))
+                })?;
+            if let Some(report) = ended.as_mut() {
+                merge(report, again);
+            }
+        }
+        if connected.is_some() {
+            let left = connected_sessions(sessions, &database)
+                .await
+                .map_err(&after_safety)?;
+            if !left.is_empty() {
+                return Err(after_safety(connected_error(
+                    &database,
+                    &left,
+                    Some(in_place.end_sessions),
+                )));
+            }
+        }
+        let restore = self
+            .restore(manifest, engine, options)
+            .await
+            .map_err(after_safety)?;
+        Ok(InPlaceReport {
+            restore,
+            safety_backup,
+            ended,
+        })
+    }
+}
+
+/// Ends the client sessions on `database`, in up to three rounds, and merges what
+/// happened to each.
+async fn end_all(sessions: &dyn Maintenance, database: &str, grace: Duration) -> Result<EndReport> {
+    let filter = SessionFilter {
+        database: Some(database.to_owned()),
+        ..SessionFilter::default()
+    };
+    let options = EndOptions::new(EndMode::Terminate).with_grace(grace);
+    let mut merged = EndReport::default();
+    for _ in 0..3 {
+        let round = sessions.end_sessions(&filter, &options).await?;
+        let acted = round
+            .sessions
+            .iter()
+            .any(|s| matches!(s.outcome, Ended::Cancelled | Ended::Terminated));
+        merge(&mut merged, round);
+        if !acted || connected_sessions(sessions, database).await?.is_empty() {
+            break;
         }
     }
+    Ok(merged)
+}
+
+/// Adds `round` to `merged`: a session's newest outcome wins over an earlier one,
+/// except a refusal.
+fn merge(merged: &mut EndReport, round: EndReport) {
+    for s in round.sessions {
+        match merged
+            .sessions
+            .iter_mut()
+            .find(|m| m.session.id == s.session.id)
+        {
+            Some(m) if s.outcome != Ended::Refused => *m = s,
+            Some(_) => {}
+            None => merged.sessions.push(s),
+        }
+    }
+}
+
+/// The refusal naming the sessions connected to `database`; `after_ending` says
+/// whether they were there after an attempt to end them.
+fn connected_error(database: &str, list: &[String], after_ending: Option<bool>) -> Error {
+    let what = match after_ending {
+        None => "nothing was changed. Stop the application, or let the restore end them",
+        Some(true) => {
+            "they were still there after being ended (ending them needs the right to signal them)"
+        }
+        Some(false) => {
+            "they connected during the safety backup; stop the application, or let the restore end them"
+        }
+    };
+    Error::new(
+        ErrorKind::Locked,
+        format!(
+            "{} session(s) are connected to database {database}, and replacing its content \
+             would fail or wait behind them; {what}: {}",
+            list.len(),
+            list.join("; ")
+        ),
+    )
+    .with_context("sessions", list.len())
 }
 
 /// The client sessions connected to `database`, other than the asking one, each as
