@@ -12,7 +12,9 @@ use ops_core::repo::{
     InitOptions, KdfParams, Manifest, Progress, PruneOptions, Repository, VerifyOptions, groups_of,
     source_address,
 };
-use ops_core::{DumpOptions, Error, ErrorKind, RestoreOptions, Result, Secret, TableRef};
+use ops_core::{
+    DumpOptions, Error, ErrorKind, RestoreOptions, Result, Secret, TableRef, redact_url,
+};
 use ops_storage::{TargetOptions, open_target};
 
 use crate::cli::{
@@ -788,6 +790,18 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
                     e.with_message(message)
                 }
                 _ => e,
+            };
+            // After a safety backup, the command that rolls back.
+            let e = match e.context_value("safety_backup").map(str::to_owned) {
+                Some(id) => {
+                    let message = format!(
+                        "{} (dbops: to roll back, dbops restore {id} {} --clean)",
+                        e.message(),
+                        redact_url(&a.database)
+                    );
+                    e.with_message(message)
+                }
+                None => e,
             };
             e.during(format!(
                 "restore of backup {} into {}",

@@ -554,6 +554,11 @@ async fn restore_over_a_database_in_use_keeps_a_safety_backup() {
     ]);
     assert_ne!(failed.code, 0, "{}", failed.all());
     assert!(failed.stderr.contains("safety backup"), "{}", failed.all());
+    assert!(
+        failed.stderr.contains("to roll back, dbops restore 2"),
+        "{}",
+        failed.all()
+    );
     assert_eq!(count().trim(), "150", "nothing was dropped");
 
     // Retention: the rules do not count safety backups; they expire by age.
