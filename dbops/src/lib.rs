@@ -275,13 +275,7 @@ pub async fn prove_restore_checked(
 /// # Errors
 /// [`ErrorKind::InvalidInput`] naming both engines.
 pub fn same_engine(manifest: &Manifest, engine: &str) -> Result<()> {
-    if manifest.engine != engine {
-        return Err(Error::invalid(format!(
-            "backup {} is a {} backup; it cannot be restored into a {engine} database",
-            manifest.id, manifest.engine
-        )));
-    }
-    Ok(())
+    manifest.require_engine(engine)
 }
 
 #[cfg(test)]

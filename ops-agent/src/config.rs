@@ -2088,16 +2088,8 @@ impl Resolver<'_> {
             ));
         }
 
-        if r.tags.iter().any(|t| t == ops_core::repo::SAFETY_TAG) {
-            return Err(self.err(
-                &r.kind,
-                &format!("{what} tags"),
-                format!(
-                    "the tag '{}' marks the backups taken before an in-place restore (never `latest`, kept by keep_safety): choose another tag",
-                    ops_core::repo::SAFETY_TAG
-                ),
-            ));
-        }
+        ops_core::repo::ordinary_tags(&r.tags)
+            .map_err(|e| self.err(&r.kind, &format!("{what} tags"), e.message()))?;
         let work = match kind {
             K::Backup => Work::Backup {
                 database: database(self, &r.database, true)?.unwrap_or_default(),

@@ -364,12 +364,15 @@ impl Runner {
         }
     }
 
-    fn maintenance_of(&self, database: &str) -> Result<Arc<dyn ops_core::maintain::Maintenance>> {
+    fn database_of(&self, database: &str) -> Result<&crate::config::DatabaseConfig> {
         self.config
             .databases
             .get(database)
-            .ok_or_else(|| Error::invalid(format!("no database '{database}' in the config")))?
-            .maintenance()
+            .ok_or_else(|| Error::invalid(format!("no database '{database}' in the config")))
+    }
+
+    fn maintenance_of(&self, database: &str) -> Result<Arc<dyn ops_core::maintain::Maintenance>> {
+        self.database_of(database)?.maintenance()
     }
 
     fn filter_of(&self, database: Option<&String>) -> ops_core::repo::BackupFilter {
@@ -411,10 +414,7 @@ impl Runner {
                 tags,
                 parallel,
             } => {
-                let db = self.config.databases.get(database).ok_or_else(|| {
-                    Error::invalid(format!("no database '{database}' in the config"))
-                })?;
-                let engine = db.engine()?;
+                let engine = self.database_of(database)?.engine()?;
                 let repo = open_repository(&self.config, repository).await?;
                 let options = BackupOptions::default()
                     .with_dump(DumpOptions::default().with_jobs(*parallel))
@@ -679,9 +679,7 @@ impl Runner {
                 terminate_connections,
                 parallel,
             } => {
-                let db = self.config.databases.get(database).ok_or_else(|| {
-                    Error::invalid(format!("no database '{database}' in the config"))
-                })?;
+                let db = self.database_of(database)?;
                 let engine = db.engine()?;
                 let sessions = db.maintenance()?;
                 let repo = open_repository(&self.config, repository).await?;

@@ -347,14 +347,9 @@ Store it in a password manager or vault apart from this host, and consider a sec
 password kept elsewhere as a recovery key (`dbops key add`).";
 
 async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
+    ops_core::repo::ordinary_tags(&a.tags)?;
     let engine = dbops::engine(&a.database)?;
     let (repo, display) = watched(cli, open_repo(cli).await?, "backup");
-    if a.tags.iter().any(|t| t == ops_core::repo::SAFETY_TAG) {
-        return Err(Error::invalid(format!(
-            "the tag '{}' marks the backups dbops takes before an in-place restore (never `latest`, kept by --keep-safety): choose another tag",
-            ops_core::repo::SAFETY_TAG
-        )));
-    }
     // The repository's progress (set by `watched` on a terminal) is the backup's too.
     let options = BackupOptions::default()
         .with_dump(
@@ -740,7 +735,6 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     let engine = dbops::engine(&a.database)?;
     let (repo, display) = watched(cli, open_repo(cli).await?, "restore");
     let m = pick(&repo, &a.id, &backup_filter(&a.filter)).await?;
-    dbops::same_engine(&m, engine.name())?;
     let default_schema = if m.engine == "postgresql" {
         "public".to_owned()
     } else {
@@ -1022,8 +1016,7 @@ fn print_decisions(decisions: &[ops_core::retention::RetentionDecision]) {
 
 async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
     let rules = keep_rules(cli, a)?;
-    let keep_safety = ops_core::schedule::parse_duration(&a.keep_safety)
-        .map_err(|e| Error::invalid(format!("--keep-safety: {}", e.message())))?;
+    let keep_safety = crate::maintain::duration("--keep-safety", &a.keep_safety)?;
     let options = ForgetOptions::default()
         .with_keep_safety(keep_safety)
         .with_dry_run(a.dry_run)

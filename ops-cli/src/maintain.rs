@@ -20,16 +20,21 @@ use crate::output::{bytes, print_json, progress_wanted};
 /// The database a command works on: a URL, or the name of a `[databases.NAME]` of the
 /// config (which brings its password source).
 fn database(cli: &Cli, given: &str) -> Result<(Arc<dyn Maintenance>, String)> {
-    database_and_url(cli, given).map(|(db, location, _)| (db, location))
+    database_and_name(cli, given).map(|(db, location, _)| (db, location))
 }
 
-/// [`database`], with the URL itself (for the database name it names).
-fn database_and_url(cli: &Cli, given: &str) -> Result<(Arc<dyn Maintenance>, String, String)> {
+/// [`database`], with the name of the database the URL connects to (none when it
+/// names none), as its engine reads the URL.
+fn database_and_name(
+    cli: &Cli,
+    given: &str,
+) -> Result<(Arc<dyn Maintenance>, String, Option<String>)> {
+    let named = |name: String| (!name.is_empty()).then_some(name);
     if given.contains("://") {
         return Ok((
             dbops::maintenance(given)?,
             redact_url(given),
-            given.to_owned(),
+            named(dbops::engine(given)?.database()),
         ));
     }
     let config = crate::commands::required_config(cli).map_err(|_| {
@@ -47,21 +52,14 @@ fn database_and_url(cli: &Cli, given: &str) -> Result<(Arc<dyn Maintenance>, Str
             names.join(", ")
         )));
     };
-    Ok((db.maintenance()?, redact_url(&db.url), db.url.clone()))
+    Ok((
+        db.maintenance()?,
+        redact_url(&db.url),
+        named(db.engine()?.database()),
+    ))
 }
 
-/// The database a URL names (its path), if any.
-fn url_database(url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
-    let name = parsed.path().trim_start_matches('/');
-    (!name.is_empty()).then(|| {
-        percent_encoding::percent_decode_str(name)
-            .decode_utf8_lossy()
-            .into_owned()
-    })
-}
-
-fn duration(flag: &str, text: &str) -> Result<Duration> {
+pub(crate) fn duration(flag: &str, text: &str) -> Result<Duration> {
     parse_duration(text).map_err(|e| Error::invalid(format!("{flag}: {}", e.message())))
 }
 
@@ -515,7 +513,7 @@ fn maintain_exit(report: &ops_core::maintain::MaintainReport) -> u8 {
 
 /// `dbops sessions DB`.
 pub async fn sessions(cli: &Cli, a: &SessionsArgs) -> Result<ExitCode> {
-    let (db, location, url) = database_and_url(cli, &a.database)?;
+    let (db, location, name) = database_and_name(cli, &a.database)?;
     let filter = SessionFilter {
         longer_than: a
             .longer_than
@@ -528,11 +526,7 @@ pub async fn sessions(cli: &Cli, a: &SessionsArgs) -> Result<ExitCode> {
         root_blockers: a.root_blockers,
         // The URL's database, as an operator reads `sessions postgres://…/erp`;
         // every database with --all-databases.
-        database: if a.all_databases {
-            None
-        } else {
-            url_database(&url)
-        },
+        database: if a.all_databases { None } else { name },
         all: a.all,
     };
     let mode = if a.terminate {

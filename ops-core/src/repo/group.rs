@@ -338,6 +338,20 @@ pub fn apply_per_group(
 /// group's backups.
 pub const SAFETY_TAG: &str = "safety";
 
+/// Refuses [`SAFETY_TAG`] among the tags of an ordinary backup: such a backup would
+/// never be `latest` and would expire as a safety backup.
+///
+/// # Errors
+/// [`ErrorKind::InvalidInput`] saying why.
+pub fn ordinary_tags<'a>(tags: impl IntoIterator<Item = &'a String>) -> Result<()> {
+    if tags.into_iter().any(|t| t == SAFETY_TAG) {
+        return Err(Error::invalid(format!(
+            "the tag '{SAFETY_TAG}' marks the backups taken before an in-place restore (never `latest`, kept for the safety retention period): choose another tag"
+        )));
+    }
+    Ok(())
+}
+
 /// How a backup is named on a command line: `latest`, `latest:DATABASE`, a full id,
 /// a unique prefix of one, or a unique prefix of an id's random suffix.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -108,14 +108,7 @@ impl Repository {
         in_place: &InPlaceOptions,
     ) -> Result<InPlaceReport> {
         // A backup of another engine is refused before anything is touched.
-        if manifest.engine != engine.name() {
-            return Err(Error::invalid(format!(
-                "backup {} is a {} backup; it cannot be restored into a {} database",
-                manifest.id,
-                manifest.engine,
-                engine.name()
-            )));
-        }
+        manifest.require_engine(engine.name())?;
         // Nothing to save or to end: no clean leaves the content alone (a target with
         // data is refused), and create makes a new database.
         if !options.clean || options.create {
@@ -147,14 +140,15 @@ impl Repository {
         }
         // Sessions are ended before the safety backup too: a lock one of them holds,
         // or waits for, would hold the backup's own locks up.
-        let mut ended = None;
-        if in_place.end_sessions {
-            ended = Some(
+        let mut ended = if in_place.end_sessions {
+            Some(
                 end_all(sessions, &database, in_place.grace)
                     .await
                     .map_err(|e| e.during(format!("ending the sessions on {database}")))?,
-            );
-        }
+            )
+        } else {
+            None
+        };
         let safety_backup = if in_place.safety_backup {
             let held = engine.describe().await.map_err(|e| {
                 e.during(format!(
@@ -194,15 +188,13 @@ impl Repository {
         };
         // Sessions are looked at again after the backup, which may have taken long:
         // those that connected meanwhile are ended when asked, else refused.
-        if in_place.end_sessions {
+        if let Some(report) = ended.as_mut() {
             let again = end_all(sessions, &database, in_place.grace)
                 .await
                 .map_err(|e| {
                     after_safety(e.during(format!("ending the sessions on {database}")))
                 })?;
-            if let Some(report) = ended.as_mut() {
-                merge(report, again);
-            }
+            merge(report, again);
         }
         if connected.is_some() {
             let left = connected_sessions(sessions, &database)

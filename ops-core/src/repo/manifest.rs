@@ -87,6 +87,20 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Refuses to restore this backup into another engine's database.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] naming both engines.
+    pub fn require_engine(&self, engine: &str) -> crate::Result<()> {
+        if self.engine != engine {
+            return Err(crate::Error::invalid(format!(
+                "backup {} is a {} backup; it cannot be restored into a {engine} database",
+                self.id, self.engine
+            )));
+        }
+        Ok(())
+    }
+
     /// The tables with data in this backup, with their row counts (summed over ranges).
     pub fn tables(&self) -> BTreeMap<TableRef, u64> {
         let mut out = BTreeMap::new();

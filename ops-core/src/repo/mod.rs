@@ -36,7 +36,7 @@ pub use format::{
 };
 pub use group::{
     BackupFilter, BackupGroup, GroupBy, GroupDecisions, SAFETY_TAG, Selector, apply_per_group,
-    groups_of, match_ids, source_address,
+    groups_of, match_ids, ordinary_tags, source_address,
 };
 pub use health::LastBackupAge;
 pub use inplace::{InPlaceOptions, InPlaceReport};
