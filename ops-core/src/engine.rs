@@ -65,6 +65,75 @@ impl fmt::Display for TableRef {
     }
 }
 
+/// Options of [`DatabaseEngine::dump_globals`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GlobalsOptions {
+    /// Include role password hashes (PostgreSQL `pg_authid`, MariaDB authentication
+    /// strings). Off by default: a backup then recreates roles that cannot log in with
+    /// a password until one is set.
+    pub role_passwords: bool,
+}
+
+impl GlobalsOptions {
+    /// Includes password hashes.
+    #[must_use]
+    pub fn with_role_passwords(mut self, on: bool) -> Self {
+        self.role_passwords = on;
+        self
+    }
+}
+
+/// When [`DatabaseEngine::restore_globals`] runs relative to the databases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlobalsPhase {
+    /// Before any database is restored: roles and users.
+    BeforeDatabases,
+    /// After the databases exist: what refers to them.
+    AfterDatabases,
+}
+
+/// Options of [`DatabaseEngine::restore_globals`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GlobalsRestoreOptions {
+    /// Which phase to run.
+    pub phase: GlobalsPhase,
+    /// Only what these databases need (their owners, grantees, definers); empty means
+    /// everything (a whole-server restore).
+    pub databases: Vec<String>,
+}
+
+impl GlobalsRestoreOptions {
+    /// Everything, in `phase`.
+    pub fn new(phase: GlobalsPhase) -> Self {
+        Self {
+            phase,
+            databases: Vec::new(),
+        }
+    }
+
+    /// Only what these databases need.
+    #[must_use]
+    pub fn with_databases(mut self, databases: Vec<String>) -> Self {
+        self.databases = databases;
+        self
+    }
+}
+
+/// What [`DatabaseEngine::restore_globals`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GlobalsReport {
+    /// Objects created (`role app`, `user 'app'@'%'`, `grant …`).
+    pub created: Vec<String>,
+    /// Objects that existed already and were left alone.
+    pub existing: Vec<String>,
+    /// Anything the operator should know (a tablespace whose directory is missing).
+    pub warnings: Vec<String>,
+}
+
 /// What a stream holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -446,4 +515,66 @@ pub trait DatabaseEngine: Send + Sync + Debug + 'static {
     /// # Errors
     /// Connection and database errors.
     async fn drop_database(&self) -> Result<()>;
+
+    /// The same server, reached with the same credentials and settings, bound to
+    /// another database: how a whole-server backup or restore walks the databases.
+    ///
+    /// # Errors
+    /// [`crate::ErrorKind::InvalidInput`] for a name the engine cannot address; the
+    /// default is [`crate::ErrorKind::InvalidInput`] saying the engine has no
+    /// whole-server operations.
+    fn for_database(&self, database: &str) -> Result<Arc<dyn DatabaseEngine>> {
+        Err(crate::Error::invalid(format!(
+            "{} cannot address database '{database}': whole-server operations are not built for this engine",
+            self.name()
+        )))
+    }
+
+    /// The databases a whole-server backup takes, sorted: every database a client
+    /// created, without templates and the engine's own system databases.
+    ///
+    /// # Errors
+    /// Connection, privilege and database errors.
+    async fn databases(&self) -> Result<Vec<String>> {
+        Err(crate::Error::invalid(format!(
+            "{} has no whole-server backup",
+            self.name()
+        )))
+    }
+
+    /// Writes the server's globals (PostgreSQL: roles, memberships, role settings,
+    /// tablespaces; MariaDB: users, roles, grants) as streams whose names start with
+    /// `globals/`, in the engine's own form, restorable by
+    /// [`DatabaseEngine::restore_globals`]. Passwords only with
+    /// [`GlobalsOptions::role_passwords`].
+    ///
+    /// # Errors
+    /// Connection, privilege and database errors; sink errors.
+    async fn dump_globals(&self, options: &GlobalsOptions, sink: Arc<dyn DumpSink>) -> Result<()> {
+        let _ = (options, sink);
+        Err(crate::Error::invalid(format!(
+            "{} cannot back up server globals",
+            self.name()
+        )))
+    }
+
+    /// Recreates globals from the `globals/` streams of `source` on the bound server,
+    /// in two phases: [`GlobalsPhase::BeforeDatabases`] creates what databases need to
+    /// be restored (roles, users), [`GlobalsPhase::AfterDatabases`] what needs the
+    /// databases to exist (per-database role settings, object grants). An object that
+    /// already exists is left as it is and named in [`GlobalsReport::existing`].
+    ///
+    /// # Errors
+    /// Connection, privilege and database errors; damaged streams.
+    async fn restore_globals(
+        &self,
+        source: Arc<dyn StreamSource>,
+        options: &GlobalsRestoreOptions,
+    ) -> Result<GlobalsReport> {
+        let _ = (source, options);
+        Err(crate::Error::invalid(format!(
+            "{} cannot restore server globals",
+            self.name()
+        )))
+    }
 }

@@ -16,8 +16,9 @@ pub mod target;
 pub mod testkit;
 
 pub use engine::{
-    DatabaseEngine, DumpOptions, DumpReport, DumpSink, RestoreOptions, RestoreReport, ServerInfo,
-    StreamRole, StreamSource, StreamSpec, StreamSummary, StreamWriter, TableInfo, TableRef,
+    DatabaseEngine, DumpOptions, DumpReport, DumpSink, GlobalsOptions, GlobalsPhase, GlobalsReport,
+    GlobalsRestoreOptions, RestoreOptions, RestoreReport, ServerInfo, StreamRole, StreamSource,
+    StreamSpec, StreamSummary, StreamWriter, TableInfo, TableRef,
 };
 pub use ephemeral::EphemeralServer;
 pub use error::{Error, ErrorKind, ErrorStatus, Result};
