@@ -53,7 +53,7 @@ pub use manifest::{BackupStats, Manifest, StreamRecord};
 #[cfg(feature = "testkit")]
 pub(crate) use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
 pub use progress::Progress;
-pub use source::RepoSource;
+pub use source::{NON_ENGINE_PREFIXES, RepoSource, is_engine_stream};
 pub use verify::{Problem, RestoreCheck, VerifyOptions, VerifyReport};
 
 use crate::secret::Secret;

@@ -190,10 +190,26 @@ impl Repository {
             repo: self.clone(),
             index,
             manifest: Arc::new(manifest.clone()),
-            specs: manifest.streams.iter().map(|s| s.spec.clone()).collect(),
+            specs: manifest
+                .streams
+                .iter()
+                .filter(|s| is_engine_stream(&s.spec.name))
+                .map(|s| s.spec.clone())
+                .collect(),
             digests: digests.then(|| Arc::new(Mutex::new(BTreeMap::new()))),
         }
     }
+}
+
+/// Streams the repository keeps beside a database's own: file trees (`files/…`) and
+/// server globals (`globals/…`). An engine's restore never sees them in
+/// [`StreamSource::streams`] (they can still be opened by name), so an engine that
+/// predates them restores a backup that holds them unchanged.
+pub const NON_ENGINE_PREFIXES: [&str; 2] = ["files/", "globals/"];
+
+/// True for a stream that belongs to the database engine (see [`NON_ENGINE_PREFIXES`]).
+pub fn is_engine_stream(name: &str) -> bool {
+    !NON_ENGINE_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 #[async_trait]
