@@ -6,6 +6,7 @@ mod credentials;
 mod dump;
 pub mod ephemeral;
 mod errors;
+mod globals;
 pub mod health;
 pub mod maintain;
 mod restore;
@@ -22,8 +23,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ops_core::{
-    DatabaseEngine, DumpOptions, DumpReport, DumpSink, RestoreOptions, RestoreReport, Result,
-    ServerInfo, StreamSource, TableInfo, TableRef,
+    DatabaseEngine, DumpOptions, DumpReport, DumpSink, GlobalsOptions, GlobalsReport,
+    GlobalsRestoreOptions, RestoreOptions, RestoreReport, Result, ServerInfo, StreamSource,
+    TableInfo, TableRef,
 };
 use sqlx::Connection;
 
@@ -204,6 +206,29 @@ impl DatabaseEngine for PostgresEngine {
     async fn drop_database(&self) -> Result<()> {
         self.config.require_database("dropping a database")?;
         restore::drop_database(&self.config).await
+    }
+
+    fn for_database(&self, database: &str) -> Result<Arc<dyn DatabaseEngine>> {
+        if database.is_empty() {
+            return Err(ops_core::Error::invalid("a database name cannot be empty"));
+        }
+        Ok(Arc::new(self.with_database(database)))
+    }
+
+    async fn databases(&self) -> Result<Vec<String>> {
+        globals::databases(&self.config).await
+    }
+
+    async fn dump_globals(&self, options: &GlobalsOptions, sink: Arc<dyn DumpSink>) -> Result<()> {
+        globals::dump_globals(&self.config, options, sink).await
+    }
+
+    async fn restore_globals(
+        &self,
+        source: Arc<dyn StreamSource>,
+        options: &GlobalsRestoreOptions,
+    ) -> Result<GlobalsReport> {
+        globals::restore_globals(&self.config, self.bin_dir.clone(), source, options).await
     }
 }
 

@@ -835,7 +835,7 @@ async fn target_contents(
 }
 
 /// Copies the schema stream into `path`.
-async fn stage(source: &dyn StreamSource, name: &str, path: &Path) -> Result<()> {
+pub(crate) async fn stage(source: &dyn StreamSource, name: &str, path: &Path) -> Result<()> {
     let mut stream = source.open(name).await?;
     let mut file = tokio::fs::File::create(path)
         .await
@@ -875,7 +875,7 @@ async fn list_archive(pg_restore: &Path, archive: &Path, args: &[OsString]) -> R
 /// entries of `list` only, when given): every ownership, grant, default privilege and
 /// policy, without table rows or large object contents. Printed, not run: pg_restore
 /// connects nowhere.
-async fn schema_script(
+pub(crate) async fn schema_script(
     pg_restore: &Path,
     archive: &Path,
     list: Option<String>,

@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::engine::{
-    DatabaseEngine, DumpOptions, DumpSink, StreamSpec, StreamSummary, StreamWriter,
+    DatabaseEngine, DumpOptions, DumpSink, GlobalsOptions, StreamSpec, StreamSummary, StreamWriter,
 };
 use crate::{Error, ErrorKind, Result};
 
@@ -65,6 +65,12 @@ pub struct BackupOptions {
     pub tags: BTreeSet<String>,
     /// Counters to update while running.
     pub progress: Option<Arc<Progress>>,
+    /// File trees taken in the same backup, after the database (one backup id for
+    /// both, as the runbooks' manifest of a dump and its uploads).
+    pub files: Option<super::FileTrees>,
+    /// How the server's globals (roles, users, grants) are taken beside the
+    /// database: every backup holds them where the engine can read them.
+    pub globals: GlobalsOptions,
 }
 
 impl BackupOptions {
@@ -79,6 +85,20 @@ impl BackupOptions {
     #[must_use]
     pub fn with_tags(mut self, tags: impl IntoIterator<Item = String>) -> Self {
         self.tags.extend(tags);
+        self
+    }
+
+    /// Sets how the server's globals are taken (role passwords or not).
+    #[must_use]
+    pub fn with_globals(mut self, globals: GlobalsOptions) -> Self {
+        self.globals = globals;
+        self
+    }
+
+    /// Takes these file trees in the same backup.
+    #[must_use]
+    pub fn with_files(mut self, files: super::FileTrees) -> Self {
+        self.files = Some(files);
         self
     }
 
@@ -495,6 +515,26 @@ fn collect(
     }
 }
 
+/// Takes the server's globals beside a one-database backup. An engine that cannot
+/// read them leaves a warning in the manifest instead: the database is what was asked
+/// for. Role passwords asked for and not readable fail the backup.
+async fn take_globals(
+    engine: &dyn DatabaseEngine,
+    options: &GlobalsOptions,
+    sink: Arc<dyn DumpSink>,
+) -> Result<()> {
+    match engine.dump_globals(options, Arc::clone(&sink)).await {
+        Ok(()) => Ok(()),
+        Err(e) if options.role_passwords => Err(e.during("reading the server's globals")),
+        Err(e) => {
+            sink.warn(format!(
+                "the server's globals (roles, users, grants) are not in this backup: {e}"
+            ));
+            Ok(())
+        }
+    }
+}
+
 impl Repository {
     /// Takes a backup of `engine`'s database and returns its manifest.
     ///
@@ -535,7 +575,14 @@ impl Repository {
             }
         }
         let ingested = self
-            .ingest(progress, lock, |sink| engine.dump(&options.dump, sink))
+            .ingest(progress, lock, |sink| async move {
+                let report = engine.dump(&options.dump, Arc::clone(&sink)).await?;
+                take_globals(engine, &options.globals, Arc::clone(&sink)).await?;
+                if let Some(files) = &options.files {
+                    files.dump(&sink).await?;
+                }
+                Ok(report)
+            })
             .await
             .map_err(|e| e.during(format!("backup of {}", engine.location())))?;
         let report = ingested.report;
@@ -560,6 +607,8 @@ impl Repository {
             warnings: ingested.warnings,
             stats: ingested.stats,
             streams: ingested.streams,
+            databases: Vec::new(),
+            filter: options.dump.filter.clone(),
         };
         self.record_manifest(&manifest, lock)
             .await

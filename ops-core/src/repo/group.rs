@@ -119,12 +119,18 @@ pub struct BackupGroup {
     /// Tags (with `tags`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeSet<String>>,
+    /// Whole-server backups (with `database`): every database of a server is one
+    /// series of its own, apart from the series of its databases backed up alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_databases: bool,
 }
 
 impl fmt::Display for BackupGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
-        if let Some(db) = &self.database {
+        if self.all_databases {
+            parts.push("all databases".to_owned());
+        } else if let Some(db) = &self.database {
             parts.push(format!("database {db}"));
         }
         match (&self.engine, &self.host, &self.server) {
@@ -198,6 +204,7 @@ pub fn groups_of(manifests: &[Manifest], by: &GroupBy) -> Vec<BackupGroup> {
                 host: by.host.then_some(address),
                 database: by.database.then(|| m.database.clone()),
                 tags: by.tags.then(|| m.tags.clone()),
+                all_databases: by.database && m.is_server(),
             }
         })
         .collect()
@@ -430,6 +437,8 @@ mod tests {
             warnings: Vec::new(),
             stats: Default::default(),
             streams: Vec::new(),
+            databases: Vec::new(),
+            filter: Default::default(),
         }
     }
 

@@ -84,6 +84,48 @@ pub struct Manifest {
     pub stats: BackupStats,
     /// The streams, schema first, in the order the engine created them.
     pub streams: Vec<StreamRecord>,
+    /// A whole-server backup's databases (then [`Manifest::database`] is empty), each
+    /// with its own snapshot and the prefix of its streams; empty for a backup of one
+    /// database. Absent in manifests written before whole-server backups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<ServerDatabase>,
+    /// The table filter the backup was taken with; absent (empty) when it took every
+    /// table with its rows. Verification compares only what it says was taken.
+    #[serde(default, skip_serializing_if = "crate::TableFilter::is_empty")]
+    pub filter: crate::TableFilter,
+}
+
+/// One database of a whole-server backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ServerDatabase {
+    /// Its name on the source server.
+    pub name: String,
+    /// The start of its streams' names: `db/<name>/` with `%` and `/` percent-encoded.
+    pub prefix: String,
+    /// How its own consistency was obtained: each database is its own snapshot, and
+    /// there is none across databases.
+    pub snapshot: BTreeMap<String, String>,
+}
+
+impl ServerDatabase {
+    /// The entry of database `name` (its prefix derived from the name).
+    pub fn new(name: impl Into<String>, snapshot: BTreeMap<String, String>) -> Self {
+        let name = name.into();
+        Self {
+            prefix: database_prefix(&name),
+            name,
+            snapshot,
+        }
+    }
+}
+
+/// Where the globals streams of a backup start (roles, users, grants, tablespaces).
+pub const GLOBALS_PREFIX: &str = "globals/";
+
+/// `db/<name>/`, with `%` and `/` percent-encoded so that no prefix starts another.
+pub fn database_prefix(name: &str) -> String {
+    format!("db/{}/", name.replace('%', "%25").replace('/', "%2F"))
 }
 
 impl Manifest {
@@ -99,6 +141,96 @@ impl Manifest {
             )));
         }
         Ok(())
+    }
+
+    /// True for a whole-server backup (see [`Manifest::databases`]).
+    pub fn is_server(&self) -> bool {
+        !self.databases.is_empty()
+    }
+
+    /// The names of the databases this backup holds: a whole-server backup's, or the
+    /// one database.
+    pub fn database_names(&self) -> Vec<String> {
+        if self.is_server() {
+            self.databases.iter().map(|d| d.name.clone()).collect()
+        } else {
+            vec![self.database.clone()]
+        }
+    }
+
+    /// True when the backup holds globals streams (roles, users, grants).
+    pub fn has_globals(&self) -> bool {
+        self.streams
+            .iter()
+            .any(|s| s.spec.name.starts_with(GLOBALS_PREFIX))
+    }
+
+    /// The backup of one database as an engine restores it: for a whole-server
+    /// backup, that database's streams with their prefix taken off and its snapshot;
+    /// for a one-database backup, itself. Either way without the globals streams, so
+    /// that an engine's restore sees what a one-database dump wrote. `None` when the
+    /// backup does not hold `name`.
+    pub fn database_view(&self, name: &str) -> Option<Manifest> {
+        if !self.is_server() {
+            return (self.database == name).then(|| self.without_globals());
+        }
+        let entry = self.databases.iter().find(|d| d.name == name)?;
+        let streams: Vec<StreamRecord> = self
+            .streams
+            .iter()
+            .filter_map(|s| {
+                let rest = s.spec.name.strip_prefix(&entry.prefix)?;
+                let mut s = s.clone();
+                s.spec.name = rest.to_owned();
+                Some(s)
+            })
+            .collect();
+        Some(Manifest {
+            database: entry.name.clone(),
+            snapshot: entry.snapshot.clone(),
+            databases: Vec::new(),
+            streams,
+            ..self.clone()
+        })
+    }
+
+    /// This backup without its globals streams.
+    pub fn without_globals(&self) -> Manifest {
+        Manifest {
+            streams: self
+                .streams
+                .iter()
+                .filter(|s| !s.spec.name.starts_with(GLOBALS_PREFIX))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    /// What a globals restore reads: the globals streams, and the streams of
+    /// `databases` (all when empty) under their stored names, from which an engine
+    /// can tell which roles those databases need.
+    pub fn globals_view(&self, databases: &[String]) -> Manifest {
+        let wanted = |name: &str| -> bool {
+            if name.starts_with(GLOBALS_PREFIX) {
+                return true;
+            }
+            if !self.is_server() {
+                return databases.is_empty() || databases.contains(&self.database);
+            }
+            self.databases.iter().any(|d| {
+                name.starts_with(&d.prefix) && (databases.is_empty() || databases.contains(&d.name))
+            })
+        };
+        Manifest {
+            streams: self
+                .streams
+                .iter()
+                .filter(|s| wanted(&s.spec.name))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
     }
 
     /// The tables with data in this backup, with their row counts (summed over ranges).

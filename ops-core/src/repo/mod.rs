@@ -8,6 +8,7 @@
 mod backup;
 mod chunker;
 mod crypto;
+mod files;
 mod format;
 mod group;
 mod health;
@@ -19,6 +20,7 @@ mod maintain;
 mod manifest;
 mod pack;
 mod progress;
+mod server;
 mod source;
 mod verify;
 
@@ -30,6 +32,10 @@ use futures::{StreamExt as _, TryStreamExt};
 
 pub use backup::BackupOptions;
 pub use crypto::KdfParams;
+pub use files::{
+    EntryKind, FILES_ENGINE, FILES_PREFIX, FileEntry, FileRestoreOptions, FileRestoreReport, FileTree,
+    FileTrees, trees_of,
+};
 pub use format::{
     ChunkId, ChunkerParams, CompressionAlgorithm, CompressionParams, EncryptionScheme,
     FORMAT_VERSION, RepoConfig,
@@ -46,7 +52,9 @@ pub use lock::{
     LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision, process_alive, process_start,
 };
 pub use maintain::{ForgetOptions, ForgetReport, PruneOptions, PruneReport};
-pub use manifest::{BackupStats, Manifest, StreamRecord};
+pub use manifest::{
+    BackupStats, GLOBALS_PREFIX, Manifest, ServerDatabase, StreamRecord, database_prefix,
+};
 // Pack and index-file layouts are the format's business, not an embedder's: a program
 // reads and writes backups through the Repository only (docs/FORMAT.md describes them).
 // The testkit's synthetic history writes index files.

@@ -67,6 +67,9 @@ pub struct Problem {
     pub pack: Option<String>,
     /// What is wrong.
     pub message: String,
+    /// The backed-up files whose content the damage touches (file trees).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 impl Problem {
@@ -78,6 +81,7 @@ impl Problem {
             chunk: e.context_value("chunk").map(str::to_owned),
             pack: e.context_value("pack").map(str::to_owned),
             message: e.to_string(),
+            files: Vec::new(),
         }
     }
 }
@@ -170,6 +174,7 @@ impl Repository {
                     chunk: Some(chunk.hex()),
                     pack,
                     message,
+                    files: Vec::new(),
                 };
                 for list in &s.lists {
                     let outcome = match list_outcome.get(list) {
@@ -281,7 +286,19 @@ impl Repository {
                             stream_outcome.insert(k, None);
                         }
                         Err(e) => {
-                            let p = Problem::from_error(&m.id, &name, table, &e);
+                            let mut p = Problem::from_error(&m.id, &name, table, &e);
+                            if let Some(chunk) = e.context_value("chunk") {
+                                // Best effort: the listing may be what is damaged.
+                                if let Ok(files) = self.files_in_chunk(&source, &name, chunk).await
+                                {
+                                    p.files =
+                                        files.iter().map(|f| f.display().to_string()).collect();
+                                    if !p.files.is_empty() {
+                                        p.message =
+                                            format!("{} (in {})", p.message, p.files.join(", "));
+                                    }
+                                }
+                            }
                             report.problems.push(p.clone());
                             stream_outcome.insert(k, Some(p));
                         }
@@ -302,7 +319,8 @@ impl Repository {
         scratch: &dyn DatabaseEngine,
         options: &RestoreOptions,
     ) -> Result<RestoreCheck> {
-        let source = Arc::new(self.source(manifest, true).await?);
+        refuse_server(manifest)?;
+        let source = Arc::new(self.source(&manifest.without_globals(), true).await?);
         self.expect_restore(manifest);
         let restore = scratch
             .restore(Arc::clone(&source) as Arc<dyn StreamSource>, options)
@@ -329,7 +347,24 @@ impl Repository {
             .await
             .map_err(|e| e.during("re-reading the restored database"))?;
         let mut actual = sink.digests();
-        if scratch.schema_is_database() && scratch.database() != manifest.database {
+        let renamed = scratch.schema_is_database() && scratch.database() != manifest.database;
+        if !manifest.filter.is_empty() {
+            // A table whose rows the filter left out is restored empty: it is no
+            // mismatch. (Tables left out altogether are not restored at all.)
+            let refs = sink.table_refs();
+            actual.retain(|key, _| {
+                let Some(table) = refs.get(key) else {
+                    return true;
+                };
+                let table = if renamed {
+                    crate::TableRef::new(&manifest.database, &table.name)
+                } else {
+                    table.clone()
+                };
+                expected.contains_key(&table.to_string()) || manifest.filter.keeps_data(&table)
+            });
+        }
+        if renamed {
             // Restored under another database name: compare under the source's name.
             actual = crate::digest::rename_schema(actual, &scratch.database(), &manifest.database);
         }
@@ -354,8 +389,9 @@ impl Repository {
         engine: &dyn DatabaseEngine,
         options: &RestoreOptions,
     ) -> Result<RestoreReport> {
+        refuse_server(manifest)?;
         self.status(format!("loading the index for backup {}", manifest.id));
-        let source = Arc::new(self.source(manifest, false).await?);
+        let source = Arc::new(self.source(&manifest.without_globals(), false).await?);
         self.expect_restore(manifest);
         let report = engine
             .restore(source as Arc<dyn StreamSource>, options)
@@ -378,6 +414,20 @@ impl Repository {
             ));
         }
     }
+}
+
+/// A whole-server backup is restored database by database: one engine bound to one
+/// database cannot take it whole.
+fn refuse_server(manifest: &Manifest) -> Result<()> {
+    if manifest.is_server() {
+        return Err(Error::invalid(format!(
+            "backup {} is a whole-server backup (databases {}): restore it onto a server \
+             (Repository::restore_server), or one of its databases (Manifest::database_view)",
+            manifest.id,
+            manifest.database_names().join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that a chunk is indexed and lies inside an existing pack of the indexed size.
