@@ -163,6 +163,7 @@ pub fn rename_schema(
 #[derive(Debug, Default)]
 pub struct TableDigestSink {
     tables: Arc<Mutex<BTreeMap<String, TableDigest>>>,
+    refs: Mutex<BTreeMap<String, crate::TableRef>>,
     warnings: Mutex<Vec<String>>,
 }
 
@@ -175,6 +176,12 @@ impl TableDigestSink {
     /// The digests gathered so far, by `schema.table`.
     pub fn digests(&self) -> BTreeMap<String, TableDigest> {
         lock(&self.tables).clone()
+    }
+
+    /// The table behind each key of [`TableDigestSink::digests`] (a key alone cannot
+    /// tell `a.b`.`c` from `a`.`b.c`).
+    pub fn table_refs(&self) -> BTreeMap<String, crate::TableRef> {
+        lock(&self.refs).clone()
     }
 
     /// Warnings the engine recorded.
@@ -199,7 +206,10 @@ struct DigestWriter {
 impl DumpSink for TableDigestSink {
     async fn open_stream(&self, spec: StreamSpec) -> Result<Box<dyn StreamWriter>> {
         let table = match (spec.role, &spec.table) {
-            (StreamRole::TableData, Some(t)) => Some(t.to_string()),
+            (StreamRole::TableData, Some(t)) => {
+                lock(&self.refs).insert(t.to_string(), t.clone());
+                Some(t.to_string())
+            }
             _ => None,
         };
         Ok(Box::new(DigestWriter {

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::Result;
 use crate::target::ByteStream;
 
+mod filter;
+pub use filter::{NamePattern, TableFilter};
+
 /// A schema-qualified table name (`schema` is the database on MariaDB).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TableRef {
@@ -256,6 +259,12 @@ pub struct DumpOptions {
     pub data_only: bool,
     /// A table larger than this many bytes is split into several streams.
     pub split_bytes: u64,
+    /// Which tables to take, and which without rows (pg_dump's `-t`, `-T`, `-n`, `-N`,
+    /// `--exclude-table-data`); empty takes everything. Applies to schema and data
+    /// streams alike; with [`DumpOptions::tables`] set, only those tables' data is
+    /// dumped and the filter further narrows it.
+    #[serde(default, skip_serializing_if = "TableFilter::is_empty")]
+    pub filter: TableFilter,
 }
 
 impl Default for DumpOptions {
@@ -265,6 +274,7 @@ impl Default for DumpOptions {
             tables: Vec::new(),
             data_only: false,
             split_bytes: 256 * 1024 * 1024,
+            filter: TableFilter::default(),
         }
     }
 }
@@ -295,6 +305,13 @@ impl DumpOptions {
     #[must_use]
     pub fn with_split_bytes(mut self, split_bytes: u64) -> Self {
         self.split_bytes = split_bytes.max(1);
+        self
+    }
+
+    /// Takes only the tables `filter` chooses (see [`TableFilter`]).
+    #[must_use]
+    pub fn with_filter(mut self, filter: TableFilter) -> Self {
+        self.filter = filter;
         self
     }
 }

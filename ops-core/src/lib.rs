@@ -18,7 +18,7 @@ pub mod testkit;
 pub use engine::{
     DatabaseEngine, DumpOptions, DumpReport, DumpSink, GlobalsOptions, GlobalsPhase, GlobalsReport,
     GlobalsRestoreOptions, RestoreOptions, RestoreReport, ServerInfo, StreamRole, StreamSource,
-    StreamSpec, StreamSummary, StreamWriter, TableInfo, TableRef,
+    StreamSpec, StreamSummary, StreamWriter, TableFilter, TableInfo, TableRef,
 };
 pub use ephemeral::EphemeralServer;
 pub use error::{Error, ErrorKind, ErrorStatus, Result};
