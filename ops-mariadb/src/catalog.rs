@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::conn::{number, opt_text, query_rows, query_string, text};
 use crate::format::{Encoding, StreamColumn, quote_ident, quote_str};
 use crate::keys::{self, DeferredKeys, StatRow, TableFacts};
-use ops_core::{Error, ErrorKind, Result};
+use ops_core::{Error, ErrorKind, Result, TableFilter, TableRef};
 
 /// The `format` value in every schema stream header.
 pub(crate) const SCHEMA_FORMAT: &str = "dbops-mariadb-schema";
@@ -124,12 +124,20 @@ const TRANSACTIONAL_ENGINES: &[&str] = &["innodb", "xtradb", "rocksdb", "tokudb"
 const INT_TYPES: &[&str] = &["tinyint", "smallint", "mediumint", "int", "bigint"];
 
 /// Reads the catalog of `db` over `conn` (inside the snapshot transaction).
-/// `with_schema` false reads only what data streams need.
+/// `with_schema` false reads only what data streams need. Tables, views and sequences
+/// that `filter` leaves out are skipped with their triggers; with table patterns,
+/// routines and events are left out too (pg_dump's `-t` takes no functions). Tables
+/// whose rows the filter leaves out are still listed: the caller drops their data.
+///
+/// # Errors
+/// Database errors; [`ErrorKind::NotFound`] when a pattern of `filter` matches no table
+/// or it leaves none.
 pub(crate) async fn read(
     conn: &mut Conn,
     db: &str,
     server_version: &str,
     with_schema: bool,
+    filter: &TableFilter,
 ) -> Result<Catalog> {
     let qdb = quote_str(db);
     let row = query_rows(
@@ -233,18 +241,29 @@ pub(crate) async fn read(
     let mut warnings = Vec::new();
     let mut views = Vec::new();
     let mut sequences = Vec::new();
-    for r in query_rows(
+    let relations = query_rows(
         conn,
         &format!(
             "SELECT TABLE_NAME, TABLE_TYPE, COALESCE(ENGINE, ''), COALESCE(DATA_LENGTH, 0) \
              FROM information_schema.TABLES WHERE TABLE_SCHEMA = {qdb} ORDER BY TABLE_NAME"
         ),
     )
-    .await?
-    {
+    .await?;
+    let mut base_tables = Vec::new();
+    for r in &relations {
+        if matches!(text(r, 1)?.as_str(), "BASE TABLE" | "SYSTEM VERSIONED") {
+            base_tables.push(TableRef::new(db, text(r, 0)?));
+        }
+    }
+    filter.check_selection(&base_tables)?;
+    for r in relations {
         let name = text(&r, 0)?;
         let kind = text(&r, 1)?;
         let engine = text(&r, 2)?;
+        let table = TableRef::new(db, &name);
+        if !filter.matches_table(&table) {
+            continue;
+        }
         match kind.as_str() {
             "VIEW" => views.push(name),
             "SEQUENCE" => sequences.push(name),
@@ -290,7 +309,9 @@ pub(crate) async fn read(
                             })
                             .map(|_| c.clone())
                     });
-                if !TRANSACTIONAL_ENGINES.contains(&engine.to_ascii_lowercase().as_str()) {
+                if filter.keeps_data(&table)
+                    && !TRANSACTIONAL_ENGINES.contains(&engine.to_ascii_lowercase().as_str())
+                {
                     warnings.push(format!(
                         "table {db}.{name} uses the {engine} engine, which is not transactional: \
                          its data is not snapshot-consistent with the rest of the dump"
@@ -361,15 +382,21 @@ pub(crate) async fn read(
         ));
     }
 
-    for r in query_rows(
-        conn,
-        &format!(
-            "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES \
-             WHERE ROUTINE_SCHEMA = {qdb} ORDER BY ROUTINE_TYPE, ROUTINE_NAME"
-        ),
-    )
-    .await?
-    {
+    // With table patterns only the matching relations are taken (pg_dump's `-t`).
+    let whole = filter.tables.is_empty();
+    let routines = if whole {
+        query_rows(
+            conn,
+            &format!(
+                "SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES \
+                 WHERE ROUTINE_SCHEMA = {qdb} ORDER BY ROUTINE_TYPE, ROUTINE_NAME"
+            ),
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    for r in routines {
         let name = text(&r, 0)?;
         let (kind, what) = match text(&r, 1)?.as_str() {
             "FUNCTION" => (ObjectKind::Function, "FUNCTION"),
@@ -419,6 +446,9 @@ pub(crate) async fn read(
     .await?
     {
         let name = text(&r, 0)?;
+        if !filter.matches_table(&TableRef::new(db, text(&r, 1)?)) {
+            continue;
+        }
         let rows = show(conn, "TRIGGER", &name).await?;
         let row = first(&rows, "TRIGGER", &name)?;
         let mut o = SchemaObject::new(ObjectKind::Trigger, &name, text(row, 2)?);
@@ -429,15 +459,19 @@ pub(crate) async fn read(
         post.push(o);
     }
 
-    for r in query_rows(
-        conn,
-        &format!(
-            "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {qdb} \
-             ORDER BY EVENT_NAME"
-        ),
-    )
-    .await?
-    {
+    let events = if whole {
+        query_rows(
+            conn,
+            &format!(
+                "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {qdb} \
+                 ORDER BY EVENT_NAME"
+            ),
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    for r in events {
         let name = text(&r, 0)?;
         let rows = show(conn, "EVENT", &name).await?;
         let row = first(&rows, "EVENT", &name)?;

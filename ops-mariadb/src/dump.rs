@@ -123,7 +123,14 @@ pub(crate) async fn dump(
         post,
         tables,
         warnings,
-    } = catalog::read(&mut leader, &db, &server_version, with_schema).await?;
+    } = catalog::read(
+        &mut leader,
+        &db,
+        &server_version,
+        with_schema,
+        &options.filter,
+    )
+    .await?;
     report
         .snapshot
         .insert("database_charset".into(), header.charset.clone());
@@ -143,6 +150,7 @@ pub(crate) async fn dump(
         }
         tables.retain(|p| options.tables.iter().any(|t| t.name == p.name));
     }
+    tables.retain(|p| options.filter.keeps_data(&TableRef::new(&db, &p.name)));
     for w in warnings {
         let relevant = options.tables.is_empty() || tables.iter().any(|t| w.contains(&t.name));
         if relevant {

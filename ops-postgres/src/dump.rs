@@ -18,7 +18,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use ops_core::{
-    DumpOptions, DumpReport, DumpSink, Error, ErrorKind, Result, StreamRole, StreamSpec, TableRef,
+    DumpOptions, DumpReport, DumpSink, Error, ErrorKind, Result, StreamRole, StreamSpec,
+    TableFilter, TableRef,
 };
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
@@ -203,11 +204,20 @@ pub(crate) async fn dump(
         .iter()
         .filter(|t| !t.partitioned && !t.extension_member)
         .collect();
+    let filter = &options.filter;
+    if let Err(e) = filter.check_selection(all.iter().map(|t| &t.table)) {
+        let _ = leader.batch_execute("ROLLBACK").await;
+        return Err(e);
+    }
     let selected: Vec<&CatalogTable> = if options.tables.is_empty() {
         data_tables.clone()
     } else {
         select_tables(&leader, &all, &options.tables).await?
     };
+    let selected: Vec<&CatalogTable> = selected
+        .into_iter()
+        .filter(|t| filter.keeps_data(&t.table))
+        .collect();
     let (selected, skipped) = without_unlogged_on_standby(selected, standby);
     lock_tables(&leader, &selected, lock_wait).await?;
     leader
@@ -286,15 +296,35 @@ pub(crate) async fn dump(
 
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     if let Some((path, major)) = pg_dump {
+        let mut pg_dump_args = if filter.selects_tables() {
+            filter_args(&leader, &all, filter).await?
+        } else {
+            Vec::new()
+        };
         let map = catalog::object_map(&leader, &all).await?;
         let map_json = serde_json::to_string(&map)
             .map_err(|e| Error::internal(format!("object map not serializable: {e}")))?;
-        let excluded: Vec<TableRef> = data_tables.iter().map(|t| t.table.clone()).collect();
+        // Rows move by COPY: pg_dump takes none (quoted patterns match literally: no
+        // wildcard or dot inside is special).
+        pg_dump_args.extend(data_tables.iter().map(|t| {
+            format!(
+                "--exclude-table-data={}.{}",
+                quote_ident(&t.table.schema),
+                quote_ident(&t.table.name)
+            )
+        }));
         let spec = StreamSpec::new(SCHEMA_STREAM, StreamRole::Schema)
             .with_meta(META_FORMAT, "pg_dump-custom")
             .with_meta("pg_dump_major", major.to_string())
             .with_meta("server_version_num", version_num.to_string())
-            .with_meta(OBJECT_MAP_META, map_json);
+            .with_meta(OBJECT_MAP_META, map_json)
+            .with_meta(
+                crate::globals::DATABASE_PROPERTIES_META,
+                serde_json::to_string(
+                    &crate::globals::database_properties(&leader, version_num).await?,
+                )
+                .map_err(|e| Error::internal(format!("properties not serializable: {e}")))?,
+            );
         let config = config.clone();
         let sink = Arc::clone(&sink);
         let snapshot = snapshot.clone();
@@ -304,7 +334,7 @@ pub(crate) async fn dump(
                 &config,
                 &snapshot,
                 lock_wait,
-                &excluded,
+                &pg_dump_args,
                 spec,
                 sink.as_ref(),
             )
@@ -410,6 +440,74 @@ async fn select_tables<'a>(
         }
     }
     Ok(out)
+}
+
+/// pg_dump's `-t`, `-n`, `-N` and `-T` for a table filter, resolved here to exact
+/// (quoted) names so that pg_dump takes the definitions of exactly the tables whose
+/// rows the COPY workers take: with table patterns, `-t` for each chosen table (and
+/// nothing else, as pg_dump's `-t`); otherwise `-n`/`-N` for the chosen or refused
+/// schemas and `-T` for each excluded table in a schema that is taken.
+async fn filter_args(
+    client: &Client,
+    all: &[CatalogTable],
+    filter: &TableFilter,
+) -> Result<Vec<String>> {
+    // Views, materialized views, sequences and foreign tables match table patterns too,
+    // as in pg_dump.
+    const DOING: &str = "listing views and sequences";
+    let mut relations: Vec<TableRef> = all.iter().map(|t| t.table.clone()).collect();
+    for row in client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('v', 'm', 'S', 'f')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(e, DOING))?
+    {
+        relations.push(TableRef::new(
+            column::<String>(&row, 0, DOING)?,
+            column::<String>(&row, 1, DOING)?,
+        ));
+    }
+    let name = |t: &TableRef| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+    let mut args = Vec::new();
+    if !filter.tables.is_empty() {
+        for t in relations.iter().filter(|t| filter.matches_table(t)) {
+            args.push(format!("--table={}", name(t)));
+        }
+        return Ok(args);
+    }
+    if !filter.schemas.is_empty() || !filter.exclude_schemas.is_empty() {
+        let rows = client
+            .query(
+                "SELECT nspname::text FROM pg_namespace
+                 WHERE nspname NOT IN ('pg_catalog', 'information_schema')
+                   AND nspname !~ '^pg_(toast|temp_|toast_temp_)' ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(|e| query_error(e, "listing schemas"))?;
+        for row in rows {
+            let schema: String = column(&row, 0, "listing schemas")?;
+            if filter.keeps_schema(&schema) {
+                if !filter.schemas.is_empty() {
+                    args.push(format!("--schema={}", quote_ident(&schema)));
+                }
+            } else if filter.schemas.is_empty() {
+                args.push(format!("--exclude-schema={}", quote_ident(&schema)));
+            }
+        }
+    }
+    for t in &relations {
+        if filter.keeps_schema(&t.schema) && !filter.matches_table(t) {
+            args.push(format!("--exclude-table={}", name(t)));
+        }
+    }
+    Ok(args)
 }
 
 /// Takes ACCESS SHARE locks on the tables to dump, in the snapshot transaction (whose
@@ -541,7 +639,7 @@ async fn dump_schema(
     config: &ConnConfig,
     snapshot: &str,
     lock_wait: Duration,
-    excluded: &[TableRef],
+    filter_args: &[String],
     spec: StreamSpec,
     sink: &dyn DumpSink,
 ) -> Result<()> {
@@ -551,15 +649,8 @@ async fn dump_schema(
             "--lock-wait-timeout={}",
             lock_wait.as_millis().max(1)
         ))
-        .args(["--format=custom", "--compress=0", "--no-password"]);
-    for t in excluded {
-        // Quoted patterns match literally: no wildcard or dot inside is special.
-        cmd.arg(format!(
-            "--exclude-table-data={}.{}",
-            quote_ident(&t.schema),
-            quote_ident(&t.name)
-        ));
-    }
+        .args(["--format=custom", "--compress=0", "--no-password"])
+        .args(filter_args);
     let env = config.tool_env()?;
     env.apply(&mut cmd);
     cmd.stdin(Stdio::null())
