@@ -537,10 +537,12 @@ async fn read_lines<T: for<'de> Deserialize<'de>>(
     source: &dyn StreamSource,
     name: &str,
 ) -> Result<Vec<T>> {
-    if !source.streams().iter().any(|s| s.name == name) {
-        return Ok(Vec::new());
-    }
-    let mut stream = source.open(name).await?;
+    // Opened by name: the repository lists only the database's own streams.
+    let mut stream = match source.open(name).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     let mut body = Vec::new();
     while let Some(piece) = stream.next().await {
         body.extend_from_slice(&piece?);

@@ -29,6 +29,7 @@ use crate::catalog::{OBJECT_MAP_META, ObjectMap};
 use crate::config::{ConnConfig, ToolEnv};
 use crate::dump::{META_BYTES, META_COLUMNS, tool_failure};
 use crate::errors::{column, query_error, sqlx_error};
+use crate::globals::{DATABASE_PROPERTIES_META, DatabaseProperties};
 use crate::session::{connect_pinned, qualified, quote_ident, quote_literal};
 use crate::{roles, toc, tools};
 
@@ -44,10 +45,28 @@ pub(crate) async fn restore(
             "give either tables or schemas to restore, not both",
         ));
     }
+    // The database's own properties, which pg_dump leaves out without --create.
+    let properties: Option<DatabaseProperties> = source
+        .streams()
+        .iter()
+        .find(|s| s.role == StreamRole::Schema)
+        .and_then(|s| s.meta.get(DATABASE_PROPERTIES_META))
+        .and_then(|json| serde_json::from_str(json).ok());
+    let mut created_warnings = Vec::new();
     if options.create {
-        create_database(config).await?;
+        create_database_like(config, properties.as_ref(), &mut created_warnings).await?;
     }
-    let outcome = restore_into(config, bin_dir, source, options).await;
+    let outcome = match restore_into(config, bin_dir, source, options).await {
+        Ok(mut report) if options.create => {
+            if let Some(p) = &properties {
+                apply_properties(config, p, &mut created_warnings).await;
+            }
+            created_warnings.append(&mut report.warnings);
+            report.warnings = created_warnings;
+            Ok(report)
+        }
+        other => other,
+    };
     match outcome {
         Err(err) if options.create && !options.keep_failed => match drop_database(config).await {
             Ok(()) => Err(err.with_context(
@@ -1186,6 +1205,131 @@ pub(crate) async fn create_database(config: &ConnConfig) -> Result<()> {
     .map_err(|e| sqlx_error(e, format!("creating database {}", config.dbname)))?;
     let _ = conn.close().await;
     Ok(())
+}
+
+/// `CREATE DATABASE` with the source database's encoding, collation, ctype, locale
+/// provider and connection limit; when the target cannot (a locale it lacks, an older
+/// server), as [`create_database`] does, with a warning that says what differs.
+async fn create_database_like(
+    config: &ConnConfig,
+    properties: Option<&DatabaseProperties>,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let Some(p) = properties else {
+        return create_database(config).await;
+    };
+    let mut sql = format!(
+        "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+        quote_ident(&config.dbname),
+        quote_literal(&p.encoding),
+        quote_literal(&p.collate),
+        quote_literal(&p.ctype)
+    );
+    match (p.locale_provider.as_deref(), p.locale.as_deref()) {
+        (Some("i"), Some(l)) => sql.push_str(&format!(
+            " LOCALE_PROVIDER icu ICU_LOCALE {}",
+            quote_literal(l)
+        )),
+        (Some("b"), Some(l)) => sql.push_str(&format!(
+            " LOCALE_PROVIDER builtin BUILTIN_LOCALE {}",
+            quote_literal(l)
+        )),
+        _ => {}
+    }
+    if p.connection_limit != -1 {
+        sql.push_str(&format!(" CONNECTION LIMIT {}", p.connection_limit));
+    }
+    let mut conn = maintenance_connection(config).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&config.dbname)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| sqlx_error(e, "looking up the target database"))?;
+    let created = if exists {
+        // create_database says so in its words.
+        Err(None)
+    } else {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| Some(sqlx_error(e, "creating it as the source was")))
+    };
+    let _ = conn.close().await;
+    match created {
+        Ok(()) => Ok(()),
+        Err(None) => create_database(config).await,
+        Err(Some(e)) => {
+            create_database(config).await?;
+            warnings.push(format!(
+                "database {} was created in UTF8 with the server's default locale, not with the                  source's encoding {}, collation {} and ctype {}: {e}",
+                config.dbname, p.encoding, p.collate, p.ctype
+            ));
+            Ok(())
+        }
+    }
+}
+
+/// What `CREATE DATABASE` does not set: owner (where the role exists), comment and
+/// `ALTER DATABASE … SET` settings. A step that fails is a warning: the data is in.
+async fn apply_properties(config: &ConnConfig, p: &DatabaseProperties, warnings: &mut Vec<String>) {
+    let db = quote_ident(&config.dbname);
+    let mut steps: Vec<(String, String)> = Vec::new();
+    if let Some(c) = &p.comment {
+        steps.push((
+            format!("COMMENT ON DATABASE {db} IS {}", quote_literal(c)),
+            "its comment".to_owned(),
+        ));
+    }
+    for s in &p.settings {
+        if let Some(clause) = crate::globals::set_clause(s) {
+            steps.push((
+                format!("ALTER DATABASE {db} SET {clause}"),
+                format!("its setting {}", s.split('=').next().unwrap_or_default()),
+            ));
+        }
+    }
+    let mut conn = match maintenance_connection(config).await {
+        Ok(c) => c,
+        Err(e) => {
+            warnings.push(format!(
+                "the properties of database {} (owner, comment, settings) are not restored: {e}",
+                config.dbname
+            ));
+            return;
+        }
+    };
+    let owner_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(&p.owner)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(false);
+    if owner_exists {
+        steps.push((
+            format!("ALTER DATABASE {db} OWNER TO {}", quote_ident(&p.owner)),
+            format!("its owner {}", p.owner),
+        ));
+    } else {
+        warnings.push(format!(
+            "database {} keeps the restoring user as its owner: the source's owner, role {},              does not exist on the target (restore the backup's globals first to create it)",
+            config.dbname, p.owner
+        ));
+    }
+    for (sql, what) in steps {
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
+            warnings.push(format!(
+                "database {}: {what} is not restored: {}",
+                config.dbname,
+                sqlx_error(e, "setting it")
+            ));
+        }
+    }
+    let _ = conn.close().await;
 }
 
 /// Drops the database of `config`, terminating its connections.
