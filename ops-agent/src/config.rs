@@ -209,6 +209,15 @@ struct RawJob {
     concurrently: Option<bool>,
     #[serde(default)]
     tables: Vec<String>,
+    // Backup table filters (`tables` above serves backups too).
+    #[serde(default)]
+    exclude_tables: Vec<String>,
+    #[serde(default)]
+    exclude_table_data: Vec<String>,
+    #[serde(default)]
+    schemas: Vec<String>,
+    #[serde(default)]
+    exclude_schemas: Vec<String>,
     lock_wait: Option<Spanned<String>>,
     // Archive.
     table: Option<Spanned<String>>,
@@ -486,6 +495,9 @@ pub enum Work {
         tags: Vec<String>,
         /// Parallel streams.
         parallel: usize,
+        /// Which tables to take (keys `tables`, `exclude_tables`, `exclude_table_data`,
+        /// `schemas`, `exclude_schemas`); empty takes all.
+        filter: ops_core::TableFilter,
     },
     /// Verify backups.
     Verify {
@@ -893,11 +905,15 @@ impl Config {
                 repository,
                 tags,
                 parallel,
+                filter,
             } => {
                 v["database"] = json!(database);
                 v["repository"] = json!(repository);
                 v["tags"] = json!(tags);
                 v["parallel"] = json!(parallel);
+                if !filter.is_empty() {
+                    v["filter"] = json!(filter);
+                }
             }
             Work::Verify {
                 repository,
@@ -1124,6 +1140,24 @@ impl Resolver<'_> {
 
     fn err<T>(&self, s: &Spanned<T>, what: &str, why: impl std::fmt::Display) -> Error {
         Error::invalid(format!("{}: {what}: {why}", self.at(s))).with_context("file", self.origin)
+    }
+
+    /// A backup job's table filter; a bad pattern is reported with its key.
+    fn table_filter(&self, r: &RawJob, what: &str) -> Result<ops_core::TableFilter> {
+        let key = |k: &'static str| {
+            move |e: Error| self.err(&r.kind, &format!("{what} {k}"), e.message())
+        };
+        ops_core::TableFilter::default()
+            .with_tables(&r.tables)
+            .map_err(key("tables"))?
+            .with_exclude_tables(&r.exclude_tables)
+            .map_err(key("exclude_tables"))?
+            .with_exclude_table_data(&r.exclude_table_data)
+            .map_err(key("exclude_table_data"))?
+            .with_schemas(&r.schemas)
+            .map_err(key("schemas"))?
+            .with_exclude_schemas(&r.exclude_schemas)
+            .map_err(key("exclude_schemas"))
     }
 
     /// `${VAR}` replaced from the environment (`$${` writes a literal `${`). Values of
@@ -2030,7 +2064,15 @@ impl Resolver<'_> {
         not_for(r.full.is_some(), "full", &[K::Maintenance]);
         not_for(r.analyze.is_some(), "analyze", &[K::Maintenance]);
         not_for(r.concurrently.is_some(), "concurrently", &[K::Maintenance]);
-        not_for(!r.tables.is_empty(), "tables", &[K::Maintenance]);
+        not_for(!r.tables.is_empty(), "tables", &[K::Maintenance, K::Backup]);
+        for (present, key) in [
+            (!r.exclude_tables.is_empty(), "exclude_tables"),
+            (!r.exclude_table_data.is_empty(), "exclude_table_data"),
+            (!r.schemas.is_empty(), "schemas"),
+            (!r.exclude_schemas.is_empty(), "exclude_schemas"),
+        ] {
+            not_for(present, key, &[K::Backup]);
+        }
         not_for(r.lock_wait.is_some(), "lock_wait", &[K::Maintenance]);
         for (present, key) in [
             (r.table.is_some(), "table"),
@@ -2096,6 +2138,7 @@ impl Resolver<'_> {
                 repository: repository(self, &r.repository, "repository")?,
                 tags: r.tags.clone(),
                 parallel: r.parallel.unwrap_or(2).max(1),
+                filter: self.table_filter(r, &what)?,
             },
             K::Verify => {
                 let restore_into = match &r.restore_into {
@@ -2539,6 +2582,60 @@ mod tests {
             .to_string();
         assert!(
             e.contains("t.toml:4") && e.contains("unknown job kind"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn backup_jobs_take_table_filters_and_report_bad_ones_by_key() {
+        let db = "[databases.erp]\nurl = \"postgres://h/erp\"\n";
+        let c = parse(
+            &format!(
+                "{BASE}{db}[jobs.b]\nkind = \"backup\"\ndatabase = \"erp\"\ntables = [\"app.*\"]\n\
+                 exclude_tables = [\"app.tmp_*\"]\nexclude_table_data = [\"sessions\"]\n"
+            ),
+            &[],
+        )
+        .expect("valid");
+        let Work::Backup { filter, .. } = &c.job("b").expect("job b").work else {
+            panic!("a backup job");
+        };
+        assert!(filter.matches_table(&ops_core::TableRef::new("app", "users")));
+        assert!(!filter.matches_table(&ops_core::TableRef::new("app", "tmp_1")));
+        assert!(!filter.keeps_data(&ops_core::TableRef::new("app", "sessions")));
+        let e = parse(
+            &format!("{BASE}{db}[jobs.b]\nkind = \"backup\"\ndatabase = \"erp\"\nexclude_table_data = [\"log_(a|b)\"]\n"),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("t.toml:")
+                && e.contains("exclude_table_data")
+                && e.contains("double quotes"),
+            "{e}"
+        );
+        let e = parse(
+            &format!("{BASE}{db}[jobs.b]\nkind = \"backup\"\ndatabase = \"erp\"\ntables = [\"t\"]\nschemas = [\"app\"]\n"),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("schemas") && e.contains("cannot be combined"),
+            "{e}"
+        );
+        let e = parse(
+            &format!("{BASE}[jobs.p]\nkind = \"prune\"\nexclude_schemas = [\"x\"]\n"),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("exclude_schemas") && e.contains("prune job"),
             "{e}"
         );
     }

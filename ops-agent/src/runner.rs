@@ -413,11 +413,16 @@ impl Runner {
                 repository,
                 tags,
                 parallel,
+                filter,
             } => {
                 let engine = self.database_of(database)?.engine()?;
                 let repo = open_repository(&self.config, repository).await?;
                 let options = BackupOptions::default()
-                    .with_dump(DumpOptions::default().with_jobs(*parallel))
+                    .with_dump(
+                        DumpOptions::default()
+                            .with_jobs(*parallel)
+                            .with_filter(filter.clone()),
+                    )
                     .with_tags(tags.iter().cloned());
                 let m = repo.backup(engine.as_ref(), &options).await?;
                 Ok(WorkOutcome {

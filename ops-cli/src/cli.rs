@@ -455,9 +455,18 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Database URL (postgres://, postgresql://, mariadb://, mysql://). Passwords are
-    /// better given by PGPASSWORD / the engine's own environment.
-    #[arg(value_name = "DB_URL")]
-    pub database: String,
+    /// better given by PGPASSWORD / the engine's own environment. Optional with
+    /// `--path`: a backup of files alone.
+    #[arg(value_name = "DB_URL", required_unless_present = "paths")]
+    pub database: Option<String>,
+    /// A directory or file to back up beside the database, in the same backup
+    /// (repeatable): contents, modes, owners, times, symlinks and hard links.
+    #[arg(long = "path", value_name = "DIR")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// Leave out what matches (repeatable): `*.tmp` matches names at any depth,
+    /// `cache/**` paths below a `--path` root; `*` `?` `[a-z]` `**`.
+    #[arg(long = "exclude", value_name = "GLOB", requires = "paths")]
+    pub excludes: Vec<String>,
     /// Parallel connections, all on one snapshot.
     #[arg(long, short = 'j', default_value_t = 2)]
     pub jobs: usize,
@@ -467,6 +476,49 @@ pub struct BackupArgs {
     /// Split tables larger than this many MiB into several streams.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub split_mib: u64,
+    /// Back up every database of the server (not templates) and its globals (roles,
+    /// memberships, role settings, tablespaces; MariaDB users, roles, grants) as one
+    /// backup; DB_URL names the server (a database in it is only where dbops
+    /// connects). Each database is its own snapshot: none spans databases.
+    #[arg(long, requires = "database", conflicts_with = "paths")]
+    pub all_databases: bool,
+    /// Store role password hashes with the globals (PostgreSQL: needs a superuser,
+    /// who alone may read pg_authid). Without it, roles come back without passwords.
+    #[arg(long)]
+    pub with_role_passwords: bool,
+    /// Only tables matching this pattern (repeatable), as pg_dump's -t: `users`,
+    /// `app.log_*`, `"Odd.Name"`; `*` and `?` are wildcards, a name without a schema
+    /// matches in every schema. Views, functions and the schema itself are not taken.
+    #[arg(long = "table", value_name = "PATTERN", requires = "database")]
+    pub tables: Vec<String>,
+    /// Leave out tables matching this pattern (repeatable), as pg_dump's -T.
+    #[arg(long = "exclude-table", value_name = "PATTERN", requires = "database")]
+    pub exclude_tables: Vec<String>,
+    /// Take the definition but not the rows of tables matching this pattern
+    /// (repeatable): log and session tables.
+    #[arg(
+        long = "exclude-table-data",
+        value_name = "PATTERN",
+        requires = "database"
+    )]
+    pub exclude_table_data: Vec<String>,
+    /// Only tables in schemas matching this pattern (repeatable), as pg_dump's -n; on
+    /// MariaDB the schema is the database.
+    #[arg(
+        long = "schema",
+        value_name = "PATTERN",
+        requires = "database",
+        conflicts_with = "tables"
+    )]
+    pub schemas: Vec<String>,
+    /// Leave out tables in schemas matching this pattern (repeatable), as pg_dump's -N.
+    #[arg(
+        long = "exclude-schema",
+        value_name = "PATTERN",
+        requires = "database",
+        conflicts_with = "tables"
+    )]
+    pub exclude_schemas: Vec<String>,
 }
 
 /// `show`.
@@ -478,6 +530,9 @@ pub struct ShowArgs {
     /// Which backups `latest` and ids choose from.
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// List every stored file and directory (path, type, mode, owner, size, time).
+    #[arg(long)]
+    pub files: bool,
 }
 
 /// `verify`.
@@ -523,8 +578,19 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Database to restore into (any name: restoring `shop` as `shop_restore` works).
-    #[arg(value_name = "DB_URL")]
-    pub database: String,
+    /// Optional with `--path-to`: the files alone.
+    #[arg(value_name = "DB_URL", required_unless_present = "path_to")]
+    pub database: Option<String>,
+    /// Restore the backup's files below DIR, each under its original absolute path
+    /// (`/srv/app/storage` lands in DIR/srv/app/storage).
+    #[arg(long, value_name = "DIR")]
+    pub path_to: Option<std::path::PathBuf>,
+    /// Only this original path and what is below it (repeatable; with `--path-to`).
+    #[arg(long = "path", value_name = "PATH", requires = "path_to")]
+    pub paths: Vec<std::path::PathBuf>,
+    /// Replace files that exist below `--path-to` (else nothing is written).
+    #[arg(long, requires = "path_to")]
+    pub overwrite: bool,
     /// Create the database (it must not exist).
     #[arg(long)]
     pub create: bool,
@@ -554,6 +620,18 @@ pub struct RestoreArgs {
     /// Parallel connections.
     #[arg(long, short = 'j', default_value_t = 2)]
     pub jobs: usize,
+    /// Rebuild a whole-server backup on the server DB_URL names: globals, then every
+    /// database (created), then per-database role settings. A database the server
+    /// already has with tables is refused unless --clean.
+    #[arg(long, conflicts_with_all = ["create", "tables", "schemas", "source_database"])]
+    pub all_databases: bool,
+    /// First create the roles the database needs (owners, grantees and the roles
+    /// they belong to) from the backup's globals; roles that exist are left alone.
+    #[arg(long, conflicts_with = "all_databases")]
+    pub with_globals: bool,
+    /// Restore this one database out of a whole-server backup.
+    #[arg(long, value_name = "NAME")]
+    pub source_database: Option<String>,
 }
 
 /// `forget`. Rules apply to each group (by default: one database of one server)

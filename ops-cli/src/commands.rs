@@ -9,11 +9,13 @@ use serde_json::json;
 use ops_core::maintain::Ended;
 use ops_core::repo::{
     BackupFilter, BackupOptions, ChunkerParams, Encryption, ForgetOptions, GroupBy, InPlaceOptions,
-    InitOptions, KdfParams, Manifest, Progress, PruneOptions, Repository, VerifyOptions, groups_of,
+    InitOptions, KdfParams, Manifest, Progress, PruneOptions, Repository, ServerRestoreOptions,
+    VerifyOptions, groups_of,
     source_address,
 };
 use ops_core::{
-    DumpOptions, Error, ErrorKind, RestoreOptions, Result, Secret, TableRef, redact_url,
+    DumpOptions, Error, ErrorKind, GlobalsOptions, GlobalsPhase, GlobalsRestoreOptions,
+    RestoreOptions, Result, Secret, TableRef, redact_url,
 };
 use ops_storage::{TargetOptions, open_target};
 
@@ -348,18 +350,32 @@ password kept elsewhere as a recovery key (`dbops key add`).";
 
 async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
     ops_core::repo::ordinary_tags(&a.tags)?;
-    let engine = dbops::engine(&a.database)?;
+    let files = crate::files::trees(a)?;
+    let engine = a.database.as_deref().map(dbops::engine).transpose()?;
     let (repo, display) = watched(cli, open_repo(cli).await?, "backup");
     // The repository's progress (set by `watched` on a terminal) is the backup's too.
     let options = BackupOptions::default()
         .with_dump(
             DumpOptions::default()
                 .with_jobs(a.jobs)
-                .with_split_bytes(a.split_mib.saturating_mul(1024 * 1024)),
+                .with_split_bytes(a.split_mib.saturating_mul(1024 * 1024))
+                .with_filter(table_filter(a)?),
         )
-        .with_tags(a.tags.iter().cloned());
+        .with_tags(a.tags.iter().cloned())
+        .with_globals(GlobalsOptions::default().with_role_passwords(a.with_role_passwords));
+    let options = match &files {
+        Some(f) => options.with_files(f.clone()),
+        None => options,
+    };
     let started = Instant::now();
-    let result = repo.backup(engine.as_ref(), &options).await;
+    let result = match (&engine, &files) {
+        (Some(engine), _) if a.all_databases => repo.backup_server(engine.as_ref(), &options).await,
+        (Some(engine), _) => repo.backup(engine.as_ref(), &options).await,
+        (None, Some(files)) => repo.backup_files(files, &options).await,
+        (None, None) => Err(Error::invalid(
+            "nothing to back up: give a database URL, or --path",
+        )),
+    };
     drop(display);
     let m = result?;
     let secs = started.elapsed().as_secs_f64();
@@ -376,14 +392,19 @@ async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
             "stats": m.stats,
             "snapshot": m.snapshot,
             "warnings": m.warnings,
+            "filter": m.filter,
+            "databases": m.databases,
+            "globals": m.has_globals(),
+            "files": ops_core::repo::trees_of(&m)?,
             "seconds": secs,
         }));
     } else {
         // The warnings were logged as they happened; the manifest keeps them.
+        crate::files::print_trees(&m)?;
         eprintln!(
             "backup {} of {} ({} tables): {} read, {} new, {} stored in {:.1} s",
             m.id,
-            m.database,
+            backed_up(&m),
             m.tables().len(),
             bytes(m.stats.bytes),
             bytes(m.stats.new_bytes),
@@ -395,6 +416,39 @@ async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a backup holds, in words: `shop`, or `every database of the server (a, b)`.
+fn backed_up(m: &Manifest) -> String {
+    if m.is_server() {
+        format!(
+            "every database of the server ({})",
+            m.database_names().join(", ")
+        )
+    } else {
+        m.database.clone()
+    }
+}
+
+/// The table filter of `backup`'s flags; a bad pattern names its flag.
+fn table_filter(a: &BackupArgs) -> Result<ops_core::TableFilter> {
+    let flag = |name: &'static str| {
+        move |e: Error| {
+            let message = format!("{name}: {}", e.message());
+            e.with_message(message)
+        }
+    };
+    ops_core::TableFilter::default()
+        .with_tables(&a.tables)
+        .map_err(flag("--table"))?
+        .with_exclude_tables(&a.exclude_tables)
+        .map_err(flag("--exclude-table"))?
+        .with_exclude_table_data(&a.exclude_table_data)
+        .map_err(flag("--exclude-table-data"))?
+        .with_schemas(&a.schemas)
+        .map_err(flag("--schema"))?
+        .with_exclude_schemas(&a.exclude_schemas)
+        .map_err(flag("--exclude-schema"))
+}
+
 fn summary_json(m: &Manifest, group: &ops_core::repo::BackupGroup) -> serde_json::Value {
     json!({
         "id": m.id,
@@ -402,6 +456,8 @@ fn summary_json(m: &Manifest, group: &ops_core::repo::BackupGroup) -> serde_json
         "finished": m.finished,
         "engine": m.engine,
         "database": m.database,
+        "databases": m.database_names(),
+        "whole_server": m.is_server(),
         "source": m.source,
         "address": source_address(m),
         "server_id": m.server_id,
@@ -485,7 +541,11 @@ async fn list(cli: &Cli, a: &ListArgs) -> Result<ExitCode> {
                     m.id,
                     m.started.format("%Y-%m-%d %H:%M:%S"),
                     m.engine,
-                    m.database,
+                    if m.is_server() {
+                        format!("(all: {})", m.databases.len())
+                    } else {
+                        m.database.clone()
+                    },
                     bytes(m.stats.bytes),
                     bytes(m.stats.stored_bytes),
                     m.tags.iter().cloned().collect::<Vec<_>>().join(",")
@@ -509,7 +569,23 @@ async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
     }
     println!("backup      {}", m.id);
     println!("engine      {} {}", m.engine, m.server_version);
-    println!("database    {} ({})", m.database, m.source);
+    if m.is_server() {
+        println!(
+            "databases   {} (whole server from {})",
+            m.database_names().join(", "),
+            m.source
+        );
+        for d in &m.databases {
+            for (k, v) in &d.snapshot {
+                println!("snapshot    {}: {k} = {v}", d.name);
+            }
+        }
+    } else {
+        println!("database    {} ({})", m.database, m.source);
+    }
+    if m.has_globals() {
+        println!("globals     yes (restore with --with-globals or --all-databases)");
+    }
     println!("group       {}", m.group());
     println!("taken       {} – {} on {}", m.started, m.finished, m.host);
     println!("dbops       {}", m.tool_version);
@@ -522,6 +598,9 @@ async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
     for (k, v) in &m.snapshot {
         println!("snapshot    {k} = {v}");
     }
+    if !m.filter.is_empty() {
+        println!("tables      {}", m.filter);
+    }
     println!(
         "size        {} in {} chunks; this backup added {} new ({} stored in {} packs)",
         bytes(m.stats.bytes),
@@ -532,6 +611,10 @@ async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
     );
     for w in &m.warnings {
         println!("warning     {w}");
+    }
+    crate::files::print_trees(&m)?;
+    if a.files {
+        return crate::files::list_entries(&repo, &m).await;
     }
     println!();
     println!("{:<48} {:>12} {:>12}", "STREAM", "ROWS", "BYTES");
@@ -564,7 +647,21 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     let mut restores = Vec::new();
     if a.restore {
         let config = config_file(cli)?;
-        for m in &manifests {
+        // A whole-server backup is proved database by database.
+        let views: Vec<Manifest> = manifests
+            .iter()
+            .flat_map(|m| {
+                if m.is_server() {
+                    m.database_names()
+                        .iter()
+                        .filter_map(|d| m.database_view(d))
+                        .collect()
+                } else {
+                    vec![m.clone()]
+                }
+            })
+            .collect();
+        for m in &views {
             let checks = config
                 .as_ref()
                 .map(|c| ops_agent::integrity::checks_for_backup(c, m))
@@ -732,9 +829,40 @@ async fn verify_by_restore(
 }
 
 async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
-    let engine = dbops::engine(&a.database)?;
+    let Some(url) = a.database.as_deref() else {
+        // Files alone.
+        let repo = open_repo(cli).await?;
+        let m = pick(&repo, &a.id, &backup_filter(&a.filter)).await?;
+        let report = crate::files::restore(&repo, &m, a).await?;
+        crate::files::print_restore(cli, &m, report.as_ref(), false);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let engine = dbops::engine(url)?;
     let (repo, display) = watched(cli, open_repo(cli).await?, "restore");
     let m = pick(&repo, &a.id, &backup_filter(&a.filter)).await?;
+    if a.all_databases {
+        let restored = restore_server(cli, a, &repo, &m, engine.as_ref()).await;
+        drop(display);
+        return restored;
+    }
+    let full = m.clone();
+    let m = one_database(m, a.source_database.as_deref())?;
+    let globals_before = if a.with_globals {
+        let options = GlobalsRestoreOptions::new(GlobalsPhase::BeforeDatabases)
+            .with_databases(vec![m.database.clone()]);
+        Some(
+            repo.restore_globals(&full, engine.as_ref(), &options)
+                .await
+                .map_err(|e| {
+                    e.during(format!(
+                        "creating the roles database {} needs (nothing else was restored)",
+                        m.database
+                    ))
+                })?,
+        )
+    } else {
+        None
+    };
     let default_schema = if m.engine == "postgresql" {
         "public".to_owned()
     } else {
@@ -754,7 +882,7 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         .with_schemas(a.schemas.clone())
         .with_no_owner(a.no_owner);
     let started = Instant::now();
-    let sessions = dbops::maintenance(&a.database)?;
+    let sessions = dbops::maintenance(url)?;
     let in_place = InPlaceOptions::default()
         .with_safety_backup(!a.no_safety_backup)
         .with_end_sessions(a.terminate_connections)
@@ -791,7 +919,7 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
                     let message = format!(
                         "{} (dbops: to roll back, dbops restore {id} {} --clean)",
                         e.message(),
-                        redact_url(&a.database)
+                        redact_url(url)
                     );
                     e.with_message(message)
                 }
@@ -803,6 +931,23 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
                 engine.location()
             ))
         })?;
+    let globals_after = match &globals_before {
+        Some(_) => {
+            let options = GlobalsRestoreOptions::new(GlobalsPhase::AfterDatabases)
+                .with_databases(vec![m.database.clone()]);
+            Some(
+                repo.restore_globals(&full, engine.as_ref(), &options)
+                    .await
+                    .map_err(|e| {
+                        e.during(format!(
+                            "restoring the role settings of database {} (its content is restored)",
+                            m.database
+                        ))
+                    })?,
+            )
+        }
+        None => None,
+    };
     drop(display);
     let secs = started.elapsed().as_secs_f64();
     let safety = report.safety_backup.as_ref().map(|m| m.id.clone());
@@ -815,6 +960,9 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         .collect();
     let report = report.restore;
     let rows: u64 = report.tables.values().sum();
+    // The files after the database: a database restored and files refused (they
+    // exist) is said plainly, with the database's part done.
+    let files = crate::files::restore(&repo, &m, a).await?;
     if cli.json {
         print_json(&json!({
             "ok": true,
@@ -828,9 +976,15 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
             "warnings": report.warnings,
             "safety_backup": safety,
             "ended_sessions": ended,
+            "files": files,
+            "globals": globals_before.as_ref().map(|b| json!({ "before": b, "after": globals_after })),
             "seconds": secs,
         }));
     } else {
+        crate::files::print_restore(cli, &m, files.as_ref(), true);
+        for g in globals_before.iter().chain(globals_after.iter()) {
+            print_globals(g);
+        }
         for w in &report.warnings {
             eprintln!("warning: {w}");
         }
@@ -849,6 +1003,126 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
             m.started.format("%Y-%m-%d %H:%M:%S UTC"),
             engine.location(),
             report.tables.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The backup of the one database a restore takes: the backup itself, or the
+/// database `--source-database` names out of a whole-server backup.
+fn one_database(m: Manifest, source_database: Option<&str>) -> Result<Manifest> {
+    match (source_database, m.is_server()) {
+        (None, false) => Ok(m),
+        (Some(name), true) => m.database_view(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "backup {} holds no database {name}; it holds {}",
+                    m.id,
+                    m.database_names().join(", ")
+                ),
+            )
+        }),
+        (None, true) => Err(Error::invalid(format!(
+            "backup {} is a whole-server backup of databases {}: restore it onto a server with \
+             --all-databases, or one of its databases with --source-database NAME",
+            m.id,
+            m.database_names().join(", ")
+        ))),
+        (Some(_), false) => Err(Error::invalid(format!(
+            "--source-database chooses a database of a whole-server backup; backup {} holds \
+             one database, {}",
+            m.id, m.database
+        ))),
+    }
+}
+
+/// One line per kind of what a globals restore did.
+fn print_globals(g: &ops_core::GlobalsReport) {
+    for c in &g.created {
+        println!("created {c}");
+    }
+    if !g.existing.is_empty() {
+        println!("left as they were (exist): {}", g.existing.join(", "));
+    }
+    for w in &g.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// `restore ID SERVER_URL --all-databases`.
+async fn restore_server(
+    cli: &Cli,
+    a: &RestoreArgs,
+    repo: &Repository,
+    m: &Manifest,
+    engine: &dyn ops_core::DatabaseEngine,
+) -> Result<ExitCode> {
+    if a.clean && !a.no_safety_backup {
+        return Err(Error::invalid(
+            "restore --all-databases --clean replaces databases without taking safety backups \
+             first: take a backup of the target server (dbops backup SERVER_URL \
+             --all-databases), then confirm with --no-safety-backup",
+        ));
+    }
+    let options = ServerRestoreOptions::default().with_restore(
+        RestoreOptions::default()
+            .with_jobs(a.jobs)
+            .with_clean(a.clean)
+            .with_keep_failed(a.keep_failed)
+            .with_no_owner(a.no_owner),
+    );
+    let started = Instant::now();
+    let report = repo
+        .restore_server(m, engine, &options)
+        .await
+        .map_err(|e| {
+            let e = if e.kind() == ErrorKind::AlreadyExists {
+                let message = format!(
+                    "{} (dbops: --clean --no-safety-backup replaces their content)",
+                    e.message()
+                );
+                e.with_message(message)
+            } else {
+                e
+            };
+            e.during(format!(
+                "restore of backup {} onto the server {}",
+                m.id,
+                engine.location()
+            ))
+        })?;
+    let secs = started.elapsed().as_secs_f64();
+    if cli.json {
+        print_json(&json!({
+            "ok": true,
+            "backup": m.id,
+            "source": m.source,
+            "target": engine.location(),
+            "globals": { "before": report.globals_before, "after": report.globals_after },
+            "databases": report.databases,
+            "seconds": secs,
+        }));
+    } else {
+        print_globals(&report.globals_before);
+        for r in &report.databases {
+            for w in &r.warnings {
+                eprintln!("warning: database {}: {w}", r.database);
+            }
+            println!(
+                "restored database {}: {} tables, {} rows",
+                r.database,
+                r.tables.len(),
+                r.tables.values().sum::<u64>()
+            );
+        }
+        print_globals(&report.globals_after);
+        println!(
+            "restored backup {} (taken {}) onto {}: {} databases in {secs:.1} s",
+            m.id,
+            m.started.format("%Y-%m-%d %H:%M:%S UTC"),
+            engine.location(),
+            report.databases.len()
         );
     }
     Ok(ExitCode::SUCCESS)

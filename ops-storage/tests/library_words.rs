@@ -25,6 +25,10 @@ const LIBRARY_SOURCES: &[&str] = &[
 /// `--lock-wait-timeout`, mariadbd's `--local-infile`) are not in this list, and a flag
 /// only matches as a whole token: `--lock-wait` does not match `--lock-wait-timeout`.
 const CLI_FLAGS: &[&str] = &[
+    "--all-databases",
+    "--with-role-passwords",
+    "--with-globals",
+    "--source-database",
     "--clean",
     "--no-owner",
     "--create",
@@ -36,6 +40,9 @@ const CLI_FLAGS: &[&str] = &[
     "--keep-failed",
     "--table",
     "--schema",
+    "--exclude-table",
+    "--exclude-table-data",
+    "--exclude-schema",
     "--jobs",
     "--into",
     "--read-data",
