@@ -7,6 +7,7 @@ mod dump;
 pub mod ephemeral;
 mod error;
 mod format;
+mod globals;
 pub mod health;
 mod keys;
 pub mod maintain;
@@ -17,8 +18,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ops_core::{
-    DatabaseEngine, DumpOptions, DumpReport, DumpSink, RestoreOptions, RestoreReport, Result,
-    ServerInfo, StreamSource, TableInfo, TableRef,
+    DatabaseEngine, DumpOptions, DumpReport, DumpSink, GlobalsOptions, GlobalsReport,
+    GlobalsRestoreOptions, RestoreOptions, RestoreReport, Result, ServerInfo, StreamSource,
+    TableInfo, TableRef,
 };
 
 pub use conn::TlsMode;
@@ -51,6 +53,9 @@ pub struct MariaDbEngine {
     config: Arc<conn::ConnConfig>,
     definer: DefinerPolicy,
     binlog: bool,
+    /// Accounts a globals restore created on this server, shared with the engines made
+    /// from this one (see [`DatabaseEngine::restore_globals`] below).
+    globals: Arc<globals::Created>,
 }
 
 impl fmt::Debug for MariaDbEngine {
@@ -90,6 +95,7 @@ impl MariaDbEngine {
             config: Arc::new(conn::ConnConfig::parse(url)?),
             definer: DefinerPolicy::Keep,
             binlog: true,
+            globals: Arc::default(),
         })
     }
 
@@ -101,6 +107,7 @@ impl MariaDbEngine {
             config: Arc::new(self.config.with_password(password)),
             definer: self.definer.clone(),
             binlog: self.binlog,
+            globals: Arc::clone(&self.globals),
         }
     }
 
@@ -111,6 +118,7 @@ impl MariaDbEngine {
             config: Arc::new(self.config.with_database(name)),
             definer: self.definer.clone(),
             binlog: self.binlog,
+            globals: Arc::clone(&self.globals),
         }
     }
 
@@ -246,6 +254,64 @@ impl DatabaseEngine for MariaDbEngine {
         .map_err(|e| e.during(format!("dropping database {db}")))?;
         conn::disconnect(c).await;
         Ok(())
+    }
+
+    fn for_database(&self, database: &str) -> Result<Arc<dyn DatabaseEngine>> {
+        if database.is_empty() || database.chars().count() > 64 || database.contains('\0') {
+            return Err(ops_core::Error::invalid(format!(
+                "'{database}' is not a MariaDB database name (1 to 64 characters, no NUL)"
+            )));
+        }
+        Ok(Arc::new(self.with_database(database)))
+    }
+
+    /// Every database the account can see but `mysql`, `information_schema`,
+    /// `performance_schema` and `sys`.
+    async fn databases(&self) -> Result<Vec<String>> {
+        let mut c = conn::connect(&self.config, None, conn::Session::Catalog).await?;
+        let all = conn::query_strings(
+            &mut c,
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA",
+        )
+        .await
+        .map_err(|e| e.during("listing the databases"));
+        conn::disconnect(c).await;
+        let mut out: Vec<String> = all?
+            .into_iter()
+            .filter(|d| !globals::SYSTEM_DATABASES.contains(&d.as_str()))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Users (`SHOW CREATE USER`), roles, role grants, default roles and privileges
+    /// (`SHOW GRANTS FOR`) into the stream `globals/mariadb`, without the accounts an
+    /// installation makes (every `root`, `mariadb.sys`, `mysql@localhost`) and
+    /// anonymous ones (a warning names them). Without
+    /// [`GlobalsOptions::role_passwords`] each password method becomes one that no
+    /// password matches; `unix_socket`, `pam` and `gssapi` stay as they are. Needs
+    /// SELECT on the `mysql` database: without it the error is
+    /// [`ops_core::ErrorKind::PermissionDenied`]. MariaDB only (MySQL:
+    /// [`ops_core::ErrorKind::InvalidInput`]).
+    async fn dump_globals(&self, options: &GlobalsOptions, sink: Arc<dyn DumpSink>) -> Result<()> {
+        globals::dump(&self.config, options, sink).await
+    }
+
+    /// Before the databases: creates the users and roles (one that exists is left as
+    /// it is and named in `existing`), then gives the ones it created their global,
+    /// proxy and role grants. After them: database, table, column and routine grants
+    /// and default roles, to the accounts that the before phase of this engine (or of
+    /// an engine made from it by [`DatabaseEngine::for_database`] or
+    /// [`MariaDbEngine::with_database`]) created: an account the server had before is
+    /// never changed. A grant whose table or routine is missing is a warning. Each
+    /// role is created by the restoring account, which holds it `WITH ADMIN OPTION`
+    /// as its creator did on the source.
+    async fn restore_globals(
+        &self,
+        source: Arc<dyn StreamSource>,
+        options: &GlobalsRestoreOptions,
+    ) -> Result<GlobalsReport> {
+        globals::restore(&self.config, &self.globals, source.as_ref(), options).await
     }
 }
 
