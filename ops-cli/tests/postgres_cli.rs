@@ -597,3 +597,387 @@ async fn restore_over_a_database_in_use_keeps_a_safety_backup() {
         .collect();
     assert_eq!(ids, vec![first.as_str()], "{left}");
 }
+
+/// Relations (tables, views, sequences) and each table's row count, read by psql.
+fn contents(pg: &EphemeralPostgres, db: &str) -> Vec<String> {
+    let relations = psql(
+        pg,
+        db,
+        &[
+            "-At",
+            "-c",
+            "SELECT c.relkind::text || ' ' || n.nspname || '.' || c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'v', 'S') \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname !~ '^pg_toast' ORDER BY 1",
+        ],
+    );
+    relations
+        .lines()
+        .map(|line| match line.strip_prefix("r ") {
+            Some(table) => {
+                let sql = format!("SELECT count(*) FROM {table}");
+                let rows = psql(pg, db, &["-At", "-c", &sql]);
+                format!("{line} {}", rows.trim())
+            }
+            None => line.to_owned(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_filters_take_exactly_what_they_say() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    pg.create_database("app").await.expect("create db");
+    pg.execute(
+        "app",
+        "CREATE TABLE users (id serial PRIMARY KEY, name text);
+         INSERT INTO users (name) VALUES ('a'), ('b'), ('c');
+         CREATE TABLE sessions (id int PRIMARY KEY, user_id int REFERENCES users);
+         INSERT INTO sessions SELECT g, 1 + g % 3 FROM generate_series(1, 5) g;
+         CREATE TABLE log_a (id serial PRIMARY KEY, line text);
+         INSERT INTO log_a (line) VALUES ('x'), ('y');
+         CREATE VIEW user_names AS SELECT name FROM users;
+         CREATE SCHEMA audit;
+         CREATE TABLE audit.events (id int);
+         INSERT INTO audit.events VALUES (1), (2);",
+    )
+    .await
+    .expect("set up");
+    let ctx = Ctx::new();
+    ctx.init();
+    let url = pg.url_for("app");
+
+    // pg_dump's -t: the matching tables with their owned sequences, nothing else; one
+    // of them without its rows.
+    let b = ctx
+        .run(&[
+            "--json",
+            "backup",
+            &url,
+            "--table",
+            "USERS",
+            "--table",
+            "public.log_*",
+            "--exclude-table-data",
+            "log_?",
+        ])
+        .ok()
+        .json();
+    let id = b["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        b["filter"]["tables"],
+        serde_json::json!(["USERS", "public.log_*"])
+    );
+    let show = ctx.run(&["show", &id]).ok();
+    assert!(
+        show.stdout
+            .contains("tables      tables USERS, public.log_*; no data of log_?"),
+        "{}",
+        show.stdout
+    );
+    ctx.run(&["restore", &id, &pg.url_for("only_users"), "--create"])
+        .ok();
+    assert_eq!(
+        contents(&pg, "only_users"),
+        [
+            "S public.log_a_id_seq",
+            "S public.users_id_seq",
+            "r public.log_a 0",
+            "r public.users 3",
+        ]
+    );
+    let v = ctx.run(&["--json", "verify", &id, "--restore"]);
+    assert_eq!(v.code, 0, "{}", v.all());
+    let compared = v.json()["restores"][0]["check"]["tables"].clone();
+    assert_eq!(
+        compared.as_array().map(Vec::len),
+        Some(1),
+        "only users has rows to compare: {compared}"
+    );
+
+    // Exclusions: everything else, the sessions' definition without rows.
+    let b = ctx
+        .run(&[
+            "--json",
+            "backup",
+            &url,
+            "--exclude-table-data",
+            "sessions",
+            "--exclude-schema",
+            "audit",
+        ])
+        .ok()
+        .json();
+    let id = b["id"].as_str().expect("id").to_owned();
+    ctx.run(&["restore", &id, &pg.url_for("no_audit"), "--create"])
+        .ok();
+    assert_eq!(
+        contents(&pg, "no_audit"),
+        [
+            "S public.log_a_id_seq",
+            "S public.users_id_seq",
+            "r public.log_a 2",
+            "r public.sessions 0",
+            "r public.users 3",
+            "v public.user_names",
+        ]
+    );
+    let v = ctx.run(&["verify", &id, "--restore"]);
+    assert_eq!(v.code, 0, "{}", v.all());
+
+    // A pattern that matches no table is an error naming it; nothing is stored.
+    let r = ctx.run(&["backup", &url, "--table", "users", "--table", "nosuch*"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("'nosuch*'") && !r.stderr.contains("'users'"),
+        "{}",
+        r.all()
+    );
+    let r = ctx.run(&["backup", &url, "--exclude-table", "log_(a|b)"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("--exclude-table") && r.stderr.contains("double quotes"),
+        "{}",
+        r.all()
+    );
+    let listed = ctx.run(&["--json", "list"]).ok().json();
+    assert_eq!(listed["backups"].as_array().map(Vec::len), Some(2));
+}
+
+/// `pg_dumpall --globals-only`, without comments, the per-dump `\restrict` keys and
+/// the bootstrap superuser's lines (each server has its own, with its own password).
+fn globals_dump(pg: &EphemeralPostgres) -> String {
+    let o = std::process::Command::new(pg.bin_dir().join("pg_dumpall"))
+        .arg("--globals-only")
+        .arg("-d")
+        .arg(pg.url())
+        .output()
+        .expect("run pg_dumpall");
+    assert!(
+        o.status.success(),
+        "pg_dumpall failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| {
+            !l.starts_with("--")
+                && !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+                && !l.starts_with("CREATE ROLE postgres;")
+                && !l.starts_with("ALTER ROLE postgres WITH")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Database properties and every role setting, as the catalogs hold them.
+fn server_properties(pg: &EphemeralPostgres) -> String {
+    psql(
+        pg,
+        "postgres",
+        &[
+            "-At",
+            "-c",
+            "SELECT d.datname, pg_get_userbyid(d.datdba), coalesce(shobj_description(d.oid, 'pg_database'), '-'),
+                    d.datconnlimit, pg_encoding_to_char(d.encoding), d.datcollate, d.datctype
+               FROM pg_database d WHERE NOT d.datistemplate ORDER BY 1;
+             SELECT coalesce(d.datname, '-'), coalesce(r.rolname, '-'), s.setconfig::text
+               FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase
+               LEFT JOIN pg_roles r ON r.oid = s.setrole ORDER BY 1, 2",
+        ],
+    )
+}
+
+/// Runs each statement of `sql` (`;`-separated) on its own, outside a transaction.
+fn statements(pg: &EphemeralPostgres, db: &str, sql: &[&str]) {
+    let mut args = Vec::new();
+    for stmt in sql.concat().split(';').filter(|s| !s.trim().is_empty()) {
+        args.push("-c".to_owned());
+        args.push(stmt.to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    psql(pg, db, &args);
+}
+
+/// Three databases, two login roles with memberships and grants, a role setting, a
+/// per-database role setting and database settings: backed up whole (with password
+/// hashes) and rebuilt on a fresh server, where pg_dumpall --globals-only, the
+/// catalogs' database properties and every database (schema and rows) are the same;
+/// then one database backed up alone comes back on another fresh server with the
+/// roles it needs (and not the others) and its own properties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_server_restores_roles_settings_and_every_database_onto_a_fresh_server() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    statements(
+        &pg,
+        "postgres",
+        &["CREATE ROLE app_owner LOGIN PASSWORD 'owner secret';
+             CREATE ROLE app_reader LOGIN PASSWORD 'reader secret' CONNECTION LIMIT 5;
+             CREATE ROLE readers NOLOGIN;
+             COMMENT ON ROLE readers IS 'read-only group';
+             GRANT readers TO app_reader WITH ADMIN OPTION;
+             GRANT app_owner TO app_reader;
+             ALTER ROLE app_reader SET search_path TO app, public;
+             CREATE DATABASE shop OWNER app_owner;
+             CREATE DATABASE crm;
+             CREATE DATABASE logs;
+             COMMENT ON DATABASE shop IS 'the shop';
+             ALTER DATABASE shop SET statement_timeout TO '30s';
+             ALTER DATABASE crm SET search_path TO crm, public;
+             ALTER ROLE app_owner IN DATABASE shop SET work_mem TO '8MB';"],
+    );
+    statements(
+        &pg,
+        "shop",
+        &["CREATE SCHEMA app AUTHORIZATION app_owner;
+             CREATE TABLE app.items (id int PRIMARY KEY, name text);
+             ALTER TABLE app.items OWNER TO app_owner;
+             INSERT INTO app.items SELECT g, 'item ' || g FROM generate_series(1, 50) g;
+             GRANT USAGE ON SCHEMA app TO readers;
+             GRANT SELECT ON app.items TO readers;"],
+    );
+    statements(
+        &pg,
+        "crm",
+        &["CREATE SCHEMA crm;
+             CREATE TABLE crm.customers (id serial PRIMARY KEY, name text);
+             INSERT INTO crm.customers (name) SELECT 'c' || g FROM generate_series(1, 20) g;
+             GRANT SELECT ON crm.customers TO app_reader;"],
+    );
+    statements(
+        &pg,
+        "logs",
+        &["CREATE TABLE events (at timestamptz, msg text);
+             INSERT INTO events VALUES ('2026-01-01', 'a'), ('2026-01-02', 'b');"],
+    );
+    let ctx = Ctx::new();
+    ctx.init();
+
+    let backup = ctx
+        .run(&[
+            "--json",
+            "backup",
+            &pg.url(),
+            "--all-databases",
+            "--with-role-passwords",
+        ])
+        .ok();
+    assert!(!backup.all().contains("SCRAM-SHA-256$"), "{}", backup.all());
+    let b = backup.json();
+    let id = b["id"].as_str().expect("id").to_owned();
+    let names: Vec<&str> = b["databases"]
+        .as_array()
+        .expect("databases")
+        .iter()
+        .map(|d| d["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["crm", "logs", "postgres", "shop"]);
+    assert!(
+        b["warnings"].as_array().expect("warnings").iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.contains("no snapshot across databases"))),
+        "{b}"
+    );
+    let list = ctx.run(&["--json", "list"]).ok().json();
+    assert_eq!(list["backups"][0]["whole_server"], true);
+    assert_eq!(list["backups"][0]["group"]["all_databases"], true);
+    let show = ctx.run(&["show", &id]).ok();
+    assert!(
+        show.stdout.contains("crm, logs, postgres, shop") && show.stdout.contains("db/shop/schema"),
+        "{}",
+        show.stdout
+    );
+    let read = ctx
+        .run(&["--json", "verify", &id, "--read-data"])
+        .ok()
+        .json();
+    assert_eq!(read["ok"], true);
+    assert!(
+        read["report"]["streams"].as_u64().expect("streams") >= 12,
+        "{read}"
+    );
+
+    let fresh = EphemeralPostgres::start().await.expect("start postgres");
+    let restored = ctx
+        .run(&["--json", "restore", &id, &fresh.url(), "--all-databases"])
+        .ok()
+        .json();
+    assert_eq!(restored["databases"].as_array().map(Vec::len), Some(4));
+    assert_eq!(globals_dump(&pg), globals_dump(&fresh));
+    assert!(globals_dump(&fresh).contains("SET search_path TO 'app', 'public'"));
+    assert_eq!(server_properties(&pg), server_properties(&fresh));
+    for db in ["shop", "crm", "logs"] {
+        assert_eq!(schema_dump(&pg, db), schema_dump(&fresh, db), "{db}");
+        assert_eq!(
+            table_checksums(&pg, db),
+            table_checksums(&fresh, db),
+            "{db}"
+        );
+    }
+
+    // Again onto the same server: its databases are in the way.
+    let again = ctx.run(&["restore", &id, &fresh.url(), "--all-databases"]);
+    assert_ne!(again.code, 0);
+    assert!(
+        again.stderr.contains("already has database(s)") && again.stderr.contains("--clean"),
+        "{}",
+        again.stderr
+    );
+    drop(fresh);
+
+    // One database backed up alone carries the globals too; restored under another
+    // name on a fresh server with --with-globals --create.
+    let single = ctx
+        .run(&["--json", "backup", &pg.url_for("shop")])
+        .ok()
+        .json();
+    let single = single["id"].as_str().expect("id").to_owned();
+    let other = EphemeralPostgres::start().await.expect("start postgres");
+    let r = ctx
+        .run(&[
+            "--json",
+            "restore",
+            &single,
+            &other.url_for("shop_copy"),
+            "--create",
+            "--with-globals",
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["warnings"].as_array().map(Vec::len), Some(0), "{r}");
+    let roles = psql(
+        &other,
+        "postgres",
+        &[
+            "-At",
+            "-c",
+            "SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolname !~ '^pg_'",
+        ],
+    );
+    // app_reader is not needed by shop: it is neither an owner nor a grantee there.
+    assert_eq!(roles.trim(), "app_owner,postgres,readers");
+    let props = psql(
+        &other,
+        "postgres",
+        &[
+            "-At",
+            "-c",
+            "SELECT pg_get_userbyid(d.datdba), shobj_description(d.oid, 'pg_database'),
+                    (SELECT setconfig::text FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0),
+                    (SELECT setconfig::text FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+                      WHERE s.setdatabase = d.oid AND r.rolname = 'app_owner')
+               FROM pg_database d WHERE d.datname = 'shop_copy'",
+        ],
+    );
+    assert_eq!(
+        props.trim(),
+        "app_owner|the shop|{statement_timeout=30s}|{work_mem=8MB}"
+    );
+    assert_eq!(
+        table_checksums(&pg, "shop"),
+        table_checksums(&other, "shop_copy")
+    );
+}
