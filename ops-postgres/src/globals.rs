@@ -309,19 +309,30 @@ fn split_list(value: &str) -> Vec<String> {
     out
 }
 
-/// The server configuration for statements that need no particular database: the
-/// bound one when named, else `postgres`.
-pub(crate) fn server_config(config: &ConnConfig) -> ConnConfig {
+/// A connection for statements about the whole server: to the bound database when
+/// it exists, else to `postgres`, else to `template1` (a restore's target database
+/// may not exist yet).
+async fn connect_server(config: &ConnConfig) -> Result<Client> {
+    let mut candidates = Vec::new();
     if config.dbname_given {
-        config.clone()
-    } else {
-        config.with_dbname("postgres")
+        candidates.push(config.clone());
     }
+    candidates.push(config.with_dbname("postgres"));
+    candidates.push(config.with_dbname("template1"));
+    let mut last = None;
+    for c in candidates {
+        match connect(&c).await {
+            Ok(client) => return Ok(client),
+            Err(e) if e.kind() == ErrorKind::NotFound => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::internal("no database to connect to")))
 }
 
 /// Every database a whole-server backup takes: all but templates.
 pub(crate) async fn databases(config: &ConnConfig) -> Result<Vec<String>> {
-    let client = connect(&server_config(config)).await?;
+    let client = connect_server(config).await?;
     let rows = client
         .query(
             "SELECT datname::text FROM pg_database WHERE NOT datistemplate AND datallowconn
@@ -341,7 +352,7 @@ pub(crate) async fn dump_globals(
     options: &GlobalsOptions,
     sink: Arc<dyn DumpSink>,
 ) -> Result<()> {
-    let client = connect(&server_config(config)).await?;
+    let client = connect_server(config).await?;
     let version_num: i32 = column(
         &client
             .query_one("SELECT current_setting('server_version_num')::int4", &[])
@@ -563,8 +574,7 @@ pub(crate) async fn restore_globals(
     source: Arc<dyn StreamSource>,
     options: &GlobalsRestoreOptions,
 ) -> Result<GlobalsReport> {
-    let server = server_config(config);
-    let client = connect(&server).await?;
+    let client = connect_server(config).await?;
     let roles: Vec<Role> = read_lines(source.as_ref(), ROLES).await?;
     let memberships: Vec<Membership> = read_lines(source.as_ref(), MEMBERSHIPS).await?;
     let settings: Vec<RoleSetting> = read_lines(source.as_ref(), ROLE_SETTINGS).await?;
@@ -631,7 +641,7 @@ pub(crate) async fn restore_globals(
                 }
                 _ => None,
             };
-            let present = databases(&server).await?;
+            let present = databases(config).await?;
             let roles_now = existing_roles(&client).await?;
             for s in &settings {
                 let Some(db) = &s.database else { continue };

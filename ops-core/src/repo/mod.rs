@@ -61,6 +61,7 @@ pub use manifest::{
 #[cfg(feature = "testkit")]
 pub(crate) use pack::{BlobKind, IndexBlob, IndexFile, IndexPack};
 pub use progress::Progress;
+pub use server::{ServerRestoreOptions, ServerRestoreReport};
 pub use source::{NON_ENGINE_PREFIXES, RepoSource, is_engine_stream};
 pub use verify::{Problem, RestoreCheck, VerifyOptions, VerifyReport};
 
