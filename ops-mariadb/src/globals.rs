@@ -828,10 +828,29 @@ async fn grant(c: &mut Conn, g: &Grant, report: &mut GlobalsReport) -> Result<()
             Ok(())
         }
         // No such table, routine, or role (or the role not granted).
-        Err(e) if matches!(code_of(&e), Some("1146" | "1305" | "1959" | "1449")) => {
+        Err(e) if matches!(code_of(&e), Some("1146" | "1305" | "1959")) => {
             report
                 .warnings
                 .push(format!("{} not applied: {}", g.sql, e.message()));
+            Ok(())
+        }
+        // A role the target had already, which the restoring account may not give
+        // (it needs the role WITH ADMIN OPTION), or a proxy grant it may not give
+        // (PROXY … WITH GRANT OPTION): the server says "access denied" (1698 for a
+        // role); the other grants can still be applied.
+        Err(e)
+            if matches!(g.level, Level::Role | Level::Proxy)
+                && matches!(code_of(&e), Some("1698" | "1227" | "1044")) =>
+        {
+            let needs = match g.level {
+                Level::Role => "the role WITH ADMIN OPTION",
+                _ => "PROXY on that account WITH GRANT OPTION",
+            };
+            report.warnings.push(format!(
+                "{} not applied: the restoring account needs {needs} ({})",
+                g.sql,
+                e.message()
+            ));
             Ok(())
         }
         Err(e) => Err(e.during(format!("applying {}", g.sql))),

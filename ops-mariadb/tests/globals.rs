@@ -280,6 +280,31 @@ async fn users_roles_and_grants_restore_onto_a_new_server() {
     assert_eq!(globals_of(&target).await, restored);
     assert_eq!(login(&target, "app", "app-secret").await, None);
 
+    // A role the target has of its own, which the restoring account does not hold:
+    // left alone, and the grant of it to a user the restore makes is a warning.
+    target
+        .execute(
+            "",
+            "DROP USER 'report'@'10.0.%'; DROP ROLE reader; \
+             CREATE ROLE reader WITH ADMIN 'nobody'@'nowhere'",
+        )
+        .await
+        .expect("a role of the target's own");
+    let to = MariaDbEngine::new(&target.url()).expect("url");
+    let before = restore(&to, &without, GlobalsPhase::BeforeDatabases, &[]).await;
+    assert_eq!(before.created[0], "user 'report'@'10.0.%'", "{before:?}");
+    assert!(
+        before.existing.iter().any(|e| e.starts_with("role reader")),
+        "{before:?}"
+    );
+    assert!(
+        before
+            .warnings
+            .iter()
+            .any(|w| w.contains("GRANT `reader` TO `report`") && w.contains("WITH ADMIN OPTION")),
+        "{before:?}"
+    );
+
     // An account that may not read the mysql database is told what it needs.
     source
         .execute(
