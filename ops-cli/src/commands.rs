@@ -672,13 +672,22 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
                     let holds = integrity.iter().all(|r| r.holds());
                     let ok = c.ok() && holds;
                     damaged |= !ok;
-                    restores.push(
-                        json!({ "backup": m.id, "ok": ok, "check": c, "integrity": integrity }),
-                    );
+                    restores.push(json!({
+                        "backup": m.id,
+                        "database": m.database,
+                        "ok": ok,
+                        "check": c,
+                        "integrity": integrity,
+                    }));
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Mismatch) => {
                     damaged = true;
-                    restores.push(json!({ "backup": m.id, "ok": false, "error": e.to_string() }));
+                    restores.push(json!({
+                        "backup": m.id,
+                        "database": m.database,
+                        "ok": false,
+                        "error": e.to_string(),
+                    }));
                 }
                 Err(e) => return Err(e.during(format!("verifying backup {} by restore", m.id))),
             }

@@ -897,6 +897,29 @@ async fn whole_server_restores_roles_settings_and_every_database_onto_a_fresh_se
     assert_eq!(read["ok"], true);
     // Four globals streams, four schema streams, three tables.
     assert_eq!(read["report"]["streams"].as_u64(), Some(11), "{read}");
+    // The restore proof takes the databases one by one.
+    let proof = ctx
+        .run(&[
+            "--json",
+            "verify",
+            &id,
+            "--restore",
+            "--into",
+            &pg.url_for("proof"),
+        ])
+        .ok()
+        .json();
+    let proved: Vec<&str> = proof["restores"]
+        .as_array()
+        .expect("restores")
+        .iter()
+        .map(|r| {
+            assert_eq!(r["ok"], true, "{r}");
+            r["database"].as_str().expect("database")
+        })
+        .collect();
+    assert_eq!(proved, ["crm", "logs", "postgres", "shop"]);
+    assert!(!database_exists(&pg, "proof"));
 
     let fresh = EphemeralPostgres::start().await.expect("start postgres");
     let restored = ctx
