@@ -448,3 +448,112 @@ async fn table_filters_take_exactly_what_they_say() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("'other'") && r.stderr.contains("matched no table"), "{}", r.all());
 }
+
+/// Three databases, users (one the definer of a view), roles, role grants, a default
+/// role and global, database, table, column, routine and proxy grants.
+const SERVER: &str = "
+CREATE DATABASE shop; CREATE DATABASE crm; CREATE DATABASE logs;
+CREATE TABLE shop.orders (id INT PRIMARY KEY, total INT NOT NULL);
+INSERT INTO shop.orders SELECT seq, seq * 7 FROM seq_1_to_50;
+CREATE TABLE crm.people (id INT PRIMARY KEY, name VARCHAR(40), note TEXT);
+INSERT INTO crm.people VALUES (1, 'Ada', NULL), (2, 'Grace', 'x');
+CREATE TABLE logs.events (id INT PRIMARY KEY, at DATETIME);
+INSERT INTO logs.events SELECT seq, '2026-01-01' + INTERVAL seq MINUTE FROM seq_1_to_20;
+CREATE PROCEDURE shop.tally() SELECT COUNT(*) FROM shop.orders;
+CREATE USER 'app'@'%' IDENTIFIED BY 'app-secret' WITH MAX_USER_CONNECTIONS 20;
+CREATE USER 'report'@'10.0.%' IDENTIFIED BY 'report-secret';
+CREATE USER 'ops'@'localhost' IDENTIFIED VIA unix_socket;
+CREATE ROLE reader; CREATE ROLE writer;
+GRANT SELECT ON shop.* TO reader; GRANT SELECT ON logs.* TO reader;
+GRANT INSERT, UPDATE ON shop.orders TO writer;
+GRANT SELECT (name) ON crm.people TO writer;
+GRANT reader TO writer; GRANT writer TO 'app'@'%';
+SET DEFAULT ROLE writer FOR 'app'@'%';
+GRANT reader TO 'report'@'10.0.%' WITH ADMIN OPTION;
+GRANT PROCESS ON *.* TO 'ops'@'localhost' WITH GRANT OPTION;
+GRANT EXECUTE ON PROCEDURE shop.tally TO 'app'@'%';
+GRANT PROXY ON 'report'@'10.0.%' TO 'ops'@'localhost';
+CREATE DEFINER='app'@'%' SQL SECURITY DEFINER VIEW shop.big AS SELECT id FROM shop.orders WHERE total > 100;
+";
+
+/// Every account but root's and mariadb.sys: `SHOW GRANTS FOR` sorted, and `SHOW
+/// CREATE USER` for users.
+fn grants(port: u16) -> BTreeMap<String, Vec<String>> {
+    query(
+        port,
+        "mysql",
+        "SELECT IF(is_role = 'Y', QUOTE(User), CONCAT(QUOTE(User), '@', QUOTE(Host))), is_role \
+         FROM mysql.user WHERE User NOT IN ('root', 'mariadb.sys')",
+    )
+    .lines()
+    .map(|line| {
+        let (name, is_role) = line.split_once('\t').expect("two columns");
+        let mut lines: Vec<String> = query(port, "mysql", &format!("SHOW GRANTS FOR {name}"))
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        if is_role == "N" {
+            lines.push(query(port, "mysql", &format!("SHOW CREATE USER {name}")));
+        }
+        (name.to_owned(), lines)
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_server_with_users_roles_and_grants_restores_onto_a_new_server() {
+    let (source, target) = tokio::join!(EphemeralMariaDb::start(), EphemeralMariaDb::start());
+    let (source, target) = (source.expect("source"), target.expect("target"));
+    query(source.port(), "mysql", SERVER);
+    let expected = grants(source.port());
+    assert!(expected.len() >= 5, "{expected:?}");
+    let ctx = Ctx::new();
+    ctx.init();
+    let b = ctx
+        .run(&[
+            "--json",
+            "backup",
+            &source.url(),
+            "--all-databases",
+            "--with-role-passwords",
+        ])
+        .ok()
+        .json();
+    let id = b["id"].as_str().expect("id").to_owned();
+    ctx.run(&["restore", &id, &target.url(), "--all-databases"])
+        .ok();
+
+    let restored = grants(target.port());
+    for (name, lines) in &expected {
+        assert_eq!(Some(lines), restored.get(name), "{name}");
+    }
+    assert_eq!(expected.len(), restored.len(), "{restored:?}");
+    for db in ["crm", "logs", "shop"] {
+        assert_eq!(
+            schema(source.port(), db),
+            schema(target.port(), db),
+            "schema of {db}"
+        );
+        assert_eq!(
+            tables(source.port(), db),
+            tables(target.port(), db),
+            "rows of {db}"
+        );
+    }
+    // The password came with the backup: app logs in on the new server.
+    let o = Command::new("mariadb")
+        .args([
+            "-h127.0.0.1",
+            "-uapp",
+            "-papp-secret",
+            "-N",
+            "-e",
+            "SELECT CURRENT_ROLE()",
+        ])
+        .arg(format!("-P{}", target.port()))
+        .output()
+        .expect("mariadb");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "writer");
+}
