@@ -1001,4 +1001,27 @@ async fn whole_server_restores_roles_settings_and_every_database_onto_a_fresh_se
         table_checksums(&pg, "shop"),
         table_checksums(&other, "shop_copy")
     );
+
+    // Password hashes need a superuser: a user who may read the database but not
+    // pg_authid is told so, and no backup is made.
+    statements(
+        &pg,
+        "postgres",
+        &["CREATE ROLE plain LOGIN PASSWORD 'plain pw'"],
+    );
+    statements(&pg, "logs", &["GRANT SELECT ON events TO plain"]);
+    let plain = format!(
+        "postgres://plain:plain%20pw@127.0.0.1:{}/logs?sslmode=disable",
+        pg.port()
+    );
+    let refused = ctx.run(&["backup", &plain, "--with-role-passwords"]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("only a superuser") && !refused.stderr.contains("SCRAM-SHA-256$"),
+        "{}",
+        refused.stderr
+    );
+    // Without passwords the same user's backup carries the roles.
+    let b = ctx.run(&["--json", "backup", &plain]).ok().json();
+    assert_eq!(b["globals"], true, "{b}");
 }

@@ -406,9 +406,9 @@ async fn read_roles(client: &Client, passwords: bool) -> Result<Vec<Role>> {
         if !readable {
             return Err(Error::new(
                 ErrorKind::PermissionDenied,
-                "role password hashes are kept in pg_authid, which only a superuser may read: \
-                 connect as a superuser to take them, or back up without role passwords \
-                 (the roles are then recreated without a password)",
+                "role password hashes are kept in pg_authid, which only a superuser (or a member \
+                 of pg_read_all_data) may read: connect as a superuser to take them, or back \
+                 up without role passwords (the roles are then recreated without a password)",
             ));
         }
         "pg_authid"

@@ -386,3 +386,85 @@ impl Repository {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::engine::{StreamRole, StreamSpec};
+    use crate::repo::StreamRecord;
+
+    fn record(name: &str, role: StreamRole) -> StreamRecord {
+        StreamRecord {
+            spec: StreamSpec::new(name, role),
+            bytes: 1,
+            rows: 1,
+            chunks: 1,
+            digest: name.to_owned(),
+            lists: Vec::new(),
+        }
+    }
+
+    fn server_manifest() -> Manifest {
+        let at = chrono::Utc::now();
+        let mut shop_snapshot = BTreeMap::new();
+        shop_snapshot.insert("snapshot".to_owned(), "s1".to_owned());
+        Manifest {
+            format_version: 1,
+            id: "20261203T000000.000Z-abcdef".into(),
+            engine: "postgresql".into(),
+            server_version: "15".into(),
+            database: String::new(),
+            source: "postgres://h/".into(),
+            server_id: None,
+            host: "h".into(),
+            tool_version: "0".into(),
+            started: at,
+            finished: at,
+            tags: BTreeSet::new(),
+            snapshot: BTreeMap::new(),
+            warnings: Vec::new(),
+            stats: Default::default(),
+            streams: vec![
+                record("globals/roles", StreamRole::Auxiliary),
+                record("db/a%2Fb/schema", StreamRole::Schema),
+                record("db/a/schema", StreamRole::Schema),
+                record("db/a/data/public.t/0", StreamRole::TableData),
+            ],
+            filter: Default::default(),
+            databases: vec![
+                ServerDatabase::new("a", shop_snapshot),
+                ServerDatabase::new("a/b", BTreeMap::new()),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_database_view_takes_its_prefix_off_and_no_other_database() {
+        let m = server_manifest();
+        assert!(m.is_server() && m.has_globals());
+        assert_eq!(m.databases[1].prefix, "db/a%2Fb/");
+        let a = m.database_view("a").expect("a");
+        let names: Vec<&str> = a.streams.iter().map(|s| s.spec.name.as_str()).collect();
+        assert_eq!(names, ["schema", "data/public.t/0"]);
+        assert_eq!(a.database, "a");
+        assert_eq!(a.snapshot.get("snapshot").map(String::as_str), Some("s1"));
+        assert!(!a.is_server() && !a.has_globals());
+        let ab = m.database_view("a/b").expect("a/b");
+        assert_eq!(ab.streams.len(), 1);
+        assert!(m.database_view("c").is_none());
+
+        let globals = m.globals_view(&["a/b".to_owned()]);
+        let names: Vec<&str> = globals
+            .streams
+            .iter()
+            .map(|s| s.spec.name.as_str())
+            .collect();
+        assert_eq!(names, ["globals/roles", "db/a%2Fb/schema"]);
+        assert_eq!(m.globals_view(&[]).streams.len(), 4);
+        // A whole-server backup is its own series.
+        assert!(m.group().all_databases);
+        assert_eq!(m.group().to_string(), "all databases on postgresql h:5432");
+    }
+}
