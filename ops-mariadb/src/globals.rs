@@ -370,15 +370,28 @@ const NO_PASSWORD: &str = "mysql_native_password USING 'invalid'";
 
 /// `CREATE USER` as `SHOW CREATE USER` printed it, with its password methods replaced
 /// by [`NO_PASSWORD`] unless `passwords`; and whether one was.
-fn user_statement(create: &str, passwords: bool) -> (String, bool) {
+fn user_statement(account: &Account, create: &str, passwords: bool) -> (String, bool) {
     if passwords {
         return (create.to_owned(), false);
     }
+    // A form this code does not know keeps nothing that could be a secret, and so
+    // nothing but the account.
+    let unknown = || {
+        let host = account.host.as_deref().unwrap_or_default();
+        (
+            format!(
+                "CREATE USER {}@{} IDENTIFIED VIA {NO_PASSWORD}",
+                quote_ident(&account.user),
+                quote_ident(host)
+            ),
+            true,
+        )
+    };
     let w = words(create);
     let word = |i: usize| w.get(i).map(|&(s, e)| &create[s..e]);
+    let quoted = |t: Option<&str>| t.is_some_and(|t| t.len() >= 2 && t.starts_with('\''));
     if word(0) != Some("CREATE") || word(1) != Some("USER") || w.len() < 3 {
-        // Not a form this code knows: keep nothing that could be a secret.
-        return (format!("{create} /* not understood */"), true);
+        return unknown();
     }
     let head = &create[..w[2].1];
     if word(3) != Some("IDENTIFIED") {
@@ -386,8 +399,8 @@ fn user_statement(create: &str, passwords: bool) -> (String, bool) {
     }
     // (plugin, authentication string) per method.
     let mut methods: Vec<(String, Option<&str>)> = Vec::new();
-    let mut i = 4;
-    if word(4) == Some("BY") && word(5) == Some("PASSWORD") {
+    let mut i;
+    if word(4) == Some("BY") && word(5) == Some("PASSWORD") && quoted(word(6)) {
         methods.push(("mysql_native_password".to_owned(), word(6)));
         i = 7;
     } else if word(4) == Some("VIA") {
@@ -395,6 +408,9 @@ fn user_statement(create: &str, passwords: bool) -> (String, bool) {
         while let Some(plugin) = word(i) {
             i += 1;
             let auth = if matches!(word(i), Some("USING" | "AS")) {
+                if !quoted(word(i + 1)) {
+                    return unknown();
+                }
                 i += 2;
                 word(i - 1)
             } else {
@@ -406,6 +422,8 @@ fn user_statement(create: &str, passwords: bool) -> (String, bool) {
             }
             i += 1;
         }
+    } else {
+        return unknown();
     }
     let rest = w.get(i).map_or("", |&(s, _)| &create[s..]);
     let mut left_out = false;
@@ -602,7 +620,8 @@ async fn dump_on(
                         return Err(denied(e, login).during(format!("reading {account}")));
                     }
                 };
-            let (create, password_left_out) = user_statement(&create, options.role_passwords);
+            let (create, password_left_out) =
+                user_statement(&account, &create, options.role_passwords);
             entries.push(Entry::User {
                 user: account.user.clone(),
                 host: host.clone(),
@@ -1077,8 +1096,9 @@ mod tests {
         let hash = "CREATE USER `app`@`%` IDENTIFIED BY PASSWORD \
                     '*2B602296A79E0A8784ACC5C88D92E46588CCA3C3' REQUIRE SSL \
                     WITH MAX_QUERIES_PER_HOUR 10 ACCOUNT LOCK PASSWORD EXPIRE INTERVAL 30 DAY";
-        assert_eq!(user_statement(hash, true), (hash.to_owned(), false));
-        let (sql, left_out) = user_statement(hash, false);
+        let a = Account::user("a", "%");
+        assert_eq!(user_statement(&a, hash, true), (hash.to_owned(), false));
+        let (sql, left_out) = user_statement(&a, hash, false);
         assert!(left_out);
         assert_eq!(
             sql,
@@ -1087,7 +1107,7 @@ mod tests {
         );
         let multi = "CREATE USER `m`@`%` IDENTIFIED VIA mysql_native_password USING \
                      '*667F407DE7C6AD07358FA38DAED7828A72014B4E' OR unix_socket";
-        let (sql, left_out) = user_statement(multi, false);
+        let (sql, left_out) = user_statement(&a, multi, false);
         assert!(left_out);
         assert_eq!(
             sql,
@@ -1098,11 +1118,12 @@ mod tests {
             "CREATE USER `p`@`%` IDENTIFIED VIA pam USING 'mariadb'",
             "CREATE USER `n`@`localhost`",
         ] {
-            let (sql, left_out) = user_statement(same, false);
+            let (sql, left_out) = user_statement(&a, same, false);
             assert!(!left_out, "{same}");
             assert_eq!(sql, same);
         }
         let (sql, left_out) = user_statement(
+            &a,
             "CREATE USER `e`@`%` IDENTIFIED VIA ed25519 USING 'Gv2JI8Env2fd5YGonZ' ACCOUNT LOCK",
             false,
         );
@@ -1113,6 +1134,20 @@ mod tests {
             secrets_of(hash),
             ["*2B602296A79E0A8784ACC5C88D92E46588CCA3C3"]
         );
+        // Forms this code does not read keep only the account.
+        let odd = Account::user("o`dd", "h");
+        for unknown in [
+            "CREATE USER `o``dd`@`h` IDENTIFIED BY 'plain text' ACCOUNT LOCK",
+            "CREATE USER `o``dd`@`h` IDENTIFIED VIA future USING secret-without-quotes",
+            "ALTER USER `o``dd`@`h` IDENTIFIED BY PASSWORD '*ABC'",
+        ] {
+            let (sql, left_out) = user_statement(&odd, unknown, false);
+            assert!(left_out, "{unknown}");
+            assert_eq!(
+                sql,
+                "CREATE USER `o``dd`@`h` IDENTIFIED VIA mysql_native_password USING 'invalid'"
+            );
+        }
     }
 
     #[test]
