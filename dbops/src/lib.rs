@@ -9,16 +9,18 @@ use std::sync::Arc;
 pub use ops_core::repo::{
     BackupFilter, BackupGroup, BackupOptions, BackupStats, ChunkerParams, Encryption,
     ForgetOptions, ForgetReport, GroupBy, GroupDecisions, InitOptions, KdfParams, LastBackupAge,
-    Manifest, Problem, Progress, PruneOptions, PruneReport, Repository, RestoreCheck, StreamRecord,
-    VerifyOptions, VerifyReport,
+    Manifest, Problem, Progress, PruneOptions, PruneReport, Repository, RestoreCheck,
+    ServerDatabase, ServerRestoreOptions, ServerRestoreReport, StreamRecord, VerifyOptions,
+    VerifyReport,
 };
 pub use ops_core::retention::KeepRules;
 pub use ops_core::{
     BackupSummary, BackupTarget, ByteStream, DatabaseEngine, DumpOptions, DumpReport, DumpSink,
-    EphemeralServer, Error, ErrorKind, ErrorStatus, HealthCheck, HealthReport, HealthStatus,
-    ObjectMeta, ObjectStream, PutOutcome, RestoreOptions, RestoreReport, Result, RetentionDecision,
-    RetentionPolicy, Secret, ServerInfo, StreamRole, StreamSource, StreamSpec, StreamSummary,
-    StreamWriter, TableInfo, TableRef, VERSION, redact_url,
+    EphemeralServer, Error, ErrorKind, ErrorStatus, GlobalsOptions, GlobalsPhase, GlobalsReport,
+    GlobalsRestoreOptions, HealthCheck, HealthReport, HealthStatus, ObjectMeta, ObjectStream,
+    PutOutcome, RestoreOptions, RestoreReport, Result, RetentionDecision, RetentionPolicy, Secret,
+    ServerInfo, StreamRole, StreamSource, StreamSpec, StreamSummary, StreamWriter, TableInfo,
+    TableRef, VERSION, redact_url,
 };
 pub use ops_storage::TargetOptions;
 

@@ -377,7 +377,18 @@ async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
         )),
     };
     drop(display);
-    let m = result?;
+    let m = result.map_err(|e| {
+        // A server URL without a database: the way to take them all is a flag.
+        if e.kind() == ErrorKind::InvalidInput && e.message().contains("names none") {
+            let message = format!(
+                "{} (dbops: --all-databases backs up every database of the server)",
+                e.message()
+            );
+            e.with_message(message)
+        } else {
+            e
+        }
+    })?;
     let secs = started.elapsed().as_secs_f64();
     if cli.json {
         print_json(&json!({
@@ -747,7 +758,11 @@ fn print_restore_check(r: &serde_json::Value) {
     }
     let check = &r["check"];
     println!(
-        "restore of {id} into {}:",
+        "restore of {id}{} into {}:",
+        r["database"]
+            .as_str()
+            .map(|d| format!(" (database {d})"))
+            .unwrap_or_default(),
         check["database"].as_str().unwrap_or_default()
     );
     if let Some(prepared) = check["restore"]["prepared"].as_array() {

@@ -161,6 +161,7 @@ impl InitOptions {
 /// | back up a database | [`Repository::backup`] with any [`crate::DatabaseEngine`] |
 /// | list, choose | [`Repository::list_backups`], [`Repository::list_backups_matching`], [`Repository::select`] (`latest`, `latest:DB`, ids) |
 /// | restore | [`Repository::restore`] |
+/// | whole servers | [`Repository::backup_server`], [`Repository::restore_server`], [`Repository::restore_globals`] |
 /// | prove | [`Repository::verify`] (structure, every byte), [`Repository::verify_restore`] (restore and compare every table) |
 /// | keep | [`Repository::forget`] with a [`crate::RetentionPolicy`] such as [`crate::retention::KeepRules`], per group; [`Repository::prune`] |
 /// | copy offsite | [`Repository::copy_backup`] |
