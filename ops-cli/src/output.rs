@@ -86,6 +86,9 @@ pub struct ProgressDisplay {
     task: Option<tokio::task::JoinHandle<()>>,
     bar: Option<indicatif::ProgressBar>,
     progress: Option<Arc<Progress>>,
+    /// What the line names, and since when: the last line is drawn again on drop.
+    what: &'static str,
+    started: std::time::Instant,
 }
 
 /// True when progress should be shown: stderr is a terminal, and neither `--quiet`
@@ -153,6 +156,8 @@ impl ProgressDisplay {
                 task: None,
                 bar: None,
                 progress: None,
+                what,
+                started: std::time::Instant::now(),
             };
         }
         let bar = indicatif::ProgressBar::new_spinner();
@@ -176,6 +181,8 @@ impl ProgressDisplay {
             task: Some(task),
             bar: Some(bar),
             progress: Some(Arc::clone(progress)),
+            what,
+            started,
         }
     }
 }
@@ -186,9 +193,11 @@ impl Drop for ProgressDisplay {
             t.abort();
         }
         if let Some(b) = self.bar.take() {
-            // The last state stays on the terminal: what was done, of what.
+            // The last state stays on the terminal: what was done, of what (drawn now:
+            // work shorter than a tick would leave the first line standing).
             if let Some(p) = &self.progress {
                 p.set_status("");
+                b.set_message(progress_line(self.what, p, self.started.elapsed()));
             }
             b.finish();
         }
