@@ -947,6 +947,32 @@ async fn whole_server_restores_roles_settings_and_every_database_onto_a_fresh_se
         "{}",
         again.stderr
     );
+    // A whole-server backup into one database: say how, then one database of it.
+    let one = ctx.run(&["restore", &id, &fresh.url_for("crm_copy"), "--create"]);
+    assert_ne!(one.code, 0);
+    assert!(
+        one.stderr.contains("--all-databases") && one.stderr.contains("--source-database"),
+        "{}",
+        one.stderr
+    );
+    ctx.run(&[
+        "restore",
+        &id,
+        &fresh.url_for("crm_copy"),
+        "--create",
+        "--source-database",
+        "crm",
+    ])
+    .ok();
+    assert_eq!(
+        table_checksums(&pg, "crm"),
+        table_checksums(&fresh, "crm_copy")
+    );
+    // A server URL without --all-databases is pointed to it.
+    let server_url = pg.url().replace("/postgres?", "/?");
+    let bare = ctx.run(&["backup", &server_url]);
+    assert_ne!(bare.code, 0);
+    assert!(bare.stderr.contains("--all-databases"), "{}", bare.stderr);
     drop(fresh);
 
     // One database backed up alone carries the globals too; restored under another
