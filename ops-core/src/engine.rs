@@ -104,7 +104,11 @@ pub struct GlobalsRestoreOptions {
     /// Which phase to run.
     pub phase: GlobalsPhase,
     /// Only what these databases need (their owners, grantees, definers); empty means
-    /// everything (a whole-server restore).
+    /// everything (a whole-server restore). Names are the backup's; the repository's
+    /// source then also lists those databases' own streams (under their stored names),
+    /// from which an engine can tell what they need. When one database is named and
+    /// the engine is bound to another, that database is being restored under the
+    /// bound name, and what the globals hold about it follows it there.
     pub databases: Vec<String>,
 }
 
