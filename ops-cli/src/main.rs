@@ -4,6 +4,7 @@
 mod agent;
 mod cli;
 mod commands;
+mod files;
 mod maintain;
 mod output;
 

@@ -136,7 +136,10 @@ impl RepoSource {
         Ok(reads)
     }
 
-    async fn fetch(&self, read: Read) -> Result<Vec<(ChunkId, Bytes)>> {
+    /// Reads and decodes one ranged read. A damaged blob ends the batch: the blobs
+    /// before it are returned with the error, so a reader gets every intact byte up to
+    /// the damage (a restore of chosen files before it succeeds).
+    async fn fetch(&self, read: Read) -> Result<(Vec<(ChunkId, Bytes)>, Option<Error>)> {
         let pack = self.index.pack(read.pack)?.id;
         let key = format::pack_key(&pack);
         let data = self
@@ -153,16 +156,16 @@ impl RepoSource {
         }
         let keys = self.repo.keys.clone();
         tokio::task::spawn_blocking(move || {
-            read.items
-                .iter()
-                .map(|(id, loc)| {
-                    let from = (loc.offset - read.start) as usize;
-                    let stored = &data[from..from + loc.length as usize];
-                    format::decode_blob(&keys, id, loc.raw, stored)
-                        .map(|plain| (*id, Bytes::from(plain)))
-                        .map_err(|e| e.with_context("pack", &pack))
-                })
-                .collect::<Result<Vec<_>>>()
+            let mut good = Vec::with_capacity(read.items.len());
+            for (id, loc) in &read.items {
+                let from = (loc.offset - read.start) as usize;
+                let stored = &data[from..from + loc.length as usize];
+                match format::decode_blob(&keys, id, loc.raw, stored) {
+                    Ok(plain) => good.push((*id, Bytes::from(plain))),
+                    Err(e) => return Ok((good, Some(e.with_context("pack", &pack)))),
+                }
+            }
+            Ok((good, None))
         })
         .await
         .map_err(|e| Error::internal(format!("decode task failed: {e}")))?
@@ -266,6 +269,7 @@ impl StreamSource for RepoSource {
             chunks: 0,
             record,
             hasher,
+            failed: None,
             done: false,
         };
         Ok(Box::pin(checked))
@@ -279,7 +283,9 @@ type TableHashing = (
     RecordHasher,
 );
 
-type ChunkBatches = Pin<Box<dyn Stream<Item = Result<Vec<(ChunkId, Bytes)>>> + Send>>;
+/// Decoded chunks of one ranged read, and the damage that ended it early.
+type ChunkBatch = (Vec<(ChunkId, Bytes)>, Option<Error>);
+type ChunkBatches = Pin<Box<dyn Stream<Item = Result<ChunkBatch>> + Send>>;
 
 /// Yields a stream's plain bytes and checks its length and digest at the end.
 struct Checked {
@@ -291,6 +297,8 @@ struct Checked {
     chunks: u64,
     record: StreamRecord,
     hasher: Option<TableHashing>,
+    /// Damage met after the chunks in `pending`: yielded once they are.
+    failed: Option<Error>,
     done: bool,
 }
 
@@ -343,6 +351,11 @@ impl Stream for Checked {
                 }
                 return Poll::Ready(Some(Ok(b)));
             }
+            if let Some(e) = self.failed.take() {
+                self.done = true;
+                let e = self.context(e);
+                return Poll::Ready(Some(Err(e)));
+            }
             if self.done {
                 return Poll::Ready(None);
             }
@@ -353,7 +366,8 @@ impl Stream for Checked {
                     let e = self.context(e);
                     return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Ready(Some(Ok(batch))) => {
+                Poll::Ready(Some(Ok((batch, failed)))) => {
+                    self.failed = failed;
                     for (id, bytes) in batch {
                         self.digest.update(&id.0);
                         self.bytes += bytes.len() as u64;
