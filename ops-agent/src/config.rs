@@ -218,6 +218,11 @@ struct RawJob {
     schemas: Vec<String>,
     #[serde(default)]
     exclude_schemas: Vec<String>,
+    // Backup file trees.
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
     lock_wait: Option<Spanned<String>>,
     // Archive.
     table: Option<Spanned<String>>,
@@ -498,6 +503,11 @@ pub enum Work {
         /// Which tables to take (keys `tables`, `exclude_tables`, `exclude_table_data`,
         /// `schemas`, `exclude_schemas`); empty takes all.
         filter: ops_core::TableFilter,
+        /// Directories and files taken in the same backup (key `paths`), checked
+        /// when the job runs.
+        paths: Vec<PathBuf>,
+        /// What to leave out of them (key `exclude`, glob patterns).
+        excludes: Vec<String>,
     },
     /// Verify backups.
     Verify {
@@ -906,11 +916,17 @@ impl Config {
                 tags,
                 parallel,
                 filter,
+                paths,
+                excludes,
             } => {
                 v["database"] = json!(database);
                 v["repository"] = json!(repository);
                 v["tags"] = json!(tags);
                 v["parallel"] = json!(parallel);
+                if !paths.is_empty() {
+                    v["paths"] = json!(paths);
+                    v["exclude"] = json!(excludes);
+                }
                 if !filter.is_empty() {
                     v["filter"] = json!(filter);
                 }
@@ -2070,6 +2086,8 @@ impl Resolver<'_> {
             (!r.exclude_table_data.is_empty(), "exclude_table_data"),
             (!r.schemas.is_empty(), "schemas"),
             (!r.exclude_schemas.is_empty(), "exclude_schemas"),
+            (!r.paths.is_empty(), "paths"),
+            (!r.exclude.is_empty(), "exclude"),
         ] {
             not_for(present, key, &[K::Backup]);
         }
@@ -2139,6 +2157,15 @@ impl Resolver<'_> {
                 tags: r.tags.clone(),
                 parallel: r.parallel.unwrap_or(2).max(1),
                 filter: self.table_filter(r, &what)?,
+                paths: r.paths.iter().map(PathBuf::from).collect(),
+                excludes: {
+                    // Patterns are checked now; the paths when the job runs (the
+                    // checking host may not have them).
+                    if let Err(e) = ops_core::repo::FileTrees::check_excludes(&r.exclude) {
+                        return Err(self.err(&r.kind, &format!("{what} exclude"), e.message()));
+                    }
+                    r.exclude.clone()
+                },
             },
             K::Verify => {
                 let restore_into = match &r.restore_into {

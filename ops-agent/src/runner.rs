@@ -414,6 +414,8 @@ impl Runner {
                 tags,
                 parallel,
                 filter,
+                paths,
+                excludes,
             } => {
                 let engine = self.database_of(database)?.engine()?;
                 let repo = open_repository(&self.config, repository).await?;
@@ -424,6 +426,11 @@ impl Runner {
                             .with_filter(filter.clone()),
                     )
                     .with_tags(tags.iter().cloned());
+                let options = if paths.is_empty() {
+                    options
+                } else {
+                    options.with_files(ops_core::repo::FileTrees::new(paths, excludes)?)
+                };
                 let m = repo.backup(engine.as_ref(), &options).await?;
                 Ok(WorkOutcome {
                     backup_id: Some(m.id.clone()),

@@ -122,6 +122,45 @@ async fn sample_database_backs_up_verifies_and_restores_identically() {
         unknown.stderr
     );
     assert!(!database_exists(&pg, "nothing"));
+
+    // The database and its uploaded files in one backup, restored together.
+    let uploads = ctx.dir.path().join("app/storage");
+    std::fs::create_dir_all(uploads.join("avatars")).expect("dir");
+    std::fs::write(uploads.join("avatars/1.png"), b"png").expect("write");
+    std::fs::write(uploads.join(".env"), b"APP_KEY=x\n").expect("write");
+    let both = ctx
+        .run(&[
+            "--json",
+            "backup",
+            &pg.url_for("shop"),
+            "--path",
+            uploads.to_str().expect("utf8"),
+        ])
+        .ok()
+        .json();
+    assert_eq!(both["engine"], "postgresql");
+    assert_eq!(both["files"][0]["entries"], 4, "{both}");
+    let both_id = both["id"].as_str().expect("id");
+    let to = ctx.dir.path().join("dr");
+    let r = ctx
+        .run(&[
+            "--json",
+            "restore",
+            both_id,
+            &pg.url_for("shop_dr"),
+            "--create",
+            "--path-to",
+            to.to_str().expect("utf8"),
+        ])
+        .ok()
+        .json();
+    assert_eq!(r["files"]["files"], 2, "{r}");
+    assert_eq!(src, table_checksums(&pg, "shop_dr"));
+    let restored = to.join(uploads.strip_prefix("/").expect("absolute"));
+    assert_eq!(
+        std::fs::read(restored.join(".env")).expect("restored"),
+        b"APP_KEY=x\n"
+    );
 }
 
 fn files_under(dir: PathBuf) -> Vec<PathBuf> {

@@ -90,6 +90,14 @@ impl FileTrees {
         Ok(Self { roots, excludes })
     }
 
+    /// Checks exclude patterns alone (a config checked where the paths are absent).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] naming a bad pattern.
+    pub fn check_excludes(excludes: &[String]) -> Result<()> {
+        excludes.iter().try_for_each(|e| Glob::parse(e).map(drop))
+    }
+
     /// The trees' roots, absolute.
     pub fn roots(&self) -> &[PathBuf] {
         &self.roots
