@@ -25,6 +25,11 @@ const LIBRARY_SOURCES: &[&str] = &[
 /// `--lock-wait-timeout`, mariadbd's `--local-infile`) are not in this list, and a flag
 /// only matches as a whole token: `--lock-wait` does not match `--lock-wait-timeout`.
 const CLI_FLAGS: &[&str] = &[
+    "--path",
+    "--path-to",
+    "--exclude",
+    "--overwrite",
+    "--files",
     "--all-databases",
     "--with-role-passwords",
     "--with-globals",
