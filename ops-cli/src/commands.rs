@@ -10,8 +10,7 @@ use ops_core::maintain::Ended;
 use ops_core::repo::{
     BackupFilter, BackupOptions, ChunkerParams, Encryption, ForgetOptions, GroupBy, InPlaceOptions,
     InitOptions, KdfParams, Manifest, Progress, PruneOptions, Repository, ServerRestoreOptions,
-    VerifyOptions, groups_of,
-    source_address,
+    VerifyOptions, groups_of, source_address,
 };
 use ops_core::{
     DumpOptions, Error, ErrorKind, GlobalsOptions, GlobalsPhase, GlobalsRestoreOptions,

@@ -446,7 +446,11 @@ async fn table_filters_take_exactly_what_they_say() {
     // The schema is the database: a schema pattern naming another matches nothing.
     let r = ctx.run(&["backup", &url, "--schema", "other"]);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("'other'") && r.stderr.contains("matched no table"), "{}", r.all());
+    assert!(
+        r.stderr.contains("'other'") && r.stderr.contains("matched no table"),
+        "{}",
+        r.all()
+    );
 }
 
 /// Three databases, users (one the definer of a view), roles, role grants, a default

@@ -33,8 +33,8 @@ use futures::{StreamExt as _, TryStreamExt};
 pub use backup::BackupOptions;
 pub use crypto::KdfParams;
 pub use files::{
-    EntryKind, FILES_ENGINE, FILES_PREFIX, FileEntry, FileRestoreOptions, FileRestoreReport, FileTree,
-    FileTrees, trees_of,
+    EntryKind, FILES_ENGINE, FILES_PREFIX, FileEntry, FileRestoreOptions, FileRestoreReport,
+    FileTree, FileTrees, trees_of,
 };
 pub use format::{
     ChunkId, ChunkerParams, CompressionAlgorithm, CompressionParams, EncryptionScheme,
