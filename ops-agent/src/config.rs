@@ -2157,7 +2157,20 @@ impl Resolver<'_> {
                 tags: r.tags.clone(),
                 parallel: r.parallel.unwrap_or(2).max(1),
                 filter: self.table_filter(r, &what)?,
-                paths: r.paths.iter().map(PathBuf::from).collect(),
+                paths: {
+                    let paths: Vec<PathBuf> = r.paths.iter().map(PathBuf::from).collect();
+                    if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
+                        return Err(self.err(
+                            &r.kind,
+                            &format!("{what} paths"),
+                            format!(
+                                "'{}' is not an absolute path (a daemon's working directory is no place to resolve it)",
+                                p.display()
+                            ),
+                        ));
+                    }
+                    paths
+                },
                 excludes: {
                     // Patterns are checked now; the paths when the job runs (the
                     // checking host may not have them).

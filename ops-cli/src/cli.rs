@@ -480,7 +480,7 @@ pub struct BackupArgs {
     /// memberships, role settings, tablespaces; MariaDB users, roles, grants) as one
     /// backup; DB_URL names the server (a database in it is only where dbops
     /// connects). Each database is its own snapshot: none spans databases.
-    #[arg(long, requires = "database", conflicts_with = "paths")]
+    #[arg(long, requires = "database")]
     pub all_databases: bool,
     /// Store role password hashes with the globals (PostgreSQL: needs a superuser,
     /// who alone may read pg_authid). Without it, roles come back without passwords.

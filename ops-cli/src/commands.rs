@@ -863,10 +863,15 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     let engine = dbops::engine(url)?;
     let (repo, display) = watched(cli, open_repo(cli).await?, "restore");
     let m = pick(&repo, &a.id, &backup_filter(&a.filter)).await?;
+    // What would stop the files is found before the database is touched.
+    crate::files::check(&repo, &m, a).await?;
     if a.all_databases {
         let restored = restore_server(cli, a, &repo, &m, engine.as_ref()).await;
         drop(display);
-        return restored;
+        let code = restored?;
+        let files = crate::files::restore_after_database(&repo, &m, a).await?;
+        crate::files::print_restore(cli, &m, files.as_ref(), false);
+        return Ok(code);
     }
     let full = m.clone();
     let m = one_database(m, a.source_database.as_deref())?;
@@ -983,9 +988,9 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         .collect();
     let report = report.restore;
     let rows: u64 = report.tables.values().sum();
-    // The files after the database: a database restored and files refused (they
-    // exist) is said plainly, with the database's part done.
-    let files = crate::files::restore(&repo, &m, a).await?;
+    // The files after the database (checked before it): a failure now says that the
+    // database's part is done.
+    let files = crate::files::restore_after_database(&repo, &m, a).await?;
     if cli.json {
         print_json(&json!({
             "ok": true,

@@ -31,29 +31,67 @@ pub fn print_trees(m: &Manifest) -> Result<()> {
     Ok(())
 }
 
+fn options(a: &RestoreArgs) -> Option<FileRestoreOptions> {
+    a.path_to.as_ref().map(|to| {
+        FileRestoreOptions::new(to)
+            .with_paths(a.paths.clone())
+            .with_overwrite(a.overwrite)
+    })
+}
+
+fn hint(e: ops_core::Error, a: &RestoreArgs) -> ops_core::Error {
+    if e.kind() == ErrorKind::AlreadyExists
+        && !a.overwrite
+        && !e.message().contains("directories stand")
+    {
+        let message = format!("{} (dbops: --overwrite replaces them)", e.message());
+        e.with_message(message)
+    } else {
+        e
+    }
+}
+
+/// Checks, before anything is written, what would stop `--path-to`.
+pub async fn check(repo: &Repository, m: &Manifest, a: &RestoreArgs) -> Result<()> {
+    match options(a) {
+        Some(o) => repo
+            .check_restore_files(m, &o)
+            .await
+            .map_err(|e| hint(e, a)),
+        None => Ok(()),
+    }
+}
+
 /// Restores the backup's files when `--path-to` asks for them.
 pub async fn restore(
     repo: &Repository,
     m: &Manifest,
     a: &RestoreArgs,
 ) -> Result<Option<FileRestoreReport>> {
-    let Some(to) = &a.path_to else {
+    let Some(o) = options(a) else {
         return Ok(None);
     };
-    let options = FileRestoreOptions::new(to)
-        .with_paths(a.paths.clone())
-        .with_overwrite(a.overwrite);
-    repo.restore_files(m, &options)
+    repo.restore_files(m, &o)
         .await
         .map(Some)
-        .map_err(|e| {
-            if e.kind() == ErrorKind::AlreadyExists && !a.overwrite {
-                let message = format!("{} (dbops: --overwrite replaces them)", e.message());
-                e.with_message(message)
-            } else {
-                e
-            }
-        })
+        .map_err(|e| hint(e, a))
+}
+
+/// [`restore`] after the database was restored: a failure says so, and how to
+/// restore the files alone.
+pub async fn restore_after_database(
+    repo: &Repository,
+    m: &Manifest,
+    a: &RestoreArgs,
+) -> Result<Option<FileRestoreReport>> {
+    restore(repo, m, a).await.map_err(|e| {
+        let message = format!(
+            "{} (the database was restored; dbops restore {} --path-to DIR restores the files alone)",
+            e.message(),
+            m.id
+        );
+        e.with_message(message)
+    })
 }
 
 /// What a file restore did. Beside a database restore, JSON goes with that command's
@@ -114,9 +152,11 @@ pub async fn list_entries(repo: &Repository, m: &Manifest) -> Result<ExitCode> {
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
                 .unwrap_or_default();
             let path = t.root.join(&e.path);
+            // Names are whatever uploads were called: escaped, never raw to a terminal.
+            let shown = |p: &std::path::Path| p.display().to_string().escape_debug().to_string();
             let tail = match (&e.target, &e.link) {
-                (Some(target), _) => format!(" -> {}", target.display()),
-                (_, Some(link)) => format!(" => {}", t.root.join(link).display()),
+                (Some(target), _) => format!(" -> {}", shown(target)),
+                (_, Some(link)) => format!(" => {}", shown(&t.root.join(link))),
                 _ => String::new(),
             };
             println!(
@@ -125,7 +165,7 @@ pub async fn list_entries(repo: &Repository, m: &Manifest) -> Result<ExitCode> {
                 e.uid,
                 e.gid,
                 e.size,
-                path.display().to_string().escape_debug()
+                shown(&path)
             );
             Ok(())
         })

@@ -104,6 +104,10 @@ fn make_tree(root: &Path, large: usize) {
     set_mtime(&root.join("a/one.txt"), "2001-02-03 04:05:06.123456789");
     set_mtime(&root.join("link to one"), "2002-02-03 04:05:06");
     set_mtime(&root.join("a/b/c"), "2003-02-03 04:05:06");
+    // A directory its owner cannot write to, with content: its mode comes last.
+    fs::create_dir_all(root.join("ro")).expect("dir");
+    write(&root.join("ro/inside.txt"), b"inside");
+    fs::set_permissions(root.join("ro"), fs::Permissions::from_mode(0o500)).expect("chmod");
 }
 
 #[test]
@@ -197,6 +201,40 @@ fn a_tree_restores_bit_identical_deduplicates_and_names_damaged_files() {
         fs::read(restored.join("with space.txt")).expect("read"),
         b"changed too"
     );
+
+    // A path not in the backup is an error, not an empty success.
+    let missing = root.join("no/such/thing");
+    let r = ctx.run(&[
+        "restore",
+        &id,
+        "--path-to",
+        to.to_str().expect("utf8"),
+        "--overwrite",
+        "--path",
+        missing.to_str().expect("utf8"),
+    ]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("not in the backup"), "{}", r.all());
+
+    // --overwrite of the whole tree: a symlink planted where the backup has a
+    // directory is replaced, never followed, and everything is as it was.
+    let outside = ctx.dir.path().join("outside");
+    fs::create_dir_all(&outside).expect("dir");
+    fs::remove_dir_all(restored.join("a/b/c")).expect("remove");
+    symlink(&outside, restored.join("a/b/c")).expect("plant");
+    ctx.run(&[
+        "restore",
+        &id,
+        "--path-to",
+        to.to_str().expect("utf8"),
+        "--overwrite",
+    ])
+    .ok();
+    assert_eq!(fs::read_dir(&outside).expect("outside").count(), 0);
+    assert_eq!(listing(&restored), want);
+    for d in [&root, &restored] {
+        fs::set_permissions(d.join("ro"), fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
 
     // One changed file of 1 MB: the second backup stores about that file's bytes.
     write(&root.join("a/b/changing.bin"), &random(1_000_000));

@@ -128,6 +128,8 @@ async fn sample_database_backs_up_verifies_and_restores_identically() {
     std::fs::create_dir_all(uploads.join("avatars")).expect("dir");
     std::fs::write(uploads.join("avatars/1.png"), b"png").expect("write");
     std::fs::write(uploads.join(".env"), b"APP_KEY=x\n").expect("write");
+    let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    std::fs::set_permissions(uploads.join(".env"), private).expect("chmod");
     let both = ctx
         .run(&[
             "--json",
@@ -161,6 +163,24 @@ async fn sample_database_backs_up_verifies_and_restores_identically() {
         std::fs::read(restored.join(".env")).expect("restored"),
         b"APP_KEY=x\n"
     );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(restored.join(".env"))
+            .expect("stat")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o7777, 0o600);
+    // Files that exist stop the restore before the database is touched.
+    let again = ctx.run(&[
+        "restore",
+        both_id,
+        &pg.url_for("shop_dr2"),
+        "--create",
+        "--path-to",
+        to.to_str().expect("utf8"),
+    ]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("--overwrite"), "{}", again.stderr);
+    assert!(!database_exists(&pg, "shop_dr2"));
 }
 
 fn files_under(dir: PathBuf) -> Vec<PathBuf> {

@@ -72,6 +72,9 @@ impl FileTrees {
             })?;
             roots.push(abs);
         }
+        // The same trees in another order are the same group.
+        roots.sort();
+        roots.dedup();
         for (i, a) in roots.iter().enumerate() {
             for (j, b) in roots.iter().enumerate() {
                 if i != j && a.starts_with(b) {
@@ -275,6 +278,34 @@ impl FileEntry {
     fn from_line(bytes: &[u8]) -> Result<Self> {
         let line: Line = serde_json::from_slice(bytes)
             .map_err(|e| Error::corrupt(format!("a file listing line is damaged: {e}")))?;
+        let entry = Self::from_parsed(line)?;
+        let damaged = |why: &str| {
+            Err(Error::corrupt(format!(
+                "a file listing line is damaged: {} {why}",
+                entry.path.display()
+            )))
+        };
+        // Nothing a listing names may point outside its tree.
+        if !plain(&entry.path) {
+            return damaged("is not a plain path below the tree's root");
+        }
+        if entry
+            .link
+            .as_deref()
+            .is_some_and(|l| !plain(l) || l.as_os_str().is_empty())
+        {
+            return damaged("is a hard link to a path outside the tree");
+        }
+        if entry.kind != EntryKind::File && entry.size != 0 {
+            return damaged("has content but is not a regular file");
+        }
+        if entry.kind == EntryKind::Hardlink && entry.link.is_none() {
+            return damaged("is a hard link to nothing");
+        }
+        Ok(entry)
+    }
+
+    fn from_parsed(line: Line) -> Result<Self> {
         Ok(Self {
             path: decode(line.path, line.path_b64)?.unwrap_or_default(),
             kind: line.kind,
@@ -461,6 +492,12 @@ impl<'a> Walk<'a> {
         let root_meta = tokio::fs::symlink_metadata(self.root)
             .await
             .map_err(|e| Error::io(format!("reading {}", self.root.display()), e))?;
+        if root_meta.file_type().is_symlink() {
+            self.warn(format!(
+                "{} is a symlink: only the link is stored; name its target to back up what it points to",
+                self.root.display()
+            ));
+        }
         let mut stack = Vec::new();
         if let Some(frame) = self.entry(PathBuf::new(), root_meta).await? {
             stack.push(frame);
@@ -680,7 +717,10 @@ enum Token {
 
 impl Glob {
     fn parse(text: &str) -> Result<Self> {
-        let trimmed = text.trim_start_matches('/').trim_end_matches('/');
+        // A leading `/` anchors at the tree's root; a trailing one is ignored.
+        let untrailed = text.trim_end_matches('/');
+        let anchored = untrailed.contains('/');
+        let trimmed = untrailed.trim_start_matches('/');
         if trimmed.is_empty() {
             return Err(Error::invalid(format!(
                 "'{text}' is not an exclude pattern"
@@ -750,7 +790,7 @@ impl Glob {
         }
         Ok(Self {
             text: text.to_owned(),
-            anchored: trimmed.contains('/'),
+            anchored,
             tokens,
         })
     }
@@ -951,19 +991,198 @@ fn selected(paths: &[PathBuf], abs: &Path) -> bool {
     paths.is_empty() || paths.iter().any(|p| abs.starts_with(p))
 }
 
-/// A directory whose metadata is set once everything below it is written.
-struct OpenDir {
-    rel: PathBuf,
-    dest: PathBuf,
-    entry: FileEntry,
+/// True for a relative path of plain names only (no `..`, no root, no `.`): what a
+/// listing may name, so nothing it says can point outside its tree.
+fn plain(p: &Path) -> bool {
+    p.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
-/// Restores the trees of `manifest` read through `source`.
-pub(super) async fn restore(
+fn absolute_in(t: &FileTree, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() {
+        t.root.clone()
+    } else {
+        t.root.join(rel)
+    }
+}
+
+/// A directory of the listing on the path to the current entry.
+struct Seen {
+    rel: PathBuf,
+    dest: PathBuf,
+    /// It exists below the target as a real directory (made or checked).
+    ready: bool,
+    /// Chosen: its stored metadata is applied once everything below it is written.
+    entry: Option<FileEntry>,
+}
+
+/// Checks the listing's shape as it is read: every entry's parent is the directory
+/// listed last on its path, so no entry lies below a symlink or outside its tree.
+fn check_order(seen: &[Seen], e: &FileEntry, root: &Path) -> Result<()> {
+    let fits = match (e.path.parent(), seen.last()) {
+        (None, None) => true,
+        (Some(parent), Some(top)) => parent == top.rel,
+        _ => false,
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(Error::corrupt(format!(
+            "the file listing of {} is damaged: {} does not follow its directory",
+            root.display(),
+            e.path.display()
+        )))
+    }
+}
+
+/// Pops the directories `e` is not below, applying the metadata of chosen ones.
+fn leave_dirs(seen: &mut Vec<Seen>, e: &FileEntry, owners: &mut Owners) -> Result<()> {
+    while seen
+        .last()
+        .is_some_and(|d| !e.path.starts_with(&d.rel) || e.path == d.rel)
+    {
+        let d = seen.pop().expect("checked");
+        if let Some(entry) = &d.entry {
+            set_meta(&d.dest, entry, owners)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `dest` a real directory (owner-only until its own mode is applied): an
+/// existing directory is used, a symlink or file there is replaced only when
+/// overwriting, never followed.
+fn real_dir(dest: &Path, overwrite: bool) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) if overwrite => std::fs::remove_file(dest)
+            .map_err(|err| Error::io(format!("replacing {}", dest.display()), err))?,
+        Ok(_) => {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a directory; nothing below it was written",
+                    dest.display()
+                ),
+            ));
+        }
+        Err(_) => {}
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dest)
+        .map_err(|err| Error::io(format!("creating {}", dest.display()), err))
+}
+
+/// Makes every directory on the current path exist (those of the listing made
+/// owner-only, with their metadata later if chosen; the ones above the tree's root as
+/// the target's own).
+fn ready_dirs(seen: &mut [Seen], overwrite: bool) -> Result<()> {
+    for (i, d) in seen.iter_mut().enumerate() {
+        if d.ready {
+            continue;
+        }
+        if i == 0
+            && let Some(parent) = d.dest.parent()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|err| Error::io(format!("creating {}", parent.display()), err))?;
+        }
+        real_dir(&d.dest, overwrite)?;
+        d.ready = true;
+    }
+    Ok(())
+}
+
+/// What the first pass found.
+struct Plan {
+    /// A chosen hard link whose first name is not chosen gets the content: tree number
+    /// and first name → the chosen link that holds it.
+    promoted: HashMap<(usize, PathBuf), PathBuf>,
+}
+
+/// Reads every listing before anything is written: chosen paths must name entries,
+/// files to restore must not exist (unless overwriting), and never where a directory
+/// is (a directory is not replaced, even when overwriting).
+async fn plan(
     source: &dyn StreamSource,
     trees: &[FileTree],
-    options: &FileRestoreOptions,
-) -> Result<FileRestoreReport> {
+    paths: &[PathBuf],
+    to: &Path,
+    overwrite: bool,
+) -> Result<Plan> {
+    let mut promoted = HashMap::new();
+    let mut conflicts = Vec::new();
+    let mut count = 0u64;
+    let mut clashes = Vec::new();
+    let mut matched = vec![false; paths.len()];
+    for (n, t) in trees.iter().enumerate() {
+        let mut lines = Lines::new(source.open(&t.list_stream()).await?);
+        while let Some(e) = lines.next_entry().await? {
+            let abs = absolute_in(t, &e.path);
+            if !selected(paths, &abs) {
+                continue;
+            }
+            for (m, p) in matched.iter_mut().zip(paths) {
+                *m |= abs.starts_with(p);
+            }
+            if let (EntryKind::Hardlink, Some(first)) = (e.kind, &e.link)
+                && !selected(paths, &t.root.join(first))
+            {
+                promoted
+                    .entry((n, first.clone()))
+                    .or_insert_with(|| e.path.clone());
+            }
+            let dest = destination(to, &t.root, &e.path);
+            let Ok(m) = std::fs::symlink_metadata(&dest) else {
+                continue;
+            };
+            if e.kind != EntryKind::Dir && m.is_dir() {
+                if clashes.len() < CONFLICTS_NAMED {
+                    clashes.push(dest.display().to_string());
+                }
+            } else if !overwrite && (e.kind != EntryKind::Dir || !m.is_dir()) {
+                count += 1;
+                if conflicts.len() < CONFLICTS_NAMED {
+                    conflicts.push(dest.display().to_string());
+                }
+            }
+        }
+    }
+    if let Some((p, _)) = paths.iter().zip(&matched).find(|(_, m)| !**m) {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("{} is not in the backup's files", p.display()),
+        ));
+    }
+    if !clashes.is_empty() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "directories stand where the backup has files ({}); nothing was written: remove them or restore elsewhere",
+                clashes.join(", ")
+            ),
+        ));
+    }
+    if count > 0 {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "{count} of the files to restore exist already ({}{}); nothing was written: restore into an empty directory, or allow overwriting",
+                conflicts.join(", "),
+                if count > conflicts.len() as u64 {
+                    ", …"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    Ok(Plan { promoted })
+}
+
+/// Checks the chosen paths and the target and resolves `to`.
+fn prepare(trees: &[FileTree], options: &FileRestoreOptions) -> Result<(Vec<PathBuf>, PathBuf)> {
     if trees.is_empty() {
         return Err(Error::new(
             ErrorKind::NotFound,
@@ -995,65 +1214,96 @@ pub(super) async fn restore(
     }
     let to = std::path::absolute(&options.to)
         .map_err(|e| Error::io(format!("resolving {}", options.to.display()), e))?;
-    // First pass over the listings: nothing is written when anything would be replaced,
-    // and a chosen hard link whose first name is not chosen gets the content instead
-    // (tree number and first name → the chosen link that holds the content).
-    let mut promoted: HashMap<(usize, PathBuf), PathBuf> = HashMap::new();
-    if !options.overwrite || !paths.is_empty() {
-        let mut conflicts = Vec::new();
-        let mut count = 0u64;
-        for (n, t) in trees.iter().enumerate() {
-            let mut lines = Lines::new(source.open(&t.list_stream()).await?);
-            while let Some(e) = lines.next_entry().await? {
-                let abs = if e.path.as_os_str().is_empty() {
-                    t.root.clone()
-                } else {
-                    t.root.join(&e.path)
-                };
-                if !selected(&paths, &abs) {
-                    continue;
-                }
-                if let (EntryKind::Hardlink, Some(first)) = (e.kind, &e.link)
-                    && !selected(&paths, &t.root.join(first))
-                {
-                    promoted
-                        .entry((n, first.clone()))
-                        .or_insert_with(|| e.path.clone());
-                }
-                if options.overwrite {
-                    continue;
-                }
-                let dest = destination(&to, &t.root, &e.path);
-                if let Ok(m) = std::fs::symlink_metadata(&dest)
-                    && !(e.kind == EntryKind::Dir && m.is_dir())
-                {
-                    count += 1;
-                    if conflicts.len() < CONFLICTS_NAMED {
-                        conflicts.push(dest.display().to_string());
-                    }
-                }
-            }
-        }
-        if count > 0 {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!(
-                    "{count} of the files to restore exist already ({}{}); nothing was written: restore into an empty directory, or allow overwriting",
-                    conflicts.join(", "),
-                    if count > conflicts.len() as u64 {
-                        ", …"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
-    }
+    // Symlinks above the target are the operator's own; below it none is followed.
+    let to = match std::fs::canonicalize(&to) {
+        Ok(real) => real,
+        Err(_) => to,
+    };
+    Ok((paths, to))
+}
+
+/// The first pass alone: what [`restore`] would refuse, before anything is written.
+pub(super) async fn check(
+    source: &dyn StreamSource,
+    trees: &[FileTree],
+    options: &FileRestoreOptions,
+) -> Result<()> {
+    let (paths, to) = prepare(trees, options)?;
+    plan(source, trees, &paths, &to, options.overwrite)
+        .await
+        .map(drop)
+}
+
+/// Owners that could not be set, and set-id bits dropped for it.
+#[derive(Default)]
+struct Owners {
+    kept: u64,
+    setid_dropped: u64,
+}
+
+/// Restores the trees of `manifest` read through `source`.
+pub(super) async fn restore(
+    source: &dyn StreamSource,
+    trees: &[FileTree],
+    options: &FileRestoreOptions,
+) -> Result<FileRestoreReport> {
+    let (paths, to) = prepare(trees, options)?;
+    let Plan { promoted } = plan(source, trees, &paths, &to, options.overwrite).await?;
     let mut report = FileRestoreReport {
         to: to.clone(),
         ..FileRestoreReport::default()
     };
-    let mut owners_kept = 0u64;
+    let mut owners = Owners::default();
+    let written = restore_trees(
+        source,
+        trees,
+        options,
+        &paths,
+        &to,
+        &promoted,
+        &mut report,
+        &mut owners,
+    )
+    .await;
+    if let Err(e) = written {
+        let touched = report.files + report.dirs + report.symlinks + report.hardlinks;
+        if touched == 0 {
+            return Err(e);
+        }
+        let message = format!(
+            "{} ({} entries were written below {} before it; a restore allowed to overwrite completes them)",
+            e.message(),
+            touched,
+            to.display()
+        );
+        return Err(e.with_message(message));
+    }
+    if owners.kept > 0 {
+        report.warnings.push(format!(
+            "{} entries keep the restoring user as owner: only root can give files to other users",
+            owners.kept
+        ));
+    }
+    if owners.setid_dropped > 0 {
+        report.warnings.push(format!(
+            "{} files lost their setuid/setgid bits: their owner could not be restored",
+            owners.setid_dropped
+        ));
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_trees(
+    source: &dyn StreamSource,
+    trees: &[FileTree],
+    options: &FileRestoreOptions,
+    paths: &[PathBuf],
+    to: &Path,
+    promoted: &HashMap<(usize, PathBuf), PathBuf>,
+    report: &mut FileRestoreReport,
+    owners: &mut Owners,
+) -> Result<()> {
     for (n, t) in trees.iter().enumerate() {
         let mut lines = Lines::new(source.open(&t.list_stream()).await?);
         let mut data = Data {
@@ -1062,65 +1312,60 @@ pub(super) async fn restore(
             offset: 0,
             owed: 0,
         };
-        let mut open: Vec<OpenDir> = Vec::new();
-        let mut made: Option<PathBuf> = None;
+        let mut seen: Vec<Seen> = Vec::new();
         while let Some(e) = lines.next_entry().await? {
-            while open
-                .last()
-                .is_some_and(|d| !e.path.starts_with(&d.rel) || e.path == d.rel)
-            {
-                let d = open.pop().expect("checked");
-                finish_dir(&d, &mut owners_kept)?;
-            }
-            let abs = if e.path.as_os_str().is_empty() {
-                t.root.clone()
-            } else {
-                t.root.join(&e.path)
-            };
-            let mut dest = destination(&to, &t.root, &e.path);
-            if !selected(&paths, &abs) {
+            leave_dirs(&mut seen, &e, owners)?;
+            check_order(&seen, &e, &t.root)?;
+            let abs = absolute_in(t, &e.path);
+            let mut dest = destination(to, &t.root, &e.path);
+            if !selected(paths, &abs) {
                 match promoted.get(&(n, e.path.clone())) {
                     // Not chosen, but a chosen hard link to it is: it gets the content.
                     Some(link) if e.kind == EntryKind::File => {
-                        dest = destination(&to, &t.root, link);
+                        dest = destination(to, &t.root, link);
                     }
                     _ => {
                         data.skip(e.size);
+                        if e.kind == EntryKind::Dir {
+                            seen.push(Seen {
+                                rel: e.path.clone(),
+                                dest,
+                                ready: false,
+                                entry: None,
+                            });
+                        }
                         continue;
                     }
                 }
             }
-            if let Some(parent) = dest.parent() {
-                // Entries come depth first: most share the parent made last.
-                if made.as_deref() != Some(parent) {
-                    tokio::fs::create_dir_all(parent)
-                        .await
+            if e.path.as_os_str().is_empty() && e.kind != EntryKind::Dir {
+                // A tree that is one file: its directory is the target's own.
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)
                         .map_err(|err| Error::io(format!("creating {}", parent.display()), err))?;
-                    made = Some(parent.to_path_buf());
                 }
             }
+            ready_dirs(&mut seen, options.overwrite)?;
             match e.kind {
                 EntryKind::Dir => {
-                    match tokio::fs::create_dir(&dest).await {
-                        Ok(()) => {}
-                        Err(err)
-                            if err.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {
-                        }
-                        Err(err) => {
-                            return Err(Error::io(format!("creating {}", dest.display()), err));
-                        }
+                    if seen.is_empty()
+                        && let Some(parent) = dest.parent()
+                    {
+                        std::fs::create_dir_all(parent).map_err(|err| {
+                            Error::io(format!("creating {}", parent.display()), err)
+                        })?;
                     }
-                    // Writable until its content is in; the stored mode comes last.
+                    real_dir(&dest, options.overwrite)?;
                     report.dirs += 1;
-                    open.push(OpenDir {
+                    seen.push(Seen {
                         rel: e.path.clone(),
                         dest,
-                        entry: e,
+                        ready: true,
+                        entry: Some(e),
                     });
                 }
                 EntryKind::File => {
-                    owners_kept +=
-                        write_file(&mut data, &e, &abs, &dest, options.overwrite).await?;
+                    write_file(&mut data, &e, &abs, &dest, options.overwrite, owners).await?;
                     report.files += 1;
                     report.bytes += e.size;
                 }
@@ -1130,7 +1375,7 @@ pub(super) async fn restore(
                     std::os::unix::fs::symlink(&target, &dest).map_err(|err| {
                         Error::io(format!("creating the link {}", dest.display()), err)
                     })?;
-                    set_owner(&dest, &e, &mut owners_kept)?;
+                    set_owner(&dest, &e, owners)?;
                     set_mtime(&dest, &e)?;
                     report.symlinks += 1;
                 }
@@ -1142,16 +1387,31 @@ pub(super) async fn restore(
                         Some(link) => link.clone(),
                         None => first,
                     };
+                    let holder = destination(to, &t.root, &holder);
+                    // The holder is a file this restore wrote, reached through real
+                    // directories only.
+                    let real = std::fs::canonicalize(&holder).ok();
+                    let is_file = std::fs::symlink_metadata(&holder).is_ok_and(|m| m.is_file());
+                    if real.as_deref() != Some(holder.as_path()) || !is_file {
+                        return Err(Error::corrupt(format!(
+                            "the file listing of {} is damaged: the hard link {} names {}, which is not a restored file",
+                            t.root.display(),
+                            e.path.display(),
+                            holder.display()
+                        )));
+                    }
                     remove_existing(&dest)?;
-                    std::fs::hard_link(destination(&to, &t.root, &holder), &dest).map_err(
-                        |err| Error::io(format!("creating the hard link {}", dest.display()), err),
-                    )?;
+                    std::fs::hard_link(&holder, &dest).map_err(|err| {
+                        Error::io(format!("creating the hard link {}", dest.display()), err)
+                    })?;
                     report.hardlinks += 1;
                 }
             }
         }
-        while let Some(d) = open.pop() {
-            finish_dir(&d, &mut owners_kept)?;
+        while let Some(d) = seen.pop() {
+            if let Some(entry) = &d.entry {
+                set_meta(&d.dest, entry, owners)?;
+            }
         }
         // The whole tree read: its data must end where its listing does.
         if paths.is_empty()
@@ -1164,29 +1424,41 @@ pub(super) async fn restore(
             )));
         }
     }
-    if owners_kept > 0 {
-        report.warnings.push(format!(
-            "{owners_kept} entries keep the restoring user as owner: only root can give files to other users"
-        ));
-    }
-    Ok(report)
+    Ok(())
 }
 
 /// Files up to this size are gathered in memory and written, moved into place and
 /// given their metadata in one blocking call.
 const SMALL_FILE: u64 = 1024 * 1024;
 
-/// Writes one file next to `dest`, checks its digest, moves it into place and sets
-/// its metadata; returns 1 when its owner could not be set.
+/// Creates a file owner-only (its stored mode comes last): `create_new` in place, or
+/// a fresh file to rename over an existing one.
+fn create_private(path: &Path, new: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).mode(0o600);
+    if new {
+        o.create_new(true);
+    } else {
+        o.create(true).truncate(true);
+    }
+    o.open(path)
+}
+
+/// Writes one file, checks its digest and sets its metadata. Without overwriting it
+/// is created in place (create-new: the first pass saw nothing there); when
+/// overwriting, beside it and renamed over. A failure removes what was written.
 async fn write_file(
     data: &mut Data,
     e: &FileEntry,
     abs: &Path,
     dest: &Path,
     overwrite: bool,
-) -> Result<u64> {
+    owners: &mut Owners,
+) -> Result<()> {
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dest.with_file_name(format!(".{name}.dbops-{:08x}", rand::random::<u32>()));
+    let target = if overwrite { tmp } else { dest.to_path_buf() };
     let mismatch = || {
         Error::corrupt(format!(
             "{} does not match its stored digest: the backup is damaged",
@@ -1207,30 +1479,47 @@ async fn write_file(
             return Err(mismatch());
         }
         let (entry, dest) = (e.clone(), dest.to_path_buf());
-        return tokio::task::spawn_blocking(move || {
-            // Without overwriting, the first pass saw no file there: write in place
-            // (create-new, so a file that appeared since is not replaced).
-            let written = if overwrite {
-                std::fs::write(&tmp, &content).and_then(|()| std::fs::rename(&tmp, &dest))
-            } else {
-                std::fs::File::create_new(&dest)
-                    .and_then(|mut f| std::io::Write::write_all(&mut f, &content))
-            };
+        let done = tokio::task::spawn_blocking(move || {
+            let mut created = false;
+            let written = create_private(&target, !overwrite)
+                .and_then(|mut f| {
+                    created = true;
+                    std::io::Write::write_all(&mut f, &content)
+                })
+                .and_then(|()| {
+                    if overwrite {
+                        std::fs::rename(&target, &dest)
+                    } else {
+                        Ok(())
+                    }
+                });
             if let Err(err) = written {
-                let _ = std::fs::remove_file(&tmp);
+                if created {
+                    let _ = std::fs::remove_file(&target);
+                }
                 return Err(Error::io(format!("writing {}", dest.display()), err));
             }
-            let mut kept = 0;
-            set_meta(&dest, &entry, &mut kept)?;
-            Ok(kept)
+            let mut owners = Owners::default();
+            set_meta(&dest, &entry, &mut owners)?;
+            Ok(owners)
         })
         .await
-        .map_err(|err| Error::internal(format!("file task failed: {err}")))?;
+        .map_err(|err| Error::internal(format!("file task failed: {err}")))??;
+        owners.kept += done.kept;
+        owners.setid_dropped += done.setid_dropped;
+        return Ok(());
     }
+    let mut created = false;
     let result = async {
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|err| Error::io(format!("creating {}", tmp.display()), err))?;
+        let file = {
+            let target = target.clone();
+            tokio::task::spawn_blocking(move || create_private(&target, !overwrite))
+                .await
+                .map_err(|err| Error::internal(format!("file task failed: {err}")))?
+                .map_err(|err| Error::io(format!("creating {}", dest.display()), err))?
+        };
+        created = true;
+        let mut file = tokio::fs::File::from_std(file);
         let mut hasher = blake3::Hasher::new();
         let mut left = e.size;
         while left > 0 {
@@ -1251,18 +1540,19 @@ async fn write_file(
         if e.digest.as_deref() != Some(hasher.finalize().to_hex().as_str()) {
             return Err(mismatch());
         }
-        tokio::fs::rename(&tmp, dest)
-            .await
-            .map_err(|err| Error::io(format!("moving {} into place", dest.display()), err))
+        if overwrite {
+            tokio::fs::rename(&target, dest)
+                .await
+                .map_err(|err| Error::io(format!("moving {} into place", dest.display()), err))?;
+        }
+        Ok(())
     }
     .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
+    if result.is_err() && created {
+        let _ = tokio::fs::remove_file(&target).await;
     }
     result?;
-    let mut kept = 0;
-    set_meta(dest, e, &mut kept)?;
-    Ok(kept)
+    set_meta(dest, e, owners)
 }
 
 fn remove_existing(dest: &Path) -> Result<()> {
@@ -1280,18 +1570,22 @@ fn remove_existing(dest: &Path) -> Result<()> {
     }
 }
 
-fn finish_dir(d: &OpenDir, owners_kept: &mut u64) -> Result<()> {
-    set_meta(&d.dest, &d.entry, owners_kept)
-}
-
-fn set_meta(dest: &Path, e: &FileEntry, owners_kept: &mut u64) -> Result<()> {
-    set_owner(dest, e, owners_kept)?;
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(e.mode))
+/// Owner first, then mode (a change of owner clears set-id bits), then time. Set-id
+/// bits are dropped on a file whose owner could not be restored (as tar does).
+fn set_meta(dest: &Path, e: &FileEntry, owners: &mut Owners) -> Result<()> {
+    let kept_before = owners.kept;
+    set_owner(dest, e, owners)?;
+    let mut mode = e.mode;
+    if owners.kept > kept_before && mode & 0o6000 != 0 {
+        mode &= !0o6000;
+        owners.setid_dropped += 1;
+    }
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
         .map_err(|err| Error::io(format!("setting the mode of {}", dest.display()), err))?;
     set_mtime(dest, e)
 }
 
-fn set_owner(dest: &Path, e: &FileEntry, owners_kept: &mut u64) -> Result<()> {
+fn set_owner(dest: &Path, e: &FileEntry, owners: &mut Owners) -> Result<()> {
     let m = std::fs::symlink_metadata(dest)
         .map_err(|err| Error::io(format!("reading {}", dest.display()), err))?;
     if m.uid() == e.uid && m.gid() == e.gid {
@@ -1300,7 +1594,7 @@ fn set_owner(dest: &Path, e: &FileEntry, owners_kept: &mut u64) -> Result<()> {
     match std::os::unix::fs::lchown(dest, Some(e.uid), Some(e.gid)) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
-            *owners_kept += 1;
+            owners.kept += 1;
             Ok(())
         }
         Err(err) => Err(Error::io(
@@ -1340,15 +1634,12 @@ pub(super) async fn files_at(
     let mut offset = 0u64;
     let mut out = Vec::new();
     while let Some(e) = lines.next_entry().await? {
-        if e.kind != EntryKind::File {
+        if e.kind != EntryKind::File || e.size == 0 {
             continue;
         }
         let (start, end) = (offset, offset + e.size);
         offset = end;
-        if ranges
-            .iter()
-            .any(|&(a, b)| a < end.max(start + 1) && start < b)
-        {
+        if ranges.iter().any(|&(a, b)| a < end && start < b) {
             out.push(tree.root.join(&e.path));
         }
     }
@@ -1452,6 +1743,22 @@ impl super::Repository {
             .map_err(|e| e.during(format!("restore of the files of backup {}", manifest.id)))
     }
 
+    /// What [`super::Repository::restore_files`] would refuse (no files in the backup, a
+    /// chosen path not in it, files that exist), found before anything is written: a
+    /// restore of a database and its files checks the files first.
+    ///
+    /// # Errors
+    /// As [`super::Repository::restore_files`]'s refusals.
+    pub async fn check_restore_files(
+        &self,
+        manifest: &super::Manifest,
+        options: &FileRestoreOptions,
+    ) -> Result<()> {
+        let trees = trees_of(manifest)?;
+        let source = self.source(manifest, false).await?;
+        check(&source, &trees, options).await
+    }
+
     /// Calls `each` with every entry of one stored tree, in listing order (depth first).
     ///
     /// # Errors
@@ -1516,6 +1823,9 @@ mod tests {
         assert!(!glob("*.tmp").matches(b"a.tmpx"));
         assert!(!glob("*.tmp").anchored);
         assert!(glob("cache/**").anchored);
+        assert!(glob("/cache").anchored && glob("/cache").matches(b"cache"));
+        assert!(!glob("/cache").matches(b"a/cache"));
+        assert!(!glob("cache/").anchored);
         assert!(glob("cache/**").matches(b"cache/a/b"));
         assert!(!glob("cache/*").matches(b"cache/a/b"));
         assert!(glob("cache/*").matches(b"cache/a"));
@@ -1550,6 +1860,126 @@ mod tests {
         assert_eq!(
             FileEntry::from_line(&line[..line.len() - 1]).expect("parse"),
             e
+        );
+    }
+
+    /// A backup's streams in memory, to feed crafted listings to a restore.
+    struct Mem(HashMap<String, Vec<u8>>);
+
+    #[async_trait::async_trait]
+    impl StreamSource for Mem {
+        fn streams(&self) -> &[StreamSpec] {
+            &[]
+        }
+
+        async fn open(&self, name: &str) -> Result<ByteStream> {
+            let b = Bytes::from(self.0.get(name).cloned().unwrap_or_default());
+            Ok(Box::pin(futures::stream::iter(vec![Ok(b)])))
+        }
+    }
+
+    fn entry(path: &str, kind: EntryKind) -> FileEntry {
+        FileEntry {
+            path: PathBuf::from(path),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_ns: 0,
+            size: 0,
+            digest: None,
+            target: None,
+            link: None,
+        }
+    }
+
+    fn file(path: &str, content: &[u8]) -> FileEntry {
+        let mut e = entry(path, EntryKind::File);
+        e.mode = 0o644;
+        e.size = content.len() as u64;
+        e.digest = Some(blake3::hash(content).to_hex().to_string());
+        e
+    }
+
+    async fn restore_crafted(
+        lines: &[Vec<u8>],
+        data: &[u8],
+        to: &Path,
+    ) -> Result<FileRestoreReport> {
+        let mut streams = HashMap::new();
+        streams.insert(list_stream(0), lines.concat());
+        streams.insert(data_stream(0), data.to_vec());
+        let tree = FileTree {
+            number: 0,
+            root: PathBuf::from("/srv/app"),
+            entries: lines.len() as u64,
+            bytes: data.len() as u64,
+        };
+        restore(&Mem(streams), &[tree], &FileRestoreOptions::new(to)).await
+    }
+
+    #[tokio::test]
+    async fn a_crafted_listing_never_writes_outside_the_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let to = dir.path().join("to");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("dir");
+        let root = entry("", EntryKind::Dir).to_line().expect("line");
+        let raw = |json: &str| format!("{json}\n").into_bytes();
+        // `..`, an absolute path, a hard link out of the tree: refused as they are read.
+        for bad in [
+            raw(
+                r#"{"path":"../../../outside/x","kind":"file","mode":420,"uid":0,"gid":0,"mtime":0,"size":1,"digest":"00"}"#,
+            ),
+            raw(r#"{"path":"/etc/x","kind":"dir","mode":493,"uid":0,"gid":0,"mtime":0}"#),
+            raw(
+                r#"{"path":"l","kind":"hardlink","mode":420,"uid":0,"gid":0,"mtime":0,"link":"../../../outside/x"}"#,
+            ),
+            raw(r#"{"path":"s","kind":"symlink","mode":420,"uid":0,"gid":0,"mtime":0,"size":3}"#),
+        ] {
+            let e = restore_crafted(&[root.clone(), bad], b"x", &to)
+                .await
+                .expect_err("refused");
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        }
+        // A symlink to a directory outside, then a file "below" it: the file is not
+        // written through the link.
+        let mut link = entry("x", EntryKind::Symlink);
+        link.target = Some(outside.clone());
+        let lines = [
+            root.clone(),
+            link.to_line().expect("line"),
+            file("x/evil", b"evil").to_line().expect("line"),
+        ];
+        let e = restore_crafted(&lines, b"evil", &to)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        // A hard link naming the symlink's path: not followed either.
+        let mut hard = entry("h", EntryKind::Hardlink);
+        hard.link = Some(PathBuf::from("x"));
+        let to2 = dir.path().join("to2");
+        let lines = [
+            root.clone(),
+            link.to_line().expect("line"),
+            hard.to_line().expect("line"),
+        ];
+        let e = restore_crafted(&lines, b"", &to2)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert_eq!(std::fs::read_dir(&outside).expect("outside").count(), 0);
+        // The well-formed tree restores.
+        let to3 = dir.path().join("to3");
+        let lines = [root, file("ok", b"fine").to_line().expect("line")];
+        let r = restore_crafted(&lines, b"fine", &to3)
+            .await
+            .expect("restored");
+        assert_eq!(r.files, 1);
+        assert_eq!(
+            std::fs::read(to3.join("srv/app/ok")).expect("read"),
+            b"fine"
         );
     }
 

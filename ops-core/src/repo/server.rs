@@ -149,6 +149,9 @@ impl Repository {
                             .unwrap_or_else(PoisonError::into_inner)
                             .push((name.clone(), report));
                     }
+                    if let Some(files) = &options.files {
+                        files.dump(&sink).await?;
+                    }
                     let reports = collected.lock().unwrap_or_else(PoisonError::into_inner);
                     let mut all = DumpReport::default();
                     if let Some((_, first)) = reports.first() {
