@@ -2627,6 +2627,48 @@ mod tests {
     }
 
     #[test]
+    fn backup_jobs_take_file_trees_with_absolute_paths_and_checked_patterns() {
+        let db = "[databases.erp]\nurl = \"postgres://h/erp\"\n";
+        let job = |keys: &str| {
+            format!("{BASE}{db}[jobs.b]\nkind = \"backup\"\ndatabase = \"erp\"\n{keys}")
+        };
+        let c = parse(
+            &job("paths = [\"/srv/app/storage\", \"/srv/app/.env\"]\nexclude = [\"*.tmp\"]\n"),
+            &[],
+        )
+        .expect("valid");
+        let Work::Backup {
+            paths, excludes, ..
+        } = &c.job("b").expect("job b").work
+        else {
+            panic!("a backup job");
+        };
+        assert_eq!(paths.len(), 2);
+        assert_eq!(excludes, &["*.tmp".to_owned()]);
+        let e = parse(&job("paths = [\"storage\"]\n"), &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("paths") && e.contains("not an absolute path"),
+            "{e}"
+        );
+        let e = parse(&job("paths = [\"/srv\"]\nexclude = [\"[ab\"]\n"), &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("exclude") && e.contains("unclosed"), "{e}");
+        let e = parse(
+            &format!("{BASE}[jobs.p]\nkind = \"prune\"\npaths = [\"/srv\"]\n"),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("paths"), "{e}");
+    }
+
+    #[test]
     fn backup_jobs_take_table_filters_and_report_bad_ones_by_key() {
         let db = "[databases.erp]\nurl = \"postgres://h/erp\"\n";
         let c = parse(
