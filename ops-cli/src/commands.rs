@@ -868,10 +868,7 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     if a.all_databases {
         let restored = restore_server(cli, a, &repo, &m, engine.as_ref()).await;
         drop(display);
-        let code = restored?;
-        let files = crate::files::restore_after_database(&repo, &m, a).await?;
-        crate::files::print_restore(cli, &m, files.as_ref(), false);
-        return Ok(code);
+        return restored;
     }
     let full = m.clone();
     let m = one_database(m, a.source_database.as_deref())?;
@@ -1120,6 +1117,7 @@ async fn restore_server(
                 engine.location()
             ))
         })?;
+    let files = crate::files::restore_after_database(repo, m, a).await?;
     let secs = started.elapsed().as_secs_f64();
     if cli.json {
         print_json(&json!({
@@ -1129,9 +1127,11 @@ async fn restore_server(
             "target": engine.location(),
             "globals": { "before": report.globals_before, "after": report.globals_after },
             "databases": report.databases,
+            "files": files,
             "seconds": secs,
         }));
     } else {
+        crate::files::print_restore(cli, m, files.as_ref(), true);
         print_globals(&report.globals_before);
         for r in &report.databases {
             for w in &r.warnings {

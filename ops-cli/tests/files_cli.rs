@@ -138,6 +138,11 @@ fn a_tree_restores_bit_identical_deduplicates_and_names_damaged_files() {
     assert_eq!(first["engine"], "files");
     assert_eq!(first["files"][0]["root"], root_s);
 
+    // A version 1 reader refuses this backup rather than misread it.
+    assert_eq!(
+        ctx.run(&["--json", "show", &id]).ok().json()["format_version"],
+        2
+    );
     // show lists the tree and, with --files, every entry.
     let show = ctx.run(&["show", &id]).ok().stdout;
     assert!(show.contains(&format!("files       {root_s}:")), "{show}");

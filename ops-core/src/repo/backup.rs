@@ -587,7 +587,11 @@ impl Repository {
             .map_err(|e| e.during(format!("backup of {}", engine.location())))?;
         let report = ingested.report;
         let manifest = Manifest {
-            format_version: FORMAT_VERSION,
+            format_version: if options.files.is_some() {
+                format::MANIFEST_VERSION_TREES
+            } else {
+                FORMAT_VERSION
+            },
             id: format::new_backup_id(started),
             engine: engine.name().to_owned(),
             server_version: report.server_version.clone(),

@@ -1690,7 +1690,7 @@ impl super::Repository {
                 .map(|r| r.display().to_string())
                 .collect();
             let manifest = super::Manifest {
-                format_version: super::FORMAT_VERSION,
+                format_version: super::format::MANIFEST_VERSION_TREES,
                 id: super::format::new_backup_id(started),
                 engine: FILES_ENGINE.to_owned(),
                 server_version: String::new(),

@@ -14,6 +14,12 @@ use super::crypto::Keys;
 /// The repository format version this dbops writes and the only one it reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The manifest version of a backup that holds file trees or a whole server: readers
+/// of version 1 (dbops before them) refuse it rather than misread it (as one database
+/// named `""`, or a database with streams it does not know). Every other manifest is
+/// still written as version 1.
+pub const MANIFEST_VERSION_TREES: u32 = 2;
+
 /// Magic at the start of every metadata object (manifests, indexes).
 const ENVELOPE_MAGIC: &[u8; 6] = b"DBOPS\x01";
 

@@ -584,7 +584,7 @@ impl Repository {
             bytes,
             &format!("manifest {id}"),
         )?;
-        if manifest.format_version != FORMAT_VERSION {
+        if !(FORMAT_VERSION..=format::MANIFEST_VERSION_TREES).contains(&manifest.format_version) {
             return Err(Error::new(
                 ErrorKind::UnsupportedFormat,
                 format!(

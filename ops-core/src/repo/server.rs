@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::Repository;
 use super::backup::BackupOptions;
-use super::format::{self, FORMAT_VERSION};
+use super::format;
 use super::lock::LockKind;
 use super::manifest::{Manifest, ServerDatabase, database_prefix};
 use crate::engine::{
@@ -175,7 +175,7 @@ impl Repository {
                 "one snapshot per database, none across databases".to_owned(),
             );
             let manifest = Manifest {
-                format_version: FORMAT_VERSION,
+                format_version: format::MANIFEST_VERSION_TREES,
                 id: format::new_backup_id(started),
                 engine: engine.name().to_owned(),
                 server_version: report.server_version.clone(),
