@@ -872,6 +872,15 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     }
     let full = m.clone();
     let m = one_database(m, a.source_database.as_deref())?;
+    // MariaDB grants name their database: under another name they would land on
+    // whatever database has the old one. Refused before anything is created.
+    if a.with_globals && m.engine == "mariadb" && engine.database() != m.database {
+        return Err(Error::invalid(format!(
+            "--with-globals restores database {}'s users and grants, which name it: restore it under its own name, or without --with-globals and grant on {} by hand",
+            m.database,
+            engine.database()
+        )));
+    }
     let globals_before = if a.with_globals {
         let options = GlobalsRestoreOptions::new(GlobalsPhase::BeforeDatabases)
             .with_databases(vec![m.database.clone()]);
@@ -918,6 +927,19 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         .restore_in_place(&m, engine.as_ref(), sessions.as_ref(), &options, &in_place)
         .await
         .map_err(|e| {
+            // The roles --with-globals created come before the restore's own checks:
+            // a refusal names them, since they stay.
+            let e = match globals_before.as_ref().filter(|g| !g.created.is_empty()) {
+                Some(g) => {
+                    let message = format!(
+                        "{}; --with-globals had already created {}, which stay",
+                        e.message().replace("nothing was changed", "the database was not changed"),
+                        g.created.join(", ")
+                    );
+                    e.with_message(message)
+                }
+                None => e,
+            };
             let e = match e.kind() {
                 // The library says what to do in its own words; here they are flags.
                 ErrorKind::TargetNotEmpty => {

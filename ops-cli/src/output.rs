@@ -31,6 +31,13 @@ pub fn init_logging(verbose: u8, agent: bool) {
     );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Database drivers log whole statements at debug level, and a statement may carry
+    // a password or its hash (CREATE ROLE … PASSWORD): never below info (sqlx: warn, it logs statements at info), whatever
+    // RUST_LOG asks.
+    let filter = ["tokio_postgres=info", "sqlx=warn", "mysql_async=info"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

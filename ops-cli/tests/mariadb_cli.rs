@@ -560,4 +560,20 @@ async fn a_whole_server_with_users_roles_and_grants_restores_onto_a_new_server()
         .expect("mariadb");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "writer");
+
+    // Grants name their database: one restored under another name with its globals is
+    // refused before anything is created.
+    let r = ctx.run(&[
+        "restore",
+        &id,
+        &target.url_for("crm_copy"),
+        "--create",
+        "--with-globals",
+        "--source-database",
+        "crm",
+    ]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("under its own name"), "{}", r.all());
+    let dbs = query(target.port(), "mysql", "SHOW DATABASES LIKE 'crm_copy'");
+    assert!(dbs.trim().is_empty(), "{dbs}");
 }

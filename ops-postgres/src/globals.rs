@@ -30,7 +30,7 @@ use tokio_postgres::Client;
 
 use crate::config::ConnConfig;
 use crate::errors::{column, query_error};
-use crate::session::{connect, quote_ident, quote_literal};
+use crate::session::{quote_ident, quote_literal};
 use crate::{restore, roles, tools};
 
 const ROLES: &str = "globals/roles";
@@ -321,7 +321,8 @@ async fn connect_server(config: &ConnConfig) -> Result<Client> {
     candidates.push(config.with_dbname("template1"));
     let mut last = None;
     for c in candidates {
-        match connect(&c).await {
+        // Pinned settings: DateStyle for valid-until times read and written the same way.
+        match crate::session::connect_pinned(&c).await {
             Ok(client) => return Ok(client),
             Err(e) if e.kind() == ErrorKind::NotFound => last = Some(e),
             Err(e) => return Err(e),

@@ -63,9 +63,32 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Quotes an SQL string literal (standard_conforming_strings on).
+/// Quotes an SQL string literal. Text with a backslash is written as an escape string
+/// (`E'…'`, backslashes doubled), which reads the same whatever the session's
+/// `standard_conforming_strings`: a comment or setting value read from one server can
+/// never end the literal early on another (`\'` would, with the setting off).
 pub(crate) fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+#[cfg(test)]
+mod quoting {
+    use super::quote_literal;
+
+    #[test]
+    fn literals_cannot_be_ended_by_a_backslash() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(
+            quote_literal(r"\'; DROP ROLE x; --"),
+            r"E'\\''; DROP ROLE x; --'"
+        );
+        assert_eq!(quote_literal(r"C:\dir"), r"E'C:\\dir'");
+    }
 }
 
 /// `"schema"."name"`.

@@ -329,20 +329,52 @@ impl Repository {
                 .iter()
                 .map(|r| r.database.clone())
                 .collect();
-            let restored = engine
+            let restored = match engine
                 .for_database(name)?
                 .restore(source as Arc<dyn StreamSource>, &restore_options)
                 .await
-                .map_err(|e| {
-                    e.during(format!(
-                        "restoring database {name}{}",
-                        if done.is_empty() {
-                            String::new()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    // What was done stays, complete: the databases already restored
+                    // get what the globals hold about them; the error says what
+                    // exists now and how to start again.
+                    let after = if done.is_empty() {
+                        Ok(GlobalsReport::default())
+                    } else {
+                        engine
+                            .restore_globals(
+                                Arc::clone(&globals),
+                                &GlobalsRestoreOptions::new(GlobalsPhase::AfterDatabases)
+                                    .with_databases(done.clone()),
+                            )
+                            .await
+                    };
+                    let created = &report.globals_before.created;
+                    let message = format!(
+                        "{}; before it, {} and {}{}; nothing else was restored: to start again, drop what was created and run the restore again",
+                        e.message(),
+                        if created.is_empty() {
+                            "no role or user was created".to_owned()
                         } else {
-                            format!(" (already restored: {})", done.join(", "))
+                            format!("{} were created", created.join(", "))
+                        },
+                        if done.is_empty() {
+                            "no database was restored".to_owned()
+                        } else {
+                            format!("databases {} were restored", done.join(", "))
+                        },
+                        match after {
+                            Ok(_) if done.is_empty() => String::new(),
+                            Ok(_) => " with their grants and settings".to_owned(),
+                            Err(a) => format!(" without their grants and settings ({a})"),
                         }
-                    ))
-                })?;
+                    );
+                    return Err(e
+                        .with_message(message)
+                        .during(format!("restoring database {name}")));
+                }
+            };
             report.databases.push(restored);
         }
         report.globals_after = engine
