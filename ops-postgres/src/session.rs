@@ -76,6 +76,15 @@ pub(crate) fn quote_literal(text: &str) -> String {
     }
 }
 
+/// `"schema"."name"`.
+pub(crate) fn qualified(table: &ops_core::TableRef) -> String {
+    format!(
+        "{}.{}",
+        quote_ident(&table.schema),
+        quote_ident(&table.name)
+    )
+}
+
 #[cfg(test)]
 mod quoting {
     use super::quote_literal;
@@ -89,13 +98,4 @@ mod quoting {
         );
         assert_eq!(quote_literal(r"C:\dir"), r"E'C:\\dir'");
     }
-}
-
-/// `"schema"."name"`.
-pub(crate) fn qualified(table: &ops_core::TableRef) -> String {
-    format!(
-        "{}.{}",
-        quote_ident(&table.schema),
-        quote_ident(&table.name)
-    )
 }
