@@ -803,6 +803,36 @@ async fn table_filters_take_exactly_what_they_say() {
     );
     let listed = ctx.run(&["--json", "list"]).ok().json();
     assert_eq!(listed["backups"].as_array().map(Vec::len), Some(2));
+
+    // A partitioned table's rows are in its partitions, matched by their own names:
+    // a filter that takes the parent and not them is refused, naming them.
+    pg.execute(
+        "app",
+        "CREATE TABLE measure (id int, at date) PARTITION BY RANGE (at);
+         CREATE TABLE measure_2025 PARTITION OF measure FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE TABLE measure_2026 PARTITION OF measure FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+         INSERT INTO measure VALUES (1, '2025-05-01'), (2, '2026-05-01');",
+    )
+    .await
+    .expect("partitions");
+    for args in [
+        &["--table", "measure"][..],
+        &["--exclude-table-data", "measure"][..],
+        &["--exclude-table", "measure_2025"][..],
+    ] {
+        let r = ctx.run(&[&["backup", url.as_str()][..], args].concat());
+        assert_ne!(r.code, 0, "{args:?}: {}", r.all());
+        assert!(
+            r.stderr.contains("partitioned") && r.stderr.contains("measure_2025"),
+            "{}",
+            r.all()
+        );
+    }
+    let b = ctx
+        .run(&["--json", "backup", &url, "--table", "measure*"])
+        .ok()
+        .json();
+    assert_eq!(b["tables"], 2, "{b}");
 }
 
 /// `pg_dumpall --globals-only`, without comments, the per-dump `\restrict` keys and

@@ -209,6 +209,10 @@ pub(crate) async fn dump(
         let _ = leader.batch_execute("ROLLBACK").await;
         return Err(e);
     }
+    if let Err(e) = partitions_agree(&leader, &all, filter).await {
+        let _ = leader.batch_execute("ROLLBACK").await;
+        return Err(e);
+    }
     let selected: Vec<&CatalogTable> = if options.tables.is_empty() {
         data_tables.clone()
     } else {
@@ -402,6 +406,48 @@ fn without_unlogged_on_standby(
     } else {
         (tables, Vec::new())
     }
+}
+
+/// A partitioned table's rows live in its partitions, which a filter matches by their
+/// own names: a filter that takes (or leaves out, or keeps the data of) a partitioned
+/// table but not its partitions alike would silently store an empty table, or a
+/// partition without its parent. Refused, naming both, before anything is stored.
+async fn partitions_agree(
+    client: &Client,
+    all: &[CatalogTable],
+    filter: &ops_core::TableFilter,
+) -> Result<()> {
+    if filter.is_empty() {
+        return Ok(());
+    }
+    let by_oid: BTreeMap<u32, &CatalogTable> = all.iter().map(|t| (t.oid, t)).collect();
+    for parent in all.iter().filter(|t| t.partitioned) {
+        let rows = client
+            .query(
+                "SELECT relid::oid FROM pg_partition_tree($1::oid) WHERE relid <> $1::oid",
+                &[&parent.oid],
+            )
+            .await
+            .map_err(|e| query_error(e, format!("listing the partitions of {}", parent.table)))?;
+        let mut differ = Vec::new();
+        for row in rows {
+            let oid: u32 = column(&row, 0, "listing partitions")?;
+            if let Some(p) = by_oid.get(&oid)
+                && (filter.matches_table(&p.table) != filter.matches_table(&parent.table)
+                    || filter.keeps_data(&p.table) != filter.keeps_data(&parent.table))
+            {
+                differ.push(p.table.to_string());
+            }
+        }
+        if !differ.is_empty() {
+            return Err(Error::invalid(format!(
+                "table {} is partitioned and the filter treats its partitions {} otherwise (a partition is matched by its own name): name them too, or use a pattern that matches the table and its partitions alike",
+                parent.table,
+                differ.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The requested tables (a partitioned table stands for its leaf partitions).
