@@ -833,6 +833,12 @@ async fn table_filters_take_exactly_what_they_say() {
         .ok()
         .json();
     assert_eq!(b["tables"], 2, "{b}");
+    // Partial backups are a series of their own: beside a full backup of the same
+    // database, `latest` is the full one, whichever is newer.
+    let full = ctx.run(&["--json", "backup", &url]).ok().json();
+    ctx.run(&["backup", &url, "--table", "users"]).ok();
+    let latest = ctx.run(&["--json", "show", "latest"]).ok().json();
+    assert_eq!(latest["id"], full["id"], "{latest}");
 }
 
 /// `pg_dumpall --globals-only`, without comments, the per-dump `\restrict` keys and

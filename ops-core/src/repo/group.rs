@@ -123,6 +123,11 @@ pub struct BackupGroup {
     /// series of its own, apart from the series of its databases backed up alone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all_databases: bool,
+    /// The table filter of partial backups (with `database`): a backup of some tables
+    /// is a series of its own, so it is never the `latest` of the full backups, nor
+    /// counted by their retention rules in place of a full one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<String>,
 }
 
 impl fmt::Display for BackupGroup {
@@ -132,6 +137,9 @@ impl fmt::Display for BackupGroup {
             parts.push("all databases".to_owned());
         } else if let Some(db) = &self.database {
             parts.push(format!("database {db}"));
+        }
+        if let Some(filter) = &self.partial {
+            parts.push(format!("({filter})"));
         }
         match (&self.engine, &self.host, &self.server) {
             (Some(e), Some(h), Some(s)) if s != h => parts.push(format!("on {e} {h} ({s})")),
@@ -205,6 +213,7 @@ pub fn groups_of(manifests: &[Manifest], by: &GroupBy) -> Vec<BackupGroup> {
                 database: by.database.then(|| m.database.clone()),
                 tags: by.tags.then(|| m.tags.clone()),
                 all_databases: by.database && m.is_server(),
+                partial: (by.database && !m.filter.is_empty()).then(|| m.filter.to_string()),
             }
         })
         .collect()

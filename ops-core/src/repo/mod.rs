@@ -638,6 +638,22 @@ impl Repository {
                         *slot = m;
                     }
                 }
+                // Partial backups (a table filter) are a series of their own: beside
+                // the full series of the same database, `latest` is the full one.
+                let full: Vec<&BackupGroup> = newest
+                    .keys()
+                    .filter(|g| g.partial.is_none())
+                    .copied()
+                    .collect();
+                if newest.len() > 1
+                    && full.len() == 1
+                    && newest
+                        .keys()
+                        .all(|g| g.database == full[0].database && g.server == full[0].server)
+                {
+                    let keep = full[0].clone();
+                    newest.retain(|g, _| **g == keep);
+                }
                 match newest.len() {
                     0 if filter.is_empty() => Err(Error::new(
                         ErrorKind::NotFound,
