@@ -1105,6 +1105,12 @@ async fn restore_server(
     m: &Manifest,
     engine: &dyn ops_core::DatabaseEngine,
 ) -> Result<ExitCode> {
+    if a.terminate_connections {
+        return Err(Error::invalid(
+            "--terminate-connections is not built for --all-databases: end the sessions on the \
+             target's databases first (dbops sessions lists them), then restore",
+        ));
+    }
     if a.clean && !a.no_safety_backup {
         return Err(Error::invalid(
             "restore --all-databases --clean replaces databases without taking safety backups \

@@ -548,8 +548,20 @@ impl Repository {
         options: &BackupOptions,
     ) -> Result<Manifest> {
         let started = chrono::Utc::now();
+        self.under_backup_lock(async |lock| {
+            self.backup_locked(engine, options, started, lock).await
+        })
+        .await
+    }
+
+    /// Runs `work` under a shared backup lock, released afterwards: the one shape of
+    /// every kind of backup (a database, files alone, a whole server).
+    pub(super) async fn under_backup_lock(
+        &self,
+        work: impl AsyncFnOnce(&LockGuard) -> Result<Manifest>,
+    ) -> Result<Manifest> {
         let lock = self.lock(LockKind::Shared, "backup").await?;
-        let result = self.backup_locked(engine, options, started, &lock).await;
+        let result = work(&lock).await;
         let released = lock.release().await;
         let manifest = result?;
         if let Err(e) = released {
@@ -557,6 +569,48 @@ impl Repository {
             tracing::warn!("could not release the repository lock: {e}");
         }
         Ok(manifest)
+    }
+
+    /// A new backup's manifest from what was ingested, with what every kind of backup
+    /// records the same way; the caller sets what names the source (engine, database,
+    /// source, server id, snapshot, databases).
+    pub(super) fn new_manifest(
+        started: chrono::DateTime<chrono::Utc>,
+        options: &BackupOptions,
+        ingested: Ingested,
+        trees_or_server: bool,
+    ) -> Manifest {
+        Manifest {
+            format_version: if trees_or_server || options.files.is_some() {
+                format::MANIFEST_VERSION_TREES
+            } else {
+                FORMAT_VERSION
+            },
+            id: format::new_backup_id(started),
+            engine: String::new(),
+            server_version: ingested.report.server_version,
+            database: String::new(),
+            source: String::new(),
+            server_id: ingested.report.server_id,
+            host: super::host_name(),
+            tool_version: crate::VERSION.to_owned(),
+            started,
+            finished: chrono::Utc::now(),
+            tags: options.tags.clone(),
+            snapshot: ingested.report.snapshot,
+            warnings: ingested.warnings,
+            stats: ingested.stats,
+            streams: ingested.streams,
+            databases: Vec::new(),
+            filter: options.dump.filter.clone(),
+        }
+    }
+
+    /// Writes a new backup's manifest: the backup exists from now on.
+    pub(super) async fn record_backup(&self, manifest: &Manifest, lock: &LockGuard) -> Result<()> {
+        self.record_manifest(manifest, lock)
+            .await
+            .map_err(|e| e.during("writing the backup's manifest"))
     }
 
     async fn backup_locked(
@@ -585,38 +639,18 @@ impl Repository {
             })
             .await
             .map_err(|e| e.during(format!("backup of {}", engine.location())))?;
-        let report = ingested.report;
-        let manifest = Manifest {
-            format_version: if options.files.is_some() {
-                format::MANIFEST_VERSION_TREES
-            } else {
-                FORMAT_VERSION
-            },
-            id: format::new_backup_id(started),
-            engine: engine.name().to_owned(),
-            server_version: report.server_version.clone(),
-            database: if report.database.is_empty() {
-                engine.database()
-            } else {
-                report.database.clone()
-            },
-            source: engine.location(),
-            server_id: report.server_id.clone(),
-            host: super::host_name(),
-            tool_version: crate::VERSION.to_owned(),
-            started,
-            finished: chrono::Utc::now(),
-            tags: options.tags.clone(),
-            snapshot: report.snapshot.clone(),
-            warnings: ingested.warnings,
-            stats: ingested.stats,
-            streams: ingested.streams,
-            databases: Vec::new(),
-            filter: options.dump.filter.clone(),
+        let database = if ingested.report.database.is_empty() {
+            engine.database()
+        } else {
+            ingested.report.database.clone()
         };
-        self.record_manifest(&manifest, lock)
-            .await
-            .map_err(|e| e.during("writing the backup's manifest"))?;
+        let manifest = Manifest {
+            engine: engine.name().to_owned(),
+            database,
+            source: engine.location(),
+            ..Self::new_manifest(started, options, ingested, false)
+        };
+        self.record_backup(&manifest, lock).await?;
         Ok(manifest)
     }
 

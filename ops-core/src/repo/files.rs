@@ -1673,11 +1673,10 @@ impl super::Repository {
         options: &super::BackupOptions,
     ) -> Result<super::Manifest> {
         let started = chrono::Utc::now();
-        let lock = self.lock(super::LockKind::Shared, "backup").await?;
-        let result = async {
+        self.under_backup_lock(async |lock| {
             let progress = options.progress.clone().or_else(|| self.progress.clone());
             let ingested = self
-                .ingest(progress, &lock, |sink| async move {
+                .ingest(progress, lock, |sink| async move {
                     trees.dump(&sink).await?;
                     Ok(crate::engine::DumpReport::default())
                 })
@@ -1690,37 +1689,16 @@ impl super::Repository {
                 .map(|r| r.display().to_string())
                 .collect();
             let manifest = super::Manifest {
-                format_version: super::format::MANIFEST_VERSION_TREES,
-                id: super::format::new_backup_id(started),
                 engine: FILES_ENGINE.to_owned(),
-                server_version: String::new(),
                 database: roots.join(" "),
                 source: format!("file://{host}/"),
                 server_id: Some(format!("host:{host}")),
-                host,
-                tool_version: crate::VERSION.to_owned(),
-                started,
-                finished: chrono::Utc::now(),
-                tags: options.tags.clone(),
-                snapshot: std::collections::BTreeMap::new(),
-                warnings: ingested.warnings,
-                stats: ingested.stats,
-                streams: ingested.streams,
-                filter: Default::default(),
-                databases: Vec::new(),
+                ..Self::new_manifest(started, options, ingested, true)
             };
-            self.record_manifest(&manifest, &lock)
-                .await
-                .map_err(|e| e.during("writing the backup's manifest"))?;
-            Ok::<_, Error>(manifest)
-        }
-        .await;
-        let released = lock.release().await;
-        let manifest = result?;
-        if let Err(e) = released {
-            tracing::warn!("could not release the repository lock: {e}");
-        }
-        Ok(manifest)
+            self.record_backup(&manifest, lock).await?;
+            Ok(manifest)
+        })
+        .await
     }
 
     /// Restores the file trees of a backup (see [`FileRestoreOptions`]). Every byte is

@@ -21,8 +21,6 @@ use serde::Serialize;
 
 use super::Repository;
 use super::backup::BackupOptions;
-use super::format;
-use super::lock::LockKind;
 use super::manifest::{Manifest, ServerDatabase, database_prefix};
 use crate::engine::{
     DatabaseEngine, DumpReport, DumpSink, GlobalsPhase, GlobalsReport, GlobalsRestoreOptions,
@@ -121,13 +119,12 @@ impl Repository {
                 ),
             ));
         }
-        let lock = self.lock(LockKind::Shared, "backup").await?;
-        let result = async {
+        self.under_backup_lock(async |lock| {
             let progress = options.progress.clone().or_else(|| self.progress.clone());
             let reports: Mutex<Vec<(String, DumpReport)>> = Mutex::new(Vec::new());
             let (collected, names) = (&reports, &databases);
             let ingested = self
-                .ingest(progress, &lock, |sink| async move {
+                .ingest(progress, lock, |sink| async move {
                     engine
                         .dump_globals(&options.globals, Arc::clone(&sink))
                         .await
@@ -168,47 +165,26 @@ impl Repository {
                 .await
                 .map_err(|e| e.during(format!("backup of the server {}", engine.location())))?;
             let per_database = reports.into_inner().unwrap_or_else(PoisonError::into_inner);
-            let report = ingested.report;
             let mut snapshot = BTreeMap::new();
             snapshot.insert(
                 "consistency".to_owned(),
                 "one snapshot per database, none across databases".to_owned(),
             );
             let manifest = Manifest {
-                format_version: format::MANIFEST_VERSION_TREES,
-                id: format::new_backup_id(started),
                 engine: engine.name().to_owned(),
-                server_version: report.server_version.clone(),
                 database: String::new(),
                 source: engine.location(),
-                server_id: report.server_id.clone(),
-                host: super::host_name(),
-                tool_version: crate::VERSION.to_owned(),
-                started,
-                finished: chrono::Utc::now(),
-                tags: options.tags.clone(),
                 snapshot,
-                warnings: ingested.warnings,
-                stats: ingested.stats,
-                streams: ingested.streams,
-                filter: options.dump.filter.clone(),
                 databases: per_database
                     .into_iter()
                     .map(|(name, r)| ServerDatabase::new(name, r.snapshot))
                     .collect(),
+                ..Self::new_manifest(started, options, ingested, true)
             };
-            self.record_manifest(&manifest, &lock)
-                .await
-                .map_err(|e| e.during("writing the backup's manifest"))?;
-            Ok::<_, Error>(manifest)
-        }
-        .await;
-        let released = lock.release().await;
-        let manifest = result?;
-        if let Err(e) = released {
-            tracing::warn!("could not release the repository lock: {e}");
-        }
-        Ok(manifest)
+            self.record_backup(&manifest, lock).await?;
+            Ok(manifest)
+        })
+        .await
     }
 
     /// Rebuilds a whole-server backup on the server `engine` reaches: the globals that
