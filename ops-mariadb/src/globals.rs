@@ -908,6 +908,14 @@ async fn before(
                 for secret in secrets_of(create) {
                     message = message.replace(&secret, "******");
                 }
+                // A syntax error quotes the statement from where it failed, cut short:
+                // part of a password hash would escape the replacement above.
+                if message.contains("near '") {
+                    message = format!(
+                        "the server refused the statement (error {}); its text is not shown, it holds the password hash",
+                        code_of(&e).unwrap_or("unknown")
+                    );
+                }
                 // Plugin not loaded: the other accounts can still be made.
                 if code_of(&e) == Some("1524") {
                     report.warnings.push(format!(

@@ -351,6 +351,14 @@ impl Repository {
                         .during(format!("restoring database {name}")));
                 }
             };
+            let mut restored = restored;
+            if exists {
+                // Restored into a database the target had (empty): its own properties
+                // are the target's, not the backup's.
+                restored.warnings.push(format!(
+                    "database {name} existed on the target: its content was restored into it; its own properties (owner, encoding, comment, settings) are the target's"
+                ));
+            }
             report.databases.push(restored);
         }
         report.globals_after = engine
