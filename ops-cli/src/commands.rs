@@ -1008,8 +1008,9 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     let report = report.restore;
     let rows: u64 = report.tables.values().sum();
     // The files after the database (checked before it): a failure now says that the
-    // database's part is done.
-    let files = crate::files::restore_after_database(&repo, &m, a).await?;
+    // database's part is done. They are the whole backup's: one database's view of a
+    // whole-server backup holds none.
+    let files = crate::files::restore_after_database(&repo, &full, a).await?;
     if cli.json {
         print_json(&json!({
             "ok": true,
@@ -1028,7 +1029,7 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
             "seconds": secs,
         }));
     } else {
-        crate::files::print_restore(cli, &m, files.as_ref(), true);
+        crate::files::print_restore(cli, &full, files.as_ref(), true);
         for g in globals_before.iter().chain(globals_after.iter()) {
             print_globals(g);
         }

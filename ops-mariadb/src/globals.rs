@@ -598,7 +598,7 @@ async fn dump_on(
             match conn::query_strings(c, &format!("SHOW GRANTS FOR {}", account.literal())).await {
                 Ok(lines) => lines,
                 // Dropped since the list was read.
-                Err(e) if matches!(e.context_value("code"), Some("1141" | "1133")) => {
+                Err(e) if vanished(&e) => {
                     gone.push(account.to_string());
                     continue;
                 }
@@ -612,7 +612,7 @@ async fn dump_on(
                     .await
                 {
                     Ok(create) => create,
-                    Err(e) if matches!(e.context_value("code"), Some("1141" | "1133")) => {
+                    Err(e) if vanished(&e) => {
                         gone.push(account.to_string());
                         continue;
                     }
@@ -791,6 +791,12 @@ fn select(globals: &Globals, databases: &[String]) -> BTreeSet<Account> {
         }
     }
     chosen
+}
+
+/// An account dropped since the list of accounts was read (no such grant, no such
+/// user): left out, not a failure.
+fn vanished(e: &Error) -> bool {
+    matches!(code_of(e), Some("1141" | "1133"))
 }
 
 fn code_of(e: &Error) -> Option<&str> {

@@ -1082,16 +1082,23 @@ fn ready_dirs(seen: &mut [Seen], overwrite: bool) -> Result<()> {
         if d.ready {
             continue;
         }
-        if i == 0
-            && let Some(parent) = d.dest.parent()
-        {
-            std::fs::create_dir_all(parent)
-                .map_err(|err| Error::io(format!("creating {}", parent.display()), err))?;
+        if i == 0 {
+            above_tree(&d.dest)?;
         }
         real_dir(&d.dest, overwrite)?;
         d.ready = true;
     }
     Ok(())
+}
+
+/// Makes the directories above a tree's root: they are the target's own (made with
+/// the default mode, symlinks in them followed), unlike those of the listing.
+fn above_tree(root_dest: &Path) -> Result<()> {
+    match root_dest.parent() {
+        Some(parent) => std::fs::create_dir_all(parent)
+            .map_err(|err| Error::io(format!("creating {}", parent.display()), err)),
+        None => Ok(()),
+    }
 }
 
 /// What the first pass found.
@@ -1338,23 +1345,14 @@ async fn restore_trees(
                     }
                 }
             }
-            if e.path.as_os_str().is_empty() && e.kind != EntryKind::Dir {
-                // A tree that is one file: its directory is the target's own.
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|err| Error::io(format!("creating {}", parent.display()), err))?;
-                }
+            if seen.is_empty() {
+                // The tree's root (the listing's order puts every other entry below a
+                // directory).
+                above_tree(&dest)?;
             }
             ready_dirs(&mut seen, options.overwrite)?;
             match e.kind {
                 EntryKind::Dir => {
-                    if seen.is_empty()
-                        && let Some(parent) = dest.parent()
-                    {
-                        std::fs::create_dir_all(parent).map_err(|err| {
-                            Error::io(format!("creating {}", parent.display()), err)
-                        })?;
-                    }
                     real_dir(&dest, options.overwrite)?;
                     report.dirs += 1;
                     seen.push(Seen {

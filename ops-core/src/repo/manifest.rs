@@ -167,12 +167,13 @@ impl Manifest {
 
     /// The backup of one database as an engine restores it: for a whole-server
     /// backup, that database's streams with their prefix taken off and its snapshot;
-    /// for a one-database backup, itself. Either way without the globals streams, so
-    /// that an engine's restore sees what a one-database dump wrote. `None` when the
-    /// backup does not hold `name`.
+    /// for a one-database backup, itself. An engine's restore sees what a one-database
+    /// dump wrote either way: a repository source never shows it the globals or file
+    /// streams (see [`super::is_engine_stream`]). `None` when the backup does not hold
+    /// `name`.
     pub fn database_view(&self, name: &str) -> Option<Manifest> {
         if !self.is_server() {
-            return (self.database == name).then(|| self.without_globals());
+            return (self.database == name).then(|| self.clone());
         }
         let entry = self.databases.iter().find(|d| d.name == name)?;
         let streams: Vec<StreamRecord> = self
@@ -192,19 +193,6 @@ impl Manifest {
             streams,
             ..self.clone()
         })
-    }
-
-    /// This backup without its globals streams.
-    pub fn without_globals(&self) -> Manifest {
-        Manifest {
-            streams: self
-                .streams
-                .iter()
-                .filter(|s| !s.spec.name.starts_with(GLOBALS_PREFIX))
-                .cloned()
-                .collect(),
-            ..self.clone()
-        }
     }
 
     /// What a globals restore reads: the globals streams, and the streams of

@@ -208,7 +208,7 @@ impl Repository {
 /// server globals (`globals/…`). An engine's restore never sees them in
 /// [`StreamSource::streams`] (they can still be opened by name), so an engine that
 /// predates them restores a backup that holds them unchanged.
-pub const NON_ENGINE_PREFIXES: [&str; 2] = ["files/", "globals/"];
+pub const NON_ENGINE_PREFIXES: [&str; 2] = [super::FILES_PREFIX, super::GLOBALS_PREFIX];
 
 /// True for a stream that belongs to the database engine (see [`NON_ENGINE_PREFIXES`]).
 pub fn is_engine_stream(name: &str) -> bool {

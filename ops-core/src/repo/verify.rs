@@ -320,7 +320,7 @@ impl Repository {
         options: &RestoreOptions,
     ) -> Result<RestoreCheck> {
         refuse_server(manifest)?;
-        let source = Arc::new(self.source(&manifest.without_globals(), true).await?);
+        let source = Arc::new(self.source(manifest, true).await?);
         self.expect_restore(manifest);
         let restore = scratch
             .restore(Arc::clone(&source) as Arc<dyn StreamSource>, options)
@@ -391,7 +391,7 @@ impl Repository {
     ) -> Result<RestoreReport> {
         refuse_server(manifest)?;
         self.status(format!("loading the index for backup {}", manifest.id));
-        let source = Arc::new(self.source(&manifest.without_globals(), false).await?);
+        let source = Arc::new(self.source(manifest, false).await?);
         self.expect_restore(manifest);
         let report = engine
             .restore(source as Arc<dyn StreamSource>, options)
