@@ -15,6 +15,7 @@ mod session;
 mod tls;
 mod toc;
 mod tools;
+pub mod wal;
 
 use std::fmt;
 use std::path::PathBuf;

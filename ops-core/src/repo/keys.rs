@@ -174,4 +174,145 @@ impl Repository {
         })?;
         Ok(added)
     }
+
+    /// Writes this repository's unwrapped master key to `path` (created owner-only,
+    /// never over an existing file), so that a program started once per WAL segment
+    /// opens the repository with [`Repository::open_with_local_key`] instead of paying
+    /// the memory-hard password derivation each time. Whoever reads that file reads
+    /// every backup: keep it on the database host only, readable by its service
+    /// account only.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for an unencrypted repository;
+    /// [`ErrorKind::AlreadyExists`] when the file exists; I/O errors.
+    pub fn write_local_key(&self, path: &std::path::Path) -> Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let material = self.require_encrypted()?;
+        let file = LocalKey {
+            format: LOCAL_KEY_FORMAT.to_owned(),
+            repository: self.config().id.clone(),
+            key: hex::encode(material),
+            check: local_key_check(material, &self.config().id),
+        };
+        let body = zeroize::Zeroizing::new(
+            serde_json::to_vec_pretty(&file)
+                .map_err(|e| Error::internal(format!("serialize local key: {e}")))?,
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io(format!("creating the key file {}", path.display()), e))?;
+        f.write_all(&body)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io(format!("writing the key file {}", path.display()), e))?;
+        Ok(())
+    }
+
+    /// Opens the repository on `target` with a key file written by
+    /// [`Repository::write_local_key`]. The file must be readable by its owner only
+    /// (as libpq asks of a password file), belong to this repository, and hold an
+    /// intact key: all three are checked before any data moves.
+    ///
+    /// # Errors
+    /// [`ErrorKind::PermissionDenied`] for a file others can read;
+    /// [`ErrorKind::WrongPassword`] for another repository's key or a damaged one;
+    /// as [`Repository::open`] otherwise.
+    pub async fn open_with_local_key(
+        target: std::sync::Arc<dyn crate::BackupTarget>,
+        path: &std::path::Path,
+    ) -> Result<Self> {
+        let bytes = read_private_file(path, "key file")?;
+        let file: LocalKey = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::WrongPassword,
+                format!("{} is not a dbops key file: {e}", path.display()),
+            )
+        })?;
+        let mut material = zeroize::Zeroizing::new([0u8; 64]);
+        if file.format != LOCAL_KEY_FORMAT
+            || hex::decode_to_slice(file.key.as_bytes(), &mut material[..]).is_err()
+            || local_key_check(&material, &file.repository) != file.check
+        {
+            return Err(Error::new(
+                ErrorKind::WrongPassword,
+                format!(
+                    "the key file {} is damaged: write it again from the repository password",
+                    path.display()
+                ),
+            ));
+        }
+        let repo = Self::open_with_material(target, &material).await?;
+        if repo.config().id != file.repository {
+            return Err(Error::new(
+                ErrorKind::WrongPassword,
+                format!(
+                    "the key file {} belongs to repository {}, not to the one at {} ({})",
+                    path.display(),
+                    file.repository,
+                    repo.target().location(),
+                    repo.config().id
+                ),
+            ));
+        }
+        Ok(repo)
+    }
+}
+
+const LOCAL_KEY_FORMAT: &str = "dbops-local-key-v1";
+
+/// A repository's unwrapped master key, as kept on a host by
+/// [`Repository::write_local_key`].
+#[derive(Serialize, Deserialize)]
+struct LocalKey {
+    format: String,
+    repository: String,
+    key: String,
+    check: String,
+}
+
+impl Drop for LocalKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+/// A check value that ties the key to its repository id, so that a damaged file is
+/// refused instead of sealing data under a wrong key.
+fn local_key_check(material: &[u8; 64], repository: &str) -> String {
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&material[32..]);
+    let check = blake3::keyed_hash(&key, format!("dbops local key {repository}").as_bytes());
+    hex::encode(&check.as_bytes()[..16])
+}
+
+/// Reads a file that holds a secret, refusing it when its group or others may read
+/// or write it (as libpq refuses such a `.pgpass`): a secret others can read is
+/// already lost, and saying so is better than using it.
+///
+/// # Errors
+/// [`ErrorKind::PermissionDenied`] for such a file; I/O errors.
+pub fn read_private_file(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "the {what} {} can be read by others (mode {:o}): make it owner-only (chmod 600) and consider the secret in it exposed",
+                path.display(),
+                mode & 0o777
+            ),
+        ));
+    }
+    std::fs::read(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))
 }

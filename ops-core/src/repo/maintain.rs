@@ -183,6 +183,10 @@ pub struct ForgetReport {
     pub removed: Vec<String>,
     /// True when nothing was changed.
     pub dry_run: bool,
+    /// Per series of archived logs (WAL, binlogs), what the kept backups need and
+    /// what was removed.
+    #[serde(default)]
+    pub logs: Vec<super::logs::LogExpiry>,
 }
 
 /// Keeps each safety backup while it is younger than `keep`, oldest first.
@@ -261,11 +265,28 @@ impl Repository {
                     removed.push(d.id.clone());
                 }
             }
+            // Logs are judged against every backup that stays, in or out of the
+            // filter: a series another group's backup needs keeps what it needs.
+            let going: std::collections::BTreeSet<&str> = groups
+                .iter()
+                .flat_map(|g| &g.decisions)
+                .chain(&safety)
+                .filter(|d| !d.keep)
+                .map(|d| d.id.as_str())
+                .collect();
+            let staying: Vec<Manifest> = self
+                .list_backups()
+                .await?
+                .into_iter()
+                .filter(|m| !going.contains(m.id.as_str()))
+                .collect();
+            let logs = self.expire_logs(&staying, options.dry_run).await?;
             Ok::<_, Error>(ForgetReport {
                 groups,
                 safety,
                 removed,
                 dry_run: options.dry_run,
+                logs,
             })
         }
         .await;

@@ -16,6 +16,7 @@ mod index;
 mod inplace;
 mod keys;
 mod lock;
+mod logs;
 mod maintain;
 mod manifest;
 mod pack;
@@ -46,10 +47,14 @@ pub use group::{
 };
 pub use health::LastBackupAge;
 pub use inplace::{InPlaceOptions, InPlaceReport};
-pub use keys::KeyInfo;
+pub use keys::{KeyInfo, read_private_file};
 pub(crate) use lock::LockGuard;
 pub use lock::{
     LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision, process_alive, process_start,
+};
+pub use logs::{
+    LOG_KIND_KEY, LOG_SERIES_KEY, LOG_START_KEY, LOGS_PREFIX, LogExpiry, LogKind, LogObject,
+    LogPush, log_needs,
 };
 pub use maintain::{ForgetOptions, ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{
@@ -338,6 +343,18 @@ impl Repository {
     /// [`ErrorKind::WrongPassword`] when the password is missing or opens no key;
     /// [`ErrorKind::UnsupportedFormat`] for an unknown format version; storage errors.
     pub async fn open(target: Arc<dyn BackupTarget>, password: Option<&Secret>) -> Result<Self> {
+        Self::open_keyed(target, Unlock::Password(password)).await
+    }
+
+    /// Opens with an already unwrapped master key (see [`Repository::open_with_local_key`]).
+    pub(crate) async fn open_with_material(
+        target: Arc<dyn BackupTarget>,
+        material: &[u8; 64],
+    ) -> Result<Self> {
+        Self::open_keyed(target, Unlock::Material(material)).await
+    }
+
+    async fn open_keyed(target: Arc<dyn BackupTarget>, unlock_with: Unlock<'_>) -> Result<Self> {
         let config_bytes = match read_object(target.as_ref(), CONFIG_KEY).await {
             Ok(b) => b,
             Err(e)
@@ -375,6 +392,16 @@ impl Repository {
                 Keys::plain(id_key)
             }
             EncryptionScheme::Xchacha20poly1305 => {
+                let password = match unlock_with {
+                    Unlock::Material(material) => {
+                        return Ok(Self::opened(
+                            target,
+                            config,
+                            Keys::from_material(material, true),
+                        ));
+                    }
+                    Unlock::Password(p) => p,
+                };
                 let password = password.filter(|p| !p.is_empty()).ok_or_else(|| {
                     Error::new(
                         ErrorKind::WrongPassword,
@@ -387,14 +414,18 @@ impl Repository {
                 unlock(target.as_ref(), password).await?
             }
         };
-        Ok(Self {
+        Ok(Self::opened(target, config, keys))
+    }
+
+    fn opened(target: Arc<dyn BackupTarget>, config: RepoConfig, keys: Keys) -> Self {
+        Self {
             target,
             config,
             keys,
             cache: None,
             lock_wait: std::time::Duration::ZERO,
             progress: None,
-        })
+        }
     }
 
     /// Keeps a local cache of the chunk index and the manifests below `root` (in a
@@ -801,6 +832,12 @@ impl Repository {
     pub async fn delete_manifest(&self, id: &str) -> Result<()> {
         self.target.delete(&format!("{BACKUPS_DIR}{id}")).await
     }
+}
+
+/// How [`Repository::open_keyed`] unlocks an encrypted repository.
+enum Unlock<'a> {
+    Password(Option<&'a Secret>),
+    Material(&'a [u8; 64]),
 }
 
 fn manifest_aad(id: &str) -> String {
