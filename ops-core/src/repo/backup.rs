@@ -71,9 +71,24 @@ pub struct BackupOptions {
     /// How the server's globals (roles, users, grants) are taken beside the
     /// database: every backup holds them where the engine can read them.
     pub globals: GlobalsOptions,
+    /// How long a backup that needs archived logs (a physical base backup names its
+    /// last WAL segment) waits for them to reach the archive before it fails
+    /// unrecorded; `None` is [`DEFAULT_LOG_WAIT`].
+    pub log_wait: Option<std::time::Duration>,
 }
 
+/// How long a backup waits for the logs it needs to be archived, by default.
+pub const DEFAULT_LOG_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl BackupOptions {
+    /// Sets how long to wait for the logs the backup needs (see
+    /// [`BackupOptions::log_wait`]).
+    #[must_use]
+    pub fn with_log_wait(mut self, wait: std::time::Duration) -> Self {
+        self.log_wait = Some(wait);
+        self
+    }
+
     /// Sets the dump options.
     #[must_use]
     pub fn with_dump(mut self, dump: DumpOptions) -> Self {
@@ -650,6 +665,8 @@ impl Repository {
             source: engine.location(),
             ..Self::new_manifest(started, options, ingested, false)
         };
+        self.wait_for_logs(&manifest, options.log_wait.unwrap_or(DEFAULT_LOG_WAIT))
+            .await?;
         self.record_backup(&manifest, lock).await?;
         Ok(manifest)
     }

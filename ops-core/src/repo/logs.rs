@@ -34,6 +34,9 @@ pub const LOG_KIND_KEY: &str = "log_kind";
 pub const LOG_SERIES_KEY: &str = "log_series";
 /// See [`LOG_KIND_KEY`].
 pub const LOG_START_KEY: &str = "log_start";
+/// The last log file a backup needs to be consistent (a base backup's stop
+/// segment): the backup is recorded only once the archive holds it.
+pub const LOG_STOP_KEY: &str = "log_stop";
 
 /// What kind of log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -355,6 +358,55 @@ impl Repository {
             }
         }
         Ok(out)
+    }
+}
+
+impl Repository {
+    /// Waits until the archive holds the last log file `manifest` needs
+    /// ([`LOG_STOP_KEY`]), polling; a manifest that names none returns at once.
+    ///
+    /// # Errors
+    /// [`ErrorKind::NotFound`] when the file has not arrived within `wait`, naming it
+    /// and where archiving must send it; storage errors.
+    pub(super) async fn wait_for_logs(
+        &self,
+        manifest: &Manifest,
+        wait: std::time::Duration,
+    ) -> Result<()> {
+        let (Some(kind), Some(series), Some(stop)) = (
+            manifest.snapshot.get(LOG_KIND_KEY),
+            manifest.snapshot.get(LOG_SERIES_KEY),
+            manifest.snapshot.get(LOG_STOP_KEY),
+        ) else {
+            return Ok(());
+        };
+        let kind = LogKind::parse(kind)?;
+        check_name("series", series)?;
+        check_name("file name", stop)?;
+        let key = object_key(kind, series, stop);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = std::time::Duration::from_millis(100);
+        self.status(format!("waiting for {kind} file {stop} to be archived"));
+        loop {
+            if self.target.head(&key).await?.is_some() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "the backup needs {kind} file {stop}, which did not reach this repository's \
+                         archive within {} s: check that the server archives into this repository \
+                         (archive_mode on, its archive command pushing here) and that archiving is \
+                         not failing; the backup was not recorded",
+                        wait.as_secs()
+                    ),
+                )
+                .with_context("log", &key));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
+        }
     }
 }
 

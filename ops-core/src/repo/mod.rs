@@ -31,7 +31,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt as _, TryStreamExt};
 
-pub use backup::BackupOptions;
+pub use backup::{BackupOptions, DEFAULT_LOG_WAIT};
 pub use crypto::KdfParams;
 pub use files::{
     EntryKind, FILES_ENGINE, FILES_PREFIX, FileEntry, FileRestoreOptions, FileRestoreReport,
@@ -53,8 +53,8 @@ pub use lock::{
     LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision, process_alive, process_start,
 };
 pub use logs::{
-    LOG_KIND_KEY, LOG_SERIES_KEY, LOG_START_KEY, LOGS_PREFIX, LogExpiry, LogKind, LogObject,
-    LogPush, log_needs,
+    LOG_KIND_KEY, LOG_SERIES_KEY, LOG_START_KEY, LOG_STOP_KEY, LOGS_PREFIX, LogExpiry, LogKind,
+    LogObject, LogPush, log_needs,
 };
 pub use maintain::{ForgetOptions, ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{
