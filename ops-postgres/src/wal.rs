@@ -3,7 +3,7 @@
 //! continuity of an archived series.
 //!
 //! The archive itself (storage, encryption, retention) is the repository's
-//! ([`ops_core::Repository::push_log`]); this module knows PostgreSQL's side only.
+//! ([`ops_core::repo::Repository::push_log`]); this module knows PostgreSQL's side only.
 
 use std::collections::BTreeMap;
 use std::fmt;
