@@ -24,6 +24,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "DBOPS_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 
+    /// Key file written by `dbops key save-local` (else DBOPS_KEY_FILE): opens the
+    /// repository without the password's memory-hard derivation, for commands started
+    /// once per WAL segment. Owner-only files only.
+    #[arg(long, global = true, env = "DBOPS_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
     /// Local cache of the repository's index and manifests (default: DBOPS_CACHE_DIR,
     /// else $XDG_CACHE_HOME/dbops, else ~/.cache/dbops). Only a cache: the repository
     /// is the truth, and a missing, stale or damaged cache is rebuilt.
@@ -84,6 +90,19 @@ pub enum Command {
     /// the only one means lost backups.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Archive one WAL file into the repository, as PostgreSQL's archive_command
+    /// (`dbops wal-push %p`). Exit 0 only once it is stored (or spooled, with --spool).
+    WalPush(WalPushArgs),
+    /// Fetch one archived WAL file, as PostgreSQL's restore_command
+    /// (`dbops wal-fetch %f %p`). Exit 0 found, 1 not in the archive, 255 any other
+    /// failure (PostgreSQL then stops recovery rather than end it early).
+    WalFetch(WalFetchArgs),
+    /// Stream WAL from a server over the replication protocol (pg_receivewal, with a
+    /// replication slot) into the repository, until stopped.
+    WalReceive(WalReceiveArgs),
+    /// Stream a MariaDB server's binary logs into the repository, until stopped;
+    /// resumes where the archive ends.
+    BinlogArchive(BinlogArchiveArgs),
     /// Run jobs from the config once, now, and exit with their result (for cron,
     /// systemd timers and Kubernetes CronJobs).
     Run(RunArgs),
@@ -331,6 +350,93 @@ pub enum KeyCommand {
     Remove(RemoveKeyArgs),
     /// Change the password in use (add the new one, remove the old one).
     Passwd(NewPasswordArgs),
+    /// Write the unwrapped key to a local owner-only file, for --key-file (wal-push and
+    /// wal-fetch run once per segment). Whoever reads that file reads every backup.
+    SaveLocal(SaveLocalKeyArgs),
+}
+
+/// `wal-push`.
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// The WAL file (`%p`: relative to the data directory, where PostgreSQL runs the
+    /// command).
+    #[arg(value_name = "PATH", required_unless_present = "drain")]
+    pub path: Option<PathBuf>,
+    /// The data directory, whose global/pg_control names the cluster (default: the
+    /// current directory, as under archive_command).
+    #[arg(long, value_name = "DIR", env = "PGDATA")]
+    pub pgdata: Option<PathBuf>,
+    /// Asynchronous mode: copy the file into this local spool directory (fsynced) and
+    /// return; a background uploader started on demand sends the spool to the
+    /// repository with --jobs uploads at once. Weaker: until uploaded, the WAL lives
+    /// on this host's disk only.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// Uploads at once from the spool.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+    /// Refuse to spool more than this many bytes (PostgreSQL then keeps its WAL and
+    /// retries): e.g. 4G, 512M.
+    #[arg(long, default_value = "4G", value_name = "SIZE")]
+    pub spool_max: String,
+    /// Run as the spool's uploader until the spool stays empty (started by wal-push
+    /// --spool itself).
+    #[arg(long, requires = "spool", hide = true)]
+    pub drain: bool,
+}
+
+/// `wal-fetch`.
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// The file PostgreSQL asks for (`%f`).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Where to write it (`%p`).
+    #[arg(value_name = "PATH")]
+    pub dest: PathBuf,
+    /// The data directory, whose global/pg_control names the cluster (default: the
+    /// current directory, as under restore_command).
+    #[arg(long, value_name = "DIR", env = "PGDATA")]
+    pub pgdata: Option<PathBuf>,
+    /// Look in this spool directory of wal-push --spool first.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+}
+
+/// `wal-receive`.
+#[derive(Debug, Args)]
+pub struct WalReceiveArgs {
+    /// The server (a role with REPLICATION).
+    #[arg(value_name = "PG_URL")]
+    pub url: String,
+    /// Replication slot (created if missing), so the server keeps WAL until received.
+    #[arg(long, default_value = "dbops", value_name = "NAME")]
+    pub slot: String,
+    /// Local directory for the segment being received (pg_receivewal's target).
+    #[arg(long, value_name = "DIR")]
+    pub spool: PathBuf,
+    /// Stop after this long (e.g. 30s; for tests and one-shot runs).
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+}
+
+/// `binlog-archive`.
+#[derive(Debug, Args)]
+pub struct BinlogArchiveArgs {
+    /// The server (a user with REPLICATION SLAVE and BINLOG MONITOR).
+    #[arg(value_name = "MARIADB_URL")]
+    pub url: String,
+    /// Stop after this long (e.g. 30s; for tests and one-shot runs).
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+}
+
+/// `key save-local`.
+#[derive(Debug, Args)]
+pub struct SaveLocalKeyArgs {
+    /// Where to write the key (created owner-only; never over an existing file).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// Where a new password comes from.

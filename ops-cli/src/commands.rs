@@ -45,6 +45,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Copy(a) => copy(&cli, a).await,
         Command::Unlock(a) => unlock(&cli, a).await,
         Command::Key(k) => key(&cli, k).await,
+        Command::WalPush(a) => crate::wal::push(&cli, a).await,
+        Command::WalFetch(a) => Ok(crate::wal::fetch(&cli, a).await),
+        Command::WalReceive(a) => crate::wal::receive(&cli, a).await,
+        Command::BinlogArchive(a) => crate::wal::binlog_archive(&cli, a).await,
         Command::Run(a) => crate::agent::run_jobs(&cli, required_config(&cli)?, a).await,
         Command::Daemon(a) => crate::agent::daemon(&cli, required_config(&cli)?, a).await,
         Command::Health(a) => crate::agent::health(&cli, a).await,
@@ -106,7 +110,7 @@ fn lock_wait(cli: &Cli) -> Result<std::time::Duration> {
 }
 
 /// Parses `90`, `30s`, `10m`, `1h`.
-fn parse_wait(text: &str) -> Result<std::time::Duration> {
+pub(crate) fn parse_wait(text: &str) -> Result<std::time::Duration> {
     let t = text.trim();
     let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = number.parse().map_err(|_| {
@@ -212,12 +216,21 @@ fn read_password(file: Option<&std::path::Path>, env: &str) -> Result<Option<Sec
     Ok(std::env::var(env).ok().map(Secret::new))
 }
 
-async fn open_repo(cli: &Cli) -> Result<Repository> {
+pub(crate) async fn open_repo(cli: &Cli) -> Result<Repository> {
     let url = repo_url(cli)?;
     let target = open_target(&url, &TargetOptions::default())?;
-    let repo = Repository::open(target, password(cli)?.as_ref())
-        .await
-        .map_err(|e| with_cli_hint(e, &url))?;
+    let repo = match &cli.key_file {
+        Some(file) => Repository::open_with_local_key(target, file).await,
+        None => Repository::open(target, password(cli)?.as_ref()).await,
+    }
+    .map_err(|e| {
+        // A key file's own message says what to do; the password hint would mislead.
+        if cli.key_file.is_some() && e.kind() == ErrorKind::WrongPassword {
+            e
+        } else {
+            with_cli_hint(e, &url)
+        }
+    })?;
     Ok(configured(cli, repo))
 }
 
@@ -1422,6 +1435,19 @@ async fn key(cli: &Cli, k: &KeyCommand) -> Result<ExitCode> {
             )
         }
         KeyCommand::Remove(a) => ("removed", vec![repo.remove_key(&a.id).await?]),
+        KeyCommand::SaveLocal(a) => {
+            repo.write_local_key(&a.file)?;
+            if cli.json {
+                print_json(&json!({ "ok": true, "key_file": a.file }));
+            } else {
+                println!(
+                    "wrote the repository key to {} (owner-only); pass it with --key-file or DBOPS_KEY_FILE. \
+                     Whoever can read it can read every backup: keep it on this host, readable by the service account only",
+                    a.file.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         KeyCommand::Passwd(a) => {
             let p = new_password(a.new_password_file.as_deref())?;
             (

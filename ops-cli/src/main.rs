@@ -7,6 +7,7 @@ mod commands;
 mod files;
 mod maintain;
 mod output;
+mod wal;
 
 use std::process::ExitCode;
 

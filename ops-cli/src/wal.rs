@@ -1,0 +1,465 @@
+//! `wal-push`, `wal-fetch`, `wal-receive` and `binlog-archive`: the log archives
+//! that make point-in-time recovery possible. PostgreSQL runs the first two once per
+//! file, so they open the repository with a key file when given one, print nothing
+//! on success, and keep PostgreSQL's exit-code contract.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use futures::StreamExt as _;
+use serde_json::json;
+
+use dbops::postgres::wal;
+use ops_core::repo::{LogKind, LogPush, Repository};
+use ops_core::{Error, ErrorKind, Result};
+
+use crate::cli::{BinlogArchiveArgs, Cli, WalFetchArgs, WalPushArgs, WalReceiveArgs};
+use crate::commands::open_repo;
+use crate::output::{bytes, print_error, print_json};
+
+/// Exit code of `wal-fetch` for a file the archive does not hold: PostgreSQL takes
+/// any code up to 125 as "not available" and goes on (to streaming, or to the end of
+/// recovery).
+const EXIT_NOT_FOUND: u8 = 1;
+/// Exit code of `wal-fetch` for any other failure: above 125, PostgreSQL stops
+/// recovery instead of taking the failure for the end of the archive and promoting
+/// at the wrong point.
+const EXIT_FETCH_FAILED: u8 = 255;
+
+/// The data directory: `--pgdata`, else the current directory (PostgreSQL runs
+/// archive and restore commands there).
+fn data_directory(given: Option<&Path>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_path_buf()),
+        None => std::env::current_dir().map_err(|e| Error::io("reading the current directory", e)),
+    }
+}
+
+/// The archive series of the cluster whose data directory this is.
+fn series_of(pgdata: &Path) -> Result<String> {
+    wal::system_identifier_of_datadir(pgdata)
+        .map(wal::series_name)
+        .map_err(|e| {
+            let message = format!(
+                "{}; the cluster is named by its data directory's global/pg_control: run this as PostgreSQL's archive or restore command (it runs in the data directory), or pass --pgdata DIR",
+                e.message()
+            );
+            e.with_message(message)
+        })
+}
+
+fn file_name_of(path: &Path) -> Result<String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::invalid(format!("{} names no file", path.display())))?;
+    if !wal::is_wal_file_name(name) {
+        return Err(Error::invalid(format!(
+            "{name} is not a WAL file name (a segment, .partial, .history or .backup file)"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// Reads a WAL file and checks a segment against the cluster it claims to be from.
+fn read_checked(path: &Path, name: &str, pgdata: &Path) -> Result<(String, Vec<u8>)> {
+    let series = series_of(pgdata)?;
+    let data =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let base = name.strip_suffix(".partial").unwrap_or(name);
+    if base.len() == 24 {
+        let sysid = wal::system_identifier_of_datadir(pgdata)?;
+        wal::check_segment(name, &data, sysid)?;
+    }
+    Ok((series, data))
+}
+
+/// `wal-push`.
+pub async fn push(cli: &Cli, a: &WalPushArgs) -> Result<ExitCode> {
+    if a.drain {
+        let spool = a.spool.as_deref().unwrap_or(Path::new("."));
+        drain(cli, spool, a.jobs.max(1)).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = a
+        .path
+        .as_deref()
+        .ok_or_else(|| Error::invalid("give the WAL file to archive (%p)"))?;
+    let name = file_name_of(path)?;
+    let pgdata = data_directory(a.pgdata.as_deref())?;
+    let (series, data) = read_checked(path, &name, &pgdata)?;
+    if let Some(spool) = &a.spool {
+        let max = parse_size(&a.spool_max)?;
+        spool_file(spool, &series, &name, &data, max)?;
+        start_drainer(spool)?;
+        // A spool whose uploads fail must not look healthy: PostgreSQL's archiver
+        // then counts failures and keeps its WAL, as with a synchronous push.
+        if let Some(error) = drainer_error(spool) {
+            return Err(Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "{name} is spooled, but the spool's uploads fail: {error}; PostgreSQL keeps the WAL and retries"
+                ),
+            ));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let repo = open_repo(cli).await?;
+    let outcome = repo.push_log(LogKind::Wal, &series, &name, &data).await?;
+    report_push(cli, &name, outcome);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_push(cli: &Cli, name: &str, outcome: LogPush) {
+    let (status, plain, stored) = match outcome {
+        LogPush::Stored { bytes, stored } => ("stored", bytes, stored),
+        _ => ("already archived", 0, 0),
+    };
+    if cli.json {
+        print_json(
+            &json!({ "ok": true, "file": name, "status": status, "bytes": plain, "stored_bytes": stored }),
+        );
+    } else if cli.verbose > 0 {
+        eprintln!("dbops: {name}: {status} ({} stored)", bytes(stored));
+    }
+}
+
+/// `wal-fetch`: never returns an error, only PostgreSQL's exit codes.
+pub async fn fetch(cli: &Cli, a: &WalFetchArgs) -> ExitCode {
+    match fetch_inner(cli, a).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            if cli.verbose > 0 {
+                eprintln!("dbops: {} is not in the archive", a.name);
+            }
+            ExitCode::from(EXIT_NOT_FOUND)
+        }
+        Err(e) => {
+            print_error(&e, cli.json);
+            ExitCode::from(EXIT_FETCH_FAILED)
+        }
+    }
+}
+
+async fn fetch_inner(cli: &Cli, a: &WalFetchArgs) -> Result<bool> {
+    if !wal::is_wal_file_name(&a.name) {
+        // PostgreSQL asks for RECOVERYHISTORY-like names only through %f, which is
+        // always a WAL name; anything else is not in any archive.
+        return Ok(false);
+    }
+    let pgdata = data_directory(a.pgdata.as_deref())?;
+    let series = series_of(&pgdata)?;
+    if let Some(spool) = &a.spool
+        && let Ok(data) = std::fs::read(spool.join(&series).join(&a.name))
+    {
+        write_file(&a.dest, &data)?;
+        return Ok(true);
+    }
+    let repo = open_repo(cli).await?;
+    match repo.fetch_log(LogKind::Wal, &series, &a.name).await? {
+        Some(data) => {
+            write_file(&a.dest, &data)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Writes `data` to `dest` whole or not at all (a temporary file renamed).
+fn write_file(dest: &Path, data: &[u8]) -> Result<()> {
+    let mut tmp_name = dest.as_os_str().to_owned();
+    tmp_name.push(format!(".dbops-{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, dest));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(format!("writing {}", dest.display()), e));
+    }
+    Ok(())
+}
+
+/// Parses 4G, 512M, 1024K or bytes.
+fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| Error::invalid(format!("'{text}' is not a size: write e.g. 4G, 512M")))?;
+    let factor = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => {
+            return Err(Error::invalid(format!(
+                "'{text}' has an unknown unit: use K, M or G"
+            )));
+        }
+    };
+    Ok(n.saturating_mul(factor))
+}
+
+// ---- the spool (asynchronous archiving) ----
+
+const DRAIN_LOCK: &str = ".uploader.lock";
+const DRAIN_ERROR: &str = ".upload-error";
+const DRAIN_LOG: &str = ".uploader.log";
+
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+}
+
+/// Copies a WAL file into `spool/<series>/<name>`, durably (fsynced file and
+/// folder) before PostgreSQL is told it is archived.
+fn spool_file(spool: &Path, series: &str, name: &str, data: &[u8], max: u64) -> Result<()> {
+    let dir = spool.join(series);
+    private_dir(&dir)?;
+    let dest = dir.join(name);
+    if let Ok(existing) = std::fs::read(&dest) {
+        if existing == data {
+            return Ok(());
+        }
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!("{name} is already spooled with different content; the spool was not changed"),
+        ));
+    }
+    let used: u64 = spooled(spool)?.iter().map(|(_, _, size)| size).sum();
+    if used + data.len() as u64 > max {
+        return Err(Error::new(
+            ErrorKind::Storage,
+            format!(
+                "the spool {} holds {} not yet uploaded, over its limit of {}: is the uploader failing (see {})? PostgreSQL keeps its WAL and retries",
+                spool.display(),
+                bytes(used),
+                bytes(max),
+                spool.join(DRAIN_LOG).display()
+            ),
+        ));
+    }
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, &dest)
+        .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
+    Ok(())
+}
+
+/// The spooled files: (series, name, size), oldest name first.
+fn spooled(spool: &Path) -> Result<Vec<(String, String, u64)>> {
+    let mut out = Vec::new();
+    let Ok(series_dirs) = std::fs::read_dir(spool) else {
+        return Ok(out);
+    };
+    for series in series_dirs.flatten() {
+        let Ok(series_name) = series.file_name().into_string() else {
+            continue;
+        };
+        if series_name.starts_with('.') || !series.path().is_dir() {
+            continue;
+        }
+        let files = std::fs::read_dir(series.path())
+            .map_err(|e| Error::io(format!("listing {}", series.path().display()), e))?;
+        for f in files.flatten() {
+            let Ok(name) = f.file_name().into_string() else {
+                continue;
+            };
+            if wal::is_wal_file_name(&name) {
+                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((series_name.clone(), name, size));
+            }
+        }
+    }
+    // History files first, then log order.
+    out.sort_by(|a, b| {
+        (&a.0, !a.1.ends_with(".history"), &a.1).cmp(&(&b.0, !b.1.ends_with(".history"), &b.1))
+    });
+    Ok(out)
+}
+
+/// The uploader's last failure, while it lasts.
+fn drainer_error(spool: &Path) -> Option<String> {
+    std::fs::read_to_string(spool.join(DRAIN_ERROR))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// Takes the spool's uploader lock without waiting; `None` when another process
+/// holds it.
+fn try_drain_lock(spool: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    private_dir(spool)?;
+    let path = spool.join(DRAIN_LOCK);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::io(
+            format!("locking {}", path.display()),
+            std::io::Error::from(e),
+        )),
+    }
+}
+
+/// Starts the uploader unless one runs: this same program with the same global
+/// options, detached, logging to the spool.
+fn start_drainer(spool: &Path) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let Some(lock) = try_drain_lock(spool)? else {
+        return Ok(());
+    };
+    drop(lock);
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the dbops program", e))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spool.join(DRAIN_LOG))
+        .map_err(|e| Error::io("opening the uploader's log", e))?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.push("--drain".into());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .process_group(0);
+    cmd.spawn()
+        .map_err(|e| Error::io("starting the spool's uploader", e))?;
+    Ok(())
+}
+
+/// The uploader: sends the spool to the repository, `jobs` at once, removing each
+/// file once stored, until the spool has stayed empty a little while. Failures are
+/// written where `wal-push --spool` reports them, and retried with backoff.
+async fn drain(cli: &Cli, spool: &Path, jobs: usize) -> Result<()> {
+    let Some(_lock) = try_drain_lock(spool)? else {
+        return Ok(());
+    };
+    let repo = open_repo(cli).await?;
+    let mut idle = 0;
+    let mut pause = std::time::Duration::from_millis(500);
+    loop {
+        let files = spooled(spool)?;
+        if files.is_empty() {
+            idle += 1;
+            if idle > 20 {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            continue;
+        }
+        idle = 0;
+        let results: Vec<Result<()>> = futures::stream::iter(files)
+            .map(|(series, name, _)| upload_spooled(&repo, spool, series, name))
+            .buffer_unordered(jobs)
+            .collect()
+            .await;
+        match results.into_iter().find_map(Result::err) {
+            None => {
+                let _ = std::fs::remove_file(spool.join(DRAIN_ERROR));
+                pause = std::time::Duration::from_millis(500);
+            }
+            Some(e) => {
+                tracing::warn!("spool upload failed: {e}");
+                let _ = std::fs::write(spool.join(DRAIN_ERROR), e.to_string());
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn upload_spooled(
+    repo: &Repository,
+    spool: &Path,
+    series: String,
+    name: String,
+) -> Result<()> {
+    let path = spool.join(&series).join(&name);
+    let data = tokio::fs::read(&path)
+        .await
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    repo.push_log(LogKind::Wal, &series, &name, &data).await?;
+    tokio::fs::remove_file(&path)
+        .await
+        .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, or `duration` when given.
+async fn stop_signal(duration: Option<std::time::Duration>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let sleep = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = async { match &mut term { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+        _ = async { match &mut int { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+        () = sleep => {}
+    }
+}
+
+/// `wal-receive`.
+pub async fn receive(cli: &Cli, a: &WalReceiveArgs) -> Result<ExitCode> {
+    let duration = a
+        .duration
+        .as_deref()
+        .map(|d| crate::maintain::duration("--duration", d))
+        .transpose()?;
+    let engine = dbops::postgres::PostgresEngine::new(&a.url)?;
+    let receiver = dbops::postgres::receive::WalReceiver::new(engine, &a.slot, &a.spool)?;
+    let repo = open_repo(cli).await?;
+    let report = receiver.run(&repo, stop_signal(duration)).await?;
+    if cli.json {
+        print_json(&json!({ "ok": true, "received": report }));
+    } else {
+        println!(
+            "archived {} WAL files ({}){}",
+            report.archived,
+            bytes(report.bytes),
+            report
+                .last
+                .as_deref()
+                .map(|l| format!(", the newest {l}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `binlog-archive`.
+pub async fn binlog_archive(_cli: &Cli, _a: &BinlogArchiveArgs) -> Result<ExitCode> {
+    Err(Error::invalid("binlog-archive is being built"))
+}
