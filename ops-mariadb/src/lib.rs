@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod binlog;
 mod catalog;
 mod conn;
 mod credentials;
