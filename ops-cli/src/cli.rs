@@ -671,6 +671,10 @@ pub struct VerifyArgs {
     /// Parallel connections / streams.
     #[arg(long, short = 'j', default_value_t = 2)]
     pub jobs: usize,
+    /// Check the WAL archive's continuity too (every segment from the oldest base
+    /// backup's start to the newest); implied by --all.
+    #[arg(long)]
+    pub wal: bool,
 }
 
 /// `restore`.

@@ -650,6 +650,16 @@ async fn show(cli: &Cli, a: &ShowArgs) -> Result<ExitCode> {
 async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
     let (repo, display) = watched(cli, open_repo(cli).await?, "verify");
     let filter = backup_filter(&a.filter);
+    let archives = if a.all || a.wal {
+        dbops::postgres::wal::check_archive(&repo).await?
+    } else {
+        Vec::new()
+    };
+    if a.wal && !a.all && a.id.is_none() {
+        // The archive alone.
+        drop(display);
+        return Ok(crate::wal::print_archives(cli, &archives));
+    }
     let manifests = if a.all {
         repo.list_backups_matching(&filter).await?
     } else {
@@ -666,7 +676,7 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
             &VerifyOptions::new(a.read_data).with_jobs(a.jobs),
         )
         .await?;
-    let mut damaged = !report.ok();
+    let mut damaged = !report.ok() || archives.iter().any(|s| !s.missing.is_empty());
     let mut restores = Vec::new();
     if a.restore {
         let config = config_file(cli)?;
@@ -723,8 +733,10 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
             "level": level,
             "report": report,
             "restores": restores,
+            "wal_archives": archives,
         }));
     } else {
+        crate::wal::print_archive_lines(&archives);
         for p in &report.problems {
             println!(
                 "DAMAGED backup {}{}{}: {}",

@@ -459,6 +459,54 @@ pub async fn receive(cli: &Cli, a: &WalReceiveArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints the WAL archives' state (`verify --wal`); exit 3 when a segment is missing.
+pub fn print_archives(cli: &Cli, archives: &[wal::ArchiveState]) -> ExitCode {
+    let ok = archives.iter().all(|s| s.missing.is_empty());
+    if cli.json {
+        print_json(&json!({ "ok": ok, "wal_archives": archives }));
+    } else if archives.is_empty() {
+        println!("no WAL archived in this repository");
+    } else {
+        print_archive_lines(archives);
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
+}
+
+/// One line per archived series, and one per missing segment.
+pub fn print_archive_lines(archives: &[wal::ArchiveState]) {
+    for s in archives {
+        println!(
+            "WAL {}: {} files ({}), {} to {}{}",
+            s.series,
+            s.files,
+            bytes(s.stored_bytes),
+            s.first.as_deref().unwrap_or("-"),
+            s.last.as_deref().unwrap_or("-"),
+            s.last_archived
+                .map(|t| format!(", newest archived {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                .unwrap_or_default()
+        );
+        for m in s.missing.iter().take(100) {
+            println!(
+                "MISSING WAL {}: segment {m} (checked from {})",
+                s.series,
+                s.checked_from.as_deref().unwrap_or("-")
+            );
+        }
+        if s.missing.len() > 100 {
+            println!(
+                "MISSING WAL {}: … and {} more",
+                s.series,
+                s.missing.len() - 100
+            );
+        }
+    }
+}
+
 /// `binlog-archive`.
 pub async fn binlog_archive(_cli: &Cli, _a: &BinlogArchiveArgs) -> Result<ExitCode> {
     Err(Error::invalid("binlog-archive is being built"))

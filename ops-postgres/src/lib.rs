@@ -15,6 +15,7 @@ mod session;
 mod tls;
 mod toc;
 mod tools;
+pub mod receive;
 pub mod wal;
 
 use std::fmt;

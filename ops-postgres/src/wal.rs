@@ -238,6 +238,98 @@ pub fn missing_segments<'a>(
     missing
 }
 
+/// The state of one archived WAL series, as `verify` and the health probe report it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ArchiveState {
+    /// The series (`pg-<system identifier>`).
+    pub series: String,
+    /// Files archived (segments, history and backup files).
+    pub files: u64,
+    /// Their stored bytes.
+    pub stored_bytes: u64,
+    /// The oldest and newest segment archived.
+    pub first: Option<String>,
+    /// See `first`.
+    pub last: Option<String>,
+    /// When the newest file reached the store.
+    pub last_archived: Option<ops_core::chrono::DateTime<ops_core::chrono::Utc>>,
+    /// Where continuity is checked from: the oldest base backup's first segment, or
+    /// the first archived one.
+    pub checked_from: Option<String>,
+    /// Segments missing between there and the newest (at most 10,000 named).
+    pub missing: Vec<String>,
+}
+
+/// Checks every archived WAL series of `repo`: each segment from the oldest base
+/// backup's start (or the first archived segment) to the newest must be there. One
+/// listing of the archive and the manifests; no segment is read.
+///
+/// # Errors
+/// Storage errors.
+pub async fn check_archive(repo: &ops_core::repo::Repository) -> Result<Vec<ArchiveState>> {
+    use ops_core::repo::{LOG_KIND_KEY, LOG_SERIES_KEY, LOG_START_KEY, LogKind};
+    let objects = repo.list_logs(LogKind::Wal, None).await?;
+    // Per series: the oldest first segment a base backup needs, and its segment size.
+    let mut starts: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    for m in repo.list_backups().await? {
+        let snap = &m.snapshot;
+        if snap.get(LOG_KIND_KEY).map(String::as_str) != Some(LogKind::Wal.as_str()) {
+            continue;
+        }
+        let (Some(series), Some(start)) = (snap.get(LOG_SERIES_KEY), snap.get(LOG_START_KEY))
+        else {
+            continue;
+        };
+        let size = snap
+            .get("segment_size")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(DEFAULT_SEGMENT_SIZE);
+        starts
+            .entry(series.clone())
+            .and_modify(|(s, _)| {
+                if start < s {
+                    s.clone_from(start);
+                }
+            })
+            .or_insert_with(|| (start.clone(), size));
+    }
+    let mut out: Vec<ArchiveState> = Vec::new();
+    let mut i = 0;
+    while i < objects.len() {
+        let series = objects[i].series.clone();
+        let end = objects[i..]
+            .iter()
+            .position(|o| o.series != series)
+            .map_or(objects.len(), |n| i + n);
+        let group = &objects[i..end];
+        let (start, size) = starts
+            .get(&series)
+            .map_or((None, DEFAULT_SEGMENT_SIZE), |(s, size)| {
+                (Some(s.as_str()), *size)
+            });
+        let from = start.and_then(|s| Segment::parse(s, size));
+        let segments: Vec<&str> = group
+            .iter()
+            .map(|o| o.name.as_str())
+            .filter(|n| Segment::parse(n, size).is_some())
+            .collect();
+        out.push(ArchiveState {
+            series: series.clone(),
+            files: group.len() as u64,
+            stored_bytes: group.iter().map(|o| o.stored_bytes).sum(),
+            first: segments.first().map(|s| (*s).to_owned()),
+            last: segments.last().map(|s| (*s).to_owned()),
+            last_archived: group.iter().map(|o| o.archived).max(),
+            checked_from: start
+                .map(str::to_owned)
+                .or_else(|| segments.first().map(|s| (*s).to_owned())),
+            missing: missing_segments(segments.iter().copied(), from, size),
+        });
+        i = end;
+    }
+    Ok(out)
+}
+
 /// Checks that a segment's bytes belong to this series and name: the page header's
 /// system identifier, timeline and position must match, so that a segment of another
 /// cluster, or a renamed file, is refused before it reaches the archive.

@@ -1,0 +1,322 @@
+//! Point-in-time recovery through the CLI: a real PostgreSQL archiving its WAL with
+//! `dbops wal-push` as its archive_command, read back with `wal-fetch` and checked by
+//! PostgreSQL's own `pg_waldump`; gaps found by `verify`; the asynchronous spool; the
+//! streaming receiver.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Ctx, psql, wait_for};
+use ops_postgres::ephemeral::{EphemeralOptions, EphemeralPostgres};
+
+/// Gives the server's user (tests run as root; the server as `nobody`) the
+/// repository and the key file, as an operator would for the postgres account.
+fn hand_to_server(pg: &EphemeralPostgres, paths: &[&Path]) {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(pg.socket_dir()).expect("socket dir");
+    for path in paths {
+        let status = std::process::Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", meta.uid(), meta.gid()))
+            .arg(path)
+            .status()
+            .expect("chown");
+        assert!(status.success());
+    }
+}
+
+fn archiver_stats(pg: &EphemeralPostgres) -> (i64, i64, String) {
+    let out = psql(
+        pg,
+        "postgres",
+        &[
+            "-At",
+            "-F",
+            "|",
+            "-c",
+            "SELECT archived_count, failed_count, coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        ],
+    );
+    let mut f = out.trim().split('|');
+    (
+        f.next().unwrap().parse().unwrap(),
+        f.next().unwrap().parse().unwrap(),
+        f.next().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Writes rows and switches to a new segment; returns the segment just closed.
+fn write_and_switch(pg: &EphemeralPostgres, step: u32) -> String {
+    psql(
+        pg,
+        "shop",
+        &[
+            "-c",
+            &format!("INSERT INTO steps SELECT {step}, g FROM generate_series(1, 100) g"),
+        ],
+    );
+    psql(
+        pg,
+        "shop",
+        &["-At", "-c", "SELECT pg_walfile_name(pg_switch_wal())"],
+    )
+    .trim()
+    .to_owned()
+}
+
+fn wait_archived(pg: &EphemeralPostgres, segment: &str) {
+    wait_for(
+        &format!("{segment} to be archived"),
+        Duration::from_secs(60),
+        || {
+            let (_, failed, last) = archiver_stats(pg);
+            assert_eq!(
+                failed,
+                0,
+                "the archive command failed; server log:\n{}",
+                std::fs::read_to_string(pg.log_path()).unwrap_or_default()
+            );
+            last.as_str() >= segment
+        },
+    );
+}
+
+fn segment_object(ctx: &Ctx, series: &str, name: &str) -> PathBuf {
+    Path::new(&ctx.repo)
+        .join("logs/wal")
+        .join(series)
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() {
+    let ctx = Ctx::new();
+    ctx.init();
+    let key = ctx.dir.path().join("repo.key");
+    ctx.run(&["key", "save-local", key.to_str().unwrap()]).ok();
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A key file is never written over.
+    let again = ctx.run(&["key", "save-local", key.to_str().unwrap()]);
+    assert_ne!(again.code, 0, "{}", again.all());
+
+    let exe = env!("CARGO_BIN_EXE_dbops");
+    let archive_command = format!(
+        "{exe} --repo {} --key-file {} --no-cache wal-push %p",
+        ctx.repo,
+        key.display()
+    );
+    let pg = EphemeralPostgres::start_with(
+        EphemeralOptions::default()
+            .with_setting("wal_level", "replica")
+            .with_setting("archive_mode", "on")
+            .with_setting("archive_command", &archive_command)
+            .with_setting("wal_keep_size", "256MB"),
+    )
+    .await
+    .expect("start postgres");
+    hand_to_server(&pg, &[Path::new(&ctx.repo), &key]);
+    pg.create_database("shop").await.expect("create db");
+    psql(&pg, "shop", &["-c", "CREATE TABLE steps (step int, n int)"]);
+    let datadir =
+        PathBuf::from(psql(&pg, "postgres", &["-At", "-c", "SHOW data_directory"]).trim());
+    let sysid = psql(
+        &pg,
+        "postgres",
+        &[
+            "-At",
+            "-c",
+            "SELECT system_identifier FROM pg_control_system()",
+        ],
+    )
+    .trim()
+    .to_owned();
+    let series = format!("pg-{sysid}");
+
+    let segments: Vec<String> = (1..=3).map(|s| write_and_switch(&pg, s)).collect();
+    wait_archived(&pg, &segments[2]);
+
+    // The archive is whole.
+    let v = ctx.run(&["verify", "--wal", "--json"]).ok().json();
+    let state = &v["wal_archives"][0];
+    assert_eq!(state["series"], series.as_str());
+    assert!(state["missing"].as_array().unwrap().is_empty(), "{v}");
+
+    // Read back, and PostgreSQL's own pg_waldump reads it as WAL.
+    let fetched = ctx.dir.path().join("fetched");
+    std::fs::create_dir(&fetched).unwrap();
+    let dest = fetched.join(&segments[1]);
+    let datadir_arg = datadir.to_str().unwrap();
+    let run = ctx.run(&[
+        "--key-file",
+        key.to_str().unwrap(),
+        "wal-fetch",
+        &segments[1],
+        dest.to_str().unwrap(),
+        "--pgdata",
+        datadir_arg,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let waldump = std::process::Command::new(pg.bin_dir().join("pg_waldump"))
+        .arg(&dest)
+        .output()
+        .expect("pg_waldump");
+    let dump = String::from_utf8_lossy(&waldump.stdout);
+    assert!(
+        dump.contains("rmgr: Heap") && dump.contains("INSERT"),
+        "pg_waldump on the fetched segment:\n{}\n{}",
+        dump.chars().take(2000).collect::<String>(),
+        String::from_utf8_lossy(&waldump.stderr)
+    );
+
+    // Not in the archive: exit 1, as PostgreSQL expects; nothing written.
+    let absent = fetched.join("absent");
+    let run = ctx.run(&[
+        "--key-file",
+        key.to_str().unwrap(),
+        "wal-fetch",
+        "0000000100000000000000FE",
+        absent.to_str().unwrap(),
+        "--pgdata",
+        datadir_arg,
+    ]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(!absent.exists());
+
+    // Pushed again with the same content: fine. With other content: refused, and
+    // the archived file stays as it was.
+    let push = |path: &Path| {
+        ctx.run(&[
+            "--key-file",
+            key.to_str().unwrap(),
+            "wal-push",
+            path.to_str().unwrap(),
+            "--pgdata",
+            datadir_arg,
+        ])
+    };
+    push(&dest).ok();
+    let mut other = std::fs::read(&dest).unwrap();
+    let n = other.len();
+    other[n - 100] ^= 0xff;
+    let tampered_dir = ctx.dir.path().join("tampered");
+    std::fs::create_dir(&tampered_dir).unwrap();
+    let tampered = tampered_dir.join(&segments[1]);
+    std::fs::write(&tampered, &other).unwrap();
+    let run = push(&tampered);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("different content"), "{}", run.all());
+
+    // A segment of another cluster is refused before it reaches the archive.
+    let mut foreign = std::fs::read(&dest).unwrap();
+    foreign[24] ^= 0x01;
+    std::fs::write(&tampered, &foreign).unwrap();
+    let run = push(&tampered);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("another cluster"), "{}", run.all());
+
+    // A key file others can read is refused; wal-fetch then stops recovery (255)
+    // rather than say "not found".
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = ctx.run(&[
+        "--key-file",
+        key.to_str().unwrap(),
+        "wal-fetch",
+        &segments[1],
+        fetched.join("x").to_str().unwrap(),
+        "--pgdata",
+        datadir_arg,
+    ]);
+    assert_eq!(run.code, 255, "{}", run.all());
+    assert!(run.stderr.contains("chmod 600"), "{}", run.all());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A segment missing in the middle is named by verify.
+    let hole = segment_object(&ctx, &series, &segments[1]);
+    std::fs::remove_file(&hole).unwrap();
+    let run = ctx.run(&["verify", "--wal"]);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(
+        run.stdout
+            .contains(&format!("MISSING WAL {series}: segment {}", segments[1])),
+        "{}",
+        run.all()
+    );
+
+    // The spool: wal-push --spool returns once the file is on local disk; the
+    // uploader it starts fills the hole.
+    let spool = ctx.dir.path().join("spool");
+    let run = ctx.run(&[
+        "--key-file",
+        key.to_str().unwrap(),
+        "wal-push",
+        dest.to_str().unwrap(),
+        "--pgdata",
+        datadir_arg,
+        "--spool",
+        spool.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    wait_for("the spool to be uploaded", Duration::from_secs(60), || {
+        hole.exists()
+    });
+    ctx.run(&["verify", "--wal"]).ok();
+    wait_for("the spool to empty", Duration::from_secs(30), || {
+        !spool.join(&series).join(&segments[1]).exists()
+    });
+
+    // The streaming receiver, with a slot, archives what the server writes while it
+    // runs (segments the archiver sent already are the same content).
+    let receive_dir = ctx.dir.path().join("receive");
+    let receiver = ctx
+        .command(&[
+            "--key-file",
+            key.to_str().unwrap(),
+            "wal-receive",
+            &pg.url_for("postgres"),
+            "--slot",
+            "dbops_test",
+            "--spool",
+            receive_dir.to_str().unwrap(),
+            "--duration",
+            "8s",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start wal-receive");
+    wait_for("the replication slot", Duration::from_secs(20), || {
+        psql(
+            &pg,
+            "postgres",
+            &["-At", "-c", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'dbops_test' AND active"],
+        )
+        .trim()
+            == "1"
+    });
+    let streamed = write_and_switch(&pg, 4);
+    let out = receiver.wait_with_output().expect("wal-receive");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert!(
+        report["received"]["archived"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(
+        report["received"]["last"].as_str().unwrap() >= streamed.as_str(),
+        "{report} vs {streamed}"
+    );
+    wait_archived(&pg, &streamed);
+    ctx.run(&["verify", "--wal"]).ok();
+}
