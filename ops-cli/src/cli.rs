@@ -689,7 +689,7 @@ pub struct RestoreArgs {
     pub filter: FilterArgs,
     /// Database to restore into (any name: restoring `shop` as `shop_restore` works).
     /// Optional with `--path-to`: the files alone.
-    #[arg(value_name = "DB_URL", required_unless_present = "path_to")]
+    #[arg(value_name = "DB_URL", required_unless_present_any = ["path_to", "to_datadir"])]
     pub database: Option<String>,
     /// Restore the backup's files below DIR, each under its original absolute path
     /// (`/srv/app/storage` lands in DIR/srv/app/storage).
@@ -742,6 +742,42 @@ pub struct RestoreArgs {
     /// Restore this one database out of a whole-server backup.
     #[arg(long, value_name = "NAME")]
     pub source_database: Option<String>,
+    /// Restore to this point in time: RFC 3339 (2026-12-03T10:15:00Z, or with an
+    /// offset) or PostgreSQL's form (2026-12-03 10:15:00+00). A MariaDB backup is
+    /// restored, then the archived binary log is replayed from its position up to
+    /// this time (see binlog-archive); a physical PostgreSQL backup recovers to it.
+    #[arg(long, value_name = "TIME")]
+    pub target_time: Option<String>,
+    /// Restore a physical base backup (backup --physical) into a new data directory
+    /// (--to-datadir), with recovery settings that fetch WAL through wal-fetch.
+    #[arg(long, requires = "to_datadir")]
+    pub physical: bool,
+    /// The data directory to create for --physical (must not exist or be empty).
+    #[arg(long, value_name = "DIR", requires = "physical")]
+    pub to_datadir: Option<std::path::PathBuf>,
+    /// --physical: recover to this WAL position (e.g. 0/3000060).
+    #[arg(long, value_name = "LSN", requires = "physical", conflicts_with_all = ["target_time", "target_xid", "target_name"])]
+    pub target_lsn: Option<String>,
+    /// --physical: recover to the commit of this transaction id.
+    #[arg(long, value_name = "XID", requires = "physical", conflicts_with_all = ["target_time", "target_name"])]
+    pub target_xid: Option<String>,
+    /// --physical: recover to this restore point (pg_create_restore_point).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "physical",
+        conflicts_with = "target_time"
+    )]
+    pub target_name: Option<String>,
+    /// --physical: what the server does at the target: promote (open for writes) or
+    /// pause (read-only, to inspect before promoting).
+    #[arg(long, value_name = "ACTION", requires = "physical", default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: String,
+    /// --physical: start a server on the restored directory (127.0.0.1, a free port)
+    /// and wait until recovery reaches the target; prints its URL and leaves it
+    /// running.
+    #[arg(long, requires = "physical")]
+    pub start: bool,
 }
 
 /// `forget`. Rules apply to each group (by default: one database of one server)

@@ -897,6 +897,11 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     }
     let full = m.clone();
     let m = one_database(m, a.source_database.as_deref())?;
+    // A point in time is checked against the archive before anything is restored.
+    let binlog_plan = match &a.target_time {
+        Some(t) => Some(crate::wal::binlog_plan(&repo, &m, t).await?),
+        None => None,
+    };
     // MariaDB grants name their database: under another name they would land on
     // whatever database has the old one. Refused before anything is created.
     if a.with_globals && m.engine == "mariadb" && engine.database() != m.database {
@@ -1036,6 +1041,10 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     // database's part is done. They are the whole backup's: one database's view of a
     // whole-server backup holds none.
     let files = crate::files::restore_after_database(&repo, &full, a).await?;
+    let replayed = match &binlog_plan {
+        Some(plan) => Some(crate::wal::binlog_replay(&repo, plan, &m, url).await?),
+        None => None,
+    };
     if cli.json {
         print_json(&json!({
             "ok": true,
@@ -1051,6 +1060,7 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
             "ended_sessions": ended,
             "files": files,
             "globals": globals_before.as_ref().map(|b| json!({ "before": b, "after": globals_after })),
+            "replayed": replayed,
             "seconds": secs,
         }));
     } else {
@@ -1068,6 +1078,18 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         }
         if !ended.is_empty() {
             println!("ended {} sessions on the target: {ended:?}", ended.len());
+        }
+        if let (Some(r), Some(plan)) = (&replayed, &binlog_plan) {
+            println!(
+                "replayed the binary log from {} to {} ({} events of {} files), the last event at {}",
+                plan.from,
+                plan.until.format("%Y-%m-%d %H:%M:%S UTC"),
+                r.events,
+                r.files.len(),
+                r.last_event
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    .unwrap_or_else(|| "-".to_owned())
+            );
         }
         println!(
             "restored backup {} of database {} (taken {}) into {}: {} tables, {rows} rows in {secs:.1} s",

@@ -507,7 +507,119 @@ pub fn print_archive_lines(archives: &[wal::ArchiveState]) {
     }
 }
 
+/// Parses a point in time: RFC 3339 (`Z` or an offset), or PostgreSQL's own
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]+00` form.
+pub fn parse_target_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    let t = text.trim();
+    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(d.with_timezone(&chrono::Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
+        if let Ok(d) = chrono::DateTime::parse_from_str(t, format) {
+            return Ok(d.with_timezone(&chrono::Utc));
+        }
+    }
+    Err(Error::invalid(format!(
+        "'{text}' is not a point in time: write RFC 3339 with a zone (2026-12-03T10:15:00Z, 2026-12-03T11:15:00+01:00) or PostgreSQL's form (2026-12-03 10:15:00+00)"
+    )))
+}
+
+/// What a MariaDB point-in-time restore replays, checked before the restore starts.
+pub struct BinlogPlan {
+    pub series: String,
+    pub from: dbops::mariadb::binlog::BinlogPosition,
+    pub until: chrono::DateTime<chrono::Utc>,
+}
+
+/// Checks that `m` can be brought to `time`: a MariaDB backup with a binlog
+/// position, taken before `time`, and an archive whose last event reaches it.
+pub async fn binlog_plan(
+    repo: &Repository,
+    m: &ops_core::repo::Manifest,
+    time: &str,
+) -> Result<BinlogPlan> {
+    let until = parse_target_time(time)?;
+    if m.engine != "mariadb" {
+        return Err(Error::invalid(format!(
+            "--target-time on backup {} ({}): a logical backup reaches a point in time through MariaDB's binary log archive only; for PostgreSQL, restore a physical backup with --physical --to-datadir DIR --target-time",
+            m.id, m.engine
+        )));
+    }
+    if until < m.started {
+        return Err(Error::invalid(format!(
+            "backup {} was taken at {}, after {}: choose an older backup (dbops list)",
+            m.id,
+            m.started.format("%Y-%m-%d %H:%M:%S UTC"),
+            until.format("%Y-%m-%d %H:%M:%S UTC")
+        )));
+    }
+    let from = dbops::mariadb::binlog::BinlogPosition::from_snapshot(&m.snapshot)?;
+    let series = m
+        .snapshot
+        .get(ops_core::repo::LOG_SERIES_KEY)
+        .cloned()
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "backup {} records no binary log series (it was taken by an older dbops, or with the binary log off): it cannot be brought to a point in time",
+                m.id
+            ))
+        })?;
+    let reach = dbops::mariadb::binlog::archive_reach(repo, &series).await?;
+    let last = reach.as_ref().and_then(|r| r.last_event);
+    if last.is_none_or(|l| l < until) {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "the binary log archive {series} reaches {}, not {}: run dbops binlog-archive against the server (or wait for it to catch up); nothing was restored",
+                last.map_or_else(
+                    || "no event at all".to_owned(),
+                    |l| l.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+                ),
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        ));
+    }
+    Ok(BinlogPlan {
+        series,
+        from,
+        until,
+    })
+}
+
+/// Replays the plan into the database just restored.
+pub async fn binlog_replay(
+    repo: &Repository,
+    plan: &BinlogPlan,
+    m: &ops_core::repo::Manifest,
+    url: &str,
+) -> Result<dbops::mariadb::binlog::ReplayReport> {
+    let target = dbops::mariadb::MariaDbEngine::new(url)?;
+    dbops::mariadb::binlog::replay_to_time(repo, &plan.series, &plan.from, plan.until, &m.database, &target)
+        .await
+        .map_err(|e| e.during(format!("replaying the binary log onto the restored backup {} (its content is restored as of the backup)", m.id)))
+}
+
 /// `binlog-archive`.
-pub async fn binlog_archive(_cli: &Cli, _a: &BinlogArchiveArgs) -> Result<ExitCode> {
-    Err(Error::invalid("binlog-archive is being built"))
+pub async fn binlog_archive(cli: &Cli, a: &BinlogArchiveArgs) -> Result<ExitCode> {
+    let duration = a
+        .duration
+        .as_deref()
+        .map(|d| crate::maintain::duration("--duration", d))
+        .transpose()?;
+    let engine = dbops::mariadb::MariaDbEngine::new(&a.url)?;
+    let repo = std::sync::Arc::new(open_repo(cli).await?);
+    let archiver = dbops::mariadb::binlog::BinlogArchiver::new(&engine, repo);
+    let report = archiver.run(stop_signal(duration)).await?;
+    if cli.json {
+        print_json(&json!({ "ok": true, "archived": report }));
+    } else {
+        println!(
+            "archived {} events ({}) in {} pieces into {}",
+            report.events,
+            bytes(report.bytes),
+            report.pieces,
+            report.series
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -320,3 +320,118 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     wait_archived(&pg, &streamed);
     ctx.run(&["verify", "--wal"]).ok();
 }
+
+fn mariadb(port: u16, db: &str, sql: &str) -> String {
+    let o = std::process::Command::new("mariadb")
+        .args(["-h127.0.0.1", "-uroot", "-N", "-B"])
+        .arg(format!("-P{port}"))
+        .arg(db)
+        .args(["-e", sql])
+        .output()
+        .expect("mariadb");
+    assert!(
+        o.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_restores_to_a_point_in_time_from_the_binlog_archive() {
+    let server = ops_mariadb::ephemeral::EphemeralMariaDb::start()
+        .await
+        .expect("start mariadb");
+    let port = server.port();
+    mariadb(port, "mysql", "CREATE DATABASE shop");
+    mariadb(
+        port,
+        "shop",
+        "CREATE TABLE t (id int PRIMARY KEY, step int) ENGINE=InnoDB; INSERT INTO t VALUES (1, 0)",
+    );
+    let ctx = Ctx::new();
+    ctx.init();
+    let id = ctx
+        .run(&["--json", "backup", &server.url_for("shop")])
+        .ok()
+        .json()["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let archiver = ctx
+        .command(&[
+            "--json",
+            "binlog-archive",
+            &server.url_for("shop"),
+            "--duration",
+            "7s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start binlog-archive");
+    std::thread::sleep(Duration::from_millis(1200));
+    mariadb(port, "shop", "INSERT INTO t VALUES (2, 1)");
+    std::thread::sleep(Duration::from_millis(1200));
+    let between = mariadb(
+        port,
+        "shop",
+        "SELECT DATE_FORMAT(UTC_TIMESTAMP(), '%Y-%m-%dT%H:%i:%sZ')",
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    mariadb(
+        port,
+        "shop",
+        "INSERT INTO t VALUES (3, 2); UPDATE t SET step = 9 WHERE id = 1",
+    );
+    let out = archiver.wait_with_output().expect("binlog-archive");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A time the archive does not reach is refused before anything is restored.
+    let run = ctx.run(&[
+        "restore",
+        &id,
+        &server.url_for("late"),
+        "--create",
+        "--target-time",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("reaches"), "{}", run.all());
+    assert_eq!(
+        mariadb(
+            port,
+            "mysql",
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'late'"
+        ),
+        "0"
+    );
+
+    // Between the steps: the backup's row and step 1, not step 2 nor its update.
+    let r = ctx
+        .run(&[
+            "--json",
+            "restore",
+            &id,
+            &server.url_for("shop_pitr"),
+            "--create",
+            "--target-time",
+            &between,
+        ])
+        .ok()
+        .json();
+    assert!(r["replayed"]["events"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(
+        mariadb(
+            port,
+            "shop_pitr",
+            "SELECT group_concat(concat(id, ':', step) ORDER BY id) FROM t"
+        ),
+        "1:0,2:1"
+    );
+}

@@ -63,7 +63,7 @@ const REPLICA_CAPABILITY: u32 = 4;
 const CLIENT_PACKAGE_HINT: &str = "install it with `apt-get install mariadb-client`";
 
 /// A place in a server's binary log: a file name and a byte offset in it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct BinlogPosition {
     /// The binlog file name (`binlog.000012`), without a directory.
     pub file: String,
@@ -303,7 +303,7 @@ impl ArchiveOptions {
 }
 
 /// What a [`BinlogArchiver::run`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ArchiveReport {
     /// The series archived into.
@@ -974,7 +974,7 @@ async fn fetch_piece(repo: &Repository, series: &str, name: &str) -> Result<Vec<
 }
 
 /// What [`replay_to_time`] replayed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ReplayReport {
     /// The binlog files read, in order.

@@ -230,7 +230,12 @@ async fn record_position(
             snapshot.insert(key.into(), value);
         }
     }
-    if !snapshot.contains_key("binlog_file") {
+    if snapshot.contains_key("binlog_file") {
+        // Names the binlog series a point-in-time restore replays from, so that
+        // retention keeps the pieces this backup needs.
+        let series = crate::binlog::series_on(leader).await?;
+        crate::binlog::record_archive_keys(snapshot, &series);
+    } else {
         snapshot.insert("binlog".into(), "disabled".into());
     }
     // The GTID position is exact only while writes are blocked.
