@@ -8,28 +8,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Every metric dbops exposes: the runbooks' five series and the `dbops_` families.
-const METRICS: &[&str] = &[
-    "backup_attempts_total",
-    "backup_success_total",
-    "backup_last_success_timestamp",
-    "backup_duration_seconds",
-    "backup_size_bytes",
-    "dbops_job_runs_total",
-    "dbops_job_retries_total",
-    "dbops_job_last_run_failed",
-    "dbops_job_last_success_timestamp_seconds",
-    "dbops_backup_stored_bytes",
-    "dbops_backup_new_bytes",
-    "dbops_backup_size_median_bytes",
-    "dbops_verify_last_success_timestamp_seconds",
-    "dbops_verify_last_restore_proof_timestamp_seconds",
-    "dbops_notification_failures_total",
-    "dbops_health_status",
-    "dbops_health_value",
-    "dbops_repository_backups",
-    "dbops_build_info",
-];
+mod metrics_contract;
+use metrics_contract::{METRICS, alert_rule_metrics, metric_names};
 
 /// The runbooks' queries, which the dashboard must show as they are (modulo the
 /// dashboard's label filters).
@@ -116,102 +96,19 @@ fn every_alert_has_a_firing_test() {
     }
 }
 
-/// The metric names a PromQL expression selects: identifiers outside strings, label
-/// matchers, ranges and grouping lists that are not functions, keywords, aggregations
-/// or numbers. Not a PromQL parser; enough to catch a misspelt or invented name.
-fn metric_names(expr: &str) -> Vec<String> {
-    const KEYWORDS: &[&str] = &[
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "inf",
-        "nan",
-        "atan2",
-        // Aggregations, which may be followed by `by (…)` rather than `(`.
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-    ];
-    let chars: Vec<char> = expr.chars().collect();
-    let mut names = Vec::new();
-    let mut i = 0;
-    // Skips from an opening `open` to its `close`, stepping over quoted strings.
-    let skip_to = |mut i: usize, close: char| -> usize {
-        while i < chars.len() && chars[i] != close {
-            if matches!(chars[i], '"' | '\'' | '`') {
-                let q = chars[i];
-                i += 1;
-                while i < chars.len() && chars[i] != q {
-                    i += if chars[i] == '\\' { 2 } else { 1 };
-                }
-            }
-            i += 1;
-        }
-        i + 1
-    };
-    while i < chars.len() {
-        let c = chars[i];
-        if matches!(c, '"' | '\'' | '`') {
-            i = skip_to(i + 1, c);
-        } else if c == '{' {
-            i = skip_to(i + 1, '}');
-        } else if c == '[' {
-            i = skip_to(i + 1, ']');
-        } else if c.is_ascii_digit() || c == '.' {
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                i += 1;
-            }
-        } else if c == '$' {
-            i += 1;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
-                i += 1;
-            }
-            let ident: String = chars[start..i].iter().collect();
-            let mut j = i;
-            while j < chars.len() && chars[j].is_whitespace() {
-                j += 1;
-            }
-            let call = j < chars.len() && chars[j] == '(';
-            let grouping = [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ];
-            if call && grouping.contains(&ident.as_str()) {
-                i = skip_to(j + 1, ')');
-            } else if !call && !KEYWORDS.contains(&ident.to_ascii_lowercase().as_str()) {
-                names.push(ident);
-            }
-        } else {
-            i += 1;
-        }
+/// The rules ask only for what dbops exposes (ops-cli/tests/health_cli.rs checks that
+/// a running daemon exposes every name on the list).
+#[test]
+fn the_alert_rules_ask_only_for_metrics_dbops_exposes() {
+    let rules = std::fs::read_to_string(deploy_dir().join("dbops-alerts.yml")).unwrap();
+    let used = alert_rule_metrics(&rules);
+    assert!(used.len() >= 8, "{used:?}");
+    for name in &used {
+        assert!(
+            METRICS.contains(&name.as_str()),
+            "the alert rules ask for {name}, which dbops does not expose"
+        );
     }
-    names
 }
 
 #[test]

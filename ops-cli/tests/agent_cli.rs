@@ -1125,3 +1125,280 @@ async fn a_restore_job_switches_maintenance_mode_around_an_in_place_restore() {
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("clean = true"), "{}", r.all());
 }
+
+/// The non-skipped runs of `job` in a `history --json` answer, as (start, end).
+fn spans_of(
+    runs: &[serde_json::Value],
+    job: &str,
+) -> Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    let time = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|| panic!("not a time: {v}"))
+    };
+    runs.iter()
+        .filter(|r| r["job"] == job && r["status"] != "skipped")
+        .map(|r| (time(&r["started"]), time(&r["ended"])))
+        .collect()
+}
+
+/// `max_concurrent_jobs = 1`: two jobs due every second, each held 2 s by its `before`
+/// hook, take turns. A due run waiting for the one place counts as running, so its
+/// job's next slots are skipped, never queued.
+#[test]
+fn with_max_concurrent_jobs_1_runs_of_two_jobs_never_overlap() {
+    let ctx = Ctx::new();
+    ctx.init();
+    let config = write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+max_concurrent_jobs = 1
+[repositories.main]
+url = "{repo}"
+password_env = "DBOPS_PASSWORD"
+[jobs.a]
+kind = "prune"
+every = "1s"
+before = ["sleep 2"]
+[jobs.b]
+kind = "prune"
+every = "1s"
+before = ["sleep 2"]
+"#,
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+        ),
+    );
+    let log = ctx.dir.path().join("daemon.log");
+    let mut child = dbops(&ctx, &config, &["daemon"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("daemon");
+    let history = || {
+        run(&ctx, &config, &["--json", "history", "--last", "1000"], &[]).json()["runs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    // Three turns, both jobs among them: one job's run has runs of the other both
+    // before and after it.
+    let done = poll(Duration::from_secs(60), || {
+        let runs = history();
+        let ok = |job: &str| {
+            runs.iter()
+                .filter(|r| r["job"] == job && r["status"] == "success")
+                .count()
+        };
+        ok("a") >= 1 && ok("b") >= 1 && ok("a") + ok("b") >= 3
+    });
+    sigterm(&child);
+    let code = wait_exit(&mut child, Duration::from_secs(30));
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(done, "the two jobs did not take three turns:\n{log_text}");
+    assert_eq!(code, 0, "{log_text}");
+    assert!(log_text.contains("at most 1 at once"), "{log_text}");
+
+    let runs = history();
+    let (a, b) = (spans_of(&runs, "a"), spans_of(&runs, "b"));
+    for x in &a {
+        for y in &b {
+            assert!(
+                x.1 <= y.0 || y.1 <= x.0,
+                "a run of a ({x:?}) overlapped a run of b ({y:?}): {runs:#?}"
+            );
+        }
+    }
+    // Each run took its hook's 2 s: the limit, not chance, kept them apart.
+    for (start, end) in a.iter().chain(&b) {
+        assert!(*end - *start >= chrono::TimeDelta::milliseconds(1900));
+    }
+    assert!(
+        runs.iter().any(|r| r["status"] == "skipped"
+            && r["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("still running"))),
+        "slots due while a job waited for the place are skipped: {runs:#?}"
+    );
+}
+
+/// SIGTERM while a backup is blocked (a table held by another session's ACCESS
+/// EXCLUSIVE lock): the daemon waits `shutdown_grace`, then cancels the backup; the
+/// run is recorded as interrupted, its `after` hook runs, nothing half-written is
+/// listed, and the next backup is not hindered by what the cancelled one left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_still_running_when_the_shutdown_grace_runs_out_is_cancelled() {
+    let pg = EphemeralPostgres::start().await.expect("start postgres");
+    shop(&pg).await;
+    let ctx = Ctx::new();
+    ctx.init();
+    let marks = ctx.dir.path().join("marks");
+    std::fs::create_dir(&marks).expect("marks");
+    let config = write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            r#"
+state_dir = "{state}"
+shutdown_grace = "2s"
+[repositories.main]
+url = "{repo}"
+password_env = "DBOPS_PASSWORD"
+[databases.shop]
+url = "{db}"
+[jobs.nightly]
+kind = "backup"
+database = "shop"
+every = "1s"
+after = ["echo \"$DBOPS_STATUS\" > {m}/after"]
+"#,
+            state = ctx.dir.path().join("state").display(),
+            repo = ctx.repo,
+            db = pg.url_for("shop"),
+            m = marks.display(),
+        ),
+    );
+    let mut holder = common::open_session(
+        &pg,
+        "shop",
+        "lock-holder",
+        "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE;",
+    );
+    common::session_of(&pg, "lock-holder", "idle in transaction");
+    let log = ctx.dir.path().join("daemon.log");
+    let mut child = dbops(&ctx, &config, &["daemon"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("daemon");
+    let waiting = || {
+        common::psql(
+            &pg,
+            "postgres",
+            &[
+                "-At",
+                "-c",
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' \
+                 AND wait_event_type = 'Lock' AND application_name <> 'lock-holder'",
+            ],
+        )
+        .trim()
+            != "0"
+    };
+    let blocked = poll(Duration::from_secs(60), waiting);
+    assert!(
+        blocked,
+        "the backup never waited for the lock:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let signalled = std::time::Instant::now();
+    sigterm(&child);
+    let code = wait_exit(&mut child, Duration::from_secs(30));
+    let took = signalled.elapsed();
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, 0, "{log_text}");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(2 + 8),
+        "stopped after {took:?}, with a grace of 2 s:\n{log_text}"
+    );
+    assert!(
+        log_text.contains("the grace period ran out: cancelling 1 job(s)"),
+        "{log_text}"
+    );
+
+    let h = run(&ctx, &config, &["--json", "history", "nightly"], &[])
+        .ok()
+        .json();
+    let ran: Vec<&serde_json::Value> = h["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|r| r["status"] != "skipped")
+        .collect();
+    assert_eq!(ran.len(), 1, "{h}");
+    assert_eq!(ran[0]["status"], "failure", "{h}");
+    assert_eq!(ran[0]["error_kind"], "interrupted", "{h}");
+    assert!(
+        ran[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("grace period ran out")),
+        "{h}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marks.join("after"))
+            .expect("the after hook ran")
+            .trim(),
+        "failure"
+    );
+    assert_eq!(
+        ctx.run(&["--json", "list"]).ok().json()["backups"],
+        serde_json::json!([]),
+        "nothing half-written is listed"
+    );
+
+    // The lock gone, the next backup goes through.
+    let _ = holder.kill();
+    let _ = holder.wait();
+    run(&ctx, &config, &["run", "nightly"], &[]).ok();
+    let list = ctx.run(&["--json", "list"]).ok().json();
+    assert_eq!(list["backups"].as_array().map(Vec::len), Some(1), "{list}");
+}
+
+/// The example configs shipped in deploy/ stay valid: `dbops config check` accepts
+/// them as they are, with their credential files in place (the systemd one reads them
+/// from `$CREDENTIALS_DIRECTORY`; the Kubernetes one from the Secret's mount, moved
+/// here into a temp dir), and shows none of the secrets.
+#[test]
+fn the_example_configs_in_deploy_pass_config_check() {
+    let ctx = Ctx::new();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let creds = ctx.dir.path().join("credentials");
+    std::fs::create_dir(&creds).expect("credentials");
+    let secrets = [
+        ("repo.pass", "repo-pass-secret"),
+        ("erp-db.pass", "erp-db-pass-secret"),
+        (
+            "slack-webhook-url",
+            "https://hooks.slack.test/services/T0/B0/slack-secret",
+        ),
+    ];
+    for (name, value) in secrets {
+        std::fs::write(creds.join(name), format!("{value}\n")).expect("credential");
+    }
+    let creds_dir = creds.to_str().expect("utf8");
+    let check = |config: &std::path::Path| {
+        let r = run(
+            &ctx,
+            config,
+            &["--json", "config", "check"],
+            &[("CREDENTIALS_DIRECTORY", creds_dir)],
+        );
+        assert_eq!(r.code, 0, "{}: {}", config.display(), r.all());
+        for (_, value) in secrets {
+            assert!(!r.all().contains(value), "{value} shown: {}", r.all());
+        }
+        let c = r.json()["config"].clone();
+        assert_eq!(c["jobs"]["erp-backup"]["schedule"], "0 */6 * * *", "{c}");
+        assert!(c["notifications"]["ops"].is_object(), "{c}");
+    };
+    check(&deploy.join("systemd/dbops.toml"));
+
+    // The ConfigMap's dbops.toml: the block under `dbops.toml: |`, its Secret's mount
+    // point replaced by the temp dir.
+    let map = std::fs::read_to_string(deploy.join("kubernetes/configmap.yaml")).expect("configmap");
+    let (_, block) = map
+        .split_once("  dbops.toml: |\n")
+        .expect("a dbops.toml key");
+    let toml: String = block
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(toml.contains("[jobs.erp-backup]"), "{toml}");
+    let toml = toml.replace("/run/secrets/dbops/", &format!("{creds_dir}/"));
+    check(&write_config(&ctx, "configmap.toml", &toml));
+}

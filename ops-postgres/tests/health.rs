@@ -327,6 +327,16 @@ async fn every_probe_in_every_state_on_one_server() {
         assert_eq!(r.status, HealthStatus::Healthy, "{r:?}");
         assert!(r.value > 0.0, "{r:?}");
         assert_eq!((r.warn, r.critical), (Some(1e9), Some(1.5e9)));
+        // Limits the server is already past (any transaction ages its databases'
+        // frozen XIDs): a tiny warning limit is degraded, tiny limits both critical.
+        for (limits, want) in [
+            (Limits::new(1.0, 1e12), HealthStatus::Degraded),
+            (Limits::new(0.5, 1.0), HealthStatus::Unhealthy),
+        ] {
+            let r = measure(&XidAge::new(&engine, limits, budget)).await;
+            assert_eq!(r.status, want, "{r:?}");
+            assert!(r.reason.contains("at or past"), "{r:?}");
+        }
     })
     .await;
 
