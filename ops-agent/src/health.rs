@@ -74,6 +74,21 @@ pub fn suite(
                 }),
             };
         probes.push(Probe::new(service.clone(), check).with_budget(budget));
+        probes.push(
+            Probe::new(
+                service.clone(),
+                Arc::new(crate::probes::wal::WalArchiveCheck {
+                    repository: name.clone(),
+                    config: Arc::clone(config),
+                    repositories: repositories.clone(),
+                    limits: h.thresholds.limits(
+                        crate::probes::wal::NAME,
+                        crate::probes::wal::WAL_ARCHIVE_AGE,
+                    ),
+                }),
+            )
+            .with_budget(budget),
+        );
         if let Some(path) = local_path(&repo.url) {
             probes.push(
                 Probe::new(
@@ -235,6 +250,7 @@ pub fn check_names() -> Vec<&'static str> {
         "backup_size",
         "backup_tables",
         "restore_proof_age",
+        crate::probes::wal::NAME,
     ]);
     names.sort_unstable();
     names.dedup();

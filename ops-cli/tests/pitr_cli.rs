@@ -248,6 +248,44 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
         run.all()
     );
 
+    // ... and by the health probe, while the server's archiver stays healthy.
+    let config = common::write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            "state_dir = \"{}/state\"\n\n[repositories.main]\nurl = \"{}\"\npassword_env = \"DBOPS_PASSWORD\"\n\n[databases.shop]\nurl = \"{}\"\n",
+            ctx.dir.path().display(),
+            ctx.repo,
+            pg.url_for("shop")
+        ),
+    );
+    let health = common::run(
+        &ctx,
+        &config,
+        &["health", "wal_archive_age", "wal_archiver", "--json"],
+        &[],
+    );
+    assert_eq!(health.code, 2, "{}", health.all());
+    let doc = health.json();
+    let check = |name: &str| {
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {doc}"))
+            .clone()
+    };
+    assert_eq!(check("wal_archive_age")["status"], "unhealthy", "{doc}");
+    assert!(
+        check("wal_archive_age")["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&segments[1]),
+        "{doc}"
+    );
+    assert_eq!(check("wal_archiver")["status"], "healthy", "{doc}");
+
     // The spool: wal-push --spool returns once the file is on local disk; the
     // uploader it starts fills the hole.
     let spool = ctx.dir.path().join("spool");
@@ -266,6 +304,8 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
         hole.exists()
     });
     ctx.run(&["verify", "--wal"]).ok();
+    let health = common::run(&ctx, &config, &["health", "wal_archive_age"], &[]);
+    assert_eq!(health.code, 0, "{}", health.all());
     wait_for("the spool to empty", Duration::from_secs(30), || {
         !spool.join(&series).join(&segments[1]).exists()
     });

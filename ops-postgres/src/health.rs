@@ -49,7 +49,7 @@ pub const APPLICATION_NAME: &str = "dbops-health";
 
 /// The names of the checks [`probes`] returns, in that order. They are a contract:
 /// metric labels and keys under `[health.thresholds]`.
-pub const CHECKS: [&str; 9] = [
+pub const CHECKS: [&str; 10] = [
     DatabaseLogin::NAME,
     Connections::NAME,
     LongestQuery::NAME,
@@ -59,6 +59,7 @@ pub const CHECKS: [&str; 9] = [
     ReplicationLag::NAME,
     ReplicationSlots::NAME,
     XidAge::NAME,
+    WalArchiver::NAME,
 ];
 
 /// Every PostgreSQL check of `engine`'s server (see [`CHECKS`]), each judged by the
@@ -89,6 +90,7 @@ pub fn probes(
             engine, thresholds, budget,
         )),
         Arc::new(XidAge::with_thresholds(engine, thresholds, budget)),
+        Arc::new(WalArchiver::with_thresholds(engine, thresholds, budget)),
     ]
 }
 
@@ -1159,6 +1161,80 @@ impl XidAge {
                 "database {database} has the oldest unfrozen transaction IDs: {age:.0} \
                  transactions old, {:.2} % of the way to wraparound",
                 age * 100.0 / WRAPAROUND
+            ),
+        ))
+    }
+}
+
+check!(
+    /// `wal_archiver`: the server's side of the WAL archive. The value is the number of
+    /// segments waiting to be archived (`.ready` in `pg_wal/archive_status`; default
+    /// limits 10 and 100). Archiving that fails (a failure newer than the last
+    /// success, in `pg_stat_archiver`) is unhealthy whatever the count, with the last
+    /// failed segment named. With `archive_mode` off it is healthy and says so.
+    WalArchiver,
+    "wal_archiver",
+    Limits::new(10.0, 100.0)
+);
+
+impl WalArchiver {
+    async fn measure(&self) -> Result<HealthReport> {
+        let s = self.target.session().await?;
+        let doing = "reading pg_stat_archiver";
+        let row = s
+            .row(
+                "SELECT current_setting('archive_mode'),
+                        (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')::int8,
+                        coalesce(last_failed_wal, ''),
+                        coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false),
+                        coalesce(to_char(last_failed_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), ''),
+                        coalesce(last_archived_wal, ''),
+                        failed_count
+                   FROM pg_stat_archiver",
+                &[],
+                doing,
+            )
+            .await?;
+        let mode: String = column(&row, 0, doing)?;
+        let waiting = column::<i64>(&row, 1, doing)? as f64;
+        let failed_wal: String = column(&row, 2, doing)?;
+        let failing: bool = column(&row, 3, doing)?;
+        let failed_at: String = column(&row, 4, doing)?;
+        let last: String = column(&row, 5, doing)?;
+        let failures: i64 = column(&row, 6, doing)?;
+        if mode == "off" {
+            return Ok(judged(
+                Self::NAME,
+                self.limits,
+                0.0,
+                "count",
+                "archive_mode is off: this server keeps no WAL archive (no point-in-time recovery)",
+            ));
+        }
+        if failing {
+            return Ok(HealthReport::new(
+                Self::NAME,
+                HealthStatus::Unhealthy,
+                waiting,
+                "count",
+                format!(
+                    "archiving fails: the archive command last failed at {failed_at} UTC on {failed_wal}                      ({failures} failures since the statistics were reset), and {waiting:.0} segments                      wait; the server keeps them until archiving works again, and the disk fills"
+                ),
+            )
+            .with_limits(self.limits));
+        }
+        Ok(judged(
+            Self::NAME,
+            self.limits,
+            waiting,
+            "count",
+            &format!(
+                "{waiting:.0} segments wait to be archived; the last archived is {}",
+                if last.is_empty() {
+                    "none yet"
+                } else {
+                    last.as_str()
+                }
             ),
         ))
     }

@@ -6,3 +6,4 @@
 pub mod backups;
 pub mod disk;
 pub mod redis;
+pub mod wal;
