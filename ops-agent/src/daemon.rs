@@ -427,30 +427,13 @@ async fn refresh(
             // Published before anything slower: /health is the health suite's answer.
             served.write().await.health = snapshot.health.clone();
             next_health = tokio::time::Instant::now() + cfg.health.interval;
-            // The repositories' counts, each bounded: a store that hangs leaves its
-            // count as it was, never the served state.
-            for name in cfg.repositories.keys() {
-                let counted = tokio::time::timeout(REPOSITORY_COUNT_BUDGET, async {
-                    repositories.get(&cfg, name).await?.list_backups().await
-                })
-                .await;
-                match counted {
-                    Ok(Ok(list)) => {
-                        snapshot
-                            .repository_backups
-                            .insert(name.clone(), list.len() as u64);
-                        snapshot.repository_bytes.insert(
-                            name.clone(),
-                            list.iter().map(|m| m.stats.stored_bytes).sum(),
-                        );
-                    }
-                    Ok(Err(e)) => tracing::warn!("counting the backups of repository {name}: {e}"),
-                    Err(_) => tracing::warn!(
-                        "counting the backups of repository {name}: no answer within {} s",
-                        REPOSITORY_COUNT_BUDGET.as_secs()
-                    ),
-                }
-            }
+            metrics::refresh_repositories(
+                &cfg,
+                &repositories,
+                &mut snapshot,
+                REPOSITORY_COUNT_BUDGET,
+            )
+            .await;
         }
         match metrics::render(&cfg, &history, &snapshot).await {
             Ok(text) => served.write().await.metrics = text,
@@ -470,6 +453,8 @@ async fn refresh(
                 repositories = crate::runner::OpenRepositories::default();
                 snapshot.repository_backups.clear();
                 snapshot.repository_bytes.clear();
+                snapshot.wal_archived_bytes.clear();
+                snapshot.recovery_window_seconds.clear();
                 next_health = tokio::time::Instant::now();
             }
             () = stop.cancelled() => break,

@@ -87,6 +87,84 @@ pub struct Snapshot {
     /// Bytes its backups stored, per repository (what the repository holds, before
     /// prune reclaims what forgotten backups alone used).
     pub repository_bytes: BTreeMap<String, u64>,
+    /// Stored bytes of the archived WAL, per repository that holds some.
+    pub wal_archived_bytes: BTreeMap<String, u64>,
+    /// How far back a point-in-time restore reaches, per repository: from the oldest
+    /// base backup's start to the newest archived WAL, seconds.
+    pub recovery_window_seconds: BTreeMap<String, f64>,
+}
+
+/// Reads what the metrics say of each repository: its backups' count and stored
+/// bytes, and its WAL archive's size and recovery window (from the oldest base
+/// backup's start to the newest archived WAL). Each read is bounded by `budget`: a
+/// store that hangs leaves its numbers as they were, never the caller waiting.
+pub async fn refresh_repositories(
+    config: &Config,
+    repositories: &crate::runner::OpenRepositories,
+    snapshot: &mut Snapshot,
+    budget: std::time::Duration,
+) {
+    for name in config.repositories.keys() {
+        let counted = tokio::time::timeout(budget, async {
+            repositories.get(config, name).await?.list_backups().await
+        })
+        .await;
+        let list = match counted {
+            Ok(Ok(list)) => list,
+            Ok(Err(e)) => {
+                tracing::warn!("counting the backups of repository {name}: {e}");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "counting the backups of repository {name}: no answer within {} s",
+                    budget.as_secs()
+                );
+                continue;
+            }
+        };
+        snapshot
+            .repository_backups
+            .insert(name.clone(), list.len() as u64);
+        snapshot.repository_bytes.insert(
+            name.clone(),
+            list.iter().map(|m| m.stats.stored_bytes).sum(),
+        );
+        let oldest_base = list
+            .iter()
+            .filter(|m| {
+                m.snapshot
+                    .get(ops_core::repo::LOG_KIND_KEY)
+                    .map(String::as_str)
+                    == Some("wal")
+            })
+            .map(|m| m.started)
+            .min();
+        let wal = tokio::time::timeout(budget, async {
+            let repo = repositories.get(config, name).await?;
+            dbops::postgres::wal::check_archive(&repo).await
+        })
+        .await;
+        match wal {
+            Ok(Ok(states)) if !states.is_empty() => {
+                snapshot
+                    .wal_archived_bytes
+                    .insert(name.clone(), states.iter().map(|s| s.stored_bytes).sum());
+                let newest = states.iter().filter_map(|s| s.last_archived).max();
+                if let (Some(from), Some(to)) = (oldest_base, newest) {
+                    snapshot
+                        .recovery_window_seconds
+                        .insert(name.clone(), (to - from).num_seconds().max(0) as f64);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("reading the WAL archive of repository {name}: {e}"),
+            Err(_) => tracing::warn!(
+                "reading the WAL archive of repository {name}: no answer within {} s",
+                budget.as_secs()
+            ),
+        }
+    }
 }
 
 /// The engine and database labels of configured database `database`: the URL's
@@ -131,6 +209,8 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
     let health_value = Family::<CheckLabels, FGauge>::default();
     let repo_backups = Family::<RepositoryLabels, Gauge>::default();
     let repo_bytes = Family::<RepositoryLabels, FGauge>::default();
+    let wal_bytes = Family::<RepositoryLabels, FGauge>::default();
+    let recovery_window = Family::<RepositoryLabels, FGauge>::default();
     let build = Family::<BuildLabels, Gauge>::default();
 
     let counts = history.counts().await?;
@@ -290,6 +370,20 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
             })
             .set(i64::try_from(*n).unwrap_or(i64::MAX));
     }
+    for (repository, n) in &snapshot.wal_archived_bytes {
+        wal_bytes
+            .get_or_create(&RepositoryLabels {
+                repository: repository.clone(),
+            })
+            .set(*n as f64);
+    }
+    for (repository, n) in &snapshot.recovery_window_seconds {
+        recovery_window
+            .get_or_create(&RepositoryLabels {
+                repository: repository.clone(),
+            })
+            .set(*n);
+    }
     for (repository, n) in &snapshot.repository_bytes {
         repo_bytes
             .get_or_create(&RepositoryLabels {
@@ -398,6 +492,16 @@ pub async fn render(config: &Config, history: &RunHistory, snapshot: &Snapshot) 
         "dbops_repository_stored_bytes",
         "Bytes the repository's listed backups stored",
         repo_bytes,
+    );
+    registry.register(
+        "dbops_wal_archived_bytes",
+        "Stored bytes of the repository's WAL archive",
+        wal_bytes,
+    );
+    registry.register(
+        "dbops_recovery_window_seconds",
+        "From the oldest base backup's start to the newest archived WAL: how far back a point-in-time restore reaches",
+        recovery_window,
     );
     registry.register("dbops_build_info", "The dbops version", build);
 

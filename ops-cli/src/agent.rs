@@ -344,6 +344,14 @@ pub async fn metrics(config: &Config, a: &MetricsArgs) -> Result<ExitCode> {
     if a.health {
         snapshot.health = Some(ops_agent::health::run(&config, &history, &[]).await?);
     }
+    let repositories = ops_agent::runner::OpenRepositories::default();
+    ops_agent::metrics::refresh_repositories(
+        &config,
+        &repositories,
+        &mut snapshot,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
     let text = ops_agent::metrics::render(&config, &history, &snapshot).await;
     history.close().await;
     print!("{}", text?);

@@ -727,6 +727,9 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
         }
     }
     drop(display);
+    if a.restore && !damaged && !restores.is_empty() {
+        record_one_shot_proof(cli, &manifests).await;
+    }
     if cli.json {
         print_json(&json!({
             "ok": !damaged,
@@ -846,6 +849,49 @@ fn print_restore_check(r: &serde_json::Value) {
             _ => "MISMATCH",
         }
     );
+}
+
+/// Records a successful restore proof in the config's run history, so that the
+/// `restore_proof_age` check counts one-shot proofs as it counts a verify job's.
+/// Without a config, or for a repository the config does not name, there is no
+/// history to write to. A failure to record is a warning: the proof itself holds.
+async fn record_one_shot_proof(cli: &Cli, manifests: &[Manifest]) {
+    let recorded = async {
+        let Some(config) = config_file(cli)? else {
+            return Ok::<_, Error>(());
+        };
+        let url = repo_url(cli)?;
+        let Some(name) = config
+            .repositories
+            .iter()
+            .find(|(_, r)| r.url == url)
+            .map(|(n, _)| n.clone())
+        else {
+            return Ok(());
+        };
+        let now = chrono::Utc::now();
+        let mut run = ops_core::jobs::RunRecord::start(
+            ops_agent::probes::backups::one_shot_proof_job(&name),
+            ops_core::jobs::JobKind::Verify,
+            ops_core::jobs::Trigger::Manual,
+            now,
+        );
+        run.attempts = 1;
+        run.verified = Some("restore".to_owned());
+        run.backup_id = manifests
+            .iter()
+            .max_by_key(|m| m.finished)
+            .map(|m| m.id.clone());
+        run.finish(ops_core::jobs::RunStatus::Success, None, chrono::Utc::now());
+        let history = ops_agent::history::RunHistory::open(&config.state_dir).await?;
+        history.insert(&run).await?;
+        history.close().await;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!("the restore proof could not be recorded in the run history: {e}");
+    }
 }
 
 async fn verify_by_restore(

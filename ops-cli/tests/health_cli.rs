@@ -290,6 +290,23 @@ statement_timeout = "1s"
     let r = run(&ctx, &old, &["--json", "health", "restore_proof_age"], &[]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert_eq!(r.json()["checks"][0]["status"], "unhealthy");
+    // A one-shot `dbops verify --restore` is a proof too: recorded in the history
+    // under the repository's name, it is now the newest.
+    run(&ctx, &config, &["verify", "--restore"], &[]).ok();
+    let r = run(
+        &ctx,
+        &config,
+        &["--json", "health", "restore_proof_age"],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let c = &r.json()["checks"][0];
+    assert!(
+        c["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("job @verify:")),
+        "{c}"
+    );
 
     // Local disk past its limits (the machine's own disk is whatever it is: limits
     // around every possible value). Free space is worse lower: warn above 100 % is

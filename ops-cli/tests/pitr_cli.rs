@@ -306,6 +306,16 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     ctx.run(&["verify", "--wal"]).ok();
     let health = common::run(&ctx, &config, &["health", "wal_archive_age"], &[]);
     assert_eq!(health.code, 0, "{}", health.all());
+    let metrics = common::run(&ctx, &config, &["metrics"], &[]);
+    assert_eq!(metrics.code, 0, "{}", metrics.all());
+    assert!(
+        metrics
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("dbops_wal_archived_bytes{repository=\"main\"}")),
+        "{}",
+        metrics.stdout
+    );
     wait_for("the spool to empty", Duration::from_secs(30), || {
         !spool.join(&series).join(&segments[1]).exists()
     });

@@ -293,6 +293,13 @@ pub fn restore_proof_age(
     }
 }
 
+/// The history's job name for restore proofs made outside any job (a one-shot
+/// `verify` with a restore) on repository `repository` of the config: `@` cannot
+/// start a job's name, so it never meets a configured job.
+pub fn one_shot_proof_job(repository: &str) -> String {
+    format!("@verify:{repository}")
+}
+
 /// How many runs of a job the size and last-attempt checks read.
 const RUNS_READ: usize = 50;
 
@@ -515,6 +522,7 @@ pub fn probes(
             .values()
             .filter(|j| matches!(&j.work, Work::Verify { repository: r, .. } if *r == repository))
             .map(|j| j.name.clone())
+            .chain([one_shot_proof_job(&repository)])
             .collect();
         out.push(ops_core::Probe::new(
             format!("repository:{repository}"),
