@@ -9,6 +9,7 @@ mod errors;
 mod globals;
 pub mod health;
 pub mod maintain;
+pub mod physical;
 mod restore;
 mod roles;
 mod session;
