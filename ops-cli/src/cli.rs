@@ -565,6 +565,12 @@ pub struct BackupArgs {
     /// `--path`: a backup of files alone.
     #[arg(value_name = "DB_URL", required_unless_present = "paths")]
     pub database: Option<String>,
+    /// A physical base backup of the whole PostgreSQL cluster (pg_basebackup, one
+    /// stream per file, so unchanged files cost nothing the next time), for
+    /// point-in-time restores with the WAL archive (wal-push). Needs archive_mode on
+    /// and a role with REPLICATION.
+    #[arg(long, conflicts_with_all = ["paths", "all_databases", "with_globals"])]
+    pub physical: bool,
     /// A directory or file to back up beside the database, in the same backup
     /// (repeatable): contents, modes, owners, times, symlinks and hard links.
     #[arg(long = "path", value_name = "DIR")]

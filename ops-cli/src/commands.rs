@@ -131,7 +131,7 @@ pub(crate) fn parse_wait(text: &str) -> Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
-fn repo_url(cli: &Cli) -> Result<String> {
+pub(crate) fn repo_url(cli: &Cli) -> Result<String> {
     if let Some(url) = &cli.repo {
         return Ok(url.clone());
     }
@@ -363,7 +363,11 @@ password kept elsewhere as a recovery key (`dbops key add`).";
 async fn backup(cli: &Cli, a: &BackupArgs) -> Result<ExitCode> {
     ops_core::repo::ordinary_tags(&a.tags)?;
     let files = crate::files::trees(a)?;
-    let engine = a.database.as_deref().map(dbops::engine).transpose()?;
+    let engine = match a.database.as_deref() {
+        Some(url) if a.physical => Some(crate::wal::physical_engine(url)?),
+        Some(url) => Some(dbops::engine(url)?),
+        None => None,
+    };
     let (repo, display) = watched(cli, open_repo(cli).await?, "backup");
     // The repository's progress (set by `watched` on a terminal) is the backup's too.
     let options = BackupOptions::default()
@@ -494,7 +498,7 @@ fn summary_json(m: &Manifest, group: &ops_core::repo::BackupGroup) -> serde_json
 }
 
 /// Resolves a backup selector; a miss says where to look.
-async fn pick(repo: &Repository, spec: &str, filter: &BackupFilter) -> Result<Manifest> {
+pub(crate) async fn pick(repo: &Repository, spec: &str, filter: &BackupFilter) -> Result<Manifest> {
     repo.select(spec, filter).await.map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             let message = format!("{}; `dbops list` shows the backups", e.message());
@@ -506,7 +510,7 @@ async fn pick(repo: &Repository, spec: &str, filter: &BackupFilter) -> Result<Ma
 }
 
 /// The filter the command-line flags describe.
-fn backup_filter(a: &FilterArgs) -> BackupFilter {
+pub(crate) fn backup_filter(a: &FilterArgs) -> BackupFilter {
     let mut f = BackupFilter::default();
     if let Some(d) = &a.database {
         f = f.with_database(d);
@@ -699,6 +703,12 @@ async fn verify(cli: &Cli, a: &VerifyArgs) -> Result<ExitCode> {
                 .as_ref()
                 .map(|c| ops_agent::integrity::checks_for_backup(c, m))
                 .unwrap_or_default();
+            if m.engine == dbops::postgres::physical::ENGINE_NAME {
+                let proof = crate::wal::prove_physical(cli, &repo, m).await;
+                damaged |= proof.get("ok") != Some(&serde_json::Value::Bool(true));
+                restores.push(proof);
+                continue;
+            }
             let check = verify_by_restore(&repo, m, a, &checks).await;
             match check {
                 Ok((c, integrity)) => {
@@ -923,6 +933,9 @@ async fn verify_by_restore(
 }
 
 async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
+    if a.physical {
+        return crate::wal::restore_physical(cli, a).await;
+    }
     let Some(url) = a.database.as_deref() else {
         // Files alone.
         let repo = open_repo(cli).await?;

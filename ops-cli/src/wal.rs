@@ -599,6 +599,200 @@ pub async fn binlog_replay(
         .map_err(|e| e.during(format!("replaying the binary log onto the restored backup {} (its content is restored as of the backup)", m.id)))
 }
 
+/// The engine of `backup --physical`.
+pub fn physical_engine(url: &str) -> Result<std::sync::Arc<dyn ops_core::DatabaseEngine>> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Error::invalid(
+            "--physical takes a PostgreSQL server's URL (postgres://…): MariaDB's point in time comes from binlog-archive",
+        ));
+    }
+    Ok(std::sync::Arc::new(
+        dbops::postgres::physical::PhysicalEngine::from_url(url)?,
+    ))
+}
+
+/// Quotes a word for the shell that runs PostgreSQL's restore_command.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// The restore_command a restored server runs: this program's wal-fetch on the same
+/// repository, with the same key file or password file. A password from the
+/// environment is not written anywhere: the server needs it in its own environment
+/// (`--start` passes ours on).
+fn restore_command(cli: &Cli) -> Result<(String, Option<&'static str>)> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the dbops program", e))?;
+    let url = crate::commands::repo_url(cli)?;
+    let mut words = vec![
+        shell_quote(&exe.to_string_lossy()),
+        "--repo".to_owned(),
+        shell_quote(&url),
+        "--no-cache".to_owned(),
+    ];
+    let mut note = None;
+    if let Some(k) = &cli.key_file {
+        let k = std::path::absolute(k).unwrap_or_else(|_| k.clone());
+        words.extend(["--key-file".to_owned(), shell_quote(&k.to_string_lossy())]);
+    } else if let Some(f) = &cli.password_file {
+        let f = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+        words.extend([
+            "--password-file".to_owned(),
+            shell_quote(&f.to_string_lossy()),
+        ]);
+    } else {
+        note = Some(
+            "the restore command opens the repository with DBOPS_PASSWORD from the server's environment: start the server with it set, or write a key file (dbops key save-local) and restore with --key-file",
+        );
+    }
+    words.extend(["wal-fetch".to_owned(), "%f".to_owned(), "%p".to_owned()]);
+    Ok((words.join(" "), note))
+}
+
+/// `restore ID --physical --to-datadir DIR`.
+pub async fn restore_physical(cli: &Cli, a: &crate::cli::RestoreArgs) -> Result<ExitCode> {
+    use dbops::postgres::physical::{
+        PhysicalEngine, RecoverySettings, RecoveryTarget, StartOptions, TargetAction,
+        start_recovered,
+    };
+    let dir = a
+        .to_datadir
+        .as_deref()
+        .ok_or_else(|| Error::invalid("--physical restores into --to-datadir DIR"))?;
+    let target = match (&a.target_time, &a.target_lsn, &a.target_xid, &a.target_name) {
+        (Some(t), ..) => RecoveryTarget::time(t)?,
+        (_, Some(l), ..) => RecoveryTarget::lsn(l)?,
+        (_, _, Some(x), _) => RecoveryTarget::xid(x)?,
+        (.., Some(n)) => RecoveryTarget::name(n)?,
+        _ => RecoveryTarget::EndOfArchive,
+    };
+    let action = TargetAction::parse(&a.target_action)?;
+    let (command, note) = restore_command(cli)?;
+    let repo = open_repo(cli).await?;
+    let m = crate::commands::pick(&repo, &a.id, &crate::commands::backup_filter(&a.filter)).await?;
+    m.require_engine(dbops::postgres::physical::ENGINE_NAME)?;
+    let settings = RecoverySettings::new(command)
+        .with_target(target)
+        .with_action(action);
+    let engine = PhysicalEngine::restore_to(dir, settings);
+    let started = std::time::Instant::now();
+    let report = repo
+        .restore(&m, &engine, &ops_core::RestoreOptions::default())
+        .await
+        .map_err(|e| {
+            e.during(format!(
+                "restore of base backup {} into {}",
+                m.id,
+                dir.display()
+            ))
+        })?;
+    let laid = started.elapsed().as_secs_f64();
+    let server = if a.start {
+        let server = start_recovered(dir, &StartOptions::default().with_action(action))
+            .await
+            .map_err(|e| e.during(format!("starting a server on {}", dir.display())))?;
+        Some(server)
+    } else {
+        None
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let summary = server
+        .as_ref()
+        .map(|s| s.recovery_summary().to_vec())
+        .unwrap_or_default();
+    let url = server.as_ref().map(|s| s.url_for("postgres"));
+    let socket = server.as_ref().map(|s| s.socket_dir());
+    let log = server.as_ref().map(|s| s.log_path());
+    let pid = server.map(|s| s.detach());
+    if cli.json {
+        print_json(&json!({
+            "ok": true,
+            "backup": m.id,
+            "data_directory": dir,
+            "files": report.tables.len(),
+            "warnings": report.warnings,
+            "restore_command_note": note,
+            "server": pid.map(|p| json!({ "pid": p, "url": url, "socket_dir": socket, "log": log, "recovery": summary })),
+            "seconds": secs,
+            "laid_down_seconds": laid,
+        }));
+    } else {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        println!(
+            "restored base backup {} (taken {}) into {} in {laid:.1} s, with recovery settings in postgresql.auto.conf",
+            m.id,
+            m.started.format("%Y-%m-%d %H:%M:%S UTC"),
+            dir.display()
+        );
+        if let Some(n) = note {
+            println!("note: {n}");
+        }
+        match pid {
+            Some(pid) => {
+                for line in &summary {
+                    println!("  {line}");
+                }
+                println!(
+                    "a server (pid {pid}) runs on it, recovered to the target ({}): {}; stop it with: kill -INT {pid}",
+                    a.target_action,
+                    url.as_deref().map(ops_core::redact_url).unwrap_or_default()
+                );
+            }
+            None => println!(
+                "start it with: pg_ctl -D {} start (as the data directory's owner); recovery fetches WAL through wal-fetch and {} at the target",
+                dir.display(),
+                if a.target_action == "pause" {
+                    "pauses"
+                } else {
+                    "promotes"
+                }
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `verify --restore` of a physical backup: laid down in a throwaway directory,
+/// checked against PostgreSQL's backup manifest, recovered to consistency on a
+/// throwaway server and checked by pg_amcheck. The result as verify's JSON shows it.
+pub async fn prove_physical(
+    cli: &Cli,
+    repo: &Repository,
+    m: &ops_core::repo::Manifest,
+) -> serde_json::Value {
+    let proved = async {
+        let (command, _) = restore_command(cli)?;
+        let source = std::sync::Arc::new(repo.source(m, false).await?);
+        dbops::postgres::physical::prove_restore(
+            source,
+            &dbops::postgres::physical::ProofOptions::new(command),
+        )
+        .await
+    }
+    .await;
+    match proved {
+        Ok(r) => json!({
+            "backup": m.id,
+            "database": m.database,
+            "ok": true,
+            "physical": {
+                "files": r.files,
+                "manifest_verified": r.manifest_verified,
+                "databases": r.databases,
+                "recovery": r.recovery,
+                "warnings": r.warnings,
+            },
+        }),
+        Err(e) => json!({
+            "backup": m.id,
+            "database": m.database,
+            "ok": false,
+            "error": e.to_string(),
+        }),
+    }
+}
+
 /// `binlog-archive`.
 pub async fn binlog_archive(cli: &Cli, a: &BinlogArchiveArgs) -> Result<ExitCode> {
     let duration = a
