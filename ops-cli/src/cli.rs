@@ -569,7 +569,7 @@ pub struct BackupArgs {
     /// stream per file, so unchanged files cost nothing the next time), for
     /// point-in-time restores with the WAL archive (wal-push). Needs archive_mode on
     /// and a role with REPLICATION.
-    #[arg(long, conflicts_with_all = ["paths", "all_databases", "with_globals"])]
+    #[arg(long, conflicts_with_all = ["paths", "all_databases", "with_role_passwords", "tables", "exclude_tables", "exclude_table_data", "schemas", "exclude_schemas"])]
     pub physical: bool,
     /// A directory or file to back up beside the database, in the same backup
     /// (repeatable): contents, modes, owners, times, symlinks and hard links.

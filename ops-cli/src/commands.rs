@@ -1476,6 +1476,7 @@ async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
             "safety": report.safety,
             "decisions": report.decisions().collect::<Vec<_>>(),
             "removed": report.removed,
+            "logs": report.logs,
             "prune": pruned,
         }));
     } else {
@@ -1499,6 +1500,26 @@ async fn forget(cli: &Cli, a: &ForgetArgs) -> Result<ExitCode> {
             println!("dry run: {forgotten} backups would be forgotten; nothing was changed");
         } else {
             println!("forgot {} backups", report.removed.len());
+        }
+        for l in report
+            .logs
+            .iter()
+            .filter(|l| l.removed > 0 || l.keep_from.is_some())
+        {
+            println!(
+                "{} {}: {} {} files ({}) before {}, kept {}",
+                l.kind,
+                l.series,
+                if report.dry_run {
+                    "would remove"
+                } else {
+                    "removed"
+                },
+                l.removed,
+                bytes(l.removed_bytes),
+                l.keep_from.as_deref().unwrap_or("-"),
+                l.kept
+            );
         }
         if let Some(p) = pruned {
             println!(

@@ -485,3 +485,169 @@ async fn mariadb_restores_to_a_point_in_time_from_the_binlog_archive() {
         "1:0,2:1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_its_wal() {
+    let ctx = Ctx::new();
+    ctx.init();
+    let key = ctx.dir.path().join("repo.key");
+    ctx.run(&["key", "save-local", key.to_str().unwrap()]).ok();
+    let exe = env!("CARGO_BIN_EXE_dbops");
+    let pg = EphemeralPostgres::start_with(
+        EphemeralOptions::default()
+            .with_setting("wal_level", "replica")
+            .with_setting("archive_mode", "on")
+            .with_setting(
+                "archive_command",
+                &format!(
+                    "{exe} --repo {} --key-file {} --no-cache wal-push %p",
+                    ctx.repo,
+                    key.display()
+                ),
+            ),
+    )
+    .await
+    .expect("start postgres");
+    hand_to_server(&pg, &[Path::new(&ctx.repo), &key]);
+    pg.create_database("shop").await.expect("create db");
+    psql(&pg, "shop", &["-c", "CREATE TABLE steps (step int, n int)"]);
+    let keyed = |args: &[&str]| {
+        let mut all = vec!["--key-file", key.to_str().unwrap()];
+        all.extend_from_slice(args);
+        ctx.run(&all)
+    };
+
+    let first = write_and_switch(&pg, 1);
+    wait_archived(&pg, &first);
+    let b1 = keyed(&["--json", "backup", &pg.url_for("shop"), "--physical"])
+        .ok()
+        .json();
+    assert_eq!(b1["engine"], "postgresql-physical");
+    let b1_start = b1["snapshot"]["wal_start"].as_str().unwrap().to_owned();
+
+    // Step 2, a point in time, step 3.
+    let _ = write_and_switch(&pg, 2);
+    let at = psql(
+        &pg,
+        "shop",
+        &["-At", "-c", "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"],
+    )
+    .trim()
+    .to_owned();
+    std::thread::sleep(Duration::from_millis(300));
+    let last = write_and_switch(&pg, 3);
+    wait_archived(&pg, &last);
+    hand_to_server(&pg, &[Path::new(&ctx.repo)]);
+
+    // Restored to the time between steps 2 and 3: exactly steps 1 and 2, as a query
+    // on the source says.
+    let dir = ctx.dir.path().join("restored");
+    let r = keyed(&[
+        "--json",
+        "restore",
+        b1["id"].as_str().unwrap(),
+        "--physical",
+        "--to-datadir",
+        dir.to_str().unwrap(),
+        "--target-time",
+        &at,
+        "--start",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = r.json();
+    let pid = r["server"]["pid"].as_u64().expect("pid") as i32;
+    let socket = r["server"]["socket_dir"].as_str().unwrap().to_owned();
+    let url = r["server"]["url"].as_str().unwrap();
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("a port in the server's URL")
+        .to_owned();
+    let restored = std::process::Command::new(pg.bin_dir().join("psql"))
+        .args([
+            "-X", "-At", "-h", &socket, "-p", &port, "-U", "postgres", "-d", "shop", "-c",
+        ])
+        .arg("SELECT step, count(*) FROM steps GROUP BY step ORDER BY step")
+        .output()
+        .expect("psql");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let source = psql(
+        &pg,
+        "shop",
+        &[
+            "-At",
+            "-c",
+            "SELECT step, count(*) FROM steps WHERE step <= 2 GROUP BY step ORDER BY step",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&restored.stdout).trim(),
+        source.trim(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(source.trim(), "1|100\n2|100");
+
+    // verify --restore proves it: manifest, recovery to consistency, pg_amcheck.
+    let v = keyed(&["--json", "verify", b1["id"].as_str().unwrap(), "--restore"]);
+    assert_eq!(v.code, 0, "{}", v.all());
+    let v = v.json();
+    assert_eq!(v["restores"][0]["ok"], true, "{v}");
+    assert_eq!(
+        v["restores"][0]["physical"]["manifest_verified"], true,
+        "{v}"
+    );
+
+    // A second base backup; keeping it alone removes the WAL only the first needed,
+    // and the archive from its start on is still whole.
+    let b2 = keyed(&["--json", "backup", &pg.url_for("shop"), "--physical"])
+        .ok()
+        .json();
+    let b2_start = b2["snapshot"]["wal_start"].as_str().unwrap().to_owned();
+    assert!(b2_start > b1_start);
+    assert!(
+        b2["stats"]["stored_bytes"].as_u64().unwrap() * 10
+            < b1["stats"]["stored_bytes"].as_u64().unwrap(),
+        "a second base backup of a barely changed cluster stores little: {} vs {}",
+        b2["stats"]["stored_bytes"],
+        b1["stats"]["stored_bytes"]
+    );
+    let f = ctx
+        .run(&[
+            "--json",
+            "forget",
+            "--keep-last",
+            "1",
+            "--engine",
+            "postgresql-physical",
+        ])
+        .ok()
+        .json();
+    let logs = &f["logs"][0];
+    assert_eq!(logs["keep_from"], b2_start.as_str(), "{f}");
+    assert!(logs["removed"].as_u64().unwrap() >= 1, "{f}");
+    let series = b2["snapshot"]["log_series"].as_str().unwrap();
+    let wal_dir = Path::new(&ctx.repo).join("logs/wal").join(series);
+    let left: Vec<String> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|n| n.ends_with(".history") || n.as_str() >= b2_start.as_str()),
+        "{left:?}"
+    );
+    assert!(left.contains(&b2_start), "{left:?}");
+    assert!(!left.contains(&b1_start), "{left:?}");
+    let v = ctx.run(&["--json", "verify", "--wal"]).ok().json();
+    assert!(
+        v["wal_archives"][0]["missing"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{v}"
+    );
+}
