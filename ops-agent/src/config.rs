@@ -218,6 +218,9 @@ struct RawJob {
     schemas: Vec<String>,
     #[serde(default)]
     exclude_schemas: Vec<String>,
+    // A physical base backup (PostgreSQL).
+    #[serde(default)]
+    physical: bool,
     // Backup file trees.
     #[serde(default)]
     paths: Vec<String>,
@@ -435,6 +438,20 @@ impl DatabaseConfig {
         }
     }
 
+    /// The engine of physical base backups of this (PostgreSQL) database's cluster.
+    ///
+    /// # Errors
+    /// The URL's errors.
+    pub fn physical_engine(&self) -> Result<Arc<dyn ops_core::DatabaseEngine>> {
+        let mut engine = dbops::postgres::PostgresEngine::new(&self.url)?;
+        if let Some(p) = &self.password {
+            engine = engine.with_password(p.clone());
+        }
+        Ok(Arc::new(dbops::postgres::physical::PhysicalEngine::new(
+            engine,
+        )))
+    }
+
     /// The maintenance side of this database (inspection, actions, sessions,
     /// integrity queries, archiving).
     ///
@@ -508,6 +525,9 @@ pub enum Work {
         paths: Vec<PathBuf>,
         /// What to leave out of them (key `exclude`, glob patterns).
         excludes: Vec<String>,
+        /// A physical base backup of the whole PostgreSQL cluster (key `physical`),
+        /// for point-in-time restores with the WAL archive.
+        physical: bool,
     },
     /// Verify backups.
     Verify {
@@ -918,7 +938,11 @@ impl Config {
                 filter,
                 paths,
                 excludes,
+                physical,
             } => {
+                if *physical {
+                    v["physical"] = json!(true);
+                }
                 v["database"] = json!(database);
                 v["repository"] = json!(repository);
                 v["tags"] = json!(tags);
@@ -2088,6 +2112,7 @@ impl Resolver<'_> {
             (!r.exclude_schemas.is_empty(), "exclude_schemas"),
             (!r.paths.is_empty(), "paths"),
             (!r.exclude.is_empty(), "exclude"),
+            (r.physical, "physical"),
         ] {
             not_for(present, key, &[K::Backup]);
         }
@@ -2151,7 +2176,18 @@ impl Resolver<'_> {
         ops_core::repo::ordinary_tags(&r.tags)
             .map_err(|e| self.err(&r.kind, &format!("{what} tags"), e.message()))?;
         let work = match kind {
+            K::Backup
+                if r.physical
+                    && (!r.paths.is_empty() || !self.table_filter(r, &what)?.is_empty()) =>
+            {
+                return Err(self.err(
+                    &r.kind,
+                    &what,
+                    "physical = true takes the whole cluster: it does not combine with paths or table filters",
+                ));
+            }
             K::Backup => Work::Backup {
+                physical: r.physical,
                 database: database(self, &r.database, true)?.unwrap_or_default(),
                 repository: repository(self, &r.repository, "repository")?,
                 tags: r.tags.clone(),
@@ -2645,6 +2681,16 @@ mod tests {
         };
         assert_eq!(paths.len(), 2);
         assert_eq!(excludes, &["*.tmp".to_owned()]);
+        let e = parse(&job("physical = true\npaths = [\"/srv\"]\n"), &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("physical") && e.contains("whole cluster"), "{e}");
+        let c = parse(&job("physical = true\n"), &[]).expect("valid");
+        assert!(matches!(
+            c.job("b").expect("job b").work,
+            Work::Backup { physical: true, .. }
+        ));
         let e = parse(&job("paths = [\"storage\"]\n"), &[])
             .err()
             .unwrap()

@@ -416,8 +416,14 @@ impl Runner {
                 filter,
                 paths,
                 excludes,
+                physical,
             } => {
-                let engine = self.database_of(database)?.engine()?;
+                let db = self.database_of(database)?;
+                let engine = if *physical {
+                    db.physical_engine()?
+                } else {
+                    db.engine()?
+                };
                 let repo = open_repository(&self.config, repository).await?;
                 let options = BackupOptions::default()
                     .with_dump(

@@ -650,4 +650,23 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
             .is_empty(),
         "{v}"
     );
+
+    // The same as a job: `physical = true` on a backup job.
+    let config = common::write_config(
+        &ctx,
+        "dbops.toml",
+        &format!(
+            "state_dir = \"{}/state\"\n[repositories.main]\nurl = \"{}\"\npassword_env = \"DBOPS_PASSWORD\"\n\
+             [databases.shop]\nurl = \"{}\"\n[jobs.base]\nkind = \"backup\"\ndatabase = \"shop\"\nphysical = true\n",
+            ctx.dir.path().display(),
+            ctx.repo,
+            pg.url_for("shop")
+        ),
+    );
+    common::run(&ctx, &config, &["run", "base"], &[]).ok();
+    let list = ctx
+        .run(&["--json", "list", "--engine", "postgresql-physical"])
+        .ok()
+        .json();
+    assert_eq!(list["backups"].as_array().unwrap().len(), 2, "{list}");
 }
