@@ -958,7 +958,7 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     let m = one_database(m, a.source_database.as_deref())?;
     // A point in time is checked against the archive before anything is restored.
     let binlog_plan = match &a.target_time {
-        Some(t) => Some(crate::wal::binlog_plan(&repo, &m, t).await?),
+        Some(t) => Some(crate::wal::binlog_plan(&repo, &m, t, url).await?),
         None => None,
     };
     // MariaDB grants name their database: under another name they would land on
@@ -1100,8 +1100,9 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
     // database's part is done. They are the whole backup's: one database's view of a
     // whole-server backup holds none.
     let files = crate::files::restore_after_database(&repo, &full, a).await?;
-    let replayed = match &binlog_plan {
-        Some(plan) => Some(crate::wal::binlog_replay(&repo, plan, &m, url).await?),
+    let replay_span = binlog_plan.as_ref().map(|p| (p.from.clone(), p.until));
+    let replayed = match binlog_plan {
+        Some(plan) => Some(crate::wal::binlog_replay(plan, &m, url).await?),
         None => None,
     };
     if cli.json {
@@ -1138,11 +1139,11 @@ async fn restore(cli: &Cli, a: &RestoreArgs) -> Result<ExitCode> {
         if !ended.is_empty() {
             println!("ended {} sessions on the target: {ended:?}", ended.len());
         }
-        if let (Some(r), Some(plan)) = (&replayed, &binlog_plan) {
+        if let (Some(r), Some((from, until))) = (&replayed, &replay_span) {
             println!(
                 "replayed the binary log from {} to {} ({} events of {} files), the last event at {}",
-                plan.from,
-                plan.until.format("%Y-%m-%d %H:%M:%S UTC"),
+                from,
+                until.format("%Y-%m-%d %H:%M:%S UTC"),
                 r.events,
                 r.files.len(),
                 r.last_event

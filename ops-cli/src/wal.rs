@@ -359,20 +359,39 @@ fn start_drainer(spool: &Path) -> Result<()> {
 /// file once stored, until the spool has stayed empty a little while. Failures are
 /// written where `wal-push --spool` reports them, and retried with backoff.
 async fn drain(cli: &Cli, spool: &Path, jobs: usize) -> Result<()> {
-    let Some(_lock) = try_drain_lock(spool)? else {
+    let Some(mut lock) = try_drain_lock(spool)? else {
         return Ok(());
     };
-    let repo = open_repo(cli).await?;
+    let repo = match open_repo(cli).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Where wal-push --spool reads it: PostgreSQL's archiver then sees failures.
+            let _ = std::fs::write(spool.join(DRAIN_ERROR), e.to_string());
+            return Err(e);
+        }
+    };
     let mut idle = 0;
     let mut pause = std::time::Duration::from_millis(500);
     loop {
         let files = spooled(spool)?;
         if files.is_empty() {
             idle += 1;
-            if idle > 20 {
+            if idle <= 20 {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                continue;
+            }
+            // Let go of the lock, then look once more: a push that spooled a file
+            // while the lock was still held started no uploader of its own.
+            drop(lock);
+            if spooled(spool)?.is_empty() {
                 return Ok(());
             }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            match try_drain_lock(spool)? {
+                Some(l) => lock = l,
+                // Another uploader took over.
+                None => return Ok(()),
+            }
+            idle = 0;
             continue;
         }
         idle = 0;
@@ -507,28 +526,12 @@ pub fn print_archive_lines(archives: &[wal::ArchiveState]) {
     }
 }
 
-/// Parses a point in time: RFC 3339 (`Z` or an offset), or PostgreSQL's own
-/// `YYYY-MM-DD HH:MM:SS[.ffffff]+00` form.
-pub fn parse_target_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
-    let t = text.trim();
-    if let Ok(d) = chrono::DateTime::parse_from_rfc3339(t) {
-        return Ok(d.with_timezone(&chrono::Utc));
-    }
-    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
-        if let Ok(d) = chrono::DateTime::parse_from_str(t, format) {
-            return Ok(d.with_timezone(&chrono::Utc));
-        }
-    }
-    Err(Error::invalid(format!(
-        "'{text}' is not a point in time: write RFC 3339 with a zone (2026-12-03T10:15:00Z, 2026-12-03T11:15:00+01:00) or PostgreSQL's form (2026-12-03 10:15:00+00)"
-    )))
-}
-
-/// What a MariaDB point-in-time restore replays, checked before the restore starts.
+/// What a MariaDB point-in-time restore replays, read from the archive and checked
+/// before the restore starts.
 pub struct BinlogPlan {
-    pub series: String,
     pub from: dbops::mariadb::binlog::BinlogPosition,
     pub until: chrono::DateTime<chrono::Utc>,
+    pub prepared: dbops::mariadb::binlog::PreparedReplay,
 }
 
 /// Checks that `m` can be brought to `time`: a MariaDB backup with a binlog
@@ -537,8 +540,9 @@ pub async fn binlog_plan(
     repo: &Repository,
     m: &ops_core::repo::Manifest,
     time: &str,
+    url: &str,
 ) -> Result<BinlogPlan> {
-    let until = parse_target_time(time)?;
+    let until = dbops::postgres::physical::parse_target_time(time)?;
     if m.engine != "mariadb" {
         return Err(Error::invalid(format!(
             "--target-time on backup {} ({}): a logical backup reaches a point in time through MariaDB's binary log archive only; for PostgreSQL, restore a physical backup with --physical --to-datadir DIR --target-time",
@@ -579,24 +583,39 @@ pub async fn binlog_plan(
             ),
         ));
     }
+    // The whole replay is read and checked now (the backup's position in the archive,
+    // no gap, the tools), so that nothing is restored when it cannot happen.
+    let target = dbops::mariadb::MariaDbEngine::new(url)?;
+    let prepared = dbops::mariadb::binlog::prepare_replay(
+        repo,
+        &series,
+        &from,
+        until,
+        &m.database,
+        &ops_core::DatabaseEngine::database(&target),
+    )
+    .await
+    .map_err(|e| e.during("reading the binary log archive (nothing was restored)"))?;
     Ok(BinlogPlan {
-        series,
         from,
         until,
+        prepared,
     })
 }
 
 /// Replays the plan into the database just restored.
 pub async fn binlog_replay(
-    repo: &Repository,
-    plan: &BinlogPlan,
+    plan: BinlogPlan,
     m: &ops_core::repo::Manifest,
     url: &str,
 ) -> Result<dbops::mariadb::binlog::ReplayReport> {
     let target = dbops::mariadb::MariaDbEngine::new(url)?;
-    dbops::mariadb::binlog::replay_to_time(repo, &plan.series, &plan.from, plan.until, &m.database, &target)
-        .await
-        .map_err(|e| e.during(format!("replaying the binary log onto the restored backup {} (its content is restored as of the backup)", m.id)))
+    plan.prepared.apply(&target).await.map_err(|e| {
+        e.during(format!(
+            "replaying the binary log onto the restored backup {} (its content is restored as of the backup)",
+            m.id
+        ))
+    })
 }
 
 /// The engine of `backup --physical`.

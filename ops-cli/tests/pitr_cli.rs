@@ -42,8 +42,14 @@ fn archiver_stats(pg: &EphemeralPostgres) -> (i64, i64, String) {
     );
     let mut f = out.trim().split('|');
     (
-        f.next().unwrap().parse().unwrap(),
-        f.next().unwrap().parse().unwrap(),
+        f.next()
+            .expect("as the test set it up")
+            .parse()
+            .expect("as the test set it up"),
+        f.next()
+            .expect("as the test set it up")
+            .parse()
+            .expect("as the test set it up"),
         f.next().unwrap_or_default().to_owned(),
     )
 }
@@ -96,13 +102,26 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     let ctx = Ctx::new();
     ctx.init();
     let key = ctx.dir.path().join("repo.key");
-    ctx.run(&["key", "save-local", key.to_str().unwrap()]).ok();
+    ctx.run(&[
+        "key",
+        "save-local",
+        key.to_str().expect("as the test set it up"),
+    ])
+    .ok();
     assert_eq!(
-        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(&key)
+            .expect("as the test set it up")
+            .permissions()
+            .mode()
+            & 0o777,
         0o600
     );
     // A key file is never written over.
-    let again = ctx.run(&["key", "save-local", key.to_str().unwrap()]);
+    let again = ctx.run(&[
+        "key",
+        "save-local",
+        key.to_str().expect("as the test set it up"),
+    ]);
     assert_ne!(again.code, 0, "{}", again.all());
 
     let exe = env!("CARGO_BIN_EXE_dbops");
@@ -145,19 +164,25 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     let v = ctx.run(&["verify", "--wal", "--json"]).ok().json();
     let state = &v["wal_archives"][0];
     assert_eq!(state["series"], series.as_str());
-    assert!(state["missing"].as_array().unwrap().is_empty(), "{v}");
+    assert!(
+        state["missing"]
+            .as_array()
+            .expect("as the test set it up")
+            .is_empty(),
+        "{v}"
+    );
 
     // Read back, and PostgreSQL's own pg_waldump reads it as WAL.
     let fetched = ctx.dir.path().join("fetched");
-    std::fs::create_dir(&fetched).unwrap();
+    std::fs::create_dir(&fetched).expect("as the test set it up");
     let dest = fetched.join(&segments[1]);
-    let datadir_arg = datadir.to_str().unwrap();
+    let datadir_arg = datadir.to_str().expect("as the test set it up");
     let run = ctx.run(&[
         "--key-file",
-        key.to_str().unwrap(),
+        key.to_str().expect("as the test set it up"),
         "wal-fetch",
         &segments[1],
-        dest.to_str().unwrap(),
+        dest.to_str().expect("as the test set it up"),
         "--pgdata",
         datadir_arg,
     ]);
@@ -178,10 +203,10 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     let absent = fetched.join("absent");
     let run = ctx.run(&[
         "--key-file",
-        key.to_str().unwrap(),
+        key.to_str().expect("as the test set it up"),
         "wal-fetch",
         "0000000100000000000000FE",
-        absent.to_str().unwrap(),
+        absent.to_str().expect("as the test set it up"),
         "--pgdata",
         datadir_arg,
     ]);
@@ -193,52 +218,54 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     let push = |path: &Path| {
         ctx.run(&[
             "--key-file",
-            key.to_str().unwrap(),
+            key.to_str().expect("as the test set it up"),
             "wal-push",
-            path.to_str().unwrap(),
+            path.to_str().expect("as the test set it up"),
             "--pgdata",
             datadir_arg,
         ])
     };
     push(&dest).ok();
-    let mut other = std::fs::read(&dest).unwrap();
+    let mut other = std::fs::read(&dest).expect("as the test set it up");
     let n = other.len();
     other[n - 100] ^= 0xff;
     let tampered_dir = ctx.dir.path().join("tampered");
-    std::fs::create_dir(&tampered_dir).unwrap();
+    std::fs::create_dir(&tampered_dir).expect("as the test set it up");
     let tampered = tampered_dir.join(&segments[1]);
-    std::fs::write(&tampered, &other).unwrap();
+    std::fs::write(&tampered, &other).expect("as the test set it up");
     let run = push(&tampered);
     assert_ne!(run.code, 0, "{}", run.all());
     assert!(run.stderr.contains("different content"), "{}", run.all());
 
     // A segment of another cluster is refused before it reaches the archive.
-    let mut foreign = std::fs::read(&dest).unwrap();
+    let mut foreign = std::fs::read(&dest).expect("as the test set it up");
     foreign[24] ^= 0x01;
-    std::fs::write(&tampered, &foreign).unwrap();
+    std::fs::write(&tampered, &foreign).expect("as the test set it up");
     let run = push(&tampered);
     assert_ne!(run.code, 0, "{}", run.all());
     assert!(run.stderr.contains("another cluster"), "{}", run.all());
 
     // A key file others can read is refused; wal-fetch then stops recovery (255)
     // rather than say "not found".
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))
+        .expect("as the test set it up");
     let run = ctx.run(&[
         "--key-file",
-        key.to_str().unwrap(),
+        key.to_str().expect("as the test set it up"),
         "wal-fetch",
         &segments[1],
-        fetched.join("x").to_str().unwrap(),
+        fetched.join("x").to_str().expect("as the test set it up"),
         "--pgdata",
         datadir_arg,
     ]);
     assert_eq!(run.code, 255, "{}", run.all());
     assert!(run.stderr.contains("chmod 600"), "{}", run.all());
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .expect("as the test set it up");
 
     // A segment missing in the middle is named by verify.
     let hole = segment_object(&ctx, &series, &segments[1]);
-    std::fs::remove_file(&hole).unwrap();
+    std::fs::remove_file(&hole).expect("as the test set it up");
     let run = ctx.run(&["verify", "--wal"]);
     assert_eq!(run.code, 3, "{}", run.all());
     assert!(
@@ -270,7 +297,7 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     let check = |name: &str| {
         doc["checks"]
             .as_array()
-            .unwrap()
+            .expect("as the test set it up")
             .iter()
             .find(|c| c["name"] == name)
             .unwrap_or_else(|| panic!("no {name} in {doc}"))
@@ -280,7 +307,7 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     assert!(
         check("wal_archive_age")["reason"]
             .as_str()
-            .unwrap()
+            .expect("as the test set it up")
             .contains(&segments[1]),
         "{doc}"
     );
@@ -291,13 +318,13 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     let spool = ctx.dir.path().join("spool");
     let run = ctx.run(&[
         "--key-file",
-        key.to_str().unwrap(),
+        key.to_str().expect("as the test set it up"),
         "wal-push",
-        dest.to_str().unwrap(),
+        dest.to_str().expect("as the test set it up"),
         "--pgdata",
         datadir_arg,
         "--spool",
-        spool.to_str().unwrap(),
+        spool.to_str().expect("as the test set it up"),
     ]);
     assert_eq!(run.code, 0, "{}", run.all());
     wait_for("the spool to be uploaded", Duration::from_secs(60), || {
@@ -326,13 +353,13 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     let receiver = ctx
         .command(&[
             "--key-file",
-            key.to_str().unwrap(),
+            key.to_str().expect("as the test set it up"),
             "wal-receive",
             &pg.url_for("postgres"),
             "--slot",
             "dbops_test",
             "--spool",
-            receive_dir.to_str().unwrap(),
+            receive_dir.to_str().expect("as the test set it up"),
             "--duration",
             "8s",
             "--json",
@@ -360,11 +387,17 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     );
     let report: serde_json::Value = serde_json::from_str(&text).expect("json");
     assert!(
-        report["received"]["archived"].as_u64().unwrap() >= 1,
+        report["received"]["archived"]
+            .as_u64()
+            .expect("as the test set it up")
+            >= 1,
         "{report}"
     );
     assert!(
-        report["received"]["last"].as_str().unwrap() >= streamed.as_str(),
+        report["received"]["last"]
+            .as_str()
+            .expect("as the test set it up")
+            >= streamed.as_str(),
         "{report} vs {streamed}"
     );
     wait_archived(&pg, &streamed);
@@ -475,7 +508,13 @@ async fn mariadb_restores_to_a_point_in_time_from_the_binlog_archive() {
         ])
         .ok()
         .json();
-    assert!(r["replayed"]["events"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["replayed"]["events"]
+            .as_u64()
+            .expect("as the test set it up")
+            > 0,
+        "{r}"
+    );
     assert_eq!(
         mariadb(
             port,
@@ -491,7 +530,12 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
     let ctx = Ctx::new();
     ctx.init();
     let key = ctx.dir.path().join("repo.key");
-    ctx.run(&["key", "save-local", key.to_str().unwrap()]).ok();
+    ctx.run(&[
+        "key",
+        "save-local",
+        key.to_str().expect("as the test set it up"),
+    ])
+    .ok();
     let exe = env!("CARGO_BIN_EXE_dbops");
     let pg = EphemeralPostgres::start_with(
         EphemeralOptions::default()
@@ -499,7 +543,7 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
             .with_setting("archive_mode", "on")
             .with_setting(
                 "archive_command",
-                &format!(
+                format!(
                     "{exe} --repo {} --key-file {} --no-cache wal-push %p",
                     ctx.repo,
                     key.display()
@@ -512,7 +556,7 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
     pg.create_database("shop").await.expect("create db");
     psql(&pg, "shop", &["-c", "CREATE TABLE steps (step int, n int)"]);
     let keyed = |args: &[&str]| {
-        let mut all = vec!["--key-file", key.to_str().unwrap()];
+        let mut all = vec!["--key-file", key.to_str().expect("as the test set it up")];
         all.extend_from_slice(args);
         ctx.run(&all)
     };
@@ -523,7 +567,10 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
         .ok()
         .json();
     assert_eq!(b1["engine"], "postgresql-physical");
-    let b1_start = b1["snapshot"]["wal_start"].as_str().unwrap().to_owned();
+    let b1_start = b1["snapshot"]["wal_start"]
+        .as_str()
+        .expect("as the test set it up")
+        .to_owned();
 
     // Step 2, a point in time, step 3.
     let _ = write_and_switch(&pg, 2);
@@ -545,10 +592,10 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
     let r = keyed(&[
         "--json",
         "restore",
-        b1["id"].as_str().unwrap(),
+        b1["id"].as_str().expect("as the test set it up"),
         "--physical",
         "--to-datadir",
-        dir.to_str().unwrap(),
+        dir.to_str().expect("as the test set it up"),
         "--target-time",
         &at,
         "--start",
@@ -556,8 +603,11 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
     assert_eq!(r.code, 0, "{}", r.all());
     let r = r.json();
     let pid = r["server"]["pid"].as_u64().expect("pid") as i32;
-    let socket = r["server"]["socket_dir"].as_str().unwrap().to_owned();
-    let url = r["server"]["url"].as_str().unwrap();
+    let socket = r["server"]["socket_dir"]
+        .as_str()
+        .expect("as the test set it up")
+        .to_owned();
+    let url = r["server"]["url"].as_str().expect("as the test set it up");
     let port = url
         .rsplit_once(':')
         .and_then(|(_, rest)| rest.split('/').next())
@@ -592,7 +642,12 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
     assert_eq!(source.trim(), "1|100\n2|100");
 
     // verify --restore proves it: manifest, recovery to consistency, pg_amcheck.
-    let v = keyed(&["--json", "verify", b1["id"].as_str().unwrap(), "--restore"]);
+    let v = keyed(&[
+        "--json",
+        "verify",
+        b1["id"].as_str().expect("as the test set it up"),
+        "--restore",
+    ]);
     assert_eq!(v.code, 0, "{}", v.all());
     let v = v.json();
     assert_eq!(v["restores"][0]["ok"], true, "{v}");
@@ -606,11 +661,19 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
     let b2 = keyed(&["--json", "backup", &pg.url_for("shop"), "--physical"])
         .ok()
         .json();
-    let b2_start = b2["snapshot"]["wal_start"].as_str().unwrap().to_owned();
+    let b2_start = b2["snapshot"]["wal_start"]
+        .as_str()
+        .expect("as the test set it up")
+        .to_owned();
     assert!(b2_start > b1_start);
     assert!(
-        b2["stats"]["stored_bytes"].as_u64().unwrap() * 10
-            < b1["stats"]["stored_bytes"].as_u64().unwrap(),
+        b2["stats"]["stored_bytes"]
+            .as_u64()
+            .expect("as the test set it up")
+            * 10
+            < b1["stats"]["stored_bytes"]
+                .as_u64()
+                .expect("as the test set it up"),
         "a second base backup of a barely changed cluster stores little: {} vs {}",
         b2["stats"]["stored_bytes"],
         b1["stats"]["stored_bytes"]
@@ -628,12 +691,22 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
         .json();
     let logs = &f["logs"][0];
     assert_eq!(logs["keep_from"], b2_start.as_str(), "{f}");
-    assert!(logs["removed"].as_u64().unwrap() >= 1, "{f}");
-    let series = b2["snapshot"]["log_series"].as_str().unwrap();
+    assert!(
+        logs["removed"].as_u64().expect("as the test set it up") >= 1,
+        "{f}"
+    );
+    let series = b2["snapshot"]["log_series"]
+        .as_str()
+        .expect("as the test set it up");
     let wal_dir = Path::new(&ctx.repo).join("logs/wal").join(series);
     let left: Vec<String> = std::fs::read_dir(&wal_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .expect("as the test set it up")
+        .map(|e| {
+            e.expect("as the test set it up")
+                .file_name()
+                .into_string()
+                .expect("as the test set it up")
+        })
         .collect();
     assert!(
         left.iter()
@@ -646,9 +719,36 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
     assert!(
         v["wal_archives"][0]["missing"]
             .as_array()
-            .unwrap()
+            .expect("as the test set it up")
             .is_empty(),
         "{v}"
+    );
+
+    // A copy to another repository brings the WAL the base backup needs along.
+    let offsite = ctx.dir.path().join("offsite");
+    let offsite = offsite.to_str().expect("utf-8");
+    ctx.run(&["--repo", offsite, "init", "--kdf-memory-mib", "8"])
+        .ok();
+    let mut copy = ctx.command(&["--repo", offsite, "copy", "--from", &ctx.repo, "--all"]);
+    copy.env("DBOPS_FROM_PASSWORD", &ctx.password);
+    let out = copy.output().expect("copy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let here = ctx.run(&["--json", "verify", "--wal"]).ok().json();
+    let there = ctx
+        .run(&["--repo", offsite, "--json", "verify", "--wal"])
+        .ok()
+        .json();
+    assert_eq!(
+        there["wal_archives"][0]["files"], here["wal_archives"][0]["files"],
+        "{there}"
+    );
+    assert_eq!(
+        there["wal_archives"][0]["last"], here["wal_archives"][0]["last"],
+        "{there}"
     );
 
     // The same as a job: `physical = true` on a backup job.
@@ -668,5 +768,12 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
         .run(&["--json", "list", "--engine", "postgresql-physical"])
         .ok()
         .json();
-    assert_eq!(list["backups"].as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(
+        list["backups"]
+            .as_array()
+            .expect("as the test set it up")
+            .len(),
+        2,
+        "{list}"
+    );
 }

@@ -1032,13 +1032,49 @@ pub async fn replay_to_time(
     target: &MariaDbEngine,
 ) -> Result<ReplayReport> {
     let target_database = target.require_database()?.to_owned();
+    prepare_replay(repo, series, from, until, source_database, &target_database)
+        .await?
+        .apply(target)
+        .await
+}
+
+/// A replay read from the archive and checked, ready to apply: the binlog files
+/// rebuilt in a private directory (removed with the value), the tools found. Made
+/// before anything is restored, so that a replay that cannot happen (a gap, an
+/// archive that does not hold the backup's position or reach the time, a missing
+/// tool) refuses before the target is touched.
+#[derive(Debug)]
+pub struct PreparedReplay {
+    dir: tempfile::TempDir,
+    plan: Rebuilt,
+    from: BinlogPosition,
+    stop: i64,
+    source_database: String,
+    target_database: String,
+    binlog_tool: std::path::PathBuf,
+    client_tool: std::path::PathBuf,
+}
+
+/// Prepares the replay of [`replay_to_time`] into a database named
+/// `target_database`, without touching it (see [`PreparedReplay`]).
+///
+/// # Errors
+/// As [`replay_to_time`], but for the replay itself.
+pub async fn prepare_replay(
+    repo: &Repository,
+    series: &str,
+    from: &BinlogPosition,
+    until: DateTime<Utc>,
+    source_database: &str,
+    target_database: &str,
+) -> Result<PreparedReplay> {
     let stop = until.timestamp();
     let binlog_tool = find_tool(&["mariadb-binlog", "mysqlbinlog"])?;
     let client_tool = find_tool(&["mariadb", "mysql"])?;
     let dir = private_dir()?;
     let plan = rebuild(repo, series, from, stop, dir.path()).await?;
     if source_database != target_database
-        && let Some(at) = plan.writes_to(&target_database)
+        && let Some(at) = plan.writes_to(target_database)
     {
         return Err(Error::invalid(format!(
             "the archived events to replay write to database {target_database} itself (at \
@@ -1048,83 +1084,123 @@ pub async fn replay_to_time(
              (MariaDbEngine::with_binlog(false))"
         )));
     }
-    let options = client_options(&target.config)?;
-    let option_file = dir.path().join("client.cnf");
-    write_private(&option_file, options.as_bytes())?;
-
-    let stop_text = timestamp_text(stop);
-    let mut binlog = tokio::process::Command::new(&binlog_tool);
-    binlog
-        .arg("--no-defaults")
-        .arg("--skip-gtid-strict-mode")
-        .arg(format!("--start-position={}", from.position))
-        .arg(format!("--stop-datetime={stop_text}"))
-        .arg(format!("--database={source_database}"));
-    if source_database != target_database {
-        binlog.arg(format!("--rewrite-db={source_database}->{target_database}"));
-    }
-    if !target.binlog() {
-        binlog.arg("--disable-log-bin");
-    }
-    binlog
-        .args(plan.files.iter().map(|f| dir.path().join(f)))
-        .env("TZ", "UTC")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log_file(&dir.path().join("binlog.err"))?)
-        .kill_on_drop(true);
-    let mut reader = binlog
-        .spawn()
-        .map_err(|e| Error::io(format!("starting {}", binlog_tool.display()), e))?;
-    let piped: Stdio = reader
-        .stdout
-        .take()
-        .ok_or_else(|| Error::internal("mariadb-binlog has no stdout"))?
-        .try_into()
-        .map_err(|e| Error::io("passing mariadb-binlog's output on", e))?;
-    let mut client = tokio::process::Command::new(&client_tool);
-    client
-        .arg(format!("--defaults-file={}", option_file.display()))
-        .arg("--binary-mode")
-        .arg("--batch")
-        .arg(&target_database)
-        .stdin(piped)
-        .stdout(Stdio::null())
-        .stderr(log_file(&dir.path().join("client.err"))?)
-        .kill_on_drop(true);
-    let mut applier = client
-        .spawn()
-        .map_err(|e| Error::io(format!("starting {}", client_tool.display()), e))?;
-    let (read, applied) = tokio::join!(reader.wait(), applier.wait());
-    let read = read.map_err(|e| Error::io("waiting for mariadb-binlog", e))?;
-    let applied = applied.map_err(|e| Error::io("waiting for the mariadb client", e))?;
-    if !read.success() || !applied.success() {
-        let tail = |name: &str| {
-            let text = std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(5)..].join(" / ")
-        };
-        return Err(Error::new(
-            ErrorKind::Database,
-            format!(
-                "replaying the binary log from {from} until {stop_text} UTC into database \
-                 {target_database} failed (mariadb-binlog: {read}, {}; mariadb: {applied}, {}): \
-                 the target holds the events before the failing one",
-                tail("binlog.err"),
-                tail("client.err")
-            ),
-        ));
-    }
-    Ok(ReplayReport {
-        files: plan.files,
-        events: plan.events,
-        bytes: plan.bytes,
-        last_event: plan.last_event.map(timestamp),
-        stopped_at: plan.stopped_at,
+    Ok(PreparedReplay {
+        dir,
+        plan,
+        from: from.clone(),
+        stop,
+        source_database: source_database.to_owned(),
+        target_database: target_database.to_owned(),
+        binlog_tool,
+        client_tool,
     })
 }
 
+impl PreparedReplay {
+    /// Applies the replay to `target`, which must be bound to the database it was
+    /// prepared for.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for another database; [`ErrorKind::Database`] when
+    /// the replay fails (the target then holds the events before the failing one).
+    pub async fn apply(self, target: &MariaDbEngine) -> Result<ReplayReport> {
+        let PreparedReplay {
+            dir,
+            plan,
+            from,
+            stop,
+            source_database,
+            target_database,
+            binlog_tool,
+            client_tool,
+        } = self;
+        if target.require_database()? != target_database {
+            return Err(Error::invalid(format!(
+                "the replay was prepared for database {target_database}, not {}",
+                target.require_database()?
+            )));
+        }
+        let source_database = source_database.as_str();
+        let from = &from;
+        let options = client_options(&target.config)?;
+        let option_file = dir.path().join("client.cnf");
+        write_private(&option_file, options.as_bytes())?;
+
+        let stop_text = timestamp_text(stop);
+        let mut binlog = tokio::process::Command::new(&binlog_tool);
+        binlog
+            .arg("--no-defaults")
+            .arg("--skip-gtid-strict-mode")
+            .arg(format!("--start-position={}", from.position))
+            .arg(format!("--stop-datetime={stop_text}"))
+            .arg(format!("--database={source_database}"));
+        if source_database != target_database {
+            binlog.arg(format!("--rewrite-db={source_database}->{target_database}"));
+        }
+        if !target.binlog() {
+            binlog.arg("--disable-log-bin");
+        }
+        binlog
+            .args(plan.files.iter().map(|f| dir.path().join(f)))
+            .env("TZ", "UTC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file(&dir.path().join("binlog.err"))?)
+            .kill_on_drop(true);
+        let mut reader = binlog
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", binlog_tool.display()), e))?;
+        let piped: Stdio = reader
+            .stdout
+            .take()
+            .ok_or_else(|| Error::internal("mariadb-binlog has no stdout"))?
+            .try_into()
+            .map_err(|e| Error::io("passing mariadb-binlog's output on", e))?;
+        let mut client = tokio::process::Command::new(&client_tool);
+        client
+            .arg(format!("--defaults-file={}", option_file.display()))
+            .arg("--binary-mode")
+            .arg("--batch")
+            .arg(&target_database)
+            .stdin(piped)
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir.path().join("client.err"))?)
+            .kill_on_drop(true);
+        let mut applier = client
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", client_tool.display()), e))?;
+        let (read, applied) = tokio::join!(reader.wait(), applier.wait());
+        let read = read.map_err(|e| Error::io("waiting for mariadb-binlog", e))?;
+        let applied = applied.map_err(|e| Error::io("waiting for the mariadb client", e))?;
+        if !read.success() || !applied.success() {
+            let tail = |name: &str| {
+                let text = std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(5)..].join(" / ")
+            };
+            return Err(Error::new(
+                ErrorKind::Database,
+                format!(
+                    "replaying the binary log from {from} until {stop_text} UTC into database \
+                     {target_database} failed (mariadb-binlog: {read}, {}; mariadb: {applied}, {}): \
+                     the target holds the events before the failing one",
+                    tail("binlog.err"),
+                    tail("client.err")
+                ),
+            ));
+        }
+        Ok(ReplayReport {
+            files: plan.files,
+            events: plan.events,
+            bytes: plan.bytes,
+            last_event: plan.last_event.map(timestamp),
+            stopped_at: plan.stopped_at,
+        })
+    }
+}
+
 /// The binlog files rebuilt for a replay, and what is in range.
+#[derive(Debug)]
 struct Rebuilt {
     files: Vec<String>,
     events: u64,

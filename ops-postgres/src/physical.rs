@@ -32,7 +32,7 @@ use futures::StreamExt;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::{Gid, Pid, Uid};
 use ops_core::chrono::{DateTime, FixedOffset, Utc};
-use ops_core::repo::{LOG_KIND_KEY, LOG_SERIES_KEY, LOG_START_KEY, LOG_STOP_KEY};
+use ops_core::repo::{LOG_FILES_KEY, LOG_KIND_KEY, LOG_SERIES_KEY, LOG_START_KEY, LOG_STOP_KEY};
 use ops_core::{
     DatabaseEngine, DumpOptions, DumpReport, DumpSink, Error, ErrorKind, GlobalsOptions,
     RestoreOptions, RestoreReport, Result, ServerInfo, StreamRole, StreamSource, StreamSpec,
@@ -851,6 +851,17 @@ fn report_of(facts: &ServerFacts, found: &Found) -> Result<DumpReport> {
     let seg = facts.segment_size;
     let wal_start = Segment::of(range.start_timeline, range.start, seg).file_name(seg);
     let wal_stop = Segment::ending_at(range.stop_timeline, range.stop, seg).file_name(seg);
+    // Every segment from start to stop: the backup is recorded only once all are in
+    // the archive (an asynchronous archiver may store the last before an earlier one).
+    let first = Segment::of(range.start_timeline, range.start, seg);
+    let last = Segment::ending_at(range.stop_timeline, range.stop, seg);
+    let needed: Vec<String> = if first.timeline == last.timeline && last.number >= first.number {
+        (first.number..=last.number)
+            .map(|number| Segment { number, ..first }.file_name(seg))
+            .collect()
+    } else {
+        vec![wal_start.clone(), wal_stop.clone()]
+    };
     let mut report = DumpReport::default();
     report.server_version = facts.version.clone();
     report.database = CLUSTER.to_owned();
@@ -868,6 +879,7 @@ fn report_of(facts: &ServerFacts, found: &Found) -> Result<DumpReport> {
         (LOG_SERIES_KEY, wal::series_name(sysid)),
         (LOG_START_KEY, wal_start),
         (LOG_STOP_KEY, wal_stop),
+        (LOG_FILES_KEY, needed.join(" ")),
         ("files", found.files.to_string()),
     ]
     .into_iter()
@@ -1382,6 +1394,14 @@ impl RecoverySettings {
             conf_quote(&self.restore_command)?
         ));
         out.push_str("recovery_end_command = ''\n");
+        // A restored copy must never archive into the source's archive: promoted, it
+        // would push a new timeline there, and a later restore following the latest
+        // timeline would replay the copy's writes. Turn it on again by hand for a
+        // copy that is to become the new primary, with its own archive.
+        out.push_str(
+            "# The copy does not archive (it would write its timeline into the source's archive).\n",
+        );
+        out.push_str("archive_mode = 'off'\n");
         // The server refuses a target setting assigned (even empty) after another
         // target was set: the empty ones first, the chosen one last.
         for key in [

@@ -373,6 +373,7 @@ pub fn check_segment(name: &str, bytes: &[u8], system_identifier: u64) -> Result
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

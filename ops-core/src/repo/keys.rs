@@ -225,10 +225,16 @@ impl Repository {
         path: &std::path::Path,
     ) -> Result<Self> {
         let bytes = read_private_file(path, "key file")?;
+        // serde's message may quote the content: a secret. Only the position is told.
         let file: LocalKey = serde_json::from_slice(&bytes).map_err(|e| {
             Error::new(
                 ErrorKind::WrongPassword,
-                format!("{} is not a dbops key file: {e}", path.display()),
+                format!(
+                    "{} is not a dbops key file (unreadable at line {}, column {}): write one with the repository password",
+                    path.display(),
+                    e.line(),
+                    e.column()
+                ),
             )
         })?;
         let mut material = zeroize::Zeroizing::new([0u8; 64]);
@@ -279,13 +285,14 @@ impl Drop for LocalKey {
     }
 }
 
-/// A check value that ties the key to its repository id, so that a damaged file is
-/// refused instead of sealing data under a wrong key.
+/// A check value over the whole key and its repository id, so that a damaged file
+/// is refused instead of sealing data under a wrong key.
 fn local_key_check(material: &[u8; 64], repository: &str) -> String {
-    let mut key = [0u8; 32];
-    key.copy_from_slice(&material[32..]);
-    let check = blake3::keyed_hash(&key, format!("dbops local key {repository}").as_bytes());
-    hex::encode(&check.as_bytes()[..16])
+    // Both halves (the cipher key and the id key): a damage to either is caught.
+    let mut hasher = blake3::Hasher::new_derive_key("dbops local key check v1");
+    hasher.update(material);
+    hasher.update(repository.as_bytes());
+    hex::encode(&hasher.finalize().as_bytes()[..16])
 }
 
 /// Reads a file that holds a secret, refusing it when its group or others may read

@@ -37,6 +37,10 @@ pub const LOG_START_KEY: &str = "log_start";
 /// The last log file a backup needs to be consistent (a base backup's stop
 /// segment): the backup is recorded only once the archive holds it.
 pub const LOG_STOP_KEY: &str = "log_stop";
+/// Every log file a backup needs to be consistent, space-separated (a base backup's
+/// segments from start to stop): the backup is recorded only once the archive holds
+/// all of them. Without it, [`LOG_STOP_KEY`] alone is waited for.
+pub const LOG_FILES_KEY: &str = "log_files";
 
 /// What kind of log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -382,31 +386,99 @@ impl Repository {
         };
         let kind = LogKind::parse(kind)?;
         check_name("series", series)?;
-        check_name("file name", stop)?;
-        let key = object_key(kind, series, stop);
+        let needed: Vec<&str> = match manifest.snapshot.get(LOG_FILES_KEY) {
+            Some(all) => all.split_whitespace().collect(),
+            None => vec![stop.as_str()],
+        };
+        for name in &needed {
+            check_name("file name", name)?;
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = std::time::Duration::from_millis(100);
         self.status(format!("waiting for {kind} file {stop} to be archived"));
         loop {
-            if self.target.head(&key).await?.is_some() {
+            let missing: Vec<&str> = if let [one] = needed.as_slice() {
+                let key = object_key(kind, series, one);
+                if self.target.head(&key).await?.is_some() {
+                    Vec::new()
+                } else {
+                    vec![*one]
+                }
+            } else {
+                let archived: std::collections::BTreeSet<String> = self
+                    .list_logs(kind, Some(series))
+                    .await?
+                    .into_iter()
+                    .map(|o| o.name)
+                    .collect();
+                needed
+                    .iter()
+                    .copied()
+                    .filter(|n| !archived.contains(*n))
+                    .collect()
+            };
+            let Some(first_missing) = missing.first() else {
                 return Ok(());
-            }
+            };
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::new(
                     ErrorKind::NotFound,
                     format!(
-                        "the backup needs {kind} file {stop}, which did not reach this repository's \
+                        "the backup needs {kind} file {first_missing} ({} of the {} it needs are missing), which did not reach this repository's \
                          archive within {} s: check that the server archives into this repository \
                          (archive_mode on, its archive command pushing here) and that archiving is \
                          not failing; the backup was not recorded",
+                        missing.len(),
+                        needed.len(),
                         wait.as_secs()
                     ),
                 )
-                .with_context("log", &key));
+                .with_context("log", object_key(kind, series, first_missing)));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_secs(2));
         }
+    }
+}
+
+impl Repository {
+    /// Copies into this repository the log files `manifest` needs from `from`: every
+    /// file of its series from its first needed name on (a restore may go to any later
+    /// point), and the series' timeline history files. Files this repository holds
+    /// already are left alone; each is re-sealed under this repository's key. Returns
+    /// how many were copied; a manifest that names no logs copies nothing.
+    ///
+    /// # Errors
+    /// Storage errors; [`ErrorKind::AlreadyExists`] when a name holds other content
+    /// here.
+    pub async fn copy_logs(&self, from: &Repository, manifest: &Manifest) -> Result<u64> {
+        let (Some(kind), Some(series), Some(start)) = (
+            manifest.snapshot.get(LOG_KIND_KEY),
+            manifest.snapshot.get(LOG_SERIES_KEY),
+            manifest.snapshot.get(LOG_START_KEY),
+        ) else {
+            return Ok(0);
+        };
+        let kind = LogKind::parse(kind)?;
+        let here: std::collections::BTreeSet<String> = self
+            .list_logs(kind, Some(series))
+            .await?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        let mut copied = 0;
+        for o in from.list_logs(kind, Some(series)).await? {
+            if here.contains(&o.name) || (o.name < *start && !kind.always_kept(&o.name)) {
+                continue;
+            }
+            let Some(data) = from.fetch_log(kind, series, &o.name).await? else {
+                // Removed by a forget since the listing: nothing to copy.
+                continue;
+            };
+            self.push_log(kind, series, &o.name, &data).await?;
+            copied += 1;
+        }
+        Ok(copied)
     }
 }
 
@@ -451,7 +523,7 @@ mod tests {
             "000000010000000000000003.00000028.backup",
             "mariadb-bin.000012",
         ] {
-            check_name("file name", good).unwrap();
+            check_name("file name", good).expect("a valid name");
         }
     }
 

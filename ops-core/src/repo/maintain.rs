@@ -597,6 +597,10 @@ impl Repository {
         from: &Repository,
         manifest: &Manifest,
     ) -> Result<(Manifest, bool)> {
+        // The logs it needs go first (and again for a backup copied before: the
+        // archive has grown since), so that a copy is never a base backup without
+        // the WAL that makes it consistent.
+        self.copy_logs(from, manifest).await?;
         match self.load_manifest(&manifest.id).await {
             Ok(existing) => return Ok((existing, false)),
             Err(e) if e.kind() == ErrorKind::NotFound => {}

@@ -53,8 +53,8 @@ pub use lock::{
     LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision, process_alive, process_start,
 };
 pub use logs::{
-    LOG_KIND_KEY, LOG_SERIES_KEY, LOG_START_KEY, LOG_STOP_KEY, LOGS_PREFIX, LogExpiry, LogKind,
-    LogObject, LogPush, log_needs,
+    LOG_FILES_KEY, LOG_KIND_KEY, LOG_SERIES_KEY, LOG_START_KEY, LOG_STOP_KEY, LOGS_PREFIX,
+    LogExpiry, LogKind, LogObject, LogPush, log_needs,
 };
 pub use maintain::{ForgetOptions, ForgetReport, PruneOptions, PruneReport};
 pub use manifest::{
