@@ -689,6 +689,40 @@ pub async fn restore_physical(cli: &Cli, a: &crate::cli::RestoreArgs) -> Result<
     let repo = open_repo(cli).await?;
     let m = crate::commands::pick(&repo, &a.id, &crate::commands::backup_filter(&a.filter)).await?;
     m.require_engine(dbops::postgres::physical::ENGINE_NAME)?;
+    // What would stop recovery short is found before anything is laid down.
+    if let RecoveryTarget::Time(t) = &target
+        && *t < m.finished
+    {
+        return Err(Error::invalid(format!(
+            "base backup {} is consistent only from its end ({}), after {}: choose an older base backup (dbops list --engine postgresql-physical)",
+            m.id,
+            m.finished.format("%Y-%m-%d %H:%M:%S UTC"),
+            t.format("%Y-%m-%d %H:%M:%S UTC")
+        )));
+    }
+    let series = m.snapshot.get(ops_core::repo::LOG_SERIES_KEY);
+    let gaps: Vec<String> = wal::check_archive(&repo)
+        .await?
+        .into_iter()
+        .filter(|s| Some(&s.series) == series)
+        .flat_map(|s| s.missing)
+        .filter(|name| {
+            m.snapshot
+                .get("wal_start")
+                .is_some_and(|start| name >= start)
+        })
+        .collect();
+    if let Some(first) = gaps.first()
+        && matches!(target, RecoveryTarget::EndOfArchive)
+    {
+        return Err(Error::new(
+            ErrorKind::Mismatch,
+            format!(
+                "the WAL archive misses segment {first} ({} missing after the backup's start): recovery to the end of the archive would stop there and promote; give a target before the gap (--target-time, --target-lsn), or restore a newer base backup",
+                gaps.len()
+            ),
+        ));
+    }
     let settings = RecoverySettings::new(command)
         .with_target(target)
         .with_action(action);

@@ -188,12 +188,12 @@ pub fn series_name(system_identifier: u64) -> String {
 }
 
 /// Segments missing from an archived series: per timeline, every segment between
-/// `from` (or the timeline's first archived one) and the newest archived one must be
-/// there. A timeline ends at its last archived segment, where the next one starts.
-/// Returns the missing file names in log order.
+/// the earliest of `from` on that timeline (or the timeline's first archived one)
+/// and the newest archived one must be there. A timeline ends at its last archived
+/// segment, where the next one starts. Returns the missing file names in log order.
 pub fn missing_segments<'a>(
     archived: impl IntoIterator<Item = &'a str>,
-    from: Option<Segment>,
+    from: &[Segment],
     segment_size: u64,
 ) -> Vec<String> {
     let mut by_timeline: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
@@ -214,10 +214,12 @@ pub fn missing_segments<'a>(
         let (Some(&first), Some(&last)) = (numbers.first(), numbers.last()) else {
             continue;
         };
-        let start = match from {
-            Some(f) if f.timeline == timeline => f.number.min(first),
-            _ => first,
-        };
+        let start = from
+            .iter()
+            .filter(|f| f.timeline == timeline)
+            .map(|f| f.number)
+            .min()
+            .map_or(first, |f| f.min(first));
         let mut have = numbers.iter().peekable();
         for n in start..=last {
             while have.next_if(|&&h| h < n).is_some() {}
@@ -269,8 +271,9 @@ pub struct ArchiveState {
 pub async fn check_archive(repo: &ops_core::repo::Repository) -> Result<Vec<ArchiveState>> {
     use ops_core::repo::{LOG_KIND_KEY, LOG_SERIES_KEY, LOG_START_KEY, LogKind};
     let objects = repo.list_logs(LogKind::Wal, None).await?;
-    // Per series: the oldest first segment a base backup needs, and its segment size.
-    let mut starts: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    // Per series: the first segment each base backup needs (every timeline's oldest
+    // counts), and the segment size.
+    let mut starts: BTreeMap<String, (Vec<String>, u64)> = BTreeMap::new();
     for m in repo.list_backups().await? {
         let snap = &m.snapshot;
         if snap.get(LOG_KIND_KEY).map(String::as_str) != Some(LogKind::Wal.as_str()) {
@@ -286,12 +289,9 @@ pub async fn check_archive(repo: &ops_core::repo::Repository) -> Result<Vec<Arch
             .unwrap_or(DEFAULT_SEGMENT_SIZE);
         starts
             .entry(series.clone())
-            .and_modify(|(s, _)| {
-                if start < s {
-                    s.clone_from(start);
-                }
-            })
-            .or_insert_with(|| (start.clone(), size));
+            .or_insert_with(|| (Vec::new(), size))
+            .0
+            .push(start.clone());
     }
     let mut out: Vec<ArchiveState> = Vec::new();
     let mut i = 0;
@@ -302,12 +302,16 @@ pub async fn check_archive(repo: &ops_core::repo::Repository) -> Result<Vec<Arch
             .position(|o| o.series != series)
             .map_or(objects.len(), |n| i + n);
         let group = &objects[i..end];
-        let (start, size) = starts
+        let (backup_starts, size) = starts
             .get(&series)
-            .map_or((None, DEFAULT_SEGMENT_SIZE), |(s, size)| {
-                (Some(s.as_str()), *size)
+            .map_or((&[][..], DEFAULT_SEGMENT_SIZE), |(s, size)| {
+                (s.as_slice(), *size)
             });
-        let from = start.and_then(|s| Segment::parse(s, size));
+        let from: Vec<Segment> = backup_starts
+            .iter()
+            .filter_map(|s| Segment::parse(s, size))
+            .collect();
+        let start = backup_starts.iter().min().map(String::as_str);
         let segments: Vec<&str> = group
             .iter()
             .map(|o| o.name.as_str())
@@ -323,7 +327,7 @@ pub async fn check_archive(repo: &ops_core::repo::Repository) -> Result<Vec<Arch
             checked_from: start
                 .map(str::to_owned)
                 .or_else(|| segments.first().map(|s| (*s).to_owned())),
-            missing: missing_segments(segments.iter().copied(), from, size),
+            missing: missing_segments(segments.iter().copied(), &from, size),
         });
         i = end;
     }
@@ -431,12 +435,12 @@ mod tests {
             "000000020000000000000005",
         ];
         assert_eq!(
-            missing_segments(names.iter().copied(), None, SEG),
+            missing_segments(names.iter().copied(), &[], SEG),
             vec!["000000010000000000000003".to_owned()]
         );
-        let from = Segment::parse("000000020000000000000002", SEG);
+        let from = Segment::parse("000000020000000000000002", SEG).unwrap();
         assert_eq!(
-            missing_segments(names.iter().copied(), from, SEG),
+            missing_segments(names.iter().copied(), &[from], SEG),
             vec![
                 "000000010000000000000003".to_owned(),
                 "000000020000000000000002".to_owned(),
