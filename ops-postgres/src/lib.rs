@@ -10,13 +10,13 @@ mod globals;
 pub mod health;
 pub mod maintain;
 pub mod physical;
+pub mod receive;
 mod restore;
 mod roles;
 mod session;
 mod tls;
 mod toc;
 mod tools;
-pub mod receive;
 pub mod wal;
 
 use std::fmt;
