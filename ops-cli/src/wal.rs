@@ -761,7 +761,7 @@ pub async fn restore_physical(cli: &Cli, a: &crate::cli::RestoreArgs) -> Result<
             "ok": true,
             "backup": m.id,
             "data_directory": dir,
-            "files": report.tables.len(),
+            "files": m.streams.iter().filter(|s| s.spec.name.starts_with(dbops::postgres::physical::PGDATA_PREFIX)).count(),
             "warnings": report.warnings,
             "restore_command_note": note,
             "server": pid.map(|p| json!({ "pid": p, "url": url, "socket_dir": socket, "log": log, "recovery": summary })),

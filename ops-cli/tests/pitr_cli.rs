@@ -602,6 +602,7 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
     ]);
     assert_eq!(r.code, 0, "{}", r.all());
     let r = r.json();
+    assert!(r["files"].as_u64().is_some_and(|n| n > 100), "{r}");
     let pid = r["server"]["pid"].as_u64().expect("pid") as i32;
     let socket = r["server"]["socket_dir"]
         .as_str()

@@ -15,7 +15,7 @@
 //! command are the caller's: this library never spells them.
 //!
 //! Nothing here buffers a file: a tar member moves to its stream in chunks of
-//! [`CHUNK`] bytes, and a restored file is written as its stream arrives.
+//! 256 KiB, and a restored file is written as its stream arrives.
 
 use std::collections::BTreeMap;
 use std::fmt;
