@@ -90,6 +90,31 @@ fn wait_archived(pg: &EphemeralPostgres, segment: &str) {
     );
 }
 
+/// A server archiving its WAL into `ctx`'s repository through `dbops wal-push` with
+/// the key file `key`, both handed to the server's user.
+async fn archiving_server(ctx: &Ctx, key: &Path, settings: &[(&str, &str)]) -> EphemeralPostgres {
+    let exe = env!("CARGO_BIN_EXE_dbops");
+    let mut options = EphemeralOptions::default()
+        .with_setting("wal_level", "replica")
+        .with_setting("archive_mode", "on")
+        .with_setting(
+            "archive_command",
+            format!(
+                "{exe} --repo {} --key-file {} --no-cache wal-push %p",
+                ctx.repo,
+                key.display()
+            ),
+        );
+    for (name, value) in settings {
+        options = options.with_setting(*name, *value);
+    }
+    let pg = EphemeralPostgres::start_with(options)
+        .await
+        .expect("start postgres");
+    hand_to_server(&pg, &[Path::new(&ctx.repo), key]);
+    pg
+}
+
 fn segment_object(ctx: &Ctx, series: &str, name: &str) -> PathBuf {
     Path::new(&ctx.repo)
         .join("logs/wal")
@@ -124,22 +149,7 @@ async fn wal_archived_through_dbops_reads_back_checks_gaps_spools_and_streams() 
     ]);
     assert_ne!(again.code, 0, "{}", again.all());
 
-    let exe = env!("CARGO_BIN_EXE_dbops");
-    let archive_command = format!(
-        "{exe} --repo {} --key-file {} --no-cache wal-push %p",
-        ctx.repo,
-        key.display()
-    );
-    let pg = EphemeralPostgres::start_with(
-        EphemeralOptions::default()
-            .with_setting("wal_level", "replica")
-            .with_setting("archive_mode", "on")
-            .with_setting("archive_command", &archive_command)
-            .with_setting("wal_keep_size", "256MB"),
-    )
-    .await
-    .expect("start postgres");
-    hand_to_server(&pg, &[Path::new(&ctx.repo), &key]);
+    let pg = archiving_server(&ctx, &key, &[("wal_keep_size", "256MB")]).await;
     pg.create_database("shop").await.expect("create db");
     psql(&pg, "shop", &["-c", "CREATE TABLE steps (step int, n int)"]);
     let datadir =
@@ -536,23 +546,7 @@ async fn a_physical_backup_restores_to_a_point_in_time_proves_itself_and_keeps_i
         key.to_str().expect("as the test set it up"),
     ])
     .ok();
-    let exe = env!("CARGO_BIN_EXE_dbops");
-    let pg = EphemeralPostgres::start_with(
-        EphemeralOptions::default()
-            .with_setting("wal_level", "replica")
-            .with_setting("archive_mode", "on")
-            .with_setting(
-                "archive_command",
-                format!(
-                    "{exe} --repo {} --key-file {} --no-cache wal-push %p",
-                    ctx.repo,
-                    key.display()
-                ),
-            ),
-    )
-    .await
-    .expect("start postgres");
-    hand_to_server(&pg, &[Path::new(&ctx.repo), &key]);
+    let pg = archiving_server(&ctx, &key, &[]).await;
     pg.create_database("shop").await.expect("create db");
     psql(&pg, "shop", &["-c", "CREATE TABLE steps (step int, n int)"]);
     let keyed = |args: &[&str]| {

@@ -1552,27 +1552,9 @@ fn client_options(config: &ConnConfig) -> Result<String> {
     Ok(out)
 }
 
-/// Finds a MariaDB program where the server's are looked for (the `PATH`, then the
-/// usual directories), as [`crate::ephemeral`] does for the server's.
+/// Finds a MariaDB client program where the server's are looked for.
 fn find_tool(names: &[&str]) -> Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    for extra in ["/usr/bin", "/usr/local/bin", "/usr/local/mysql/bin"] {
-        dirs.push(PathBuf::from(extra));
-    }
-    for name in names {
-        for d in &dirs {
-            let p = d.join(name);
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    Err(Error::new(
-        ErrorKind::MissingTool,
-        format!("{} is not installed: {CLIENT_PACKAGE_HINT}", names[0]),
-    ))
+    crate::ephemeral::find_program(names, CLIENT_PACKAGE_HINT)
 }
 
 #[cfg(test)]

@@ -394,6 +394,12 @@ impl Drop for EphemeralMariaDb {
 }
 
 fn find_tool(names: &[&str]) -> Result<PathBuf> {
+    find_program(names, PACKAGE_HINT)
+}
+
+/// The first of `names` found on the `PATH` or in the usual MariaDB directories;
+/// missing, [`ErrorKind::MissingTool`] with `hint` (which package installs it).
+pub(crate) fn find_program(names: &[&str], hint: &str) -> Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -416,7 +422,7 @@ fn find_tool(names: &[&str]) -> Result<PathBuf> {
     }
     Err(Error::new(
         ErrorKind::MissingTool,
-        format!("{} is not installed: {PACKAGE_HINT}", names[0]),
+        format!("{} is not installed: {hint}", names[0]),
     ))
 }
 

@@ -103,7 +103,9 @@ fn random_password() -> Result<Secret> {
     ))
 }
 
-fn free_port() -> Result<u16> {
+/// A free TCP port on 127.0.0.1 (free when asked: a server started later may still
+/// lose it to another process; callers retry).
+pub(crate) fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| Error::io("finding a free loopback port", e))?;
     let port = listener
@@ -480,28 +482,33 @@ impl EphemeralServer for EphemeralPostgres {
     }
 }
 
-fn pid_of(child: &Child) -> Result<Pid> {
+pub(crate) fn pid_of(child: &Child) -> Result<Pid> {
     i32::try_from(child.id())
         .map(Pid::from_raw)
         .map_err(|_| Error::internal("process id out of range"))
 }
 
+/// Stops a postmaster started as our child at once, as `pg_ctl stop -m immediate`
+/// does (SIGQUIT), waits up to `grace` (a Drop may run on an async worker: keep it
+/// short), then kills whatever of its process group is left, and reaps it.
+pub(crate) fn stop_immediately(mut child: Child, grace: Duration) {
+    if let Ok(pid) = pid_of(&child) {
+        let _ = kill(pid, Signal::SIGQUIT);
+        let deadline = Instant::now() + grace;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
 impl Drop for EphemeralPostgres {
     fn drop(&mut self) {
         let mut guard = self.child();
-        if let Some(mut child) = guard.take() {
-            if let Ok(pid) = pid_of(&child) {
-                // What `pg_ctl stop -m immediate` does: SIGQUIT to the postmaster. Drop
-                // may run on an async worker thread, so wait only briefly, then kill
-                // whatever of the group is left (nothing here must survive anyway).
-                let _ = kill(pid, Signal::SIGQUIT);
-                let deadline = Instant::now() + Duration::from_millis(500);
-                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                let _ = killpg(pid, Signal::SIGKILL);
-            }
-            let _ = child.wait();
+        if let Some(child) = guard.take() {
+            // Nothing here must survive anyway.
+            stop_immediately(child, Duration::from_millis(500));
         }
         drop(guard);
         // TempDir's own Drop removes the directory.

@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::unistd::{Gid, Uid};
 use ops_core::chrono::{DateTime, FixedOffset, Utc};
 use ops_core::repo::{LOG_FILES_KEY, LOG_KIND_KEY, LOG_SERIES_KEY, LOG_START_KEY, LOG_STOP_KEY};
 use ops_core::{
@@ -1906,15 +1906,6 @@ fn chown_tree(path: &Path, owner: (Uid, Gid)) -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("finding a free loopback port", e))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::io("finding a free loopback port", e))
-}
-
 /// The target action the directory's `postgresql.auto.conf` ends with (a restore
 /// writes one last); without one, PostgreSQL's default: pause at a target when one
 /// is set, else promote at the end of the archive.
@@ -2047,7 +2038,7 @@ impl RecoveredServer {
         let log_path = runtime.path().join("server.log");
         let port = match options.port {
             Some(p) => p,
-            None => free_port()?,
+            None => crate::ephemeral::free_port()?,
         };
         let log = std::fs::File::create(&log_path)
             .map_err(|e| Error::io("creating the server log", e))?;
@@ -2253,7 +2244,7 @@ impl RecoveredServer {
     pub async fn stop(self) -> Result<()> {
         let child = self.child().take();
         if let Some(mut child) = child {
-            let pid = pid_of(&child)?;
+            let pid = crate::ephemeral::pid_of(&child)?;
             let _ = kill(pid, Signal::SIGINT);
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
@@ -2287,26 +2278,10 @@ impl RecoveredServer {
     }
 }
 
-fn pid_of(child: &Child) -> Result<Pid> {
-    i32::try_from(child.id())
-        .map(Pid::from_raw)
-        .map_err(|_| Error::internal("process id out of range"))
-}
-
 impl Drop for RecoveredServer {
     fn drop(&mut self) {
-        let mut guard = self.child();
-        if let Some(mut child) = guard.take() {
-            if let Ok(pid) = pid_of(&child) {
-                // Immediate shutdown, as pg_ctl -m immediate; then whatever is left.
-                let _ = kill(pid, Signal::SIGQUIT);
-                let deadline = Instant::now() + Duration::from_secs(2);
-                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                let _ = killpg(pid, Signal::SIGKILL);
-            }
-            let _ = child.wait();
+        if let Some(child) = self.child().take() {
+            crate::ephemeral::stop_immediately(child, Duration::from_secs(2));
         }
     }
 }
