@@ -13,6 +13,7 @@ pub mod physical;
 pub mod receive;
 mod restore;
 mod roles;
+mod schedule;
 mod session;
 mod tls;
 mod toc;

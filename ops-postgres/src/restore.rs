@@ -1,12 +1,26 @@
-//! The restore: pre-data DDL, COPY of every table stream, then data and post-data.
+//! The restore: pre-data DDL, then every table stream loaded with `COPY` while each
+//! table's indexes and constraints are built as soon as its rows are in, then the rest
+//! of data and post-data.
 //!
 //! The schema stream (pg_dump's custom archive, small) is staged in a private temporary
 //! file because pg_restore needs a seekable file for `-j`; table data is never staged:
 //! each stream goes straight from the source into `COPY … FROM STDIN`, `jobs` at a
-//! time. Loading happens after `pg_restore --section=pre-data` (tables without
-//! indexes, foreign keys or triggers) and before `--section=data --section=post-data`
-//! (sequence values, large objects, indexes, constraints, triggers, materialized view
-//! refreshes), which is the order pg_restore itself uses.
+//! time, biggest first. Loading happens after `pg_restore --section=pre-data` (tables
+//! without indexes, foreign keys or triggers). A table's primary key, unique and
+//! exclusion constraints and indexes are built (by `pg_restore -L`, on the entries the
+//! [`schedule`](crate::schedule) picks) as soon as its data is loaded, while other tables
+//! still load, and a foreign key once both of its tables are loaded; the final
+//! `pg_restore --section=data --section=post-data -j` does everything else (sequence
+//! values, large objects, triggers, rules, policies, materialized view refreshes,
+//! comments, grants, small tables' indexes), which is the order pg_restore itself uses.
+//!
+//! Every restore connection (ours and pg_restore's, through `PGOPTIONS`) runs with
+//! [`RestoreSession`] settings: no synchronous commit (the restore ends with one
+//! durable commit, which flushes everything before it), a `maintenance_work_mem` sized
+//! per job, no statement or lock timeout. A table with one stream is loaded with
+//! `TRUNCATE` and `COPY … FREEZE` in one transaction: its rows are written frozen and
+//! all-visible, so the restored database needs no anti-wraparound vacuum of every page
+//! later, and the index builds that follow read no commit log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -31,7 +45,7 @@ use crate::dump::{META_BYTES, META_COLUMNS, tool_failure};
 use crate::errors::{column, query_error, sqlx_error};
 use crate::globals::{DATABASE_PROPERTIES_META, DatabaseProperties};
 use crate::session::{connect_pinned, qualified, quote_ident, quote_literal};
-use crate::{roles, toc, tools};
+use crate::{roles, schedule, toc, tools};
 
 /// Restores `source` into the database of `config`.
 pub(crate) async fn restore(
@@ -197,8 +211,9 @@ async fn restore_into(
     let script_list = list
         .as_ref()
         .map(|l| format!("{l}{}", needed.as_deref().unwrap_or("")));
-    let list_file = match list {
-        Some(text) => Some(write_list_file(&text).await?),
+    let list_text = list;
+    let list_file = match &list_text {
+        Some(text) => Some(write_list_file(text).await?),
         None => None,
     };
 
@@ -239,31 +254,16 @@ async fn restore_into(
         .await?;
     }
 
-    let common = |sections: &[&str], jobs: usize| -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            "--exit-on-error".into(),
-            "--no-password".into(),
-            "-d".into(),
-            config.dbname_conninfo().into(),
-        ];
-        for s in sections {
-            args.push(format!("--section={s}").into());
-        }
-        if options.no_owner {
-            args.push("--no-owner".into());
-        }
-        if jobs > 1 {
-            args.push(format!("--jobs={jobs}").into());
-        }
-        if let Some(f) = &list_file {
-            args.push("-L".into());
-            args.push(f.path().as_os_str().to_owned());
-        }
-        args.push(staged.path().as_os_str().to_owned());
-        args
+    let session = RestoreSession::read(&control, options.jobs).await?;
+    let runner = PgRestore {
+        program: &pg_restore,
+        config,
+        archive: staged.path(),
+        no_owner: options.no_owner,
+        pgoptions: session.pgoptions(),
     };
-
-    run_pg_restore(&pg_restore, config, common(&["pre-data"], 1))
+    runner
+        .run(&["pre-data"], 1, list_file.as_ref().map(|f| f.path()))
         .await
         .map_err(|e| e.during("restoring the schema (pre-data)"))?;
 
@@ -275,15 +275,67 @@ async fn restore_into(
         .cloned()
         .collect();
     let roots = Arc::new(hash_partition_roots(&control, &streams).await?);
-    let tables = load_tables(config, Arc::clone(&source), streams, roots, options.jobs).await?;
 
-    run_pg_restore(
-        &pg_restore,
-        config,
-        common(&["data", "post-data"], options.jobs.max(1)),
+    // What is built while tables load, read from the archive's own dependencies.
+    let ids_of = |text: String| -> HashSet<u32> {
+        toc::parse_list(&text).into_iter().map(|e| e.id).collect()
+    };
+    let pre_data =
+        ids_of(list_archive(&pg_restore, staged.path(), &["--section=pre-data".into()]).await?);
+    let post_data =
+        ids_of(list_archive(&pg_restore, staged.path(), &["--section=post-data".into()]).await?);
+    let restoring: Option<HashSet<u32>> = list_text.as_ref().map(|l| ids_of(l.clone()));
+    let mut loaded: HashMap<TableRef, u64> = HashMap::new();
+    for s in &streams {
+        if let Some(t) = &s.table {
+            *loaded.entry(t.clone()).or_default() += stream_bytes(s);
+        }
+    }
+    let via_root: HashSet<TableRef> = roots.keys().cloned().collect();
+    let plan = schedule::plan(&schedule::Inputs {
+        entries: &entries,
+        pre_data: &pre_data,
+        post_data: &post_data,
+        restoring: restoring.as_ref(),
+        map: &map,
+        loaded: &loaded,
+        via_root: &via_root,
+        min_bytes: schedule::EARLY_MIN_BYTES,
+    });
+    let (tables, built) = load_tables(
+        Loader {
+            config: config.clone(),
+            source: Arc::clone(&source),
+            roots,
+            session: session.clone(),
+            entries: Arc::new(entries.clone()),
+            runner: runner.owned(),
+        },
+        streams,
+        plan,
+        options.jobs,
     )
-    .await
-    .map_err(|e| e.during("restoring sequence values, large objects, indexes and constraints"))?;
+    .await?;
+
+    // The rest: everything not built early, in pg_restore's own parallel order.
+    let rest = if built.is_empty() {
+        None
+    } else {
+        let ids: Vec<u32> = entries
+            .iter()
+            .map(|e| e.id)
+            .filter(|id| !built.contains(id) && restoring.as_ref().is_none_or(|r| r.contains(id)))
+            .collect();
+        Some(write_list_file(&toc::list_file(&entries, &ids)).await?)
+    };
+    let rest_list = rest.as_ref().or(list_file.as_ref()).map(|f| f.path());
+    runner
+        .run(&["data", "post-data"], options.jobs.max(1), rest_list)
+        .await
+        .map_err(|e| {
+            e.during("restoring sequence values, large objects, indexes and constraints")
+        })?;
+    durable_commit(&control).await?;
 
     let mut report = RestoreReport::default();
     report.database = config.dbname.clone();
@@ -985,9 +1037,14 @@ async fn restore_prerequisites(
     Ok(())
 }
 
-async fn run_pg_restore(pg_restore: &Path, config: &ConnConfig, args: Vec<OsString>) -> Result<()> {
+async fn run_pg_restore(
+    pg_restore: &Path,
+    config: &ConnConfig,
+    args: Vec<OsString>,
+    pgoptions: &str,
+) -> Result<()> {
     let (mut cmd, _env) = tool_command(pg_restore, config)?;
-    cmd.args(args);
+    cmd.args(args).env("PGOPTIONS", pgoptions);
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io(format!("starting {}", pg_restore.display()), e))?;
@@ -1054,50 +1111,395 @@ async fn hash_partition_roots(
     Ok(out)
 }
 
-/// Loads the table streams, `jobs` at a time, biggest first; partitions in `roots`
-/// through their root.
-async fn load_tables(
-    config: &ConnConfig,
+fn stream_bytes(s: &StreamSpec) -> u64 {
+    s.meta
+        .get(META_BYTES)
+        .and_then(|b| b.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// Session settings for every connection of a restore: ours (`SET`) and pg_restore's
+/// (`PGOPTIONS`).
+#[derive(Debug, Clone)]
+struct RestoreSession {
+    /// Per connection, in kB: never below the server's own setting.
+    maintenance_work_mem_kb: i64,
+}
+
+impl RestoreSession {
+    /// Index builds may together use about `shared_buffers` (a quarter of the server's
+    /// memory, as usually sized): each of `jobs` connections gets its share, at least
+    /// 64 MiB and at most 2 GiB, and never less than the server already gives.
+    async fn read(client: &Client, jobs: usize) -> Result<Self> {
+        const DOING: &str = "reading the server's memory settings";
+        let row = client
+            .query_one(
+                "SELECT (SELECT setting::int8 FROM pg_settings WHERE name = 'maintenance_work_mem'),
+                        (SELECT setting::int8 * 8 FROM pg_settings WHERE name = 'shared_buffers')",
+                &[],
+            )
+            .await
+            .map_err(|e| query_error(e, DOING))?;
+        let current: i64 = column(&row, 0, DOING)?;
+        let shared_kb: i64 = column(&row, 1, DOING)?;
+        let jobs = i64::try_from(jobs.max(1)).unwrap_or(i64::MAX);
+        let share = (shared_kb / jobs).clamp(64 << 10, 2 << 20);
+        Ok(Self {
+            maintenance_work_mem_kb: share.max(current),
+        })
+    }
+
+    fn settings(&self) -> [(&'static str, String); 5] {
+        [
+            ("synchronous_commit", "off".into()),
+            (
+                "maintenance_work_mem",
+                format!("{}kB", self.maintenance_work_mem_kb),
+            ),
+            ("statement_timeout", "0".into()),
+            ("lock_timeout", "0".into()),
+            ("idle_in_transaction_session_timeout", "0".into()),
+        ]
+    }
+
+    /// `-c name=value …` for a libpq tool's `PGOPTIONS`.
+    fn pgoptions(&self) -> String {
+        self.settings()
+            .iter()
+            .map(|(k, v)| format!("-c {k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The same as `SET` statements for a connection of ours.
+    fn sql(&self) -> String {
+        self.settings()
+            .iter()
+            .map(|(k, v)| format!("SET {k} = {};", quote_literal(v)))
+            .collect::<String>()
+    }
+}
+
+/// One durable commit at the end: its WAL flush covers every asynchronous commit of
+/// the restore before it, so a restore reported done survives a crash of the server.
+async fn durable_commit(client: &Client) -> Result<()> {
+    client
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT;")
+        .await
+        .map_err(|e| query_error(e, "making the restore durable (a final synchronous commit)"))
+}
+
+/// How pg_restore runs within a restore.
+struct PgRestore<'a> {
+    program: &'a Path,
+    config: &'a ConnConfig,
+    archive: &'a Path,
+    no_owner: bool,
+    pgoptions: String,
+}
+
+/// [`PgRestore`] owned, for the loading tasks.
+#[derive(Clone)]
+struct PgRestoreOwned {
+    program: PathBuf,
+    config: ConnConfig,
+    archive: PathBuf,
+    no_owner: bool,
+    pgoptions: String,
+}
+
+impl PgRestore<'_> {
+    fn owned(&self) -> PgRestoreOwned {
+        PgRestoreOwned {
+            program: self.program.to_owned(),
+            config: self.config.clone(),
+            archive: self.archive.to_owned(),
+            no_owner: self.no_owner,
+            pgoptions: self.pgoptions.clone(),
+        }
+    }
+
+    /// Runs `sections` of the archive (the entries of `list` only, when given).
+    async fn run(&self, sections: &[&str], jobs: usize, list: Option<&Path>) -> Result<()> {
+        let mut args: Vec<OsString> = vec![
+            "--exit-on-error".into(),
+            "--no-password".into(),
+            "-d".into(),
+            self.config.dbname_conninfo().into(),
+        ];
+        for s in sections {
+            args.push(format!("--section={s}").into());
+        }
+        if self.no_owner {
+            args.push("--no-owner".into());
+        }
+        if jobs > 1 {
+            args.push(format!("--jobs={jobs}").into());
+        }
+        if let Some(f) = list {
+            args.push("-L".into());
+            args.push(f.as_os_str().to_owned());
+        }
+        args.push(self.archive.as_os_str().to_owned());
+        run_pg_restore(self.program, self.config, args, &self.pgoptions).await
+    }
+}
+
+impl PgRestoreOwned {
+    fn borrowed(&self) -> PgRestore<'_> {
+        PgRestore {
+            program: &self.program,
+            config: &self.config,
+            archive: &self.archive,
+            no_owner: self.no_owner,
+            pgoptions: self.pgoptions.clone(),
+        }
+    }
+}
+
+/// What every loading task shares.
+struct Loader {
+    config: ConnConfig,
     source: Arc<dyn StreamSource>,
-    mut streams: Vec<StreamSpec>,
     roots: Arc<HashMap<TableRef, TableRef>>,
+    session: RestoreSession,
+    entries: Arc<Vec<toc::TocEntry>>,
+    runner: PgRestoreOwned,
+}
+
+/// A unit of work for a loading task.
+enum Job {
+    Load(StreamSpec),
+    /// Steps of the plan, built by one pg_restore run.
+    Build(Vec<usize>),
+}
+
+enum Next {
+    Job(Job),
+    Wait,
+    Done,
+}
+
+/// The schedule as it runs.
+struct Progress {
+    plan: schedule::Plan,
+    loads: VecDeque<StreamSpec>,
+    /// Streams still to load, per table.
+    streams_left: HashMap<TableRef, usize>,
+    /// Per step: tables not yet loaded, steps not yet done.
+    tables_left: Vec<usize>,
+    steps_left: Vec<usize>,
+    ready: Vec<usize>,
+    busy: usize,
+    failed: bool,
+    built: HashSet<u32>,
+    rows: BTreeMap<String, u64>,
+}
+
+impl Progress {
+    fn new(plan: schedule::Plan, streams: Vec<StreamSpec>) -> Self {
+        let mut streams_left: HashMap<TableRef, usize> = HashMap::new();
+        for s in &streams {
+            if let Some(t) = &s.table {
+                *streams_left.entry(t.clone()).or_default() += 1;
+            }
+        }
+        let tables_left = plan
+            .steps
+            .iter()
+            .map(|s| {
+                s.tables
+                    .iter()
+                    .filter(|t| streams_left.contains_key(*t))
+                    .count()
+            })
+            .collect();
+        let steps_left = plan.steps.iter().map(|s| s.after.len()).collect();
+        let mut p = Self {
+            plan,
+            loads: streams.into(),
+            streams_left,
+            tables_left,
+            steps_left,
+            ready: Vec::new(),
+            busy: 0,
+            failed: false,
+            built: HashSet::new(),
+            rows: BTreeMap::new(),
+        };
+        for i in 0..p.plan.steps.len() {
+            p.check_ready(i);
+        }
+        p
+    }
+
+    fn check_ready(&mut self, step: usize) {
+        if self.tables_left[step] == 0 && self.steps_left[step] == 0 {
+            self.ready.push(step);
+        }
+    }
+
+    /// A table's own keys and indexes before anything else (biggest first: they
+    /// unblock foreign keys and use the rows while they are hot), then every ready
+    /// foreign key in one run, then the next stream (biggest first).
+    fn next(&mut self) -> Next {
+        if self.failed {
+            return Next::Done;
+        }
+        let steps = &self.plan.steps;
+        let own = self
+            .ready
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !steps[**s].foreign_key)
+            .max_by_key(|(_, s)| steps[**s].bytes)
+            .map(|(i, _)| i);
+        let job = if let Some(i) = own {
+            Some(Job::Build(vec![self.ready.swap_remove(i)]))
+        } else if !self.ready.is_empty() {
+            Some(Job::Build(std::mem::take(&mut self.ready)))
+        } else {
+            self.loads.pop_front().map(Job::Load)
+        };
+        match job {
+            Some(job) => {
+                self.busy += 1;
+                Next::Job(job)
+            }
+            None if self.busy == 0 => Next::Done,
+            None => Next::Wait,
+        }
+    }
+
+    fn loaded(&mut self, table: &TableRef, rows: u64) {
+        *self.rows.entry(table.to_string()).or_default() += rows;
+        let left = self.streams_left.get_mut(table).map(|n| {
+            *n -= 1;
+            *n
+        });
+        if left == Some(0) {
+            for i in 0..self.plan.steps.len() {
+                if self.plan.steps[i].tables.contains(table) {
+                    self.tables_left[i] -= 1;
+                    self.check_ready(i);
+                }
+            }
+        }
+    }
+
+    /// The entries of `steps` and what building them is, for messages.
+    fn describe(&self, steps: &[usize]) -> (Vec<u32>, String) {
+        let mut ids: Vec<u32> = steps
+            .iter()
+            .flat_map(|s| self.plan.steps[*s].entries.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        let what = match steps {
+            [one] if !self.plan.steps[*one].foreign_key => format!(
+                "building the indexes and constraints of table {}",
+                self.plan.steps[*one].table
+            ),
+            _ => {
+                let tables: BTreeSet<String> = steps
+                    .iter()
+                    .map(|s| self.plan.steps[*s].table.to_string())
+                    .collect();
+                format!(
+                    "adding the foreign keys of {}",
+                    tables.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            }
+        };
+        (ids, what)
+    }
+
+    fn built(&mut self, steps: &[usize]) {
+        for &done in steps {
+            self.built
+                .extend(self.plan.steps[done].entries.iter().copied());
+            for i in 0..self.plan.steps.len() {
+                if self.plan.steps[i].after.contains(&done) {
+                    self.steps_left[i] -= 1;
+                    self.check_ready(i);
+                }
+            }
+        }
+    }
+}
+
+/// Loads the table streams and builds the plan's early steps, `jobs` tasks at a time;
+/// returns the rows per table and the entries built.
+async fn load_tables(
+    loader: Loader,
+    mut streams: Vec<StreamSpec>,
+    plan: schedule::Plan,
     jobs: usize,
-) -> Result<BTreeMap<String, u64>> {
-    let size = |s: &StreamSpec| {
-        s.meta
-            .get(META_BYTES)
-            .and_then(|b| b.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    streams.sort_by_key(|s| std::cmp::Reverse(size(s)));
+) -> Result<(BTreeMap<String, u64>, HashSet<u32>)> {
+    streams.sort_by_key(|s| std::cmp::Reverse(stream_bytes(s)));
+    // One stream per table: loaded frozen (TRUNCATE and COPY FREEZE in one transaction).
+    let mut per_table: HashMap<TableRef, usize> = HashMap::new();
+    for t in streams.iter().filter_map(|s| s.table.as_ref()) {
+        *per_table.entry(t.clone()).or_default() += 1;
+    }
     let jobs = jobs.clamp(1, streams.len().max(1));
-    let queue = Arc::new(Mutex::new(VecDeque::from(streams)));
-    let rows = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let loader = Arc::new(loader);
+    let per_table = Arc::new(per_table);
+    let progress = Arc::new(Mutex::new(Progress::new(plan, streams)));
+    let wake = Arc::new(tokio::sync::Notify::new());
     let mut tasks: JoinSet<Result<()>> = JoinSet::new();
     for _ in 0..jobs {
-        let config = config.clone();
-        let queue = Arc::clone(&queue);
-        let source = Arc::clone(&source);
-        let rows = Arc::clone(&rows);
-        let roots = Arc::clone(&roots);
+        let loader = Arc::clone(&loader);
+        let progress = Arc::clone(&progress);
+        let wake = Arc::clone(&wake);
+        let per_table = Arc::clone(&per_table);
         tasks.spawn(async move {
-            let client = connect_pinned(&config).await?;
+            let lock = || progress.lock().unwrap_or_else(PoisonError::into_inner);
+            let client = connect_pinned(&loader.config).await?;
             client
-                .batch_execute("SET search_path = ''")
+                .batch_execute(&format!("SET search_path = '';{}", loader.session.sql()))
                 .await
-                .map_err(|e| query_error(e, "setting search_path"))?;
+                .map_err(|e| query_error(e, "setting up a restore connection"))?;
             loop {
-                let next = queue
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .pop_front();
-                let Some(spec) = next else { break };
-                let (table, n) = load_stream(&client, source.as_ref(), &spec, &roots).await?;
-                *rows
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(table.to_string())
-                    .or_default() += n;
+                let notified = wake.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let next = lock().next();
+                let outcome = match next {
+                    Next::Done => break,
+                    Next::Wait => {
+                        notified.await;
+                        continue;
+                    }
+                    Next::Job(Job::Load(spec)) => {
+                        let freeze = spec.table.as_ref().is_some_and(|t| {
+                            per_table.get(t) == Some(&1) && !loader.roots.contains_key(t)
+                        });
+                        load_stream(
+                            &client,
+                            loader.source.as_ref(),
+                            &spec,
+                            &loader.roots,
+                            freeze,
+                        )
+                        .await
+                        .map(|(table, n)| lock().loaded(&table, n))
+                    }
+                    Next::Job(Job::Build(steps)) => {
+                        let (ids, what) = lock().describe(&steps);
+                        build(&loader, &ids)
+                            .await
+                            .map_err(|e| e.during(what))
+                            .map(|()| lock().built(&steps))
+                    }
+                };
+                let mut p = lock();
+                p.busy -= 1;
+                if outcome.is_err() {
+                    p.failed = true;
+                }
+                drop(p);
+                wake.notify_waiters();
+                outcome?;
             }
             Ok(())
         });
@@ -1105,15 +1507,28 @@ async fn load_tables(
     while let Some(joined) = tasks.join_next().await {
         joined.map_err(|e| Error::internal(format!("restore task failed: {e}")))??;
     }
-    let out = rows.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    Ok(out)
+    let p = progress.lock().unwrap_or_else(PoisonError::into_inner);
+    Ok((p.rows.clone(), p.built.clone()))
 }
 
+/// Runs the archive entries `ids` (post-data) with one `pg_restore -L`.
+async fn build(loader: &Loader, ids: &[u32]) -> Result<()> {
+    let list = write_list_file(&toc::list_file(&loader.entries, ids)).await?;
+    loader
+        .runner
+        .borrowed()
+        .run(&["post-data"], 1, Some(list.path()))
+        .await
+}
+
+/// Loads one stream; `freeze`: the table has no other stream, so it is truncated and
+/// loaded with `COPY … FREEZE` in one transaction.
 async fn load_stream(
     client: &Client,
     source: &dyn StreamSource,
     spec: &StreamSpec,
     roots: &HashMap<TableRef, TableRef>,
+    freeze: bool,
 ) -> Result<(TableRef, u64)> {
     let table = spec
         .table
@@ -1129,13 +1544,22 @@ async fn load_stream(
         })?,
         None => Vec::new(),
     };
-    let sql = if columns.is_empty() {
-        format!("COPY {} FROM STDIN", qualified(into))
+    let doing = || format!("restoring table {table} from stream {}", spec.name);
+    let frozen = freeze
+        && begin_frozen_load(client, into)
+            .await
+            .map_err(|e| e.during(doing()))?;
+    let cols = if columns.is_empty() {
+        String::new()
     } else {
         let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-        format!("COPY {} ({}) FROM STDIN", qualified(into), cols.join(", "))
+        format!(" ({})", cols.join(", "))
     };
-    let doing = || format!("restoring table {table} from stream {}", spec.name);
+    let sql = format!(
+        "COPY {}{cols} FROM STDIN{}",
+        qualified(into),
+        if frozen { " (FREEZE)" } else { "" }
+    );
     let mut input = source.open(&spec.name).await?;
     let sink = client
         .copy_in::<_, bytes::Bytes>(&sql)
@@ -1144,7 +1568,8 @@ async fn load_stream(
     futures::pin_mut!(sink);
     while let Some(piece) = input.next().await {
         // A damaged chunk: return its own error. Dropping the sink and then the
-        // connection makes the server abort the COPY; no partial table is committed.
+        // connection makes the server abort the COPY (and its transaction); no partial
+        // table is committed.
         let piece = piece.map_err(|e| e.during(doing()))?;
         sink.send(piece)
             .await
@@ -1154,7 +1579,41 @@ async fn load_stream(
         .finish()
         .await
         .map_err(|e| query_error(e, doing()).with_context("table", &table))?;
+    if frozen {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| query_error(e, doing()).with_context("table", &table))?;
+    }
     Ok((table, rows))
+}
+
+/// Opens the transaction of a frozen load: `BEGIN; TRUNCATE ONLY table` (the table,
+/// created by this restore, is empty; truncating it in this transaction is what lets
+/// `COPY FREEZE` write its rows frozen). False, and no transaction open, when the role
+/// may not truncate it: the rows then go in as a plain `COPY`.
+async fn begin_frozen_load(client: &Client, table: &TableRef) -> Result<bool> {
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(|e| query_error(e, "starting a transaction"))?;
+    match client
+        .batch_execute(&format!("TRUNCATE ONLY {}", qualified(table)))
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| query_error(e, "ending a transaction"))?;
+            Ok(false)
+        }
+        Err(e) => Err(query_error(
+            e,
+            format!("emptying table {table} for a frozen load"),
+        )),
+    }
 }
 
 fn maintenance(config: &ConnConfig) -> ConnConfig {

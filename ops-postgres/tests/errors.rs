@@ -714,3 +714,186 @@ async fn ephemeral_server_needs_a_password_on_tcp() {
     let mode = std::fs::metadata(&root).expect("stat").permissions().mode();
     assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", root.display());
 }
+
+/// Yields a table stream's first piece, waits until the foreign key between the big
+/// tables exists in the target (built early, while this stream is still open), then
+/// fails as a damaged chunk would.
+#[derive(Debug)]
+struct DamagedLate {
+    inner: Arc<MemoryDump>,
+    stream: String,
+    /// libpq connection string of the target database.
+    target: String,
+}
+
+#[async_trait]
+impl StreamSource for DamagedLate {
+    fn streams(&self) -> &[StreamSpec] {
+        self.inner.streams()
+    }
+    async fn open(&self, name: &str) -> Result<ByteStream> {
+        let s = self.inner.open(name).await?;
+        if name != self.stream {
+            return Ok(s);
+        }
+        let target = self.target.clone();
+        let bad = futures::stream::once(async move {
+            let (client, conn) = tokio_postgres::connect(&target, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the target");
+            tokio::spawn(conn);
+            for _ in 0..600 {
+                let found = client
+                    .query(
+                        "SELECT 1 FROM pg_constraint WHERE conname = 'big_b_a_id_fkey'",
+                        &[],
+                    )
+                    .await
+                    .expect("query");
+                if !found.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(Error::corrupt("chunk 0badc0de failed authentication")
+                .with_context("chunk", "0badc0de"))
+        });
+        Ok(Box::pin(s.take(1).chain(bad)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_built_while_loading_and_a_damaged_last_table() {
+    let server = EphemeralPostgres::start().await.expect("ephemeral server");
+    server.create_database("early").await.expect("create");
+    // Two tables big enough to have their keys and indexes built as soon as their rows
+    // are in (over 4 MiB each), a foreign key between them, and a small table loaded
+    // last (biggest first).
+    server
+        .execute(
+            "early",
+            "CREATE TABLE big_a (id int PRIMARY KEY, code text UNIQUE, body text);
+             INSERT INTO big_a SELECT g, 'a' || g, repeat(md5(g::text), 3) FROM generate_series(1, 60000) g;
+             CREATE TABLE big_b (id int PRIMARY KEY, a_id int NOT NULL REFERENCES big_a (id), body text);
+             CREATE INDEX big_b_a ON big_b (a_id);
+             COMMENT ON INDEX big_b_a IS 'built early, commented late';
+             INSERT INTO big_b SELECT g, g % 60000 + 1, repeat(md5((g * 7)::text), 3) FROM generate_series(1, 50000) g;
+             CREATE TABLE small (id int PRIMARY KEY, b_id int REFERENCES big_b (id));
+             INSERT INTO small SELECT g, g FROM generate_series(1, 100) g;
+             CREATE VIEW joined AS SELECT a.code, b.id FROM big_a a JOIN big_b b ON b.a_id = a.id;",
+        )
+        .await
+        .expect("fill");
+    let source = server.engine_for("early").expect("engine");
+    let (dump, _) = dump_to_memory(&source, &DumpOptions::default()).await;
+    let dump = dump.into_source();
+
+    // Undamaged: the restore equals the source (schema by pg_dump, rows by hash), and
+    // the tables loaded in one stream are frozen (no vacuum needed afterwards).
+    let copy = server.engine_for("early_copy").expect("engine");
+    copy.restore(
+        dump.clone(),
+        &RestoreOptions::default().with_create(true).with_jobs(2),
+    )
+    .await
+    .expect("restore");
+    assert_eq!(
+        schema_of(&server, "early"),
+        schema_of(&server, "early_copy")
+    );
+    assert_eq!(
+        table_checksums(&server, "early").await,
+        table_checksums(&server, "early_copy").await
+    );
+    server
+        .execute("early_copy", "CREATE EXTENSION pg_visibility")
+        .await
+        .expect("pg_visibility (PostgreSQL contrib)");
+    for table in ["big_a", "big_b", "small"] {
+        let summary = rows_text(
+            &server,
+            "early_copy",
+            &format!(
+                "SELECT all_frozen = pg_relation_size('{table}') / current_setting('block_size')::int
+                   FROM pg_visibility_map_summary('{table}')"
+            ),
+        )
+        .await;
+        assert_eq!(summary, ["t"], "{table} is loaded frozen");
+    }
+
+    // The smallest table's stream is damaged: the restore fails with the damage, after
+    // the big tables' keys, indexes and foreign key were built (kept to look at), and
+    // nothing of the damaged table is committed.
+    let damaged = |db: &str| {
+        Arc::new(DamagedLate {
+            inner: Arc::clone(&dump),
+            stream: "data/public.small/0".into(),
+            target: format!(
+                "host={} port={} user=postgres dbname={db}",
+                server.socket_dir().display(),
+                server.port()
+            ),
+        })
+    };
+    let kept = server.engine_for("early_kept").expect("engine");
+    let err = kept
+        .restore(
+            damaged("early_kept"),
+            &RestoreOptions::default()
+                .with_create(true)
+                .with_jobs(2)
+                .with_keep_failed(true),
+        )
+        .await
+        .expect_err("damaged");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err:?}");
+    assert_eq!(err.context_value("chunk"), Some("0badc0de"), "{err:?}");
+    assert!(err.to_string().contains("public.small"), "{err}");
+    let built = rows_text(
+        &server,
+        "early_kept",
+        "SELECT conname FROM pg_constraint WHERE conrelid IN ('big_a'::regclass, 'big_b'::regclass)
+          UNION ALL SELECT indexrelid::regclass::text FROM pg_index WHERE indexrelid = 'big_b_a'::regclass
+          ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        built,
+        [
+            "big_a_code_key",
+            "big_a_pkey",
+            "big_b_a",
+            "big_b_a_id_fkey",
+            "big_b_pkey"
+        ],
+        "keys, indexes and the foreign key were built while the last table loaded"
+    );
+    assert_eq!(
+        rows_text(&server, "early_kept", "SELECT count(*) FROM small").await,
+        ["0"]
+    );
+    kept.drop_database().await.expect("drop");
+
+    // Without keeping: the database the restore created is dropped.
+    let err = server
+        .engine_for("early_broken")
+        .expect("engine")
+        .restore(
+            damaged("early_broken"),
+            &RestoreOptions::default().with_create(true).with_jobs(2),
+        )
+        .await
+        .expect_err("damaged");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err:?}");
+    assert!(
+        rows_text(
+            &server,
+            "postgres",
+            "SELECT datname FROM pg_database WHERE datname = 'early_broken'",
+        )
+        .await
+        .is_empty(),
+        "the failed restore's database is dropped"
+    );
+}
