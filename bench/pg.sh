@@ -26,6 +26,8 @@
 #   INIT_ARGS        extra `dbops init` options for the measured repositories, to try a
 #                    setting (e.g. "--compression-level 1"); default none
 #   DBOPS_PASSWORD   repository password (a fixed bench password by default)
+#   ENCRYPTION=1     0: measure --no-encryption repositories (encrypted is what users run)
+#   S3=1             0: skip the restore from the S3-API server (moto on loopback)
 
 set -euo pipefail
 
@@ -45,6 +47,9 @@ PROFILE=${PROFILE:-0}
 QUIET_WAIT=${QUIET_WAIT:-60}
 SYSBENCH_CHURN=${SYSBENCH_CHURN---time=10}
 read -r -a INIT_OPTS <<<"${INIT_ARGS:-}"
+ENCRYPTION=${ENCRYPTION:-1}
+S3=${S3:-1}
+if [ "$ENCRYPTION" = 0 ]; then INIT_OPTS+=(--no-encryption); fi
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 KEEP=${KEEP:-0}
 export DBOPS_PASSWORD=${DBOPS_PASSWORD:-dbops-bench-password}
@@ -68,6 +73,7 @@ bench_need zstd zstd
 bench_need jq jq
 [ -x /usr/bin/time ] || bench_die "/usr/bin/time missing: apt-get install -y time"
 [ "$PROFILE" = 0 ] || bench_need perf linux-perf
+[ "$S3" = 0 ] || bench_need moto_server "python3-pip, then: pip install 'moto[server]'"
 
 # ---------------------------------------------------------------------------
 # Build (once) and freeze the binary: other builds in the tree must not swap it mid-run.
@@ -91,7 +97,7 @@ PIDS_TO_STOP=()
 cleanup() {
 	local rc=$?
 	set +e
-	for p in "${PIDS_TO_STOP[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${PIDS_TO_STOP[@]+"${PIDS_TO_STOP[@]}"}"; do kill "$p" 2>/dev/null; done
 	if [ -f "$PGDATA_DIR/postmaster.pid" ]; then
 		bench_as_server_user "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null 2>&1 ||
 			bench_as_server_user "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m immediate stop >/dev/null 2>&1
@@ -203,6 +209,24 @@ check_restore() {
 fingerprint "$DB" >"$WORK/fp.source"
 
 # ---------------------------------------------------------------------------
+# The S3-API server (moto on loopback) and a repository there, holding a backup of the
+# same database (taken untimed): restores from it are timed beside the local ones.
+
+S3_REPO=s3://bench/repo
+if [ "$S3" = 1 ]; then
+	S3_PORT=$(bench_free_port)
+	moto_server -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
+	PIDS_TO_STOP+=($!)
+	for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$S3_PORT/" >/dev/null 2>&1 && break; sleep 0.2; done
+	export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
+	export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ALLOW_HTTP=true AWS_VIRTUAL_HOSTED_STYLE_REQUEST=false
+	curl -fs -X PUT "http://127.0.0.1:$S3_PORT/bench" >/dev/null || bench_die "moto_server did not start (see $WORK/moto.log)"
+	bench_log "S3-API server (moto) on 127.0.0.1:$S3_PORT: a backup into $S3_REPO (untimed)"
+	"$DBOPS" --repo "$S3_REPO" -q init "${INIT_OPTS[@]}" >/dev/null
+	"$DBOPS" --repo "$S3_REPO" -q backup "$URL_BASE/$DB" --jobs "$JOBS" >/dev/null
+fi
+
+# ---------------------------------------------------------------------------
 # Measuring.
 
 declare -A WALL USR SYS RSS SRV OTH EXTRA SEEN
@@ -290,6 +314,7 @@ REF=(bash -c 'TABLE_LIST=($TABLE_LIST_STR); "$0"')
 # spreads over all tools rather than hitting one of them.
 BACKUP="dbops backup --jobs $JOBS"
 RESTORE="dbops restore --jobs $JOBS"
+S3_RESTORE="dbops restore --jobs $JOBS from S3 (moto)"
 for i in $(seq 1 "$RUNS"); do
 	bench_log "--- run $i/$RUNS"
 	timed "raw COPY (1 stream)" "${REF[@]}" copy_serial
@@ -320,6 +345,12 @@ for i in $(seq 1 "$RUNS"); do
 	timed "$RESTORE" "$DBOPS" --repo "$repo" -q restore latest "$URL_BASE/dbr_$i" --create --jobs "$JOBS" >>"$WORK/restore.log"
 	if [ "$i" = 1 ]; then check_restore "dbr_$i" "dbops restore"; fi
 	q -d postgres -c "DROP DATABASE dbr_$i"
+
+	if [ "$S3" = 1 ]; then
+		timed "$S3_RESTORE" "$DBOPS" --repo "$S3_REPO" -q restore latest "$URL_BASE/dbs_$i" --create --jobs "$JOBS" >>"$WORK/restore.log"
+		if [ "$i" = 1 ]; then check_restore "dbs_$i" "dbops restore from S3"; fi
+		q -d postgres -c "DROP DATABASE dbs_$i"
+	fi
 done
 REPO=$WORK/repo.$RUNS
 FIRST_STORED_DU=$(bench_bytes "$REPO")
@@ -327,9 +358,17 @@ FIRST_STORED_JSON=$(jq -r .stats.stored_bytes "$WORK/backup1.json")
 FIRST_PLAIN_JSON=$(jq -r .stats.bytes "$WORK/backup1.json")
 rm -f "$WORK/dump.fc"
 
-bench_log "--- dbops backup --no-encryption (one run, for information)"
-env -u DBOPS_PASSWORD "$DBOPS" --repo "$WORK/repo.plain" -q init --no-encryption "${INIT_OPTS[@]}" >/dev/null
-PLAIN="dbops backup --jobs $JOBS, --no-encryption"
+if [ "$ENCRYPTION" = 1 ]; then
+	bench_log "--- dbops backup --no-encryption (one run, for information)"
+	env -u DBOPS_PASSWORD "$DBOPS" --repo "$WORK/repo.plain" -q init --no-encryption "${INIT_OPTS[@]}" >/dev/null
+	PLAIN="dbops backup --jobs $JOBS, --no-encryption"
+else
+	bench_log "--- dbops backup, encrypted (one run, for information)"
+	ENC_OPTS=()
+	for o in "${INIT_OPTS[@]}"; do [ "$o" = --no-encryption ] || ENC_OPTS+=("$o"); done
+	"$DBOPS" --repo "$WORK/repo.plain" -q init "${ENC_OPTS[@]}" >/dev/null
+	PLAIN="dbops backup --jobs $JOBS, encrypted"
+fi
 timed "$PLAIN" "$DBOPS" --repo "$WORK/repo.plain" -q --json backup "$URL_BASE/$DB" --jobs "$JOBS" >/dev/null
 EXTRA[$PLAIN]=$(bench_bytes "$WORK/repo.plain")
 rm -rf "$WORK/repo.plain"
@@ -552,7 +591,7 @@ echo "- machine: $cpu_count × $cpu_model, $mem RAM; $(uname -sr); dbops: $BUILD
 echo "- server: own initdb (UTF8, C locale) on 127.0.0.1:$PORT as $SERVER_USER; defaults except: $(IFS=';'; echo "${SERVER_SETTINGS[*]}" | sed 's/;/, /g'); fsync and full_page_writes on; wal_level replica"
 echo "- data: sysbench $TABLES × $TABLE_SIZE rows + pgbench -s $PGBENCH_SCALE in one database: ${#TABLE_LIST[@]} tables, $ROWS rows, $(bench_mb "$COPY_BYTES") COPY text, $(bench_mb "$TABLE_BYTES") heap + $(bench_mb "$INDEX_BYTES") indexes ($(bench_mb "$DB_BYTES") database)"
 echo "- method: warm caches (one untimed COPY pass first); each run takes every tool in turn; sync + CHECKPOINT + up to ${QUIET_WAIT}s waiting for an idle machine before every timed run; wall = median of $RUNS; CPU = median user+sys of the client processes (dbops with its pg_dump/pg_restore children); server CPU = all PostgreSQL processes; others = CPU used meanwhile by anything else on this shared machine (noise); RSS = largest single process; restores go into a fresh database each run and the first of each tool is checked against the source (per table: row count and a hash of every row; indexes, constraints, sequence values)"
-echo "- repository: local directory, encrypted (XChaCha20-Poly1305, password), init options: ${INIT_ARGS:-defaults} ($(jq -r '(.config // .) | "chunks \(.chunker.avg // "?") B average, zstd level \(.compression.level // "?")"' "$WORK/init.json" 2>/dev/null || echo '?')); pg_dump -Fc at its default compression"
+echo "- repository: local directory, $([ "$ENCRYPTION" = 1 ] && echo "encrypted (XChaCha20-Poly1305, password)" || echo "NOT encrypted (ENCRYPTION=0)")$([ "$S3" = 1 ] && echo "; and the same kind of repository on an S3-API server (moto on loopback, in-memory, Python: its CPU shows as others CPU)"), init options: ${INIT_ARGS:-defaults} ($(jq -r '(.config // .) | "chunks \(.chunker.avg // "?") B average, zstd level \(.compression.level // "?")"' "$WORK/init.json" 2>/dev/null || echo '?')); pg_dump -Fc at its default compression"
 echo
 echo "| measurement | median s | runs s | client CPU s | server CPU s | others CPU s | peak RSS | size |"
 echo "|---|---:|---|---:|---:|---:|---:|---:|"
@@ -572,11 +611,15 @@ echo
 echo "| target | measured | limit | verdict | best runs | verdict |"
 echo "|---|---:|---:|---|---:|---|"
 target "backup time / pg_dump -Fc time" "$(bench_ratio "$B" "$FC")" 0.2 "$(timeratio "$BACKUP" "pg_dump -Fc")"
-target "backup time / pg_dump -Fd -j $JOBS time" "$(bench_ratio "$B" "$FD")" 0.4 "$(timeratio "$BACKUP" "pg_dump -Fd -j $JOBS")"
+target "backup time / pg_dump -Fd -j $JOBS time" "$(bench_ratio "$B" "$FD")" 0.2 "$(timeratio "$BACKUP" "pg_dump -Fd -j $JOBS")"
 target "backup time / raw COPY (1 stream) time" "$(bench_ratio "$B" "$RAW1")" 2.0 "$(timeratio "$BACKUP" "raw COPY (1 stream)")"
 target "backup time / raw COPY ($JOBS streams) time (stricter)" "$(bench_ratio "$B" "$RAW")" 2.0 "$(timeratio "$BACKUP" "raw COPY ($JOBS streams)")"
 target "stored bytes (du of repo) / pg_dump -Fc size" "$(bench_ratio "$STORED" "$FC_SIZE")" 1.0
-target "restore time / pg_restore -j $JOBS time" "$(bench_ratio "$R" "$PGR")" 0.9 "$(timeratio "$RESTORE" "pg_restore -j $JOBS")"
+target "restore time / pg_restore -j $JOBS time" "$(bench_ratio "$R" "$PGR")" 0.7 "$(timeratio "$RESTORE" "pg_restore -j $JOBS")"
+if [ "$S3" = 1 ]; then
+	target "restore from S3 time / local restore time" "$(bench_ratio "$(med WALL "$S3_RESTORE")" "$R")" 1.3 "$(timeratio "$S3_RESTORE" "$RESTORE")"
+	target "peak RSS of dbops restore from S3, MiB (max of runs)" "$(awk -v k="$(printf '%s\n' ${RSS[$S3_RESTORE]} | sort -n | tail -1)" 'BEGIN { printf "%.0f", k / 1024 }')" 200
+fi
 target "peak RSS of dbops backup, MiB (max of runs)" "$RSS_B" 200
 target "peak RSS of dbops restore, MiB (max of runs)" "$RSS_R" 200
 target "peak RSS of dbops restore after churn, MiB" "$(awk -v k="${RSS[$AFTER]% }" 'BEGIN { printf "%.0f", k / 1024 }')" 200

@@ -2,8 +2,10 @@
 //!
 //! A stream is read through its list blobs; consecutive chunks that lie next to each
 //! other in one pack are fetched with one ranged read (up to [`MAX_READ`]), a few reads
-//! ahead ([`PREFETCH`]), each blob authenticated, decompressed and re-hashed against
-//! its id. At the end of the stream its byte count and digest are checked against the
+//! ahead ([`PREFETCH`] on a local disk, [`REMOTE_PREFETCH`] on object storage, where
+//! each request waits a round trip before its first byte), each blob authenticated,
+//! decompressed and re-hashed against its id. The next chunk list is fetched while the
+//! current one's chunks are read. At the end of the stream its byte count and digest are checked against the
 //! manifest: a restore is also a verification.
 
 use std::collections::BTreeMap;
@@ -31,8 +33,14 @@ const MAX_READ: u32 = 2 * 1024 * 1024;
 /// Largest single ranged read, in decoded bytes: what a read costs in memory once
 /// decompressed (highly compressible tables decode to 20x their stored size).
 const MAX_READ_RAW: u64 = 2 * 1024 * 1024;
-/// Ranged reads in flight per stream.
+/// Ranged reads in flight per stream, on a local disk.
 const PREFETCH: usize = 3;
+/// Ranged reads in flight per stream, on object storage: enough to hide a request's
+/// latency behind the others' transfers. Memory stays bounded: at most this many reads
+/// of [`MAX_READ`] stored and [`MAX_READ_RAW`] decoded bytes per open stream.
+const REMOTE_PREFETCH: usize = 8;
+/// Chunk lists fetched ahead per stream.
+const LIST_PREFETCH: usize = 2;
 
 /// One ranged read: contiguous blobs of one pack.
 struct Read {
@@ -235,7 +243,7 @@ impl StreamSource for RepoSource {
         let this = self.clone();
         let lists = record.lists.clone();
         let reads = stream::iter(lists)
-            .then({
+            .map({
                 let this = this.clone();
                 move |list| {
                     let this = this.clone();
@@ -247,13 +255,19 @@ impl StreamSource for RepoSource {
                     }
                 }
             })
+            .buffered(LIST_PREFETCH)
             .try_flatten();
+        let prefetch = if self.repo.target().is_remote() {
+            REMOTE_PREFETCH
+        } else {
+            PREFETCH
+        };
         let chunks = reads
             .map_ok(move |read| {
                 let this = this.clone();
                 async move { this.fetch(read).await }
             })
-            .try_buffered(PREFETCH);
+            .try_buffered(prefetch);
         let hasher = match (&self.digests, record.spec.role, &record.spec.table) {
             (Some(d), StreamRole::TableData, Some(t)) => {
                 Some((Arc::clone(d), t.to_string(), RecordHasher::new()))
