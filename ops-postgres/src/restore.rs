@@ -17,7 +17,9 @@
 //! Every restore connection (ours and pg_restore's, through `PGOPTIONS`) runs with
 //! [`RestoreSession`] settings: no synchronous commit (the restore ends with one
 //! durable commit, which flushes everything before it), a `maintenance_work_mem` sized
-//! per job, no statement or lock timeout. A table with one stream is loaded with
+//! per job, no statement or lock timeout; an index built while other tables still load
+//! gets no parallel workers (the other connections already use the cores the restore
+//! was given), the final run's builds get the server's own setting. A table with one stream is loaded with
 //! `TRUNCATE` and `COPY … FREEZE` in one transaction: its rows are written frozen and
 //! all-visible, so the restored database needs no anti-wraparound vacuum of every page
 //! later, and the index builds that follow read no commit log.
@@ -1270,8 +1272,13 @@ struct Loader {
 /// A unit of work for a loading task.
 enum Job {
     Load(StreamSpec),
-    /// Steps of the plan, built by one pg_restore run.
-    Build(Vec<usize>),
+    /// Steps of the plan, built by one pg_restore run; `crowded` while other tasks
+    /// still load (then the build gets no parallel workers: the restore's other
+    /// connections already use the cores it was given).
+    Build {
+        steps: Vec<usize>,
+        crowded: bool,
+    },
 }
 
 enum Next {
@@ -1354,10 +1361,17 @@ impl Progress {
             .filter(|(_, s)| !steps[**s].foreign_key)
             .max_by_key(|(_, s)| steps[**s].bytes)
             .map(|(i, _)| i);
+        let crowded = !self.loads.is_empty() || self.busy > 0;
         let job = if let Some(i) = own {
-            Some(Job::Build(vec![self.ready.swap_remove(i)]))
+            Some(Job::Build {
+                steps: vec![self.ready.swap_remove(i)],
+                crowded,
+            })
         } else if !self.ready.is_empty() {
-            Some(Job::Build(std::mem::take(&mut self.ready)))
+            Some(Job::Build {
+                steps: std::mem::take(&mut self.ready),
+                crowded,
+            })
         } else {
             self.loads.pop_front().map(Job::Load)
         };
@@ -1484,9 +1498,9 @@ async fn load_tables(
                         .await
                         .map(|(table, n)| lock().loaded(&table, n))
                     }
-                    Next::Job(Job::Build(steps)) => {
+                    Next::Job(Job::Build { steps, crowded }) => {
                         let (ids, what) = lock().describe(&steps);
-                        build(&loader, &ids)
+                        build(&loader, &ids, crowded)
                             .await
                             .map_err(|e| e.during(what))
                             .map(|()| lock().built(&steps))
@@ -1511,14 +1525,17 @@ async fn load_tables(
     Ok((p.rows.clone(), p.built.clone()))
 }
 
-/// Runs the archive entries `ids` (post-data) with one `pg_restore -L`.
-async fn build(loader: &Loader, ids: &[u32]) -> Result<()> {
+/// Runs the archive entries `ids` (post-data) with one `pg_restore -L`; `crowded`:
+/// without parallel workers.
+async fn build(loader: &Loader, ids: &[u32], crowded: bool) -> Result<()> {
     let list = write_list_file(&toc::list_file(&loader.entries, ids)).await?;
-    loader
-        .runner
-        .borrowed()
-        .run(&["post-data"], 1, Some(list.path()))
-        .await
+    let mut runner = loader.runner.borrowed();
+    if crowded {
+        runner
+            .pgoptions
+            .push_str(" -c max_parallel_maintenance_workers=0");
+    }
+    runner.run(&["post-data"], 1, Some(list.path())).await
 }
 
 /// Loads one stream; `freeze`: the table has no other stream, so it is truncated and
