@@ -19,6 +19,8 @@
 #   BENCH_DIR         where the temporary directory goes (default $TMPDIR or /tmp)
 #   KEEP=0            1: keep the temporary directory at the end
 #   DBOPS_BIN         use this dbops binary instead of building the tree
+#   ENCRYPTION=1      0: measure --no-encryption repositories (encrypted is what users run)
+#   DBOPS_PASSWORD    repository password (a fixed bench password by default)
 
 set -euo pipefail
 
@@ -34,7 +36,15 @@ JOBS=${JOBS:-2}
 BUFFER_POOL=${BUFFER_POOL:-2G}
 BINLOG=${BINLOG:-0}
 KEEP=${KEEP:-0}
+ENCRYPTION=${ENCRYPTION:-1}
+BENCH_PASSWORD=${DBOPS_PASSWORD:-dbops-bench-password}
 unset DBOPS_REPO DBOPS_PASSWORD DBOPS_PASSWORD_FILE
+INIT_OPTS=()
+if [ "$ENCRYPTION" = 1 ]; then
+	export DBOPS_PASSWORD=$BENCH_PASSWORD
+else
+	INIT_OPTS+=(--no-encryption)
+fi
 
 MARIADBD=$(command -v mariadbd || echo /usr/sbin/mariadbd)
 [ -x "$MARIADBD" ] || bench_die "mariadbd not found: apt-get install -y mariadb-server"
@@ -256,7 +266,7 @@ for i in $(seq 1 "$RUNS"); do
 	bench_log "--- dbops backup, run $i/$RUNS"
 	repo=$WORK/repo.$i
 	if [ "$i" -gt 1 ]; then rm -rf "$WORK/repo.$((i - 1))"; fi
-	"$DBOPS" --repo "$repo" init --no-encryption >/dev/null
+	"$DBOPS" --repo "$repo" init "${INIT_OPTS[@]}" >/dev/null
 	timed "$BACKUP" "$DBOPS" --repo "$repo" backup "$URL_BASE/$DB" --jobs "$JOBS" >"$WORK/backup.log"
 	EXTRA[$BACKUP]=$(bench_bytes "$repo")
 done
@@ -308,7 +318,7 @@ echo "- machine: $cpu_count × $cpu_model, $mem RAM; $(uname -sr); dbops $git_re
 echo "- server: own mariadb-install-db on 127.0.0.1:$PORT as $SERVER_USER; ${SERVER_SETTINGS[*]}; binlog $([ "$BINLOG" = 1 ] && echo on || echo off)"
 echo "- data: sysbench $TABLES × $TABLE_SIZE rows: $(bench_mb "$DB_BYTES") on disk, $(bench_mb "$SELECT_BYTES") of SELECT text"
 echo "- method: warm caches (one untimed SELECT pass first); sync + FLUSH TABLES before every timed run; wall = median of $RUNS; CPU = median user+sys of the client processes; server CPU = mariadbd; RSS = largest single client process; restores go into a fresh database and the first of each tool is checked against the source (row counts, row hashes, mariadb-dump --no-data)"
-echo "- repository: local directory, --no-encryption, default chunking, zstd; mydumper -c is gzip per file; mariadb-dump piped to gzip -6"
+echo "- repository: local directory, $([ "$ENCRYPTION" = 1 ] && echo "encrypted (XChaCha20-Poly1305, password)" || echo "--no-encryption (ENCRYPTION=0)"), default chunking, zstd; mydumper -c is gzip per file; mariadb-dump piped to gzip -6"
 echo
 echo "| measurement | median s | runs s | client CPU s | server CPU s | peak RSS | size |"
 echo "|---|---:|---|---:|---:|---:|---:|"
