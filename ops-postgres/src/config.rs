@@ -687,9 +687,13 @@ impl ConnConfig {
         }
     }
 
-    /// sqlx settings; sqlx brings its own rustls configuration for each sslmode.
+    /// sqlx settings; sqlx brings its own rustls configuration for each sslmode, but
+    /// its `require` never checks the certificate: with a root certificate (given, or
+    /// `~/.postgresql/root.crt`) `require` is asked of it as `verify-ca`, which is what
+    /// libpq and our tokio-postgres connector (see `tls`) do.
     pub(crate) fn sqlx_options(&self) -> sqlx::postgres::PgConnectOptions {
         use sqlx::postgres::{PgConnectOptions, PgSslMode};
+        let root = crate::tls::root_file(self);
         let mut o = PgConnectOptions::new_without_pgpass()
             .port(self.port)
             .username(&self.user)
@@ -698,6 +702,7 @@ impl ConnConfig {
             .ssl_mode(match self.sslmode {
                 SslMode::Disable => PgSslMode::Disable,
                 SslMode::Prefer => PgSslMode::Prefer,
+                SslMode::Require if root.is_some() => PgSslMode::VerifyCa,
                 SslMode::Require => PgSslMode::Require,
                 SslMode::VerifyCa => PgSslMode::VerifyCa,
                 SslMode::VerifyFull => PgSslMode::VerifyFull,
@@ -709,7 +714,7 @@ impl ConnConfig {
         if let Some(pw) = &self.password {
             o = o.password(pw.expose());
         }
-        if let Some(root) = self.sslrootcert.as_deref().filter(|r| *r != "system") {
+        if let Some(root) = root {
             o = o.ssl_root_cert(root);
         }
         if let Some(cert) = &self.sslcert {
@@ -1261,6 +1266,31 @@ mod tests {
         assert!(t.get_keepalives());
         assert_eq!(t.get_keepalives_idle(), Duration::from_secs(30));
         assert_eq!(t.get_connect_timeout(), Some(&Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn tools_verify_tls_as_the_engine_does() {
+        let c = ConnConfig::parse(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem&sslcert=/c.pem&sslkey=/c.key",
+            &no_env,
+        )
+        .expect("valid");
+        let env = c.tool_env().expect("tool env");
+        assert_eq!(env.get("PGSSLMODE"), Some("verify-full"));
+        assert_eq!(env.get("PGSSLROOTCERT"), Some("/ca.pem"));
+        assert_eq!(env.get("PGSSLCERT"), Some("/c.pem"));
+        assert_eq!(env.get("PGSSLKEY"), Some("/c.key"));
+        // sqlx's `require` verifies nothing: with a root certificate it is asked for
+        // verify-ca, as libpq does.
+        let c = ConnConfig::parse(
+            "postgres://u@h/db?sslmode=require&sslrootcert=/ca.pem",
+            &no_env,
+        )
+        .expect("valid");
+        assert!(matches!(
+            c.sqlx_options().get_ssl_mode(),
+            sqlx::postgres::PgSslMode::VerifyCa
+        ));
     }
 
     #[test]

@@ -743,6 +743,11 @@ async fn dump_schema(
 
 /// An error for a failed pg_dump/pg_restore, classified from its message.
 pub(crate) fn tool_failure(tool: &str, status: &std::process::ExitStatus, stderr: &str) -> Error {
+    // The tools get the same sslmode and certificates as our own connections (see
+    // `ConnConfig::tool_env`), and fail the same way: explained alike.
+    if let Some(tls) = crate::errors::tls_failure(stderr.trim(), &format!("{tool} ({status})")) {
+        return tls;
+    }
     if (stderr.contains("lock timeout") || stderr.contains("statement timeout"))
         && stderr.contains("LOCK TABLE ")
     {

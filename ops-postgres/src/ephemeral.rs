@@ -39,6 +39,11 @@ pub struct EphemeralOptions {
     pub superuser_password: Option<Secret>,
     /// Extra server settings (`-c name=value`).
     pub settings: Vec<(String, String)>,
+    /// TLS: the server's certificate and key (PEM), copied into the server's directory
+    /// and given to its user with the key at 0600, as PostgreSQL demands.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Refuse TCP connections without TLS (`hostssl` lines only in pg_hba.conf).
+    pub tls_required: bool,
 }
 
 impl EphemeralOptions {
@@ -46,6 +51,20 @@ impl EphemeralOptions {
     #[must_use]
     pub fn with_password_auth(mut self, password: impl Into<String>) -> Self {
         self.superuser_password = Some(Secret::new(password.into()));
+        self
+    }
+
+    /// Turns TLS on (`ssl=on`) with this certificate and key (PEM files).
+    #[must_use]
+    pub fn with_tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Refuses TCP connections that do not use TLS (with [`EphemeralOptions::with_tls`]).
+    #[must_use]
+    pub fn with_tls_required(mut self) -> Self {
+        self.tls_required = true;
         self
     }
 
@@ -219,6 +238,7 @@ impl EphemeralPostgres {
             ));
         }
 
+        setup_tls(options, dir.path(), &data, owner)?;
         let mut last_log = String::new();
         for _attempt in 0..5 {
             let port = free_port()?;
@@ -450,6 +470,58 @@ impl EphemeralPostgres {
         }
         Ok(())
     }
+}
+
+/// [`EphemeralOptions::tls`]: the certificate and key copied into `dir` for the
+/// server's user (the key 0600: PostgreSQL refuses a key others can read) and named in
+/// postgresql.conf (not on the command line, so that `ALTER SYSTEM` can still turn TLS
+/// off); with [`EphemeralOptions::tls_required`] pg_hba.conf's `host` lines made
+/// `hostssl`, so that a plain TCP connection finds no line that lets it in.
+fn setup_tls(
+    options: &EphemeralOptions,
+    dir: &Path,
+    data: &Path,
+    owner: Option<(Uid, Gid)>,
+) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let Some((cert, key)) = &options.tls else {
+        return Ok(());
+    };
+    let mut conf = String::from("ssl = on\n");
+    for (from, name, setting) in [
+        (cert, "server.crt", "ssl_cert_file"),
+        (key, "server.key", "ssl_key_file"),
+    ] {
+        let to = dir.join(name);
+        std::fs::copy(from, &to)
+            .map_err(|e| Error::io(format!("copying {} for the server", from.display()), e))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("making {} private", to.display()), e))?;
+        chown(&to, owner)?;
+        conf.push_str(&format!("{setting} = '{}'\n", to.display()));
+    }
+    let conf_path = data.join("postgresql.conf");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&conf_path)
+        .and_then(|mut f| f.write_all(conf.as_bytes()))
+        .map_err(|e| Error::io(format!("writing {}", conf_path.display()), e))?;
+    if options.tls_required {
+        let hba = data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba)
+            .map_err(|e| Error::io(format!("reading {}", hba.display()), e))?;
+        let text: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(&hba, text)
+            .map_err(|e| Error::io(format!("writing {}", hba.display()), e))?;
+    }
+    Ok(())
 }
 
 /// The engine-neutral shape (for callers that pick the engine at run time); every

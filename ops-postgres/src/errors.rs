@@ -41,11 +41,67 @@ pub(crate) fn connect_error(err: tokio_postgres::Error, location: &str) -> Error
             format!("connecting to {location}: the server asks for a password"),
         );
     }
+    if let Some(err) = tls_failure(&text, &format!("could not connect to {location}")) {
+        return err;
+    }
     Error::new(
         ErrorKind::Unreachable,
         format!("could not connect to {location}: {text}"),
     )
     .temporary()
+}
+
+/// A TLS failure, explained: what was wrong with the server's certificate (or that it
+/// offers no TLS) and what to do. Never temporary: trying again meets the same
+/// certificate. A certificate that does not verify is an authentication failure (the
+/// server could not prove who it is); there is no fallback to an unverified or plain
+/// connection.
+pub(crate) fn tls_failure(text: &str, doing: &str) -> Option<Error> {
+    let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
+    let (kind, advice) = if has(&[
+        "UnknownIssuer",
+        "unknown issuer",
+        "BadSignature",
+        "certificate verify failed",
+    ]) {
+        (
+            ErrorKind::Authentication,
+            "the server's TLS certificate is not signed by the CA dbops trusts (sslrootcert, \
+             PGSSLROOTCERT or ~/.postgresql/root.crt): give the CA certificate that issued the \
+             server's certificate",
+        )
+    } else if has(&[
+        "NotValidForName",
+        "not valid for name",
+        "does not match host name",
+    ]) {
+        (
+            ErrorKind::Authentication,
+            "the server's TLS certificate does not name the host dbops connected to: connect by \
+             a name or address in the certificate's subjectAltName, or use sslmode=verify-ca to \
+             check only that the CA signed it",
+        )
+    } else if has(&["Expired", "NotValidYet", "expired"]) {
+        (
+            ErrorKind::Authentication,
+            "the server's TLS certificate is expired or not yet valid: renew it on the server \
+             (or check this machine's clock)",
+        )
+    } else if has(&["does not support TLS", "does not support SSL"]) {
+        (
+            ErrorKind::Unreachable,
+            "the server does not offer TLS and the sslmode asks for it: turn ssl on in the \
+             server (dbops never falls back to a plain connection)",
+        )
+    } else if has(&["invalid peer certificate"]) {
+        (
+            ErrorKind::Authentication,
+            "the server's TLS certificate was not accepted: check sslrootcert and the host name",
+        )
+    } else {
+        return None;
+    };
+    Some(Error::new(kind, format!("{doing}: {advice} ({text})")))
 }
 
 /// Converts a tokio-postgres error raised while doing `doing`.
@@ -115,6 +171,11 @@ pub(crate) fn sqlx_error(err: sqlx::Error, doing: impl Display) -> Error {
                 out = out.temporary();
             }
             out
+        }
+        sqlx::Error::Tls(_) | sqlx::Error::Io(_)
+            if let Some(tls) = tls_failure(&chain_text(&err), &doing.to_string()) =>
+        {
+            tls
         }
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => {
             Error::new(ErrorKind::Unreachable, format!("{doing}: {err}")).temporary()

@@ -69,6 +69,15 @@ pub(crate) fn connector(config: &ConnConfig) -> Result<MakeRustlsConnect> {
     Ok(MakeRustlsConnect::new(tls))
 }
 
+/// The root certificate file the connection verifies against (`sslrootcert`, else
+/// `~/.postgresql/root.crt` when it exists); `None` for none or the system store.
+pub(crate) fn root_file(config: &ConnConfig) -> Option<PathBuf> {
+    match root_source(config)? {
+        RootSource::File(path) => Some(path),
+        RootSource::System => None,
+    }
+}
+
 enum RootSource {
     System,
     File(PathBuf),
