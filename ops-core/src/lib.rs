@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod access;
 pub mod digest;
 pub mod engine;
 pub mod ephemeral;
@@ -15,6 +16,7 @@ pub mod target;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use access::{FileAccess, read_password_file, read_private_file};
 pub use engine::{
     DatabaseEngine, DumpOptions, DumpReport, DumpSink, GlobalsOptions, GlobalsPhase, GlobalsReport,
     GlobalsRestoreOptions, RestoreOptions, RestoreReport, ServerInfo, StreamRole, StreamSource,

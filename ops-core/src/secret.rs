@@ -9,9 +9,17 @@ use std::fmt;
 /// What a redacted secret prints as.
 pub const REDACTED: &str = "******";
 
-/// A string that must not be printed: `Debug` and `Display` show `******`.
+/// A string that must not be printed: `Debug` and `Display` show `******`. Its
+/// bytes are zeroized when it is dropped, so a password does not linger in freed
+/// memory (copies made from [`Secret::expose`] are the holder's to look after).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl Secret {
     /// Wraps a secret value.

@@ -38,11 +38,19 @@ impl std::fmt::Debug for Keys {
     }
 }
 
+impl Drop for Keys {
+    fn drop(&mut self) {
+        // The cipher zeroizes its own key and the material is `Zeroizing`; the id key
+        // (half of the master key) is a plain array.
+        zeroize::Zeroize::zeroize(&mut self.id_key);
+    }
+}
+
 impl Keys {
     /// Fresh random keys; `encrypted` false gives an id key only.
-    pub(crate) fn generate(encrypted: bool) -> (Self, [u8; 64]) {
-        let mut material = [0u8; 64];
-        OsRng.fill_bytes(&mut material);
+    pub(crate) fn generate(encrypted: bool) -> (Self, zeroize::Zeroizing<[u8; 64]>) {
+        let mut material = zeroize::Zeroizing::new([0u8; 64]);
+        OsRng.fill_bytes(&mut material[..]);
         (Self::from_material(&material, encrypted), material)
     }
 
@@ -188,11 +196,12 @@ fn kek(password: &Secret, salt: &[u8], params: KdfParams) -> Result<XChaCha20Pol
             )
         })?,
     );
-    let mut out = [0u8; 32];
+    // The key-encryption key opens the master key: zeroized once the cipher holds it.
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
     argon
-        .hash_password_into(password.expose().as_bytes(), salt, &mut out)
+        .hash_password_into(password.expose().as_bytes(), salt, &mut out[..])
         .map_err(|e| Error::internal(format!("key derivation failed: {e}")))?;
-    Ok(XChaCha20Poly1305::new((&out).into()))
+    Ok(XChaCha20Poly1305::new((&*out).into()))
 }
 
 impl KeyFile {
@@ -224,7 +233,10 @@ impl KeyFile {
     }
 
     /// The master key material, or `None` when the password does not fit this key.
-    pub(crate) fn unwrap_with(&self, password: &Secret) -> Result<Option<[u8; 64]>> {
+    pub(crate) fn unwrap_with(
+        &self,
+        password: &Secret,
+    ) -> Result<Option<zeroize::Zeroizing<[u8; 64]>>> {
         if self.kdf != "argon2id" {
             return Err(Error::new(
                 ErrorKind::UnsupportedFormat,
@@ -251,11 +263,15 @@ impl KeyFile {
             },
         ) {
             Ok(plain) if plain.len() == 64 => {
-                let mut m = [0u8; 64];
+                let plain = zeroize::Zeroizing::new(plain);
+                let mut m = zeroize::Zeroizing::new([0u8; 64]);
                 m.copy_from_slice(&plain);
                 Ok(Some(m))
             }
-            Ok(_) => Err(bad("master key length")),
+            Ok(plain) => {
+                drop(zeroize::Zeroizing::new(plain));
+                Err(bad("master key length"))
+            }
             Err(_) => Ok(None),
         }
     }

@@ -8,7 +8,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, ErrorKind, Result, read_private_file};
 
 use super::crypto::{KdfParams, KeyFile};
 use super::format::KEYS_DIR;
@@ -295,31 +295,3 @@ fn local_key_check(material: &[u8; 64], repository: &str) -> String {
     hex::encode(&hasher.finalize().as_bytes()[..16])
 }
 
-/// Reads a file that holds a secret, refusing it when its group or others may read
-/// or write it (as libpq refuses such a `.pgpass`): a secret others can read is
-/// already lost, and saying so is better than using it.
-///
-/// # Errors
-/// [`ErrorKind::PermissionDenied`] for such a file; I/O errors.
-pub fn read_private_file(
-    path: &std::path::Path,
-    what: &str,
-) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "the {what} {} can be read by others (mode {:o}): make it owner-only (chmod 600) and consider the secret in it exposed",
-                path.display(),
-                mode & 0o777
-            ),
-        ));
-    }
-    std::fs::read(path)
-        .map(zeroize::Zeroizing::new)
-        .map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))
-}

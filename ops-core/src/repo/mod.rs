@@ -47,7 +47,8 @@ pub use group::{
 };
 pub use health::LastBackupAge;
 pub use inplace::{InPlaceOptions, InPlaceReport};
-pub use keys::{KeyInfo, read_private_file};
+pub use crate::access::read_private_file;
+pub use keys::KeyInfo;
 pub(crate) use lock::LockGuard;
 pub use lock::{
     LockInfo, LockKind, REFRESH, STALE_AFTER, UnlockDecision, process_alive, process_start,
@@ -866,7 +867,6 @@ async fn unlock(target: &dyn BackupTarget, password: &Secret) -> Result<Keys> {
             .await
             .map_err(|e| Error::internal(format!("key derivation task failed: {e}")))??;
         if let Some(m) = material {
-            let m = zeroize::Zeroizing::new(m);
             return Ok(Keys::from_material(&m, true).with_key_file(key));
         }
     }
