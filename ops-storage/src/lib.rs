@@ -3,6 +3,7 @@
 mod error;
 mod faulty;
 pub mod health;
+mod local;
 pub mod multipart;
 mod open;
 mod options;

@@ -177,7 +177,7 @@ pub fn open_object_store_target(url: &str, options: &TargetOptions) -> Result<Ob
             let prefix = object_store::path::Path::from_absolute_path(dir).map_err(|e| {
                 Error::invalid(format!("unusable directory {}: {e}", dir.display()))
             })?;
-            let store = object_store::local::LocalFileSystem::new().with_fsync(true);
+            let store = crate::local::PrivateLocalStore::new(dir.clone(), options.local_access);
             (Stores::one(Arc::new(store)), prefix)
         }
         TargetUrl::Memory => (

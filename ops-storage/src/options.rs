@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ops_core::{Secret, redact_url};
+use ops_core::{FileAccess, Secret, redact_url};
 
 use crate::multipart::MultipartOptions;
 use crate::retry::RetryConfig;
@@ -73,6 +73,11 @@ pub struct TargetOptions {
     /// Retries of idempotent calls ([`crate::RetryTarget`]); `None` turns them off.
     /// On by default with [`RetryConfig::default`].
     pub retry: Option<RetryConfig>,
+    /// Who may read a local directory target (files and folders) when this target
+    /// creates the directory: [`FileAccess::Owner`] (the default, `0600`/`0700`) or
+    /// [`FileAccess::Group`] (`0640`/`0750`, a backup group). An existing directory
+    /// keeps its own choice ([`FileAccess::of_dir`]). Other targets ignore it.
+    pub local_access: FileAccess,
 }
 
 impl Default for TargetOptions {
@@ -94,11 +99,20 @@ impl Default for TargetOptions {
             http_max_retries: None,
             multipart: MultipartOptions::default(),
             retry: Some(RetryConfig::default()),
+            local_access: FileAccess::Owner,
         }
     }
 }
 
 impl TargetOptions {
+    /// Sets who may read a local directory target this target creates
+    /// ([`TargetOptions::local_access`]).
+    #[must_use]
+    pub fn with_local_access(mut self, access: FileAccess) -> Self {
+        self.local_access = access;
+        self
+    }
+
     /// Sets the endpoint (S3-compatible servers, Azure emulators).
     #[must_use]
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
@@ -229,6 +243,7 @@ impl fmt::Debug for TargetOptions {
             .field("http_max_retries", &self.http_max_retries)
             .field("multipart", &self.multipart)
             .field("retry", &self.retry)
+            .field("local_access", &self.local_access)
             .finish()
     }
 }
