@@ -1510,11 +1510,12 @@ fn quoted(value: &str) -> String {
 
 /// The `[client]` group that connects the `mariadb` client where `config` connects.
 ///
-/// The socket and CA file come from the URL (`socket=`, `ssl-ca=`); a socket that only
-/// an option file gave is not known here, so such a `localhost` target is reached
-/// over TCP. TLS: `disable` and `prefer` connect without it (the client cannot fall
-/// back), `require` with it, `verify-ca` and `verify-full` check the certificate and
-/// the host name (the client checks both or neither).
+/// The socket and TLS files come from the URL (`socket=`, `ssl-ca=`, `ssl-cert=`,
+/// `ssl-key=`); a socket that only an option file gave is not known here, so such a
+/// `localhost` target is reached over TCP. TLS: `disable` and `prefer` connect without
+/// it (the client cannot fall back), `require` with it, `verify-ca` and `verify-full`
+/// check the certificate against the same CA file and the host name (the client checks
+/// both or neither, so verify-ca is stricter here than in dbops' own connections).
 fn client_options(config: &ConnConfig) -> Result<String> {
     let url = url::Url::parse(&config.redacted_url())
         .map_err(|e| Error::internal(format!("the engine's URL does not parse again: {e}")))?;
@@ -1538,15 +1539,26 @@ fn client_options(config: &ConnConfig) -> Result<String> {
         }
         None => out.push_str("protocol = TCP\n"),
     }
-    match config.tls {
+    let (mode, ca, client_cert) = config.tls_files();
+    match mode {
         TlsMode::Disable | TlsMode::Prefer => out.push_str("skip-ssl\n"),
         TlsMode::Require => out.push_str("ssl\n"),
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
             out.push_str("ssl\nssl-verify-server-cert\n");
-            if let Some(ca) = param(&["ssl-ca", "sslrootcert", "ssl_ca"]) {
-                out.push_str(&format!("ssl-ca = {}\n", quoted(&ca)));
+            if let Some(ca) = ca {
+                out.push_str(&format!("ssl-ca = {}\n", quoted(&ca.display().to_string())));
             }
         }
+    }
+    if let Some((cert, key)) = client_cert.filter(|_| mode != TlsMode::Disable) {
+        out.push_str(&format!(
+            "ssl-cert = {}\n",
+            quoted(&cert.display().to_string())
+        ));
+        out.push_str(&format!(
+            "ssl-key = {}\n",
+            quoted(&key.display().to_string())
+        ));
     }
     out.push_str("default-character-set = utf8mb4\n");
     Ok(out)
@@ -1636,6 +1648,29 @@ mod tests {
         assert!(text.contains("password = \"p\\\"w#\"\n"), "{text}");
         assert!(text.contains("port = 3307\n"), "{text}");
         assert!(text.contains("ssl-verify-server-cert"), "{text}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in ["ca.pem", "c.pem", "c.key"] {
+            std::fs::write(dir.path().join(f), "x").expect("write");
+        }
+        let d = dir.path().display();
+        let config = ConnConfig::parse_with(
+            &format!(
+                "mariadb://app:pw@db:3307/shop?ssl-mode=VERIFY_IDENTITY&ssl-ca={d}/ca.pem\
+                 &ssl-cert={d}/c.pem&ssl-key={d}/c.key"
+            ),
+            &|_| None,
+            None,
+        )
+        .expect("valid");
+        let text = client_options(&config).expect("options");
+        for line in [
+            "ssl-verify-server-cert\n".to_owned(),
+            format!("ssl-ca = \"{d}/ca.pem\"\n"),
+            format!("ssl-cert = \"{d}/c.pem\"\n"),
+            format!("ssl-key = \"{d}/c.key\"\n"),
+        ] {
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 
     #[test]

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder, Row, SslOpts, Value};
+use mysql_async::{ClientIdentity, Conn, OptsBuilder, Row, SslOpts, Value};
 use ops_core::{Error, ErrorKind, Result, Secret, redact_url};
 
 use crate::credentials::{self, Credentials, FromUrl};
-use crate::error::{code, db_error, is_no_tls, server_code};
+use crate::error::{certificate_names, code, db_error, is_no_tls, server_code};
 
 /// How a connection uses TLS (rustls; no OpenSSL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,11 @@ pub enum TlsMode {
     Require,
     /// TLS; the certificate chain is checked (against `ssl-ca` when given), the host
     /// name is not.
+    ///
+    /// mysql_async's rustls verifier cannot leave out only the host name check, so a
+    /// certificate for another name is met with a second handshake that names the host
+    /// as the certificate does: the chain (and the certificate's dates) are checked
+    /// again in full, against the same CA.
     VerifyCa,
     /// TLS; the certificate chain and the host name are checked.
     VerifyFull,
@@ -45,6 +50,9 @@ pub(crate) struct ConnConfig {
     pub(crate) database: String,
     pub(crate) tls: TlsMode,
     ca_file: Option<PathBuf>,
+    /// The client certificate and its key (`ssl-cert`, `ssl-key`), for accounts that
+    /// `REQUIRE X509` or a subject.
+    client_cert: Option<(PathBuf, PathBuf)>,
     socket: Option<String>,
     /// Where the password came from, for the message of a refused login.
     credentials: Arc<Credentials>,
@@ -103,6 +111,7 @@ impl ConnConfig {
         let database = decode(url.path().trim_start_matches('/'))?;
         let mut tls = TlsMode::Prefer;
         let mut ca_file = None;
+        let (mut cert_file, mut key_file) = (None, None);
         let mut socket = None;
         for (key, value) in url.query_pairs() {
             match key.as_ref() {
@@ -116,12 +125,15 @@ impl ConnConfig {
                         other => {
                             return Err(Error::invalid(format!(
                                 "ssl-mode '{other}' is not one of disable, prefer, require, \
-                                 verify-ca, verify-full"
+                                 verify-ca, verify-full (MySQL's DISABLED, PREFERRED, \
+                                 REQUIRED, VERIFY_CA, VERIFY_IDENTITY are understood too)"
                             )));
                         }
                     }
                 }
                 "ssl-ca" | "sslrootcert" | "ssl_ca" => ca_file = Some(PathBuf::from(&*value)),
+                "ssl-cert" | "sslcert" | "ssl_cert" => cert_file = Some(PathBuf::from(&*value)),
+                "ssl-key" | "sslkey" | "ssl_key" => key_file = Some(PathBuf::from(&*value)),
                 "socket" => socket = Some(value.into_owned()),
                 "password" => from_url.password = Some(Secret::new(value.into_owned())),
                 "password_file" | "password-file" => {
@@ -134,7 +146,7 @@ impl ConnConfig {
                 other => {
                     return Err(Error::invalid(format!(
                         "unknown parameter '{other}' in the MariaDB URL {}; known: ssl-mode, \
-                         ssl-ca, socket, password_file, defaults_file",
+                         ssl-ca, ssl-cert, ssl-key, socket, password_file, defaults_file",
                         redact_url(text)
                     )));
                 }
@@ -176,6 +188,32 @@ impl ConnConfig {
                 ca.display()
             )));
         }
+        let client_cert = match (cert_file, key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                for (what, file) in [("ssl-cert", &cert), ("ssl-key", &key)] {
+                    if !file.is_file() {
+                        return Err(Error::invalid(format!(
+                            "{what} file {} does not exist",
+                            file.display()
+                        )));
+                    }
+                }
+                Some((cert, key))
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "a client certificate needs both ssl-cert (the certificate) and ssl-key \
+                     (its private key) in the URL",
+                ));
+            }
+        };
+        if client_cert.is_some() && tls == TlsMode::Disable {
+            return Err(Error::invalid(
+                "ssl-cert and ssl-key are given but ssl-mode=disable turns TLS off: drop \
+                 ssl-mode=disable (or use verify-full)",
+            ));
+        }
         Ok(Self {
             port,
             url,
@@ -185,6 +223,7 @@ impl ConnConfig {
             database,
             tls,
             ca_file,
+            client_cert,
             socket,
             credentials: Arc::new(credentials),
             plain_only: AtomicBool::new(false),
@@ -203,6 +242,7 @@ impl ConnConfig {
             database: name.to_owned(),
             tls: self.tls,
             ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
             socket: self.socket.clone(),
             credentials: Arc::clone(&self.credentials),
             plain_only: AtomicBool::new(self.plain_only.load(Ordering::Relaxed)),
@@ -240,10 +280,32 @@ impl ConnConfig {
         err.with_message(message)
     }
 
+    /// The TLS settings a client program is given (see `binlog`'s option file): the
+    /// mode, the CA file and the client certificate and key.
+    pub(crate) fn tls_files(&self) -> (TlsMode, Option<&Path>, Option<(&Path, &Path)>) {
+        (
+            self.tls,
+            self.ca_file.as_deref(),
+            self.client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path())),
+        )
+    }
+
     fn ssl_opts(&self) -> Option<SslOpts> {
         let base = SslOpts::default();
+        // A CA file given is the only one trusted, as the mariadb client does it.
         let base = match &self.ca_file {
-            Some(ca) => base.with_root_certs(vec![ca.clone().into()]),
+            Some(ca) => base
+                .with_root_certs(vec![ca.clone().into()])
+                .with_disable_built_in_roots(true),
+            None => base,
+        };
+        let base = match &self.client_cert {
+            Some((cert, key)) => base.with_client_identity(Some(ClientIdentity::new(
+                cert.clone().into(),
+                key.clone().into(),
+            ))),
             None => base,
         };
         match self.tls {
@@ -356,6 +418,16 @@ pub(crate) async fn connect(
         Err(e) if tls.is_some() && config.tls == TlsMode::Prefer && is_no_tls(&e) => {
             config.plain_only.store(true, Ordering::Relaxed);
             Conn::new(config.opts(database, None))
+                .await
+                .map_err(failed)?
+        }
+        // verify-ca and a certificate for another name (see `TlsMode::VerifyCa`).
+        Err(e) if config.tls == TlsMode::VerifyCa && certificate_names(&e).is_some() => {
+            let name = certificate_names(&e)
+                .and_then(|names| names.into_iter().next())
+                .ok_or_else(|| failed(e))?;
+            let tls = tls.map(|t| t.with_danger_tls_hostname_override(Some(name)));
+            Conn::new(config.opts(database, tls))
                 .await
                 .map_err(failed)?
         }

@@ -35,6 +35,14 @@ pub struct EphemeralOptions {
     pub buffer_pool_mb: u32,
     /// Extra `--option=value` arguments for `mariadbd`.
     pub extra_args: Vec<String>,
+    /// TLS: the server's certificate and key (PEM), copied into the server's directory
+    /// for its user.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The CA that client certificates must chain to (`--ssl-ca`).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse connections without TLS (`--require-secure-transport`); the Unix socket
+    /// stays usable, as MariaDB counts it secure.
+    pub tls_required: bool,
 }
 
 impl Default for EphemeralOptions {
@@ -43,6 +51,9 @@ impl Default for EphemeralOptions {
             local_infile: true,
             buffer_pool_mb: 64,
             extra_args: Vec::new(),
+            tls: None,
+            tls_client_ca: None,
+            tls_required: false,
         }
     }
 }
@@ -69,6 +80,27 @@ impl EphemeralOptions {
         self
     }
 
+    /// Turns TLS on with this certificate and key (PEM files).
+    #[must_use]
+    pub fn with_tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Verifies client certificates against this CA (for accounts that `REQUIRE X509`).
+    #[must_use]
+    pub fn with_tls_client_ca(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.tls_client_ca = Some(ca.into());
+        self
+    }
+
+    /// Refuses TCP connections that do not use TLS (with [`EphemeralOptions::with_tls`]).
+    #[must_use]
+    pub fn with_tls_required(mut self) -> Self {
+        self.tls_required = true;
+        self
+    }
+
     /// Starts a server with these options.
     ///
     /// # Errors
@@ -85,6 +117,9 @@ pub struct EphemeralMariaDb {
     port: u16,
     socket: PathBuf,
     error_log: PathBuf,
+    /// The server speaks TLS: the set-up connections use it (unverified: they only
+    /// prepare the throwaway server).
+    tls: bool,
     // Last: removed after the server is gone.
     dir: tempfile::TempDir,
 }
@@ -160,6 +195,8 @@ impl EphemeralMariaDb {
             )));
         }
 
+        let tls_args = tls_args(&options, dir.path(), owner)?;
+        let tls = !tls_args.is_empty();
         let socket = dir.path().join("mysqld.sock");
         let error_log = dir.path().join("error.log");
         let mut last_error = None;
@@ -193,6 +230,7 @@ impl EphemeralMariaDb {
                 .arg("--max-connections=200")
                 .arg("--character-set-server=utf8mb4")
                 .arg("--collation-server=utf8mb4_general_ci")
+                .args(&tls_args)
                 .args(&options.extra_args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -203,13 +241,14 @@ impl EphemeralMariaDb {
             let mut child = cmd
                 .spawn()
                 .map_err(|e| Error::io(format!("starting {}", mariadbd.display()), e))?;
-            match wait_ready(&mut child, port).await {
+            match wait_ready(&mut child, port, tls).await {
                 Ok(()) => {
                     let server = Self {
                         child: Some(child),
                         port,
                         socket,
                         error_log,
+                        tls,
                         dir,
                     };
                     server.prepare_accounts().await?;
@@ -246,12 +285,7 @@ impl EphemeralMariaDb {
     /// # Errors
     /// Connection and database errors.
     pub async fn execute(&self, db: &str, sql: &str) -> Result<()> {
-        let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(self.port)
-            .user(Some("root"))
-            .db_name((!db.is_empty()).then_some(db))
-            .prefer_socket(false);
+        let opts = admin_opts(self.port, self.tls).db_name((!db.is_empty()).then_some(db));
         let mut conn = mysql_async::Conn::new(opts)
             .await
             .map_err(crate::error::db_error)?;
@@ -362,18 +396,64 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-async fn wait_ready(child: &mut Child, port: u16) -> Result<()> {
+/// How the set-up connects: root over TCP, with TLS (unverified) when the server has it.
+fn admin_opts(port: u16, tls: bool) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some("root"))
+        .prefer_socket(false)
+        .ssl_opts(tls.then(|| {
+            mysql_async::SslOpts::default()
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true)
+        }))
+}
+
+/// The `mariadbd` arguments for [`EphemeralOptions::tls`], with the files copied into
+/// `dir` for the server's user.
+fn tls_args(
+    options: &EphemeralOptions,
+    dir: &Path,
+    owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+) -> Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((cert, key)) = &options.tls else {
+        return Ok(Vec::new());
+    };
+    let mut files = vec![
+        (cert, "server.crt", "ssl-cert"),
+        (key, "server.key", "ssl-key"),
+    ];
+    if let Some(ca) = &options.tls_client_ca {
+        files.push((ca, "client-ca.crt", "ssl-ca"));
+    }
+    let mut args = Vec::new();
+    for (from, name, option) in files {
+        let to = dir.join(name);
+        std::fs::copy(from, &to)
+            .map_err(|e| Error::io(format!("copying {} for the server", from.display()), e))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("making {} private", to.display()), e))?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(&to, Some(uid), Some(gid))
+                .map_err(|e| Error::internal(format!("chown {}: {e}", to.display())))?;
+        }
+        args.push(format!("--{option}={}", to.display()));
+    }
+    if options.tls_required {
+        args.push("--require-secure-transport=ON".to_owned());
+    }
+    Ok(args)
+}
+
+async fn wait_ready(child: &mut Child, port: u16, tls: bool) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(Error::internal(format!("mariadbd exited with {status}")));
         }
-        let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(port)
-            .user(Some("root"))
-            .prefer_socket(false);
-        if let Ok(conn) = mysql_async::Conn::new(opts).await {
+        if let Ok(conn) = mysql_async::Conn::new(admin_opts(port, tls)).await {
             let _ = conn.disconnect().await;
             return Ok(());
         }

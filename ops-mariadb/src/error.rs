@@ -47,6 +47,93 @@ pub(crate) fn is_no_tls(err: &DbError) -> bool {
     matches!(err, DbError::Driver(DriverError::NoClientSslFlagFromServer))
 }
 
+/// The rustls error behind a failed TLS handshake, if that is what `err` is.
+fn rustls_error(err: &DbError) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match err {
+        DbError::Io(IoError::Io(io)) => Some(io),
+        DbError::Io(IoError::Tls(tls)) => Some(tls),
+        _ => None,
+    };
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        // io::Error's source() skips the error it wraps.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(inner);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// The names a server's certificate holds (`DNS` names first, then addresses), when
+/// the handshake failed only because none of them is the host connected to.
+pub(crate) fn certificate_names(err: &DbError) -> Option<Vec<String>> {
+    let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+        presented,
+        ..
+    })) = rustls_error(err)
+    else {
+        return None;
+    };
+    // webpki writes them as `DnsName("db.example")` and `IpAddress(192.0.2.1)`.
+    let dns = presented.iter().filter_map(|p| {
+        p.strip_prefix("DnsName(\"")
+            .and_then(|n| n.strip_suffix("\")"))
+            .map(|n| n.replace("*.", "any."))
+    });
+    let ips = presented.iter().filter_map(|p| {
+        p.strip_prefix("IpAddress(")
+            .and_then(|n| n.strip_suffix(')'))
+            .map(str::to_owned)
+    });
+    let names: Vec<String> = dns.chain(ips).collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// A failed TLS handshake, explained; `None` for other errors. Never temporary: the
+/// same certificate answers the next try. A certificate that does not verify is an
+/// authentication failure (the server could not prove who it is); dbops never falls
+/// back to an unverified or plain connection.
+fn tls_failure(err: &DbError) -> Option<Error> {
+    use rustls::CertificateError as Cert;
+    let rustls::Error::InvalidCertificate(cert) = rustls_error(err)? else {
+        return Some(Error::new(
+            ErrorKind::Unreachable,
+            format!("the TLS handshake failed: {}", rustls_error(err)?),
+        ));
+    };
+    let advice = match cert {
+        Cert::UnknownIssuer | Cert::BadSignature | Cert::InvalidPurpose => {
+            "the server's TLS certificate is not signed by the CA dbops trusts (ssl-ca in the \
+             URL, else the built-in public roots): give the CA certificate that issued the \
+             server's certificate as ssl-ca"
+        }
+        Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+            "the server's TLS certificate does not name the host dbops connected to: connect \
+             by a name or address in the certificate's subjectAltName, or use \
+             ssl-mode=verify-ca to check only that the CA signed it"
+        }
+        Cert::Expired
+        | Cert::ExpiredContext { .. }
+        | Cert::NotValidYet
+        | Cert::NotValidYetContext { .. } => {
+            "the server's TLS certificate is expired or not yet valid: renew it on the server \
+             (or check this machine's clock)"
+        }
+        _ => "the server's TLS certificate was not accepted: check ssl-ca and the host name",
+    };
+    Some(Error::new(
+        ErrorKind::Authentication,
+        format!("{advice} ({cert})"),
+    ))
+}
+
 /// The server error code, if the error came from the server.
 pub(crate) fn server_code(err: &DbError) -> Option<u16> {
     match err {
@@ -57,6 +144,9 @@ pub(crate) fn server_code(err: &DbError) -> Option<u16> {
 
 /// Converts a driver error.
 pub(crate) fn db_error(err: DbError) -> Error {
+    if let Some(tls) = tls_failure(&err) {
+        return tls;
+    }
     match &err {
         DbError::Server(e) => {
             let kind = match e.code {
@@ -106,7 +196,8 @@ pub(crate) fn db_error(err: DbError) -> Error {
         .temporary(),
         DbError::Driver(DriverError::NoClientSslFlagFromServer) => Error::new(
             ErrorKind::Unreachable,
-            "the server does not offer TLS but the URL requires it (ssl-mode)",
+            "the server does not offer TLS and the URL's ssl-mode asks for it: turn TLS on in \
+             the server (ssl_cert, ssl_key); dbops never falls back to a plain connection",
         ),
         DbError::Driver(
             d @ (DriverError::UnknownAuthPlugin { .. }

@@ -77,9 +77,15 @@ impl MariaDbEngine {
     /// `ssl-mode` (or `sslmode`) is one of `disable`, `prefer` (the default: TLS when
     /// the server offers it, certificate not checked), `require` (TLS, certificate not
     /// checked), `verify-ca` (TLS, certificate checked against `ssl-ca` or the system
-    /// roots, host name not checked), `verify-full` (both checked). `socket=/path`
-    /// connects over a Unix socket instead of TCP. The password is kept as a
-    /// [`ops_core::Secret`].
+    /// roots, host name not checked), `verify-full` (both checked); MySQL's spellings
+    /// (`DISABLED`, `PREFERRED`, `REQUIRED`, `VERIFY_CA`, `VERIFY_IDENTITY`) are
+    /// understood too, in any case. A given `ssl-ca` is the only CA trusted. A client
+    /// certificate for accounts that `REQUIRE X509` is `ssl-cert=/path&ssl-key=/path`.
+    /// A certificate that does not verify is an [`ops_core::ErrorKind::Authentication`]
+    /// error saying what to fix; nothing falls back to an unverified or plain
+    /// connection. The point-in-time replay's `mariadb` client is given the same mode
+    /// and files. `socket=/path` connects over a Unix socket instead of TCP. The
+    /// password is kept as a [`ops_core::Secret`].
     ///
     /// When the URL has no password it comes from `password_file=/path` (first line),
     /// the option file `defaults_file=/path`, `MARIADB_PWD`, `MYSQL_PWD` or

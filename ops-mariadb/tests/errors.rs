@@ -62,6 +62,21 @@ async fn privileges_passwords_and_targets() {
         .unwrap();
     let port = server.port();
 
+    // A server without TLS: verify-full fails rather than talk in plain text (the
+    // TLS successes and failures are in tests/tls.rs, on a server with TLS).
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = ops_core::testkit::certs::make_test_pki(pki_dir.path());
+    let err = MariaDbEngine::new(&format!(
+        "mariadb://reader:right-password@127.0.0.1:{port}/shop?ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+        pki.ca.display()
+    ))
+    .unwrap()
+    .describe()
+    .await
+    .expect_err("verify-full against a server without TLS");
+    assert!(err.to_string().contains("does not offer TLS"), "{err}");
+    assert!(!err.is_temporary(), "{err:?}");
+
     // Wrong password: Authentication, and the password appears nowhere.
     let wrong = MariaDbEngine::new(&format!(
         "mariadb://reader:Wr0ngSecretXYZ@127.0.0.1:{port}/shop?ssl-mode=disable"
